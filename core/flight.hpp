@@ -1,0 +1,128 @@
+// A flight is one execution of fn for one key, and it doubles as the shared,
+// reference-counted result (sf_result) that every caller receives.  A call is
+// one caller's handle on a flight (sf_call).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "singleflight.h"
+
+namespace sf {
+
+class Group;
+struct Shard;
+struct Call;
+
+// Keys up to this many bytes live inside the flight: no allocation per call.
+constexpr std::size_t kInlineKey = 48;
+
+// Flight::state bits.  The word doubles as the futex waiters sleep on.
+constexpr uint32_t kDone = 1;     // result published; never cleared
+constexpr uint32_t kWaiters = 2;  // someone is (about to be) parked
+
+struct Flight {
+    // Identity, written by the leader before the flight enters the table and
+    // read under the shard lock while it is there.
+    uint64_t hash = 0;
+    std::size_t key_len = 0;
+    unsigned char *key = nullptr;  // inline_key or a heap copy
+    unsigned char inline_key[kInlineKey];
+    Flight *next = nullptr;        // bucket chain, guarded by the shard lock
+    Shard *shard = nullptr;
+    Group *group = nullptr;
+    uint32_t generation = 0;       // group's fork generation at creation
+    const void *leader_thread = nullptr;
+
+    // Guarded by the shard lock until completion, read-only afterwards.
+    uint64_t dups = 0;
+    bool in_table = false;
+
+    std::atomic<uint32_t> state{0};
+    std::atomic<uint32_t> refs{0};
+
+    // Written once by the completing thread before kDone is set (release),
+    // read by others only after observing kDone (acquire).
+    int status = SF_OK;
+    int error = 0;
+    bool shared = false;
+    const char *panic_message = nullptr;
+    bool panic_message_owned = false;
+
+    // Written only by the leader before completion.
+    void *value = nullptr;
+    sf_destroy_fn destroy = nullptr;
+    // A panic requested inside fn (sf_call_panic on a do/do_async call).
+    bool panic_pending = false;
+    char *pending_message = nullptr;
+
+    // Calls waiting for an on_done callback or an eventfd write.  Guarded by
+    // notify_mu, which also orders registration against completion.
+    std::mutex notify_mu;
+    Call *notify_head = nullptr;
+
+    bool done() const noexcept { return state.load(std::memory_order_acquire) & kDone; }
+};
+
+enum class CallKind : uint8_t {
+    TwoPhase,     // sf_group_begin: the caller drives everything
+    Do,           // the leader's call inside sf_group_do (lives on its stack)
+    AsyncLeader,  // the leader's call of sf_group_do_async, owned by the task
+    AsyncFollower // a follower of sf_group_do_async, owned by its notification
+};
+
+struct Call {
+    Flight *flight = nullptr;
+    Shard *shard = nullptr;             // for handle accounting and stats
+    std::atomic<uint32_t> refs{1};      // the owner + a pending notification
+    int role = SF_FOLLOWER;
+    CallKind kind = CallKind::TwoPhase;
+    std::atomic<bool> finished{false};  // leader: the flight was completed
+    bool handle_counted = false;        // counted in Shard::handles
+
+    // Notification (on_done and/or eventfd).  Guarded by flight->notify_mu.
+    Call *notify_next = nullptr;
+    bool notify_linked = false;
+    bool done_registered = false;
+    sf_done_fn done = nullptr;
+    void *done_payload = nullptr;
+    int efd = -1;
+    // Copied from the fields above by the completing thread, under notify_mu.
+    int fire_efd = -1;
+    sf_done_fn fire_done = nullptr;
+    void *fire_payload = nullptr;
+
+    // do_async: the work and where it runs.
+    sf_fn fn = nullptr;
+    void *fn_payload = nullptr;
+};
+
+// Lifecycle.  All noexcept: the C boundary never sees an exception.
+Flight *flight_new() noexcept;                 // refs = 1, state = running
+bool flight_set_key(Flight *f, const void *key, std::size_t len) noexcept;
+void flight_retain(Flight *f) noexcept;
+void flight_release(Flight *f) noexcept;       // last one destroys the value
+
+Call *call_new() noexcept;
+void call_unref(Call *c) noexcept;
+
+// Stores the leader's value (ownership passes at once; see the header).
+void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept;
+
+// Publishes the outcome, removes the flight from its table (if still there),
+// wakes waiters and runs notifications.  message is copied for SF_EPANIC.
+void flight_complete(Flight *f, int status, int error, const char *message) noexcept;
+
+// Waits until done or timeout (< 0: forever).  false on timeout.
+bool flight_wait(Flight *f, int64_t timeout_ns) noexcept;
+
+// sf_call_on_done / sf_call_fd on a call whose kind allows them.
+int call_on_done(Call *c, sf_done_fn done, void *payload) noexcept;
+int call_fd(Call *c) noexcept;
+
+// A copy of msg made with the library allocator, or nullptr when out of memory.
+char *copy_message(const char *msg) noexcept;
+
+}  // namespace sf

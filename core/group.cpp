@@ -1,0 +1,416 @@
+#include "core/group.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <cxxabi.h>
+#include <exception>
+#include <new>
+
+#include "core/alloc.hpp"
+#include "core/hash.hpp"
+#include "core/platform.hpp"
+#include "core/pool.hpp"
+
+namespace sf {
+
+namespace {
+constexpr std::size_t kInitialBuckets = 8;
+constexpr unsigned kMaxShards = 4096;
+const char kRefused[] = "sf_group_do_async: the executor refused the task";
+const char kUnknownException[] = "unknown C++ exception";
+
+unsigned round_up_pow2(unsigned n) {
+    unsigned p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+unsigned default_shards() {
+    // More shards than cores so that two hot keys rarely share a lock.
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned want = cpus > 0 ? static_cast<unsigned>(cpus) * 8 : 32;
+    if (want < 32) want = 32;
+    return round_up_pow2(want > 1024 ? 1024 : want);
+}
+
+Flight **bucket_of(Shard *s, uint64_t hash) { return &s->buckets[hash & s->mask]; }
+
+bool key_equals(const Flight *f, uint64_t hash, const void *key, std::size_t len) {
+    return f->hash == hash && f->key_len == len && (len == 0 || std::memcmp(f->key, key, len) == 0);
+}
+
+void unlink_locked(Shard *s, Flight *f) {
+    for (Flight **pp = bucket_of(s, f->hash); *pp; pp = &(*pp)->next) {
+        if (*pp == f) {
+            *pp = f->next;
+            f->next = nullptr;
+            f->in_table = false;
+            --s->count;
+            return;
+        }
+    }
+}
+
+// Doubles the bucket array when chains get long.  Failure to allocate only
+// costs speed, so it is not reported.
+void maybe_grow_locked(Shard *s) {
+    std::size_t n = s->mask + 1;
+    if (s->count <= n) return;
+    auto **fresh = static_cast<Flight **>(detail::alloc(2 * n * sizeof(Flight *)));
+    if (!fresh) return;
+    std::memset(fresh, 0, 2 * n * sizeof(Flight *));
+    std::size_t mask = 2 * n - 1;
+    for (std::size_t i = 0; i < n; ++i) {
+        Flight *f = s->buckets[i];
+        while (f) {
+            Flight *next = f->next;
+            f->next = fresh[f->hash & mask];
+            fresh[f->hash & mask] = f;
+            f = next;
+        }
+    }
+    detail::dealloc(s->buckets);
+    s->buckets = fresh;
+    s->mask = mask;
+}
+
+void drop_leader_handle(Call *c) {
+    if (c->handle_counted) {
+        group_drop_handle(c->shard);
+        c->handle_counted = false;
+    }
+}
+
+// The do_async leader's own completion callback, after the flight completed.
+void finish_async_leader(Call *c) noexcept {
+    Flight *f = c->flight;
+    if (c->done) {
+        try {
+            c->done(f->status, reinterpret_cast<sf_result *>(f), f->shared, c->done_payload);
+        } catch (...) {
+            // done must not throw (header).
+        }
+    }
+    call_unref(c);
+}
+
+void async_task(void *arg) {
+    Call *c = static_cast<Call *>(arg);
+    Group::execute(c, c->fn, c->fn_payload, finish_async_leader);
+    finish_async_leader(c);
+}
+
+void release_flight_of(Call *c) noexcept { flight_release(c->flight); }
+}  // namespace
+
+Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_payload) noexcept {
+    if (shards > kMaxShards) shards = kMaxShards;
+    unsigned n = shards ? round_up_pow2(shards) : default_shards();
+    void *mem = detail::alloc(sizeof(Group));
+    if (!mem) return nullptr;
+    Group *g = new (mem) Group();
+    g->shards_ = static_cast<Shard *>(detail::alloc_aligned(n * sizeof(Shard), alignof(Shard)));
+    if (!g->shards_) {
+        detail::unmake(g);
+        return nullptr;
+    }
+    for (unsigned i = 0; i < n; ++i) new (&g->shards_[i]) Shard();
+    g->shard_mask_ = n - 1;
+    for (unsigned i = 0; i < n; ++i) {
+        Shard &s = g->shards_[i];
+        s.buckets = static_cast<Flight **>(detail::alloc(kInitialBuckets * sizeof(Flight *)));
+        if (!s.buckets) {
+            detail::unmake(g);  // the destructor frees what was allocated
+            return nullptr;
+        }
+        std::memset(s.buckets, 0, kInitialBuckets * sizeof(Flight *));
+        s.mask = kInitialBuckets - 1;
+    }
+    g->seed_ = detail::fold_mul(reinterpret_cast<uintptr_t>(g) ^ 0x243f6a8885a308d3ull,
+                                static_cast<uint64_t>(detail::now_ns()) | 1);
+    g->executor_ = executor;
+    g->executor_payload_ = executor_payload;
+    g->generation_.store(detail::fork_generation(), std::memory_order_relaxed);
+    return g;
+}
+
+Group::~Group() {
+    Pool::destroy(pool_.load(std::memory_order_acquire));
+    if (shards_) {
+        for (std::size_t i = 0; i <= shard_mask_; ++i) {
+            detail::dealloc(shards_[i].buckets);
+            shards_[i].~Shard();
+        }
+        detail::dealloc(shards_);
+    }
+}
+
+int Group::destroy(Group *g) noexcept {
+    g->check_fork();
+    for (std::size_t i = 0; i <= g->shard_mask_; ++i) {
+        Shard &s = g->shards_[i];
+        std::lock_guard<std::mutex> lock(s.mu);
+        if (s.in_flight || s.handles.load(std::memory_order_acquire)) return SF_EBUSY;
+    }
+    detail::unmake(g);
+    return SF_OK;
+}
+
+void Group::check_fork() noexcept {
+    uint32_t now = detail::fork_generation();
+    if (generation_.load(std::memory_order_acquire) == now) return;
+    bool expected = false;
+    if (!resetting_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
+        while (generation_.load(std::memory_order_acquire) != now) sched_yield();
+        return;
+    }
+    if (generation_.load(std::memory_order_acquire) != now) {
+        // In a forked child.  The flights in the table belong to parent
+        // threads that do not exist here, and a shard lock may have been
+        // held by one of them: start every shard empty with a fresh lock.
+        // The orphaned flights stay valid for any handle that still points
+        // at them; their completion skips this table (generation differs).
+        for (std::size_t i = 0; i <= shard_mask_; ++i) {
+            Shard &s = shards_[i];
+            new (&s.mu) std::mutex();
+            std::memset(s.buckets, 0, (s.mask + 1) * sizeof(Flight *));
+            s.count = 0;
+            s.in_flight = 0;
+        }
+        new (&pool_mu_) std::mutex();
+        if (Pool *p = pool_.load(std::memory_order_acquire)) p->reset_after_fork();
+        generation_.store(now, std::memory_order_release);
+    }
+    resetting_.store(false, std::memory_order_release);
+}
+
+int Group::acquire(const void *key, std::size_t len, bool deadlock_check, Shard **shard,
+                   Flight **flight) noexcept {
+    check_fork();
+    const uint64_t h = detail::hash_bytes(key, len, seed_);
+    Shard *s = shard_for(h);
+    *shard = s;
+    const void *self = detail::this_thread_id();
+    std::lock_guard<std::mutex> lock(s->mu);
+    for (Flight *f = *bucket_of(s, h); f; f = f->next) {
+        if (!key_equals(f, h, key, len)) continue;
+        if (deadlock_check && f->leader_thread == self) return SF_EDEADLK;
+        ++f->dups;
+        flight_retain(f);
+        ++s->calls;
+        ++s->followers;
+        *flight = f;
+        return SF_FOLLOWER;
+    }
+    Flight *f = flight_new();
+    if (!f) return SF_ENOMEM;
+    if (!flight_set_key(f, key, len)) {
+        flight_release(f);
+        return SF_ENOMEM;
+    }
+    f->hash = h;
+    f->shard = s;
+    f->group = this;
+    f->generation = generation_.load(std::memory_order_relaxed);
+    f->leader_thread = self;
+    f->in_table = true;
+    Flight **b = bucket_of(s, h);
+    f->next = *b;
+    *b = f;
+    ++s->count;
+    maybe_grow_locked(s);
+    ++s->calls;
+    ++s->leaders;
+    ++s->in_flight;
+    *flight = f;
+    return SF_LEADER;
+}
+
+void group_flight_completed(Flight *f) noexcept {
+    Shard *s = f->shard;
+    if (f->generation != f->group->generation()) {
+        f->shared = f->dups > 0;  // orphaned by fork: no table to update
+        return;
+    }
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (f->in_table) unlink_locked(s, f);
+    --s->in_flight;
+    if (f->status == SF_EPANIC) ++s->panics;
+    if (f->status == SF_EGOEXIT) ++s->goexits;
+    f->shared = f->dups > 0;
+}
+
+void group_drop_handle(Shard *s) noexcept { s->handles.fetch_sub(1, std::memory_order_release); }
+
+int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
+    Flight *f = c->flight;
+    try {
+        int err = fn(reinterpret_cast<sf_call *>(c), payload);
+        c->finished.store(true, std::memory_order_release);
+        drop_leader_handle(c);
+        if (f->panic_pending) {
+            flight_complete(f, SF_EPANIC, err, f->pending_message);
+        } else {
+            flight_complete(f, SF_OK, err, nullptr);
+        }
+    } catch (abi::__forced_unwind &) {
+        // Go's Goexit: the thread is leaving inside fn.  Release everybody,
+        // then let the unwind go on; swallowing it would abort the process.
+        c->finished.store(true, std::memory_order_release);
+        drop_leader_handle(c);
+        flight_complete(f, SF_EGOEXIT, 0, nullptr);
+        if (on_exit) on_exit(c);
+        throw;
+    } catch (const std::exception &e) {
+        c->finished.store(true, std::memory_order_release);
+        drop_leader_handle(c);
+        flight_complete(f, SF_EPANIC, 0, e.what());
+    } catch (...) {
+        c->finished.store(true, std::memory_order_release);
+        drop_leader_handle(c);
+        flight_complete(f, SF_EPANIC, 0, kUnknownException);
+    }
+    return f->status;
+}
+
+int Group::run(const void *key, std::size_t len, sf_fn fn, void *payload, sf_result **result,
+               int *shared) {
+    Shard *s;
+    Flight *f;
+    int role = acquire(key, len, true, &s, &f);
+    if (role < 0) return role;
+    int status;
+    if (role == SF_FOLLOWER) {
+        flight_wait(f, -1);
+        status = f->status;
+        if (shared) *shared = 1;
+    } else {
+        Call c;
+        c.flight = f;
+        c.shard = s;
+        c.role = SF_LEADER;
+        c.kind = CallKind::Do;
+        status = execute(&c, fn, payload, release_flight_of);
+        if (shared) *shared = f->shared;
+    }
+    if (result) {
+        *result = reinterpret_cast<sf_result *>(f);  // the caller's reference
+    } else {
+        flight_release(f);
+    }
+    return status;
+}
+
+int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, sf_done_fn done,
+                     void *done_payload) noexcept {
+    Call *c = call_new();
+    if (!c) return SF_ENOMEM;
+    Shard *s;
+    Flight *f;
+    int role = acquire(key, len, false, &s, &f);
+    if (role < 0) {
+        call_unref(c);
+        return role;
+    }
+    c->flight = f;
+    c->shard = s;
+    c->role = role;
+    c->handle_counted = true;
+    s->handles.fetch_add(1, std::memory_order_relaxed);
+    if (role == SF_FOLLOWER) {
+        c->kind = CallKind::AsyncFollower;
+        call_on_done(c, done, done_payload);
+        call_unref(c);  // from now on the notification owns the call
+        return SF_OK;
+    }
+    c->kind = CallKind::AsyncLeader;
+    c->fn = fn;
+    c->fn_payload = payload;
+    c->done = done;
+    c->done_payload = done_payload;
+    int rc;
+    if (executor_) {
+        rc = executor_(async_task, c, executor_payload_) == 0 ? SF_OK : SF_EBUSY;
+    } else {
+        Pool *p = pool();
+        rc = p ? p->submit(async_task, c) : SF_ENOMEM;
+    }
+    if (rc != SF_OK) {
+        // Nobody will run fn: release whoever joined meanwhile, say why.
+        c->finished.store(true, std::memory_order_release);
+        drop_leader_handle(c);
+        flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory");
+        call_unref(c);
+    }
+    return rc;
+}
+
+int Group::begin(const void *key, std::size_t len, Call **out) noexcept {
+    Call *c = call_new();
+    if (!c) return SF_ENOMEM;
+    Shard *s;
+    Flight *f;
+    int role = acquire(key, len, false, &s, &f);
+    if (role < 0) {
+        call_unref(c);
+        return role;
+    }
+    c->flight = f;
+    c->shard = s;
+    c->role = role;
+    c->kind = CallKind::TwoPhase;
+    c->handle_counted = true;
+    s->handles.fetch_add(1, std::memory_order_relaxed);
+    *out = c;
+    return role;
+}
+
+int Group::forget(const void *key, std::size_t len, bool only_unshared) noexcept {
+    check_fork();
+    const uint64_t h = detail::hash_bytes(key, len, seed_);
+    Shard *s = shard_for(h);
+    std::lock_guard<std::mutex> lock(s->mu);
+    for (Flight *f = *bucket_of(s, h); f; f = f->next) {
+        if (!key_equals(f, h, key, len)) continue;
+        if (only_unshared && f->dups > 0) return 0;
+        unlink_locked(s, f);
+        ++s->forgets;
+        return 1;
+    }
+    return 0;
+}
+
+void Group::stats(sf_group_stats *out) const noexcept {
+    const_cast<Group *>(this)->check_fork();
+    sf_group_stats st{};
+    st.version = out->version;
+    for (std::size_t i = 0; i <= shard_mask_; ++i) {
+        Shard &s = shards_[i];
+        std::lock_guard<std::mutex> lock(s.mu);
+        st.calls += s.calls;
+        st.leaders += s.leaders;
+        st.followers += s.followers;
+        st.panics += s.panics;
+        st.goexits += s.goexits;
+        st.forgets += s.forgets;
+        st.in_flight += s.in_flight;
+        st.timeouts += s.timeouts.load(std::memory_order_relaxed);
+    }
+    *out = st;
+}
+
+Pool *Group::pool() noexcept {
+    Pool *p = pool_.load(std::memory_order_acquire);
+    if (p) return p;
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    p = pool_.load(std::memory_order_relaxed);
+    if (!p) {
+        p = Pool::create();
+        pool_.store(p, std::memory_order_release);
+    }
+    return p;
+}
+
+}  // namespace sf

@@ -1,0 +1,41 @@
+// Thin wrappers over the few OS facilities the core needs: a futex to park
+// waiters on the flight's own state word, a monotonic clock, and a cheap
+// per-thread identity for deadlock detection.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace sf {
+namespace detail {
+
+// Spin-wait hint: lets the sibling hyperthread run while we poll.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
+
+// Sleeps while *word == expected, for at most timeout_ns (< 0: forever).
+// Returns false only on timeout; spurious wakeups return true, callers loop.
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected,
+                int64_t timeout_ns) noexcept;
+
+// Wakes every thread parked on word.
+void futex_wake_all(std::atomic<uint32_t> *word) noexcept;
+
+// CLOCK_MONOTONIC in nanoseconds.
+int64_t now_ns() noexcept;
+
+// An address unique to the calling thread while it lives.  Cheaper than
+// pthread_self() comparisons and never reused while the thread runs.
+const void *this_thread_id() noexcept;
+
+// Incremented in the child after every fork(); objects that hold locks compare
+// it with the value they saw last to know they must reinitialise.
+uint32_t fork_generation() noexcept;
+
+}  // namespace detail
+}  // namespace sf

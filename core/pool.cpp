@@ -1,0 +1,147 @@
+#include "core/pool.hpp"
+
+#include <cxxabi.h>
+
+#include "core/alloc.hpp"
+
+namespace sf {
+
+Pool::Pool() noexcept {
+    pthread_mutex_init(&mu_, nullptr);
+    pthread_cond_init(&cv_, nullptr);
+    for (Slot &s : slots_) s = Slot{pthread_t(), false, false};
+}
+
+Pool *Pool::create() noexcept { return detail::make<Pool>(); }
+
+void Pool::destroy(Pool *p) noexcept {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu_);
+    p->stop_ = true;
+    pthread_cond_broadcast(&p->cv_);
+    pthread_mutex_unlock(&p->mu_);
+    // Workers leave their slot marked used, so each is joined exactly once
+    // here; a worker that died inside fn is joinable like any other.
+    for (Slot &s : p->slots_) {
+        if (s.used) pthread_join(s.tid, nullptr);
+    }
+    while (Task *t = p->head_) {  // only reachable if tasks were never run
+        p->head_ = t->next;
+        detail::dealloc(t);
+    }
+    pthread_cond_destroy(&p->cv_);
+    pthread_mutex_destroy(&p->mu_);
+    detail::unmake(p);
+}
+
+bool Pool::spawn_locked() noexcept {
+    Slot *slot = nullptr;
+    for (Slot &s : slots_) {
+        if (!s.used) {
+            slot = &s;
+            break;
+        }
+    }
+    if (!slot) {
+        for (Slot &s : slots_) {
+            if (s.exited) {  // reap a worker that has left its loop
+                pthread_join(s.tid, nullptr);
+                s.used = false;
+                slot = &s;
+                break;
+            }
+        }
+    }
+    if (!slot) return false;
+    // The worker learns its slot through the tid it will find there.
+    if (pthread_create(&slot->tid, nullptr, worker_main, this) != 0) return false;
+    slot->used = true;
+    slot->exited = false;
+    ++live_;
+    return true;
+}
+
+int Pool::submit(sf_task_fn task, void *arg) noexcept {
+    Task *t = static_cast<Task *>(detail::alloc(sizeof(Task)));
+    if (!t) return SF_ENOMEM;
+    t->next = nullptr;
+    t->fn = task;
+    t->arg = arg;
+    pthread_mutex_lock(&mu_);
+    if (idle_ == 0 && live_ < kMaxThreads && !spawn_locked() && live_ == 0) {
+        pthread_mutex_unlock(&mu_);
+        detail::dealloc(t);
+        return SF_ENOMEM;  // no thread at all would ever run it
+    }
+    if (tail_) tail_->next = t; else head_ = t;
+    tail_ = t;
+    pthread_cond_signal(&cv_);
+    pthread_mutex_unlock(&mu_);
+    return SF_OK;
+}
+
+// Leaves the pool's books straight however the worker ends: normally at
+// stop, or by a forced unwind when fn called pthread_exit or was cancelled.
+struct Pool::ExitGuard {
+    Pool *pool;
+    ~ExitGuard() {
+        pthread_mutex_lock(&pool->mu_);
+        --pool->live_;
+        pthread_t self = pthread_self();
+        for (Slot &s : pool->slots_) {
+            if (s.used && pthread_equal(s.tid, self)) s.exited = true;
+        }
+        // Tasks still queued must not wait for a thread that is gone.
+        if (!pool->stop_ && pool->head_ && pool->idle_ == 0) pool->spawn_locked();
+        pthread_mutex_unlock(&pool->mu_);
+    }
+};
+
+void *Pool::worker_main(void *self) {
+    // A worker must be cancellable only inside fn, where the flight
+    // machinery turns it into SF_EGOEXIT; noexcept would turn a forced
+    // unwind into terminate, so the loop runs in a function that may throw.
+    try {
+        static_cast<Pool *>(self)->worker_loop();
+    } catch (abi::__forced_unwind &) {
+        throw;
+    } catch (...) {
+    }
+    return nullptr;
+}
+
+void Pool::worker_loop() {
+    ExitGuard guard{this};
+    pthread_mutex_lock(&mu_);
+    for (;;) {
+        while (!head_ && !stop_) {
+            ++idle_;
+            pthread_cond_wait(&cv_, &mu_);
+            --idle_;
+        }
+        Task *t = head_;
+        if (!t) break;  // stopping and drained
+        head_ = t->next;
+        if (!head_) tail_ = nullptr;
+        pthread_mutex_unlock(&mu_);
+        sf_task_fn fn = t->fn;
+        void *arg = t->arg;
+        detail::dealloc(t);
+        fn(arg);
+        pthread_mutex_lock(&mu_);
+    }
+    pthread_mutex_unlock(&mu_);
+}
+
+void Pool::reset_after_fork() noexcept {
+    // The parent's workers do not exist here and its lock may have been
+    // held by one of them: start over (queued parent tasks are abandoned).
+    pthread_mutex_init(&mu_, nullptr);
+    pthread_cond_init(&cv_, nullptr);
+    head_ = tail_ = nullptr;
+    live_ = idle_ = 0;
+    stop_ = false;
+    for (Slot &s : slots_) s = Slot{pthread_t(), false, false};
+}
+
+}  // namespace sf
