@@ -34,7 +34,10 @@ struct Flight {
     Shard *shard = nullptr;
     Group *group = nullptr;
     uint32_t generation = 0;       // group's fork generation at creation
-    const void *leader_thread = nullptr;
+    // The thread running fn (nullptr while a do_async task waits in the
+    // queue): the one thread for which joining would deadlock.  Atomic
+    // because an async task sets it without the shard lock.
+    std::atomic<const void *> leader_thread{nullptr};
 
     // Guarded by the shard lock until completion, read-only afterwards.
     uint64_t dups = 0;

@@ -98,6 +98,7 @@ void finish_async_leader(Call *c) noexcept {
 
 void async_task(void *arg) {
     Call *c = static_cast<Call *>(arg);
+    c->flight->leader_thread.store(detail::this_thread_id(), std::memory_order_relaxed);
     Group::execute(c, c->fn, c->fn_payload, finish_async_leader);
     finish_async_leader(c);
 }
@@ -186,8 +187,8 @@ void Group::check_fork() noexcept {
     resetting_.store(false, std::memory_order_release);
 }
 
-int Group::acquire(const void *key, std::size_t len, bool deadlock_check, Shard **shard,
-                   Flight **flight) noexcept {
+int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool lead_here,
+                   Shard **shard, Flight **flight) noexcept {
     check_fork();
     const uint64_t h = detail::hash_bytes(key, len, seed_);
     Shard *s = shard_for(h);
@@ -196,7 +197,8 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, Shard 
     std::lock_guard<std::mutex> lock(s->mu);
     for (Flight *f = *bucket_of(s, h); f; f = f->next) {
         if (!key_equals(f, h, key, len)) continue;
-        if (deadlock_check && f->leader_thread == self) return SF_EDEADLK;
+        if (deadlock_check && f->leader_thread.load(std::memory_order_relaxed) == self)
+            return SF_EDEADLK;
         ++f->dups;
         flight_retain(f);
         ++s->calls;
@@ -214,7 +216,7 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, Shard 
     f->shard = s;
     f->group = this;
     f->generation = generation_.load(std::memory_order_relaxed);
-    f->leader_thread = self;
+    f->leader_thread.store(lead_here ? self : nullptr, std::memory_order_relaxed);
     f->in_table = true;
     Flight **b = bucket_of(s, h);
     f->next = *b;
@@ -279,7 +281,7 @@ int Group::run(const void *key, std::size_t len, sf_fn fn, void *payload, sf_res
                int *shared) {
     Shard *s;
     Flight *f;
-    int role = acquire(key, len, true, &s, &f);
+    int role = acquire(key, len, true, true, &s, &f);
     if (role < 0) return role;
     int status;
     if (role == SF_FOLLOWER) {
@@ -309,7 +311,7 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
     if (!c) return SF_ENOMEM;
     Shard *s;
     Flight *f;
-    int role = acquire(key, len, false, &s, &f);
+    int role = acquire(key, len, false, false, &s, &f);
     if (role < 0) {
         call_unref(c);
         return role;
@@ -352,7 +354,7 @@ int Group::begin(const void *key, std::size_t len, Call **out) noexcept {
     if (!c) return SF_ENOMEM;
     Shard *s;
     Flight *f;
-    int role = acquire(key, len, false, &s, &f);
+    int role = acquire(key, len, false, true, &s, &f);
     if (role < 0) {
         call_unref(c);
         return role;

@@ -59,10 +59,11 @@ private:
 
     // Finds or creates the key's flight under the shard lock.  Returns
     // SF_LEADER / SF_FOLLOWER with *flight referenced for the caller,
-    // SF_EDEADLK when the calling thread leads it and deadlock_check is set,
+    // SF_EDEADLK when the calling thread runs its fn and deadlock_check is set,
     // SF_ENOMEM.
-    int acquire(const void *key, std::size_t len, bool deadlock_check, Shard **shard,
-                Flight **flight) noexcept;
+    // lead_here: fn will run on this thread (not do_async's executor).
+    int acquire(const void *key, std::size_t len, bool deadlock_check, bool lead_here,
+                Shard **shard, Flight **flight) noexcept;
     void check_fork() noexcept;
     Pool *pool() noexcept;
 

@@ -68,13 +68,17 @@ int Pool::submit(sf_task_fn task, void *arg) noexcept {
     t->fn = task;
     t->arg = arg;
     pthread_mutex_lock(&mu_);
-    if (idle_ == 0 && live_ < kMaxThreads && !spawn_locked() && live_ == 0) {
+    // Every queued task needs a thread of its own: fn may block for long,
+    // and a task stuck behind another could wait on it (Go gives each DoChan
+    // its own goroutine).  Idle workers already signalled are not spare.
+    if (queued_ + 1 > idle_ && live_ < kMaxThreads && !spawn_locked() && live_ == 0) {
         pthread_mutex_unlock(&mu_);
         detail::dealloc(t);
         return SF_ENOMEM;  // no thread at all would ever run it
     }
     if (tail_) tail_->next = t; else head_ = t;
     tail_ = t;
+    ++queued_;
     pthread_cond_signal(&cv_);
     pthread_mutex_unlock(&mu_);
     return SF_OK;
@@ -92,7 +96,7 @@ struct Pool::ExitGuard {
             if (s.used && pthread_equal(s.tid, self)) s.exited = true;
         }
         // Tasks still queued must not wait for a thread that is gone.
-        if (!pool->stop_ && pool->head_ && pool->idle_ == 0) pool->spawn_locked();
+        if (!pool->stop_ && pool->queued_ > pool->idle_) pool->spawn_locked();
         pthread_mutex_unlock(&pool->mu_);
     }
 };
@@ -123,6 +127,7 @@ void Pool::worker_loop() {
         if (!t) break;  // stopping and drained
         head_ = t->next;
         if (!head_) tail_ = nullptr;
+        --queued_;
         pthread_mutex_unlock(&mu_);
         sf_task_fn fn = t->fn;
         void *arg = t->arg;
@@ -139,7 +144,7 @@ void Pool::reset_after_fork() noexcept {
     pthread_mutex_init(&mu_, nullptr);
     pthread_cond_init(&cv_, nullptr);
     head_ = tail_ = nullptr;
-    live_ = idle_ = 0;
+    live_ = idle_ = queued_ = 0;
     stop_ = false;
     for (Slot &s : slots_) s = Slot{pthread_t(), false, false};
 }

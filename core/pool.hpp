@@ -45,6 +45,7 @@ private:
     Task *tail_ = nullptr;
     int live_ = 0;
     int idle_ = 0;
+    int queued_ = 0;
     bool stop_ = false;
     Slot slots_[kMaxThreads];
 };

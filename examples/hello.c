@@ -6,6 +6,7 @@
  * the other nine threads have joined the flight (visible in the group's
  * stats) before it returns; a real fetch would take long enough by itself.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>

@@ -220,7 +220,9 @@ void expect_goexit(bool cancel) {
     EXPECT_EQ(sf_result_panic_message(r), nullptr);
     sf_result_release(r);
     EXPECT_FALSE(e.returned.load()) << "sf_group_do returned although the thread was exiting";
-    if (cancel) EXPECT_EQ(ret, PTHREAD_CANCELED);
+    if (cancel) {
+        EXPECT_EQ(ret, PTHREAD_CANCELED);
+    }
     sf_group_stats st = stats_of(g);
     EXPECT_EQ(st.goexits, 1u);
     EXPECT_EQ(st.in_flight, 0u);

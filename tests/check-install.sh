@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# An installed library is usable the three ways users reach it: a C program
+# built with pkg-config, the same linked statically, and a CMake project
+# using find_package(singleflight).
+set -euo pipefail
+prefix=$(cd "$1" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+
+major=$(sed -n 's/^#define SF_VERSION_MAJOR \([0-9]*\)/\1/p' "$prefix/include/singleflight.h")
+soname=$(readelf -d "$prefix/lib/libsingleflight.so" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
+[ "$soname" = "libsingleflight.so.$major" ] || { echo "SONAME $soname, want libsingleflight.so.$major"; exit 1; }
+[ -f "$prefix/lib/libsingleflight.a" ] || { echo "no static library installed"; exit 1; }
+
+cat > "$tmp/app.c" <<'SRC'
+#include <stdio.h>
+#include <string.h>
+#include <singleflight.h>
+static int fn(sf_call *call, void *payload) { sf_call_set_value(call, payload, NULL); return 0; }
+int main(void) {
+    sf_group *g; sf_result *r; int shared;
+    if (sf_version_number() != SF_VERSION_NUMBER) return 2;
+    if (sf_group_new(&g, NULL) != SF_OK) return 3;
+    if (sf_group_do(g, "k", 1, fn, "installed", &r, &shared) != SF_OK) return 4;
+    printf("%s %s\n", (char *)sf_result_value(r), sf_version_string());
+    sf_result_release(r);
+    return sf_group_free(g);
+}
+SRC
+cc "$tmp/app.c" -o "$tmp/app" $(pkg-config --cflags --libs singleflight)
+LD_LIBRARY_PATH="$prefix/lib" "$tmp/app" | grep -q '^installed ' || { echo "pkg-config app failed"; exit 1; }
+echo "pkg-config (shared): ok"
+
+cc "$tmp/app.c" -o "$tmp/app-static" $(pkg-config --cflags singleflight) \
+    "$prefix/lib/libsingleflight.a" -lstdc++ $(pkg-config --static --libs-only-other singleflight)
+env -u LD_LIBRARY_PATH "$tmp/app-static" | grep -q '^installed ' || { echo "static app failed"; exit 1; }
+echo "static: ok"
+
+mkdir -p "$tmp/cm"
+cp "$tmp/app.c" "$tmp/cm/app.c"
+cat > "$tmp/cm/CMakeLists.txt" <<'SRC'
+cmake_minimum_required(VERSION 3.16)
+project(consumer C)
+find_package(singleflight 1 REQUIRED)
+add_executable(app app.c)
+target_link_libraries(app PRIVATE singleflight::singleflight)
+SRC
+cmake -S "$tmp/cm" -B "$tmp/cm/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$tmp/cm/b" >/dev/null
+"$tmp/cm/b/app" | grep -q '^installed ' || { echo "find_package app failed"; exit 1; }
+echo "find_package(singleflight): ok"
