@@ -7,6 +7,7 @@
 
 #include "core/flight.hpp"
 #include "core/group.hpp"
+#include "core/platform.hpp"
 #include "singleflight.h"
 
 namespace {
@@ -54,7 +55,6 @@ SF_API int sf_group_options_init(sf_group_options *opts, unsigned int version) {
 
 SF_API int sf_group_new(sf_group **out, const sf_group_options *opts) {
     if (!out) return SF_EINVAL;
-    *out = nullptr;
     if (opts && opts->version != SF_GROUP_OPTIONS_VERSION) return SF_EINVAL;
     sf::Group *g = opts ? sf::Group::create(opts->shards, opts->executor, opts->executor_payload)
                         : sf::Group::create(0, nullptr, nullptr);
@@ -68,6 +68,7 @@ SF_API int sf_group_free(sf_group *g) {
     return sf::Group::destroy(G(g));
 }
 
+SF_CATCHES_FORCED_UNWIND
 SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
                        sf_result **result, int *shared) {
     clear_out(result, shared);
@@ -170,7 +171,7 @@ SF_API void sf_call_release(sf_call *call) {
         sf::flight_complete(c->flight, SF_EGOEXIT, 0, nullptr);
     }
     if (c->handle_counted) {
-        sf::group_drop_handle(c->shard);
+        sf::group_drop_handle(c);
         c->handle_counted = false;
     }
     sf::call_unref(c);

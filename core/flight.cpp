@@ -57,7 +57,7 @@ void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexce
         if (c->kind == CallKind::AsyncFollower && c->handle_counted) {
             // Give the group back before user code can observe completion:
             // after the callback the group may already be freed.
-            group_drop_handle(c->shard);
+            group_drop_handle(c);
             c->handle_counted = false;
         }
         int shared = c->role == SF_FOLLOWER ? 1 : f->shared;

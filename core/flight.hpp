@@ -33,7 +33,7 @@ struct Flight {
     Flight *next = nullptr;        // bucket chain, guarded by the shard lock
     Shard *shard = nullptr;
     Group *group = nullptr;
-    uint32_t generation = 0;       // group's fork generation at creation
+    uint32_t generation = 0;       // detail::fork_generation() at creation
     // The thread running fn (nullptr while a do_async task waits in the
     // queue): the one thread for which joining would deadlock.  Atomic
     // because an async task sets it without the shard lock.
@@ -84,6 +84,7 @@ struct Call {
     CallKind kind = CallKind::TwoPhase;
     std::atomic<bool> finished{false};  // leader: the flight was completed
     bool handle_counted = false;        // counted in Shard::handles
+    uint32_t generation = 0;            // detail::fork_generation() at creation
 
     // Notification (on_done and/or eventfd).  Guarded by flight->notify_mu.
     Call *notify_next = nullptr;

@@ -78,7 +78,7 @@ void maybe_grow_locked(Shard *s) {
 
 void drop_leader_handle(Call *c) {
     if (c->handle_counted) {
-        group_drop_handle(c->shard);
+        group_drop_handle(c);
         c->handle_counted = false;
     }
 }
@@ -179,6 +179,7 @@ void Group::check_fork() noexcept {
             std::memset(s.buckets, 0, (s.mask + 1) * sizeof(Flight *));
             s.count = 0;
             s.in_flight = 0;
+            s.handles.store(0, std::memory_order_relaxed);
         }
         new (&pool_mu_) std::mutex();
         if (Pool *p = pool_.load(std::memory_order_acquire)) p->reset_after_fork();
@@ -215,7 +216,7 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool l
     f->hash = h;
     f->shard = s;
     f->group = this;
-    f->generation = generation_.load(std::memory_order_relaxed);
+    f->generation = detail::fork_generation();
     f->leader_thread.store(lead_here ? self : nullptr, std::memory_order_relaxed);
     f->in_table = true;
     Flight **b = bucket_of(s, h);
@@ -232,8 +233,11 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool l
 
 void group_flight_completed(Flight *f) noexcept {
     Shard *s = f->shard;
-    if (f->generation != f->group->generation()) {
-        f->shared = f->dups > 0;  // orphaned by fork: no table to update
+    if (f->generation != detail::fork_generation()) {
+        // Orphaned by fork: made before it, completed in the child.  The
+        // child's table never held it, and the group may even be gone, so
+        // the group is not touched.
+        f->shared = f->dups > 0;
         return;
     }
     std::lock_guard<std::mutex> lock(s->mu);
@@ -244,8 +248,20 @@ void group_flight_completed(Flight *f) noexcept {
     f->shared = f->dups > 0;
 }
 
-void group_drop_handle(Shard *s) noexcept { s->handles.fetch_sub(1, std::memory_order_release); }
+void group_drop_handle(Call *c) noexcept {
+    // A handle made before a fork is not counted in the child's group.
+    if (c->generation == detail::fork_generation())
+        c->shard->handles.fetch_sub(1, std::memory_order_release);
+}
 
+void group_add_handle(Call *c, Shard *s) noexcept {
+    c->shard = s;
+    c->generation = detail::fork_generation();
+    c->handle_counted = true;
+    s->handles.fetch_add(1, std::memory_order_relaxed);
+}
+
+SF_CATCHES_FORCED_UNWIND
 int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
     Flight *f = c->flight;
     try {
@@ -317,10 +333,8 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
         return role;
     }
     c->flight = f;
-    c->shard = s;
     c->role = role;
-    c->handle_counted = true;
-    s->handles.fetch_add(1, std::memory_order_relaxed);
+    group_add_handle(c, s);
     if (role == SF_FOLLOWER) {
         c->kind = CallKind::AsyncFollower;
         call_on_done(c, done, done_payload);
@@ -360,11 +374,9 @@ int Group::begin(const void *key, std::size_t len, Call **out) noexcept {
         return role;
     }
     c->flight = f;
-    c->shard = s;
     c->role = role;
     c->kind = CallKind::TwoPhase;
-    c->handle_counted = true;
-    s->handles.fetch_add(1, std::memory_order_relaxed);
+    group_add_handle(c, s);
     *out = c;
     return role;
 }

@@ -6,6 +6,15 @@
 #include <atomic>
 #include <cstdint>
 
+// Functions that catch abi::__forced_unwind: the runtime hands the handler a
+// null exception object, which UBSan's null-reference check reports although
+// it is how glibc's thread exit works.  Only that one check is turned off.
+#if defined(__GNUC__) || defined(__clang__)
+#define SF_CATCHES_FORCED_UNWIND __attribute__((no_sanitize("null")))
+#else
+#define SF_CATCHES_FORCED_UNWIND
+#endif
+
 namespace sf {
 namespace detail {
 

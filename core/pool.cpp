@@ -3,6 +3,7 @@
 #include <cxxabi.h>
 
 #include "core/alloc.hpp"
+#include "core/platform.hpp"
 
 namespace sf {
 
@@ -101,6 +102,7 @@ struct Pool::ExitGuard {
     }
 };
 
+SF_CATCHES_FORCED_UNWIND
 void *Pool::worker_main(void *self) {
     // A worker must be cancellable only inside fn, where the flight
     // machinery turns it into SF_EGOEXIT; noexcept would turn a forced
