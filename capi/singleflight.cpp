@@ -138,7 +138,9 @@ SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns, sf_result **result, in
     sf::Flight *f = c->flight;
     if (c->role == SF_LEADER && !f->done()) return SF_EDEADLK;
     if (!sf::flight_wait(f, timeout_ns)) {
-        c->shard->timeouts.fetch_add(1, std::memory_order_relaxed);
+        // A poll (timeout 0) is a question, not a wait that gave up: event
+        // loops poll constantly and would drown the counter.
+        if (timeout_ns > 0) c->shard->timeouts.fetch_add(1, std::memory_order_relaxed);
         return SF_ETIMEDOUT;
     }
     if (result) {

@@ -345,7 +345,8 @@ typedef struct sf_group_stats {
     sf_u64 followers;         /* calls that joined a flight */
     sf_u64 panics;            /* flights completed as SF_EPANIC */
     sf_u64 goexits;           /* flights completed as SF_EGOEXIT */
-    sf_u64 timeouts;          /* sf_call_wait calls that timed out */
+    sf_u64 timeouts;          /* sf_call_wait calls with a timeout > 0 that
+                                 timed out (polls do not count) */
     sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */
     sf_u64 in_flight;         /* flights not yet completed */
 } sf_group_stats;
