@@ -1,0 +1,601 @@
+-- Tests for the LuaJIT binding.  Run with: luajit singleflight_test.lua
+-- (package.path must reach ../singleflight.lua; test.sh sets it).
+--
+-- Concurrency here is coroutines in one Lua state, driven by a tiny
+-- round-robin scheduler.  Leaders that must be joined wait until the group's
+-- own stats show the followers, so every interleaving is forced, not hoped
+-- for.
+
+local singleflight = require("singleflight")
+
+local tests, failures = {}, 0
+
+local function test(name, fn)
+    tests[#tests + 1] = { name = name, fn = fn }
+end
+
+local function check(cond, message, level)
+    if not cond then error(message or "check failed", (level or 1) + 1) end
+end
+
+local function eq(got, want, what)
+    if got ~= want then
+        error(("%s: got %s, want %s"):format(what or "value", tostring(got), tostring(want)), 2)
+    end
+end
+
+-- Loops are bounded by CPU time, not iterations: a timeout test spins the
+-- scheduler for real milliseconds.  The bound only turns a hang into a
+-- failure.
+local function before_deadline(start)
+    return os.clock() - start < 20
+end
+
+-- Runs each function as a coroutine, round-robin, until all are dead.
+-- A task that raises fails the test; expected errors are pcall'd inside.
+local function schedule(tasks, between_rounds)
+    local cos = {}
+    for i, f in ipairs(tasks) do cos[i] = coroutine.create(f) end
+    local start = os.clock()
+    while before_deadline(start) do
+        local alive = false
+        for _, co in ipairs(cos) do
+            if coroutine.status(co) == "suspended" then
+                local ok, err = coroutine.resume(co)
+                if not ok then error(debug.traceback(co, tostring(err)), 0) end
+                alive = alive or coroutine.status(co) ~= "dead"
+            end
+        end
+        if not alive then return end
+        if between_rounds then between_rounds() end
+    end
+    error("scheduler: tasks never finished", 2)
+end
+
+-- Yields (inside a leader's fn) until n followers have joined g.
+local function await_followers(g, n)
+    local start = os.clock()
+    while before_deadline(start) do
+        if g:stats().followers >= n then return end
+        coroutine.yield()
+    end
+    error("followers never joined")
+end
+
+-- Yields until flag() is true; for leaders held open by the test.
+local function hold_until(flag)
+    local start = os.clock()
+    while before_deadline(start) do
+        if flag() then return end
+        coroutine.yield()
+    end
+    error("never released")
+end
+
+local function expect_error_code(code, f, ...)
+    local ok, err = pcall(f, ...)
+    check(not ok, "expected an error", 2)
+    check(singleflight.is_error(err), "expected a status error, got " .. tostring(err), 2)
+    eq(err.code, code, "error code")
+    return err
+end
+
+-- ------------------------------------------------------------------ tests
+
+test("lone caller gets the value, not shared", function()
+    local g = singleflight.new()
+    local v, shared = g:run("k", function() return "v" end)
+    eq(v, "v")
+    eq(shared, false, "shared")
+    local s = g:stats()
+    eq(s.leaders, 1, "leaders")
+    eq(s.followers, 0, "followers")
+    eq(s.in_flight, 0, "in_flight")
+end)
+
+test("sequential callers each run fn", function()
+    local g = singleflight.new()
+    local executions = 0
+    for i = 1, 3 do
+        local v = g:run("k", function()
+            executions = executions + 1
+            return tostring(executions)
+        end)
+        eq(v, tostring(i))
+    end
+    eq(executions, 3, "executions")
+end)
+
+test("concurrent coroutines share one execution", function()
+    local g = singleflight.new()
+    local n, executions = 6, 0
+    local values, shared = {}, {}
+    local tasks = {}
+    for i = 1, n do
+        tasks[i] = function()
+            values[i], shared[i] = g:run("hot", function()
+                executions = executions + 1
+                await_followers(g, n - 1)
+                return "payload"
+            end)
+        end
+    end
+    schedule(tasks)
+    eq(executions, 1, "executions")
+    for i = 1, n do
+        eq(values[i], "payload", "value of caller " .. i)
+        eq(shared[i], true, "shared of caller " .. i)
+    end
+    local s = g:stats()
+    eq(s.calls, n, "calls")
+    eq(s.leaders, 1, "leaders")
+    eq(s.followers, n - 1, "followers")
+    eq(s.in_flight, 0, "in_flight")
+end)
+
+test("an error in fn is raised in every caller", function()
+    local g = singleflight.new()
+    local n, executions = 4, 0
+    local messages = {}
+    local tasks = {}
+    for i = 1, n do
+        tasks[i] = function()
+            local ok, err = pcall(g.run, g, "k", function()
+                executions = executions + 1
+                await_followers(g, n - 1)
+                error("boom")
+            end)
+            check(not ok, "caller " .. i .. " did not fail")
+            messages[i] = err
+        end
+    end
+    schedule(tasks)
+    eq(executions, 1, "executions")
+    for i = 1, n do
+        check(type(messages[i]) == "string" and messages[i]:find("boom", 1, true),
+            "caller " .. i .. " got " .. tostring(messages[i]))
+        eq(messages[i], messages[1], "message of caller " .. i)
+    end
+    eq(g:stats().panics, 1, "panics")
+    eq(g:stats().in_flight, 0, "in_flight")
+end)
+
+test("the leader re-raises the original error value, followers its text", function()
+    local g = singleflight.new()
+    local original = setmetatable({}, { __tostring = function() return "custom failure" end })
+    local leader_err, follower_err
+    schedule({
+        function()
+            local _, err = pcall(g.run, g, "k", function()
+                await_followers(g, 1)
+                error(original)
+            end)
+            leader_err = err
+        end,
+        function()
+            local _, err = pcall(g.run, g, "k", function() return "unused" end)
+            follower_err = err
+        end,
+    })
+    check(rawequal(leader_err, original), "leader got " .. tostring(leader_err))
+    eq(follower_err, "custom failure", "follower error")
+end)
+
+test("an error does not poison the key", function()
+    local g = singleflight.new()
+    check(not pcall(g.run, g, "k", function() error("once") end))
+    eq(g:run("k", function() return "fine" end), "fine")
+end)
+
+test("values cross as exact bytes, nil and empty included", function()
+    local g = singleflight.new()
+    local big = string.rep("\0\1\255x", 256 * 1024)
+    for _, want in ipairs({ "", "a\0b", big }) do
+        local got = {}
+        schedule({
+            function()
+                got[1] = g:run("k", function()
+                    await_followers(g, g:stats().followers + 1)
+                    return want
+                end)
+            end,
+            function() got[2] = g:run("k", function() return "unused" end) end,
+        })
+        eq(got[1], want, "leader value (" .. #want .. " bytes)")
+        eq(got[2], want, "follower value (" .. #want .. " bytes)")
+    end
+    local v, shared = g:run("nil", function() return nil end)
+    eq(v, nil)
+    eq(shared, false, "shared")
+end)
+
+test("a non-string value fails the flight for every caller", function()
+    local g = singleflight.new()
+    local errs = {}
+    schedule({
+        function()
+            local _, e = pcall(g.run, g, "k", function()
+                await_followers(g, 1)
+                return { 1, 2 }
+            end)
+            errs[1] = e
+        end,
+        function()
+            local _, e = pcall(g.run, g, "k", function() return "unused" end)
+            errs[2] = e
+        end,
+    })
+    for i = 1, 2 do
+        check(type(errs[i]) == "string" and errs[i]:find("string or nil", 1, true),
+            "caller " .. i .. " got " .. tostring(errs[i]))
+    end
+end)
+
+test("forget starts a new flight while the old one delivers to its callers", function()
+    local g = singleflight.new()
+    local release, results, executions = false, {}, 0
+    schedule({
+        function()
+            results.first = g:run("k", function()
+                executions = executions + 1
+                hold_until(function() return release end)
+                return "first"
+            end)
+        end,
+        function()
+            -- Runs after the first task has begun its flight (round-robin).
+            check(g:forget("k"), "forget found no flight")
+            results.second = g:run("k", function()
+                executions = executions + 1
+                return "second"
+            end)
+            release = true
+        end,
+    })
+    eq(results.first, "first", "old flight's value")
+    eq(results.second, "second", "new flight's value")
+    eq(executions, 2, "executions")
+    eq(g:stats().forgets, 1, "forgets")
+    eq(g:forget("k"), false, "forget with nothing in flight")
+end)
+
+test("forget_unshared refuses a joined flight and forgets a lone one", function()
+    local g = singleflight.new()
+    local release = false
+    local verdicts = {}
+    schedule({
+        function()
+            g:run("shared", function()
+                await_followers(g, 1)
+                hold_until(function() return release end)
+                return "x"
+            end)
+        end,
+        function() g:run("shared", function() return "unused" end) end,
+        function()
+            g:run("lone", function()
+                hold_until(function() return release end)
+                return "y"
+            end)
+        end,
+        function()
+            while g:stats().followers < 1 do coroutine.yield() end
+            verdicts.shared = g:forget_unshared("shared")
+            verdicts.lone = g:forget_unshared("lone")
+            release = true
+        end,
+    })
+    eq(verdicts.shared, false, "forget_unshared of a joined flight")
+    eq(verdicts.lone, true, "forget_unshared of a lone flight")
+end)
+
+test("keys must be strings; any bytes are distinct keys", function()
+    local g = singleflight.new()
+    for _, bad in ipairs({ 1, true, {}, function() end }) do
+        local ok, err = pcall(g.run, g, bad, function() return "x" end)
+        check(not ok and tostring(err):find("string expected", 1, true),
+            "bad key " .. type(bad) .. " accepted: " .. tostring(err))
+    end
+    check(not pcall(g.run, g, nil, function() return "x" end), "nil key accepted")
+    check(not pcall(g.forget, g, 5), "forget accepted a number")
+    check(not pcall(g.run, g, "k", "not a function"), "non-function fn accepted")
+    check(not pcall(g.run, g, "k", function() end, { timeout = -1 }), "negative timeout accepted")
+    eq(g:stats().calls, 0, "rejected calls must not count")
+
+    local release, got, executions = false, {}, 0
+    local function slow(v)
+        return function()
+            executions = executions + 1
+            hold_until(function() return release end)
+            return v
+        end
+    end
+    schedule({
+        function() got[1] = g:run("a\0b", slow("nul")) end,
+        function() got[2] = g:run("a", slow("plain")) end,
+        function() got[3] = g:run("", slow("empty")) end,
+        function() got[4] = g:run("a\0b", slow("unused")) end,
+        function()
+            while g:stats().calls < 4 do coroutine.yield() end
+            release = true
+        end,
+    })
+    eq(executions, 3, "executions")
+    eq(got[1], "nul"); eq(got[2], "plain"); eq(got[3], "empty"); eq(got[4], "nul")
+end)
+
+test("run on its own key inside fn is a deadlock error", function()
+    local g = singleflight.new()
+    local inner_ran = false
+    local err = expect_error_code(singleflight.EDEADLK, g.run, g, "k", function()
+        return g:run("k", function()
+            inner_ran = true
+            return "x"
+        end)
+    end)
+    eq(err.name, "SF_EDEADLK", "name")
+    eq(inner_ran, false, "inner fn ran")
+    eq(g:run("other", function() return g:run("inner", function() return "ok" end) end), "ok")
+    eq(g:stats().in_flight, 0, "in_flight")
+end)
+
+test("an abandoned leader coroutine releases its followers with EGOEXIT", function()
+    local g = singleflight.new()
+    local base = singleflight.live_calls()
+    local leader = coroutine.create(function()
+        g:run("k", function()
+            while true do coroutine.yield() end
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local follower_err
+    local follower = coroutine.create(function()
+        local ok, err = pcall(g.run, g, "k", function() return "unused" end)
+        check(not ok, "follower succeeded")
+        follower_err = err
+    end)
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "suspended", "follower state")
+    eq(singleflight.live_calls(), base + 2, "live calls while waiting")
+
+    leader = nil -- luacheck: ignore (dropping the only reference is the point)
+    collectgarbage()
+    collectgarbage()
+    eq(singleflight.live_calls(), base + 1, "the leader's call was not collected")
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "dead", "follower state")
+    check(singleflight.is_error(follower_err), "follower got " .. tostring(follower_err))
+    eq(follower_err.code, singleflight.EGOEXIT, "follower error code")
+    eq(g:stats().goexits, 1, "goexits")
+    eq(g:stats().in_flight, 0, "in_flight")
+    eq(singleflight.live_calls(), base, "live calls after")
+    eq(g:run("k", function() return "again" end), "again", "key usable again")
+end)
+
+test("a waiting coroutine gives up after its timeout; the flight goes on", function()
+    local g = singleflight.new()
+    local err, leader_value
+    local release = false
+    schedule({
+        function()
+            leader_value = g:run("k", function()
+                hold_until(function() return release end)
+                return "late"
+            end)
+        end,
+        function()
+            err = select(2, pcall(g.run, g, "k", function() return "unused" end, { timeout = 0.01 }))
+            release = true
+        end,
+    })
+    check(singleflight.is_error(err), "follower got " .. tostring(err))
+    eq(err.code, singleflight.ETIMEDOUT, "code")
+    eq(leader_value, "late", "leader value")
+    check(g:stats().timeouts >= 1, "timeouts not counted")
+end)
+
+test("outside a coroutine a follower blocks in C until its timeout", function()
+    local g = singleflight.new()
+    local release = false
+    local leader = coroutine.create(function()
+        return g:run("k", function()
+            hold_until(function() return release end)
+            return "done"
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local calls_before = g:stats().timeouts
+    -- The leader cannot progress while the main thread blocks, so the only
+    -- possible outcome is the timeout.
+    expect_error_code(singleflight.ETIMEDOUT, g.run, g, "k", function() return "x" end,
+        { timeout = 0.02 })
+    eq(g:stats().timeouts, calls_before + 1, "exactly one blocking wait")
+    release = true
+    local ok, v = coroutine.resume(leader)
+    check(ok, tostring(v))
+    eq(v, "done")
+end)
+
+test("a custom sleep hook is used between polls", function()
+    local polls = 0
+    local g = singleflight.new({
+        sleep = function(n)
+            polls = n
+            coroutine.yield()
+        end,
+    })
+    local got = {}
+    schedule({
+        function()
+            got[1] = g:run("k", function()
+                await_followers(g, 1)
+                return "v"
+            end)
+        end,
+        function() got[2] = g:run("k", function() return "unused" end) end,
+    })
+    eq(got[1], "v"); eq(got[2], "v")
+    check(polls >= 1, "sleep hook never called")
+    local groups = singleflight.live_groups()
+    check(not pcall(singleflight.new, { sleep = 5 }), "non-function sleep accepted")
+    check(not pcall(singleflight.new, { shards = "many" }), "non-number shards accepted")
+    eq(singleflight.live_groups(), groups, "a rejected new() left a group behind")
+end)
+
+test("a sleep hook that raises gives the handle back at once", function()
+    local g = singleflight.new({ sleep = function() error("cannot yield here") end })
+    local base = singleflight.live_calls()
+    local err
+    schedule({
+        function()
+            g:run("k", function()
+                await_followers(g, 1)
+                return "v"
+            end)
+        end,
+        function()
+            err = select(2, pcall(g.run, g, "k", function() return "unused" end))
+            eq(singleflight.live_calls(), base + 1, "only the leader's call is left")
+        end,
+    })
+    check(tostring(err):find("cannot yield here", 1, true), "follower got " .. tostring(err))
+    eq(singleflight.live_calls(), base, "live calls")
+end)
+
+test("with OpenResty's ngx present, followers wait with ngx.sleep", function()
+    local slept = {}
+    rawset(_G, "ngx", {
+        sleep = function(seconds)
+            slept[#slept + 1] = seconds
+            coroutine.yield()
+        end,
+    })
+    local ok, g = pcall(singleflight.new)
+    rawset(_G, "ngx", nil)
+    assert(ok, g)
+    local got = {}
+    schedule({
+        function()
+            got[1] = g:run("k", function()
+                await_followers(g, 1)
+                return "v"
+            end)
+        end,
+        function() got[2] = g:run("k", function() return "unused" end) end,
+    })
+    eq(got[2], "v", "follower value")
+    check(#slept >= 1, "ngx.sleep never called")
+    eq(slept[1], 0, "first sleep yields without delay")
+end)
+
+test("a second copy of the module coexists with foreign declarations", function()
+    local ffi = require("ffi")
+    -- What another FFI module might already have declared, with types that
+    -- differ from this module's own view of libc.
+    pcall(ffi.cdef, [[
+struct timespec { long tv_sec; long tv_nsec; };
+int clock_gettime(int clk, struct timespec *tp);
+]])
+    local path = assert(package.searchpath("singleflight", package.path))
+    local copy = dofile(path)
+    check(copy ~= singleflight, "dofile returned the cached module")
+    local g = copy.new()
+    local ok, v = pcall(g.run, g, "k", function() return "x" end)
+    check(ok, tostring(v))
+    eq(v, "x")
+    eq(g:close(), true, "close")
+end)
+
+test("close frees an idle group and refuses a busy one", function()
+    local g = singleflight.new()
+    local release = false
+    local closed = {}
+    schedule({
+        function()
+            g:run("k", function()
+                hold_until(function() return release end)
+                return "x"
+            end)
+        end,
+        function()
+            closed.ok, closed.err = g:close()
+            release = true
+        end,
+    })
+    eq(closed.ok, nil, "close of a busy group")
+    eq(closed.err.code, singleflight.EBUSY, "close error")
+    eq(g:close(), true, "close of an idle group")
+    check(not pcall(g.run, g, "k", function() return "x" end), "run on a closed group")
+    check(not pcall(g.stats, g), "stats on a closed group")
+end)
+
+test("many flights leave no handles and no growing memory", function()
+    local g = singleflight.new()
+    local base = singleflight.live_calls()
+    local function burst()
+        local tasks = {}
+        for i = 1, 4 do
+            tasks[i] = function()
+                for j = 1, 50 do
+                    local key = "k" .. (j % 3)
+                    local ok, v = pcall(g.run, g, key, function()
+                        coroutine.yield()
+                        if j % 5 == 0 then error("fail " .. j) end
+                        return string.rep("v", j)
+                    end)
+                    check(not ok or v:match("^v+$"), "bad value " .. tostring(v))
+                end
+            end
+        end
+        schedule(tasks)
+    end
+    burst()
+    collectgarbage(); collectgarbage()
+    local before = collectgarbage("count")
+    for _ = 1, 20 do burst() end
+    collectgarbage(); collectgarbage()
+    local after = collectgarbage("count")
+    eq(singleflight.live_calls(), base, "live calls")
+    eq(g:stats().in_flight, 0, "in_flight")
+    check(g:stats().followers > 0, "the bursts never overlapped")
+    check(after - before < 64, ("Lua heap grew by %.1f KiB"):format(after - before))
+end)
+
+test("groups are collected, even with an abandoned call of theirs", function()
+    collectgarbage(); collectgarbage()
+    local base, base_groups = singleflight.live_calls(), singleflight.live_groups()
+    do
+        local g = singleflight.new()
+        local co = coroutine.create(function()
+            g:run("k", function() while true do coroutine.yield() end end)
+        end)
+        assert(coroutine.resume(co))
+    end
+    -- Group and call die in the same cycle, in whichever order the
+    -- collector picks; the group must still end up freed.
+    collectgarbage(); collectgarbage()
+    eq(singleflight.live_calls(), base, "live calls")
+    eq(singleflight.live_groups(), base_groups, "live groups")
+    local g = singleflight.new()
+    eq(g:close(), true, "a fresh group still works")
+    eq(singleflight.live_groups(), base_groups, "live groups after close")
+end)
+
+test("the loaded library is the ABI this module expects", function()
+    local v = singleflight.version()
+    check(v:match("^1%.%d+%.%d+$"), "version " .. v)
+end)
+
+-- ------------------------------------------------------------------ runner
+
+for _, t in ipairs(tests) do
+    local ok, err = xpcall(t.fn, debug.traceback)
+    if ok then
+        io.write("ok   ", t.name, "\n")
+    else
+        failures = failures + 1
+        io.write("FAIL ", t.name, "\n  ", tostring(err):gsub("\n", "\n  "), "\n")
+    end
+end
+io.write(("%d tests, %d failed\n"):format(#tests, failures))
+os.exit(failures == 0 and 0 or 1)
