@@ -52,7 +52,7 @@ MAIN="$OUT/main"
 PREFIX="$OUT/prefix"
 swig_flag=-DSF_BUILD_SWIG=OFF
 if [ "$mode" = all ] && have_swig; then
-    sf_need swig python3-dev liblua5.4-dev lua5.4 default-jdk-headless maven
+    sf_need swig python3-dev python3-venv liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven
     swig_flag=-DSF_BUILD_SWIG=ON
 fi
 step cmake-build cmake_build "$MAIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo $swig_flag

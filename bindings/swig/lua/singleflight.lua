@@ -1,0 +1,176 @@
+--- singleflight: Go's singleflight (duplicate call suppression) for Lua 5.4.
+--
+--     local sf = require "singleflight"
+--     local g = sf.new()
+--     local value, shared = g:call("user:42", function() return load_user(42) end)
+--
+-- Concurrent callers of one key share one execution of fn and all receive
+-- its value.  Callers are threads (Lua states on different OS threads
+-- sharing a group made with sf.shared) or coroutines of one state: a
+-- follower inside a yieldable coroutine yields sf.WAITING until the flight
+-- is done instead of blocking its thread, so the coroutine that leads keeps
+-- running.  Errors raised in fn are raised in every caller.
+--
+-- Keys and values are strings: values cross Lua states as bytes, so fn must
+-- return a string or nil.  Error values reach the callers as strings too.
+--
+-- The work is done by libsingleflight, a C library; singleflight_core is its
+-- SWIG-generated binding.
+
+local core = require "singleflight_core"
+
+local M = {}
+
+--- What a follower coroutine yields while its flight is still running.  A
+-- scheduler that sees it resumes the coroutine later (any time: the follower
+-- just checks again).
+M.WAITING = setmetatable({}, { __tostring = function() return "singleflight.WAITING" end })
+
+--- The version of the loaded C library, e.g. "1.0.0".
+M.version = core.version_string()
+
+if not core.version_matches() then
+    error(("singleflight: built against libsingleflight %s but loaded %s")
+        :format(core.BUILT_VERSION, M.version))
+end
+
+local Group = {}
+Group.__index = Group
+Group.__name = "singleflight.Group"
+
+local function wrap(native)
+    -- leading[co][key] is set while coroutine co runs fn for key: a call
+    -- for that key from inside fn would wait for itself.  Weak keys: a
+    -- coroutine abandoned mid-flight must not be kept alive by it.
+    return setmetatable({ native = native, leading = setmetatable({}, { __mode = "k" }) }, Group)
+end
+
+--- A new private group.  A group may be used by every coroutine of the
+-- state that made it.
+function M.new()
+    return wrap(core.Group())
+end
+
+--- The process-wide group called name (a string), created on first use.
+-- Every Lua state in the process that asks for the same name, on any
+-- thread, gets the same group; it lives while any state holds it.
+function M.shared(name)
+    if type(name) ~= "string" then
+        error(("singleflight.shared: name must be a string, got %s"):format(type(name)), 2)
+    end
+    return wrap(core.Group.named(name))
+end
+
+local function is_callable(fn)
+    if type(fn) == "function" then return true end
+    local mt = getmetatable(fn)
+    return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function describe(err)
+    if type(err) == "string" then return err end
+    local ok, text = pcall(tostring, err)
+    return ok and text or ("(error object of type " .. type(err) .. ")")
+end
+
+-- Runs fn as the leader and completes the flight.  fn runs in protected mode
+-- so that an error, or a value that cannot cross states, still completes the
+-- flight: the followers must always be woken.
+local function lead(flight, fn)
+    local ok, value = pcall(fn)
+    if ok and value ~= nil and type(value) ~= "string" then
+        ok, value = false, ("singleflight: fn must return a string or nil, got %s"):format(type(value))
+    end
+    if ok then
+        if value ~= nil then flight:set_string(value) end
+        flight:finish(0)
+    else
+        flight:panic(describe(value))
+    end
+end
+
+-- Waits for the flight: a leader has finished already; a follower in a
+-- yieldable coroutine polls and yields between polls; any other follower
+-- blocks its thread (which only holds up the other coroutines of its own
+-- state, and it is not in one).
+local function settle(self, key, flight, fn)
+    if flight:is_leader() then
+        local co = coroutine.running()
+        local keys = self.leading[co]
+        if not keys then
+            keys = {}
+            self.leading[co] = keys
+        end
+        keys[key] = true
+        local ok, err = pcall(lead, flight, fn)
+        keys[key] = nil
+        if not ok then error(err, 0) end
+        return flight:wait(0)
+    end
+    if coroutine.isyieldable() then
+        while not flight:poll() do coroutine.yield(M.WAITING) end
+        return flight:wait(0)
+    end
+    return flight:wait(-1)
+end
+
+local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end }
+
+--- Runs fn() once for all concurrent callers of key.
+-- Returns the string fn returned (or nil) and whether it went to more than
+-- one caller.  If fn raises an error, or returns something other than a
+-- string or nil, every caller raises the error (as a string, level 0).
+-- key must be a string.  Also available as g["do"].
+function Group:call(key, fn)
+    if not is_callable(fn) then
+        error(("singleflight: fn must be callable, got %s"):format(type(fn)), 2)
+    end
+    local keys = self.leading[coroutine.running()]
+    if keys and type(key) == "string" and keys[key] then
+        error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
+    end
+    local flight = self.native:begin(key)
+    -- Released however this call ends: normally, by an error, or by
+    -- coroutine.close() on a coroutine suspended in here.  Not waiting for
+    -- the collector matters: it drops our reference to the shared value and,
+    -- for a leader that never finished, releases its followers at once.
+    local guard <close> = setmetatable({ flight = flight }, RELEASE_ON_CLOSE)
+    local ok, status = pcall(settle, self, key, flight, fn)
+    local value, shared, message
+    if ok and status ~= core.ETIMEDOUT then
+        value, shared, message = flight:get_string(), flight:shared(), flight:panic_message()
+    end
+    flight:release()
+    if not ok then error(status, 0) end
+    if status == core.OK then return value, shared end
+    if status == core.EPANIC then error(message or "singleflight: panic", 0) end
+    error("singleflight: the leader exited without producing a result", 0)
+end
+
+Group["do"] = Group.call
+
+--- Makes the next call for key run fn again instead of joining the flight
+-- in progress, which still delivers to its own callers.  Returns whether a
+-- flight was in progress.
+function Group:forget(key)
+    return self.native:forget(key)
+end
+
+--- Like forget, but only when no follower has joined the flight.
+function Group:forget_unshared(key)
+    return self.native:forget_unshared(key)
+end
+
+--- A table of the group's counters: calls, leaders, followers, panics,
+-- goexits, timeouts, forgets, in_flight.
+function Group:stats()
+    local s = self.native:stats()
+    local int = math.tointeger
+    return {
+        calls = int(s.calls), leaders = int(s.leaders), followers = int(s.followers),
+        panics = int(s.panics), goexits = int(s.goexits), timeouts = int(s.timeouts),
+        forgets = int(s.forgets), in_flight = int(s.in_flight),
+    }
+end
+
+return M

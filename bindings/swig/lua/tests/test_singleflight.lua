@@ -1,0 +1,274 @@
+-- Behaviour of the Lua binding, one behaviour per test.  Run with the built
+-- modules on LUA_PATH / LUA_CPATH; exits non-zero when any test fails.
+--
+-- Coroutine tests drive a small round-robin scheduler with a step cap, so a
+-- follower that blocked instead of yielding (or a flight that never ends)
+-- fails the test instead of hanging it.
+local sf = require "singleflight"
+local core = require "singleflight_core"
+
+local tests = {}
+local function test(name, fn) tests[#tests + 1] = { name = name, fn = fn } end
+
+local function eq(got, want, what)
+    if got ~= want then
+        error(("%s: expected %s, got %s"):format(what or "value", tostring(want), tostring(got)), 2)
+    end
+end
+
+local function raises(pattern, fn, ...)
+    local ok, err = pcall(fn, ...)
+    if ok then error("expected an error matching " .. pattern, 2) end
+    if not tostring(err):find(pattern) then
+        error(("error %q does not match %q"):format(tostring(err), pattern), 2)
+    end
+    return err
+end
+
+-- Resumes every coroutine in turn until all are dead.  Returns how many
+-- times a coroutine yielded sf.WAITING.  Errors inside coroutines fail.
+local function run_all(cos, max_steps)
+    local waits, steps = 0, 0
+    repeat
+        local alive = false
+        for _, co in ipairs(cos) do
+            if coroutine.status(co) == "suspended" then
+                alive = true
+                local ok, yielded = coroutine.resume(co)
+                if not ok then error("coroutine failed: " .. tostring(yielded), 2) end
+                if yielded == sf.WAITING then waits = waits + 1 end
+            end
+        end
+        steps = steps + 1
+        if steps > (max_steps or 10000) then error("coroutines never finished", 2) end
+    until not alive
+    return waits
+end
+
+test("a single caller gets the value, not shared", function()
+    local g = sf.new()
+    local v, shared = g:call("k", function() return "v" end)
+    eq(v, "v")
+    eq(shared, false, "shared")
+end)
+
+test("nil is a value and do is an alias of call", function()
+    local g = sf.new()
+    local v, shared = g["do"](g, "k", function() return nil end)
+    eq(v, nil)
+    eq(shared, false)
+end)
+
+test("coroutines calling one key share one execution and yield while waiting", function()
+    local g = sf.new()
+    local n, runs, got = 5, 0, {}
+    local function fn()
+        runs = runs + 1
+        -- Hold the flight open (yielding to the scheduler) until every
+        -- other coroutine has joined it.
+        while g:stats().followers < n - 1 do coroutine.yield() end
+        return "payload"
+    end
+    local cos = {}
+    for i = 1, n do
+        cos[i] = coroutine.create(function()
+            local v, shared = g:call("k", fn)
+            got[i] = { v, shared }
+        end)
+    end
+    local waits = run_all(cos)
+    eq(runs, 1, "executions")
+    for i = 1, n do
+        eq(got[i][1], "payload", "value of caller " .. i)
+        eq(got[i][2], true, "shared of caller " .. i)
+    end
+    assert(waits >= n - 1, "followers yielded sf.WAITING (got " .. waits .. ")")
+    local s = g:stats()
+    eq(s.leaders, 1, "leaders")
+    eq(s.followers, n - 1, "followers")
+    eq(s.in_flight, 0, "in_flight")
+    eq(s.timeouts, 0, "polling between yields is not a timeout")
+end)
+
+test("an error raised in fn is raised in every coroutine caller", function()
+    local g = sf.new()
+    local n, errs = 4, {}
+    local function fn()
+        while g:stats().followers < n - 1 do coroutine.yield() end
+        error("db down")
+    end
+    local cos = {}
+    for i = 1, n do
+        cos[i] = coroutine.create(function()
+            local ok, err = pcall(g.call, g, "k", fn)
+            errs[i] = ok and "no error" or err
+        end)
+    end
+    run_all(cos)
+    for i = 1, n do
+        assert(tostring(errs[i]):find("db down", 1, true), "caller " .. i .. " got " .. tostring(errs[i]))
+        eq(errs[i], errs[1], "same message everywhere")
+    end
+    eq(g:stats().panics, 1, "panics")
+end)
+
+test("an error in a plain call is re-raised and the key runs again afterwards", function()
+    local g = sf.new()
+    raises("boom", g.call, g, "k", function() error("boom") end)
+    raises("error object", g.call, g, "k", function() error(setmetatable({}, { __tostring = function() return "error object" end })) end)
+    eq((g:call("k", function() return "fine" end)), "fine")
+end)
+
+test("fn must return a string or nil, and the error reaches every caller", function()
+    local g = sf.new()
+    raises("must return a string or nil, got table", g.call, g, "k", function() return {} end)
+    raises("must return a string or nil, got number", g.call, g, "k", function() return 42 end)
+end)
+
+test("keys must be strings; fn must be callable", function()
+    local g = sf.new()
+    for _, bad in ipairs({ 1, true, {}, print }) do
+        raises("key must be a string, got " .. type(bad), g.call, g, bad, function() return "x" end)
+        raises("key must be a string", g.forget, g, bad)
+        raises("key must be a string", g.forget_unshared, g, bad)
+    end
+    raises("key must be a string, got nil", g.call, g, nil, function() return "x" end)
+    raises("fn must be callable", g.call, g, "k", "not a function")
+    eq(g:stats().calls, 0, "rejected calls are not counted")
+    local callable = setmetatable({}, { __call = function() return "called" end })
+    eq((g:call("k", callable)), "called")
+end)
+
+test("empty keys and keys with NUL bytes are distinct keys", function()
+    local g = sf.new()
+    eq((g:call("", function() return "empty" end)), "empty")
+    eq((g:call("a\0b", function() return "nul" end)), "nul")
+    eq((g:call("a\0c", function() return "other" end)), "other")
+    eq(g:stats().leaders, 3, "three flights")
+end)
+
+test("forget makes the next call run again while the old flight still delivers", function()
+    local g = sf.new()
+    local first
+    local leader = coroutine.create(function()
+        first = g:call("k", function() coroutine.yield(); return "first" end)
+    end)
+    assert(coroutine.resume(leader)) -- now suspended inside fn
+    eq(g:forget("k"), true, "forget during the flight")
+    eq((g:call("k", function() return "second" end)), "second")
+    assert(coroutine.resume(leader))
+    eq(coroutine.status(leader), "dead")
+    eq(first, "first")
+    eq(g:forget("k"), false, "nothing left to forget")
+    eq(g:stats().forgets, 1, "forgets")
+end)
+
+test("forget_unshared forgets only a flight nobody joined", function()
+    local g = sf.new()
+    local function slow() coroutine.yield(); return "v" end
+    local leader = coroutine.create(function() g:call("k", slow) end)
+    local follower = coroutine.create(function() g:call("k", slow) end)
+    assert(coroutine.resume(leader))
+    local ok, yielded = coroutine.resume(follower)
+    assert(ok and yielded == sf.WAITING, "the follower yields while waiting")
+    eq(g:forget_unshared("k"), false, "shared flight")
+    run_all({ leader, follower })
+
+    local lone = coroutine.create(function() g:call("k2", slow) end)
+    assert(coroutine.resume(lone))
+    eq(g:forget_unshared("k2"), true, "unshared flight")
+    run_all({ lone })
+end)
+
+test("calling the own key inside fn raises instead of waiting forever", function()
+    local g = sf.new()
+    raises("SF_EDEADLK", g.call, g, "k", function() return (g:call("k", function() return "x" end)) end)
+    local co = coroutine.create(function()
+        return g:call("k", function() return (g:call("k", function() return "x" end)) end)
+    end)
+    local ok, err = coroutine.resume(co)
+    assert(not ok and err:find("SF_EDEADLK"), "inside a coroutine too: " .. tostring(err))
+    -- Another key inside fn is fine.
+    eq((g:call("k", function() return (g:call("other", function() return "7" end)) end)), "7")
+end)
+
+test("closing a suspended leader coroutine releases its followers at once", function()
+    local g = sf.new()
+    local leader = coroutine.create(function() g:call("k", function() coroutine.yield(); return "never" end) end)
+    assert(coroutine.resume(leader))
+    local follower_err
+    local follower = coroutine.create(function()
+        local ok, err = pcall(g.call, g, "k", function() return "x" end)
+        follower_err = ok and "no error" or err
+    end)
+    local ok, yielded = coroutine.resume(follower)
+    assert(ok and yielded == sf.WAITING)
+    assert(coroutine.close(leader))
+    -- No collection: the to-be-closed guard released the leader's flight.
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "dead", "the follower finished on its next resume")
+    assert(tostring(follower_err):find("leader exited"), tostring(follower_err))
+    eq(g:stats().goexits, 1, "goexits")
+    eq(g:stats().in_flight, 0, "in_flight")
+end)
+
+test("a leader coroutine that is abandoned and collected releases its followers", function()
+    local g = sf.new()
+    local leader = coroutine.create(function() g:call("k", function() coroutine.yield(); return "never" end) end)
+    assert(coroutine.resume(leader))
+    local follower_err
+    local follower = coroutine.create(function()
+        local ok, err = pcall(g.call, g, "k", function() return "x" end)
+        follower_err = ok and "no error" or err
+    end)
+    local ok, yielded = coroutine.resume(follower)
+    assert(ok and yielded == sf.WAITING)
+    leader = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    run_all({ follower })
+    assert(tostring(follower_err):find("leader exited"), tostring(follower_err))
+    eq(g:stats().goexits, 1, "goexits")
+end)
+
+test("no values or memory leak over thousands of calls", function()
+    local g = sf.new()
+    local big = string.rep("x", 1000)
+    for _ = 1, 100 do g:call("k", function() return big end) end
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    for i = 1, 20000 do
+        local v = g:call("k" .. (i % 7), function() return big end)
+        assert(v == big)
+        pcall(g.call, g, "e", function() error("x") end)
+    end
+    collectgarbage()
+    collectgarbage()
+    local grew = collectgarbage("count") - before
+    assert(grew < 256, ("Lua heap grew by %.0f KiB"):format(grew))
+    eq(core.live_values(), 0, "values still held by the library")
+    eq(g:stats().in_flight, 0, "in_flight")
+    eq(g:stats().calls, 40100, "calls")
+end)
+
+test("named groups are shared and distinct names are distinct groups", function()
+    local a1, a2, b = sf.shared("lua-test-a"), sf.shared("lua-test-a"), sf.shared("lua-test-b")
+    a1:call("k", function() return "x" end)
+    eq(a2:stats().calls, a1:stats().calls, "same group")
+    eq(b:stats().calls, 0, "other group")
+    raises("name must be a string", sf.shared, 42)
+end)
+
+local failed = 0
+for _, t in ipairs(tests) do
+    local ok, err = xpcall(t.fn, debug.traceback)
+    if ok then
+        print("ok    " .. t.name)
+    else
+        failed = failed + 1
+        print("FAIL  " .. t.name .. "\n" .. tostring(err))
+    end
+end
+print(("%d passed, %d failed"):format(#tests - failed, failed))
+os.exit(failed == 0 and 0 or 1, true) -- close the state: collectors run, leak checkers see a clean exit
