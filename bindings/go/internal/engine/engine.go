@@ -1,0 +1,210 @@
+// Package engine is the one implementation behind the singleflight and typed
+// packages: a Group backed by a C group, and generic Do and DoChan whose fn
+// runs in Go while the C library keeps the table of flights.
+package engine
+
+import (
+	"runtime"
+	"sync"
+)
+
+// Group is a namespace of keys.  The zero value is ready to use; it must not
+// be copied after first use.  Safe for concurrent use.  The C group is
+// created on first use and freed by a finalizer once unreachable.
+type Group struct {
+	once sync.Once
+	core *groupCore
+}
+
+// Stats is a snapshot of a Group's counters, taken from the C library.
+type Stats struct {
+	Calls     uint64 // Leaders + Followers
+	Leaders   uint64 // calls that ran fn
+	Followers uint64 // calls that joined a flight in progress
+	Panics    uint64 // flights whose fn panicked
+	Goexits   uint64 // flights whose fn called runtime.Goexit
+	Forgets   uint64 // flights that Forget detached from their key
+	InFlight  uint64 // flights not yet complete
+}
+
+func (g *Group) c() *groupCore {
+	g.once.Do(func() { g.core = newGroupCore() })
+	return g.core
+}
+
+// Forget detaches the key's current flight, if any: the next call starts a
+// new flight while the old one still delivers to its own callers.
+// Thread-safe.
+func (g *Group) Forget(key string) {
+	g.c().forget(key)
+}
+
+// Stats reads the Group's counters.  Thread-safe; the counters are consistent
+// per shard of the C table, not across the whole group.
+func (g *Group) Stats() Stats {
+	return g.c().stats()
+}
+
+// FreedGroups is how many C groups finalizers have released so far.  It lets
+// tests show that an abandoned Group does not leak its C side.
+func FreedGroups() int64 {
+	return loadFreed()
+}
+
+// LiveOutcomes is how many flight outcomes the C library still holds, i.e.
+// whose destroy callback has not run yet.
+func LiveOutcomes() int64 {
+	return loadLiveOutcomes()
+}
+
+// Do runs fn once for all concurrent callers of key and gives each of them
+// fn's results and whether they were shared.  fn runs on the calling
+// goroutine of the leader.  A panic in fn re-panics in every caller with the
+// same *panicError; runtime.Goexit in fn ends every caller's goroutine.
+// Followers wait on a Go channel, holding no OS thread.
+func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
+	core := g.c()
+	call, leader := core.begin(key)
+	if leader {
+		o, shared := lead(core, call, fn)
+		return o.val, o.err, shared
+	}
+	ch := make(doWaiter, 1)
+	core.follow(call, ch)
+	d := <-ch
+	switch d.status {
+	case statusOK:
+		o := outcomeFrom[V](d)
+		return o.val, o.err, true
+	case statusPanic:
+		panic(outcomeFrom[V](d).err)
+	case statusGoexit:
+		runtime.Goexit()
+	}
+	panic(&coreError{"waiting for a flight", d.status})
+}
+
+// DoChan starts or joins key's flight without waiting.  When the flight
+// returns normally, send runs exactly once with its results; send must not
+// block (it may run inside a C callback).  When fn panics the process crashes
+// with the panic, and when fn calls runtime.Goexit send never runs: both as
+// x/sync does for DoChan.  The leader's fn runs on a new goroutine.
+func DoChan[V any](g *Group, key string, fn func() (V, error), send func(V, error, bool)) {
+	core := g.c()
+	call, leader := core.begin(key)
+	if leader {
+		go func() {
+			// Nothing recovers a panic that lead re-raises here, so it
+			// crashes the process.
+			o, shared := lead(core, call, fn)
+			send(o.val, o.err, shared)
+		}()
+		return
+	}
+	core.follow(call, chanWaiter[V]{send: send})
+}
+
+// outcome is what a leader's fn produced.  The leader writes it before it
+// publishes it through a cgo.Handle; followers only read it afterwards.
+type outcome[V any] struct {
+	val V
+	err error
+}
+
+// delivery is what a follower learns when its flight completes.
+type delivery struct {
+	status   int
+	value    interface{} // the leader's *outcome[V], nil after Goexit
+	panicMsg string      // the C library's message when value is missing
+	shared   bool
+}
+
+// outcomeFrom recovers the typed outcome.  value is missing only if a leader
+// outside this package completed the flight; its panic message still reaches
+// the caller.
+func outcomeFrom[V any](d delivery) *outcome[V] {
+	if o, ok := d.value.(*outcome[V]); ok {
+		return o
+	}
+	if d.status == statusPanic {
+		return &outcome[V]{err: &panicError{value: d.panicMsg}}
+	}
+	return &outcome[V]{}
+}
+
+// waiter receives a follower's delivery.  deliver runs inside a cgo callback,
+// so it must neither block nor panic.
+type waiter interface {
+	deliver(d delivery)
+}
+
+// doWaiter hands the delivery to a Do caller parked on the channel; the buffer
+// of one keeps the send from blocking.
+type doWaiter chan delivery
+
+func (w doWaiter) deliver(d delivery) { w <- d }
+
+// chanWaiter serves a DoChan follower without a goroutine of its own.
+type chanWaiter[V any] struct {
+	send func(V, error, bool)
+}
+
+func (w chanWaiter[V]) deliver(d delivery) {
+	switch d.status {
+	case statusOK:
+		o := outcomeFrom[V](d)
+		w.send(o.val, o.err, d.shared)
+	case statusPanic:
+		// A fresh goroutine has no recover, so this crashes the process
+		// with the shared panic value, as x/sync does.
+		go panic(outcomeFrom[V](d).err)
+	}
+}
+
+// lead runs fn as the flight's leader and completes the flight.  It returns
+// fn's results and whether any follower shared them.  If fn panicked it
+// re-panics with the shared *panicError once the followers are released; if
+// fn called runtime.Goexit it abandons the flight so the followers exit too,
+// and the Goexit carries on.
+func lead[V any](core *groupCore, call *cCall, fn func() (V, error)) (*outcome[V], bool) {
+	o := &outcome[V]{}
+	normalReturn, recovered := false, false
+
+	// Goexit is told apart from a panic by what recover can do: a panic is
+	// stopped by the inner deferred recover, so execution reaches the line
+	// after the inner function; Goexit cannot be stopped, only deferred calls
+	// run.
+	defer func() {
+		if !normalReturn && !recovered {
+			core.abandon(call)
+		}
+	}()
+
+	func() {
+		defer func() {
+			if !normalReturn {
+				if r := recover(); r != nil {
+					o.err = newPanicError(r)
+				}
+			}
+		}()
+		o.val, o.err = fn()
+		normalReturn = true
+	}()
+	if !normalReturn {
+		recovered = true
+	}
+
+	// x/sync treats any *panicError result as a panic, including one that fn
+	// recovered from a nested Do and returned; so does this binding.
+	pe, panicked := o.err.(*panicError)
+	msg := ""
+	if panicked {
+		msg = pe.message()
+	}
+	shared := core.complete(call, o, panicked, msg)
+	if panicked {
+		panic(pe)
+	}
+	return o, shared
+}

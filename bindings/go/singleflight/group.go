@@ -1,0 +1,76 @@
+// Package singleflight is a drop-in replacement for
+// golang.org/x/sync/singleflight built on libsingleflight, the C library that
+// brings the same duplicate call suppression to every language on the
+// machine.  Change the import path and nothing else.
+//
+// The exported API and its behaviour match x/sync: Group's zero value is
+// ready to use; Do, DoChan and Forget behave the same, including a panic in
+// fn re-panicking in every Do caller with the same value, runtime.Goexit in
+// fn ending every waiting Do caller's goroutine, and a panic while a DoChan
+// caller waits crashing the process.  Stats is an addition.
+//
+// fn always runs in Go, never under a C frame, so a panic or Goexit unwinds
+// only Go code.  Waiting callers park on Go channels: ten thousand goroutines
+// waiting on one key do not hold ten thousand OS threads.
+//
+// For a typed variant see the sibling package typed.
+package singleflight
+
+import "github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+
+// Group is a namespace of keys in which work is deduplicated.  The zero value
+// is ready to use.  A Group must not be copied after first use.  All methods
+// are safe for concurrent use.  The C group behind it is created on first use
+// and freed by the garbage collector once the Group is unreachable.
+type Group struct {
+	g engine.Group
+}
+
+// Result holds the results of Do, so they can be passed on a channel.
+type Result struct {
+	Val    interface{}
+	Err    error
+	Shared bool
+}
+
+// Stats is a snapshot of a Group's counters, read from the C library.
+type Stats = engine.Stats
+
+// Do executes and returns the results of fn, making sure that only one
+// execution is in flight for a given key at a time.  A duplicate caller waits
+// for the original to complete and receives the same results; shared reports
+// whether v was given to more than one caller.
+//
+// If fn panics, every Do caller of that flight panics with the same value, an
+// error that wraps what fn panicked with.  If fn calls runtime.Goexit, the
+// calling goroutine and every waiting Do caller's goroutine exit too.  The
+// values are shared, not copied: callers must not mutate them.
+func (g *Group) Do(key string, fn func() (interface{}, error)) (v interface{}, err error, shared bool) {
+	return engine.Do(&g.g, key, fn)
+}
+
+// DoChan is like Do but returns a channel that will receive the results when
+// they are ready.  The channel is buffered and never closed.
+//
+// As in x/sync, a panic in fn while any DoChan caller waits crashes the
+// process, and after a runtime.Goexit in fn the channel never receives.
+func (g *Group) DoChan(key string, fn func() (interface{}, error)) <-chan Result {
+	ch := make(chan Result, 1)
+	engine.DoChan(&g.g, key, fn, func(v interface{}, err error, shared bool) {
+		ch <- Result{Val: v, Err: err, Shared: shared}
+	})
+	return ch
+}
+
+// Forget tells the Group to forget about key.  Future calls to Do for this
+// key will call fn rather than wait for an earlier call to complete; the
+// earlier call still delivers its results to its own callers.
+func (g *Group) Forget(key string) {
+	g.g.Forget(key)
+}
+
+// Stats reads the Group's counters.  Safe to call at any time, from any
+// goroutine.
+func (g *Group) Stats() Stats {
+	return g.g.Stats()
+}

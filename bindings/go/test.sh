@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the Go binding against the installed libsingleflight (pkg-config) and
+# runs its tests twice: plainly, then under the race detector.  Run from
+# anywhere; see the top-level test command for the environment it expects.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SF_ROOT=${SF_ROOT:-$(cd "$here/../.." && pwd)}
+. "$SF_ROOT/scripts/lib.sh"
+
+# A fresh Debian 12 has no Go: its golang-go (1.19) is the oldest version the
+# module supports, so it doubles as the compatibility check.
+if ! command -v go >/dev/null 2>&1; then
+    sf_need golang-go
+fi
+sf_need pkg-config gcc libc6-dev
+
+[ -n "${PKG_CONFIG_PATH:-}" ] || sf_die "PKG_CONFIG_PATH must point at the installed singleflight.pc"
+pkg-config --exists singleflight || sf_die "pkg-config cannot find singleflight"
+
+# Build products stay out of the source tree.
+out=${SF_BUILD_DIR:-$(mktemp -d)}/bindings-go
+mkdir -p "$out"
+export GOCACHE=${GOCACHE:-$out/gocache}
+export GOFLAGS="${GOFLAGS:-} -modcacherw"
+export CGO_ENABLED=1
+# The machine is shared: two compile jobs, two test binaries at a time.
+jobs=2
+
+cd "$here"
+sf_log "Go binding: $(go version), libsingleflight $(pkg-config --modversion singleflight)"
+go vet ./...
+go test -count=1 -p "$jobs" -timeout 180s -v ./... 2>&1 | tee "$out/test.log" | grep -E '^(--- |ok |FAIL|PASS|panic)|threads'
+[ "${PIPESTATUS[0]}" -eq 0 ] || sf_die "go test failed (log: $out/test.log)"
+
+sf_log "Go binding: again under the race detector"
+go test -race -count=1 -p "$jobs" -timeout 300s ./...

@@ -1,0 +1,55 @@
+// Package typed is singleflight with a type parameter: Group[V] hands out
+// values of type V instead of interface{}, with the same semantics as the
+// singleflight package (which see) and the same C library underneath.
+package typed
+
+import "github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+
+// Group is a namespace of keys whose flights produce values of type V.  The
+// zero value is ready to use.  A Group must not be copied after first use.
+// All methods are safe for concurrent use.  The C group behind it is freed by
+// the garbage collector once the Group is unreachable.
+type Group[V any] struct {
+	g engine.Group
+}
+
+// Result holds the results of Do, so they can be passed on a channel.
+type Result[V any] struct {
+	Val    V
+	Err    error
+	Shared bool
+}
+
+// Stats is a snapshot of a Group's counters, read from the C library.
+type Stats = engine.Stats
+
+// Do runs fn once for all concurrent callers of key and returns its results
+// to each of them; shared reports whether v went to more than one caller.  A
+// panic in fn re-panics in every caller with the same value; runtime.Goexit
+// in fn ends every caller's goroutine.  v is shared, not copied.
+func (g *Group[V]) Do(key string, fn func() (V, error)) (v V, err error, shared bool) {
+	return engine.Do(&g.g, key, fn)
+}
+
+// DoChan is like Do but returns a buffered channel that receives the results
+// once; it is never closed.  A panic in fn while a DoChan caller waits
+// crashes the process, and after a runtime.Goexit in fn the channel never
+// receives, as in x/sync.
+func (g *Group[V]) DoChan(key string, fn func() (V, error)) <-chan Result[V] {
+	ch := make(chan Result[V], 1)
+	engine.DoChan(&g.g, key, fn, func(v V, err error, shared bool) {
+		ch <- Result[V]{Val: v, Err: err, Shared: shared}
+	})
+	return ch
+}
+
+// Forget makes the next call for key start a new flight; a flight already
+// running still delivers to its own callers.
+func (g *Group[V]) Forget(key string) {
+	g.g.Forget(key)
+}
+
+// Stats reads the Group's counters.  Safe to call at any time.
+func (g *Group[V]) Stats() Stats {
+	return g.g.Stats()
+}
