@@ -113,6 +113,7 @@ int leader_complete(sf_call *call, int status, int error, const char *message) {
         if (!f->panic_pending) {
             f->panic_pending = true;
             f->pending_message = message ? sf::copy_message(message) : nullptr;
+            f->pending_message_lost = message && !f->pending_message;
         }
         return SF_OK;
     }

@@ -25,7 +25,6 @@ namespace {
 constexpr int kSpins = 128;
 constexpr int kYields = 2;
 
-const char kPanicFallback[] = "panic (message lost: out of memory)";
 const char kPanicDefault[] = "panic";
 
 void run_destroy(sf_destroy_fn destroy, void *value) noexcept {
@@ -61,7 +60,11 @@ void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexce
             c->handle_counted = false;
         }
         int shared = c->role == SF_FOLLOWER ? 1 : f->shared;
-        done(f->status, reinterpret_cast<sf_result *>(f), shared, payload);
+        try {
+            done(f->status, reinterpret_cast<sf_result *>(f), shared, payload);
+        } catch (...) {
+            // done must not throw (header); the other callers still get theirs.
+        }
     }
 }
 // Caller holds f->notify_mu and has checked that f is not done.
@@ -73,6 +76,8 @@ void link_locked(Call *c, Flight *f) noexcept {
     f->notify_head = c;
 }
 }  // namespace
+
+const char kPanicMessageLost[] = "panic (message lost: out of memory)";
 
 char *copy_message(const char *msg) noexcept {
     std::size_t n = std::strlen(msg) + 1;
@@ -149,7 +154,7 @@ void flight_complete(Flight *f, int status, int error, const char *message) noex
     if (status == SF_EPANIC) {
         const char *msg = message ? message : kPanicDefault;
         char *copy = copy_message(msg);
-        f->panic_message = copy ? copy : kPanicFallback;
+        f->panic_message = copy ? copy : kPanicMessageLost;
         f->panic_message_owned = copy != nullptr;
     }
     group_flight_completed(f);  // unlinks from the table, sets f->shared

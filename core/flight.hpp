@@ -60,6 +60,7 @@ struct Flight {
     // A panic requested inside fn (sf_call_panic on a do/do_async call).
     bool panic_pending = false;
     char *pending_message = nullptr;
+    bool pending_message_lost = false;  // the copy failed (out of memory)
 
     // Calls waiting for an on_done callback or an eventfd write.  Guarded by
     // notify_mu, which also orders registration against completion.
@@ -128,5 +129,8 @@ int call_fd(Call *c) noexcept;
 
 // A copy of msg made with the library allocator, or nullptr when out of memory.
 char *copy_message(const char *msg) noexcept;
+
+// The panic message callers see when the real one could not be copied.
+extern const char kPanicMessageLost[];
 
 }  // namespace sf

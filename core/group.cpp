@@ -269,7 +269,8 @@ int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
         if (f->panic_pending) {
-            flight_complete(f, SF_EPANIC, err, f->pending_message);
+            flight_complete(f, SF_EPANIC, err,
+                            f->pending_message_lost ? kPanicMessageLost : f->pending_message);
         } else {
             flight_complete(f, SF_OK, err, nullptr);
         }

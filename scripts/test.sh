@@ -47,6 +47,17 @@ ctest_run() {  # dir extra-args...
     ctest --test-dir "$dir" --output-on-failure -j"$JOBS" "$@"
 }
 
+asan_ctest() {
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest_run "$1"
+}
+
+tsan_ctest() {
+    # TSan needs a low-entropy address space on newer kernels: no ASLR.
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        setarch "$(uname -m)" -R ctest --test-dir "$1" --output-on-failure -j"$JOBS"
+}
+
 # ---- core: CMake ---------------------------------------------------------
 MAIN="$OUT/main"
 PREFIX="$OUT/prefix"
@@ -77,13 +88,10 @@ if [ "$mode" = all ]; then
     # ---- sanitizers: the whole ctest suite, twice --------------------------
     step asan-ubsan-build cmake_build "$OUT/asan" -DCMAKE_BUILD_TYPE=Debug \
         -DSF_SANITIZE=address,undefined -DSF_BUILD_EXAMPLES=OFF
-    step asan-ubsan-ctest env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-        UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest_run "$OUT/asan"
+    step asan-ubsan-ctest asan_ctest "$OUT/asan"
     step tsan-build cmake_build "$OUT/tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DSF_SANITIZE=thread -DSF_BUILD_EXAMPLES=OFF
-    # TSan needs a low-entropy address space on newer kernels: no ASLR.
-    step tsan-ctest env TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        setarch "$(uname -m)" -R ctest --test-dir "$OUT/tsan" --output-on-failure -j"$JOBS"
+    step tsan-ctest tsan_ctest "$OUT/tsan"
 
     # ---- everything else that brings its own test.sh -----------------------
     export SF_PREFIX="$PREFIX" SF_BUILD_DIR="$MAIN"

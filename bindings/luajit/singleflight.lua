@@ -393,7 +393,14 @@ local function follow(self, call, timeout)
             res[0] = nil
             rc = lib.sf_call_wait(call, 0, res, shared)
             if rc ~= M.ETIMEDOUT then break end
-            if deadline and monotonic() >= deadline then break end
+            if deadline and monotonic() >= deadline then
+                -- Giving up: one last wait with a real (1 ns) timeout, so
+                -- the library counts this follower in stats().timeouts
+                -- (polls do not count) and a just-finished flight still wins.
+                res[0] = nil
+                rc = lib.sf_call_wait(call, 1, res, shared)
+                break
+            end
             polls = polls + 1
             if sleep then
                 -- A hook may refuse (ngx.sleep in a phase that cannot
@@ -426,8 +433,8 @@ end
 --
 -- Waiting: inside a coroutine a follower polls and yields between polls
 -- (see new's sleep); in the main coroutine it blocks the OS thread, so the
--- leader must then be on another thread or state.  Each unsuccessful poll
--- counts in stats().timeouts.
+-- leader must then be on another thread or state.  A follower that gives
+-- up after opts.timeout counts once in stats().timeouts.
 --
 -- key must be a string (any bytes); fn a function; opts an optional table
 -- { timeout = seconds }.

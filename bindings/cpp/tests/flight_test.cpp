@@ -43,6 +43,8 @@ TEST_F(Flight, FirstBeginLeadsAndLaterBeginsFollow) {
     EXPECT_TRUE(leader.leader());
     EXPECT_FALSE(follower.leader());
     EXPECT_FALSE(follower.wait_for(0ns).has_value()) << "nothing finished yet";
+    EXPECT_EQ(g.stats().timeouts, 0u) << "a poll is not a timeout";
+    EXPECT_FALSE(follower.wait_for(1ms).has_value());
     EXPECT_EQ(g.stats().timeouts, 1u);
 
     leader.finish("v");
