@@ -104,6 +104,16 @@ void async_task(void *arg) {
 }
 
 void release_flight_of(Call *c) noexcept { flight_release(c->flight); }
+
+// A do_async whose task was refused returned an error, and rejected calls do
+// not count; the flight it opened still completed (as a panic, for whoever
+// joined), so only the call and the execution are taken back.
+void uncount_rejected_leader(Shard *s, Flight *f) noexcept {
+    if (f->generation != detail::fork_generation()) return;
+    std::lock_guard<std::mutex> lock(s->mu);
+    --s->calls;
+    --s->leaders;
+}
 }  // namespace
 
 Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_payload) noexcept {
@@ -359,6 +369,7 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
         flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory");
+        uncount_rejected_leader(s, f);
         call_unref(c);
     }
     return rc;

@@ -617,7 +617,11 @@ TEST(DoAsync, RefusedTaskReturnsEbusyAndJoinedCallersGetPanic) {
     EXPECT_EQ(log.statuses[0], SF_EPANIC);
     EXPECT_NE(log.message.find("refused"), std::string::npos);
     EXPECT_EQ(gate.executions.load(), 0);
-    EXPECT_EQ(stats_of(g).in_flight, 0u);
+    sf_group_stats st = stats_of(g);
+    EXPECT_EQ(st.in_flight, 0u);
+    EXPECT_EQ(st.leaders, 0u) << "the refused call does not count, nothing was executed";
+    EXPECT_EQ(st.followers, 1u);
+    EXPECT_EQ(st.calls, st.leaders + st.followers);
 }
 
 void plain_done(int status, sf_result *r, int shared, void *payload) {
