@@ -67,13 +67,21 @@ void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexce
         }
     }
 }
-// Caller holds f->notify_mu and has checked that f is not done.
-void link_locked(Call *c, Flight *f) noexcept {
-    if (c->notify_linked) return;
+// Caller holds f->notify_mu.  Links c for notification unless the flight is
+// done; returns false when it is (the caller then delivers by itself).
+bool link_locked(Call *c, Flight *f) noexcept {
+    uint32_t s = f->state.load(std::memory_order_acquire);
+    while (!(s & kNotify)) {
+        if (s & kDone) return false;
+        if (f->state.compare_exchange_weak(s, s | kNotify, std::memory_order_acq_rel)) break;
+    }
+    if (s & kDone) return false;
+    if (c->notify_linked) return true;
     c->notify_linked = true;
     c->refs.fetch_add(1, std::memory_order_relaxed);
     c->notify_next = f->notify_head;
     f->notify_head = c;
+    return true;
 }
 }  // namespace
 
@@ -111,7 +119,11 @@ bool flight_set_key(Flight *f, const void *key, std::size_t len) noexcept {
 void flight_retain(Flight *f) noexcept { f->refs.fetch_add(1, std::memory_order_relaxed); }
 
 void flight_release(Flight *f) noexcept {
-    if (f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // Sole owner (the common uncontended case): nobody can take a new
+    // reference without holding one, so no atomic decrement is needed.
+    if (f->refs.load(std::memory_order_acquire) != 1 &&
+        f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
+        return;
     sf_destroy_fn destroy = f->destroy;
     void *value = f->value;
     free_message(f);
@@ -127,7 +139,9 @@ Call *call_new() noexcept {
 }
 
 void call_unref(Call *c) noexcept {
-    if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (c->refs.load(std::memory_order_acquire) != 1 &&
+        c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
+        return;
     if (c->efd >= 0) close(c->efd);
     Flight *f = c->flight;
     c->~Call();
@@ -148,7 +162,8 @@ void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept {
     if (old_value != value) run_destroy(old_destroy, old_value);
 }
 
-void flight_complete(Flight *f, int status, int error, const char *message) noexcept {
+void flight_complete(Flight *f, int status, int error, const char *message,
+                     bool exclusive) noexcept {
     f->status = status;
     f->error = error;
     if (status == SF_EPANIC) {
@@ -159,23 +174,30 @@ void flight_complete(Flight *f, int status, int error, const char *message) noex
     }
     group_flight_completed(f);  // unlinks from the table, sets f->shared
 
+    if (exclusive && !f->shared) {
+        // No follower ever joined and the leader's call takes no
+        // registrations: nobody else can be looking at the state word.
+        f->state.store(kDone, std::memory_order_release);
+        return;
+    }
+    uint32_t old = f->state.exchange(kDone, std::memory_order_acq_rel);
+    if (old & kWaiters) detail::futex_wake_all(&f->state);
+    if (!(old & kNotify)) return;
     Call *list;
-    uint32_t old;
     {
+        // A registration sets kNotify and links while holding notify_mu, so
+        // taking the lock here waits for its link to be complete.
         std::lock_guard<std::mutex> lock(f->notify_mu);
-        old = f->state.exchange(kDone, std::memory_order_acq_rel);
         list = f->notify_head;
         f->notify_head = nullptr;
         // Snapshot what to deliver while registration is excluded: a caller
-        // registering after this point delivers by itself and must not race
-        // with the fields read below.
+        // registering from now on sees kDone and delivers by itself.
         for (Call *c = list; c; c = c->notify_next) {
             c->fire_efd = c->efd;
             c->fire_done = c->done;
             c->fire_payload = c->done_payload;
         }
     }
-    if (old & kWaiters) detail::futex_wake_all(&f->state);
     while (list) {
         Call *c = list;
         list = c->notify_next;
@@ -218,12 +240,10 @@ int call_on_done(Call *c, sf_done_fn done, void *payload) noexcept {
         std::lock_guard<std::mutex> lock(f->notify_mu);
         if (c->done_registered) return SF_ESTATE;
         c->done_registered = true;
-        if (!(f->state.load(std::memory_order_acquire) & kDone)) {
-            c->done = done;
-            c->done_payload = payload;
-            link_locked(c, f);
-            return SF_OK;
-        }
+        c->done = done;
+        c->done_payload = payload;
+        if (link_locked(c, f)) return SF_OK;
+        c->done = nullptr;  // delivered below, not by a completing thread
     }
     deliver(c, f, -1, done, payload);
     return SF_OK;
@@ -237,7 +257,7 @@ int call_fd(Call *c) noexcept {
     }
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return errno == ENOMEM ? SF_ENOMEM : SF_EBUSY;
-    bool done_now;
+    bool linked;
     {
         std::lock_guard<std::mutex> lock(f->notify_mu);
         if (c->efd >= 0) {  // another thread won the race; keep its fd
@@ -245,10 +265,9 @@ int call_fd(Call *c) noexcept {
             return c->efd;
         }
         c->efd = efd;
-        done_now = f->state.load(std::memory_order_acquire) & kDone;
-        if (!done_now) link_locked(c, f);
+        linked = link_locked(c, f);
     }
-    if (done_now) deliver(c, f, efd, nullptr, nullptr);
+    if (!linked) deliver(c, f, efd, nullptr, nullptr);
     return efd;
 }
 

@@ -22,6 +22,7 @@ constexpr std::size_t kInlineKey = 48;
 // Flight::state bits.  The word doubles as the futex waiters sleep on.
 constexpr uint32_t kDone = 1;     // result published; never cleared
 constexpr uint32_t kWaiters = 2;  // someone is (about to be) parked
+constexpr uint32_t kNotify = 4;   // a call is linked for notification
 
 struct Flight {
     // Identity, written by the leader before the flight enters the table and
@@ -118,7 +119,11 @@ void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept;
 
 // Publishes the outcome, removes the flight from its table (if still there),
 // wakes waiters and runs notifications.  message is copied for SF_EPANIC.
-void flight_complete(Flight *f, int status, int error, const char *message) noexcept;
+// exclusive: the leader's call is not a two-phase handle, so nobody but a
+// follower could be waiting or registered; with no follower, completion is
+// a plain store (the uncontended fast path).
+void flight_complete(Flight *f, int status, int error, const char *message,
+                     bool exclusive = false) noexcept;
 
 // Waits until done or timeout (< 0: forever).  false on timeout.
 bool flight_wait(Flight *f, int64_t timeout_ns) noexcept;

@@ -16,7 +16,7 @@
 namespace sf {
 
 namespace {
-constexpr std::size_t kInitialBuckets = 8;
+constexpr std::size_t kInitialBuckets = sizeof(Shard::inline_buckets) / sizeof(Flight *);
 constexpr unsigned kMaxShards = 4096;
 const char kRefused[] = "sf_group_do_async: the executor refused the task";
 const char kUnknownException[] = "unknown C++ exception";
@@ -56,12 +56,12 @@ void unlink_locked(Shard *s, Flight *f) {
 // Doubles the bucket array when chains get long.  Failure to allocate only
 // costs speed, so it is not reported.
 void maybe_grow_locked(Shard *s) {
-    std::size_t n = s->mask + 1;
+    std::size_t n = std::size_t(s->mask) + 1;
     if (s->count <= n) return;
     auto **fresh = static_cast<Flight **>(detail::alloc(2 * n * sizeof(Flight *)));
     if (!fresh) return;
     std::memset(fresh, 0, 2 * n * sizeof(Flight *));
-    std::size_t mask = 2 * n - 1;
+    uint32_t mask = static_cast<uint32_t>(2 * n - 1);
     for (std::size_t i = 0; i < n; ++i) {
         Flight *f = s->buckets[i];
         while (f) {
@@ -71,7 +71,7 @@ void maybe_grow_locked(Shard *s) {
             f = next;
         }
     }
-    detail::dealloc(s->buckets);
+    if (s->buckets != s->inline_buckets) detail::dealloc(s->buckets);
     s->buckets = fresh;
     s->mask = mask;
 }
@@ -110,8 +110,7 @@ void release_flight_of(Call *c) noexcept { flight_release(c->flight); }
 // joined), so only the call and the execution are taken back.
 void uncount_rejected_leader(Shard *s, Flight *f) noexcept {
     if (f->generation != detail::fork_generation()) return;
-    std::lock_guard<std::mutex> lock(s->mu);
-    --s->calls;
+    std::lock_guard<detail::SpinLock> lock(s->mu);
     --s->leaders;
 }
 }  // namespace
@@ -131,13 +130,8 @@ Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_pa
     g->shard_mask_ = n - 1;
     for (unsigned i = 0; i < n; ++i) {
         Shard &s = g->shards_[i];
-        s.buckets = static_cast<Flight **>(detail::alloc(kInitialBuckets * sizeof(Flight *)));
-        if (!s.buckets) {
-            detail::unmake(g);  // the destructor frees what was allocated
-            return nullptr;
-        }
-        std::memset(s.buckets, 0, kInitialBuckets * sizeof(Flight *));
-        s.mask = kInitialBuckets - 1;
+        s.buckets = s.inline_buckets;
+        s.mask = static_cast<uint32_t>(kInitialBuckets - 1);
     }
     g->seed_ = detail::fold_mul(reinterpret_cast<uintptr_t>(g) ^ 0x243f6a8885a308d3ull,
                                 static_cast<uint64_t>(detail::now_ns()) | 1);
@@ -151,7 +145,7 @@ Group::~Group() {
     Pool::destroy(pool_.load(std::memory_order_acquire));
     if (shards_) {
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
-            detail::dealloc(shards_[i].buckets);
+            if (shards_[i].buckets != shards_[i].inline_buckets) detail::dealloc(shards_[i].buckets);
             shards_[i].~Shard();
         }
         detail::dealloc(shards_);
@@ -162,7 +156,7 @@ int Group::destroy(Group *g) noexcept {
     g->check_fork();
     for (std::size_t i = 0; i <= g->shard_mask_; ++i) {
         Shard &s = g->shards_[i];
-        std::lock_guard<std::mutex> lock(s.mu);
+        std::lock_guard<detail::SpinLock> lock(s.mu);
         if (s.in_flight || s.handles.load(std::memory_order_acquire)) return SF_EBUSY;
     }
     detail::unmake(g);
@@ -185,7 +179,7 @@ void Group::check_fork() noexcept {
         // at them; their completion skips this table (generation differs).
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             Shard &s = shards_[i];
-            new (&s.mu) std::mutex();
+            s.mu.reset();
             std::memset(s.buckets, 0, (s.mask + 1) * sizeof(Flight *));
             s.count = 0;
             s.in_flight = 0;
@@ -205,14 +199,13 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool l
     Shard *s = shard_for(h);
     *shard = s;
     const void *self = detail::this_thread_id();
-    std::lock_guard<std::mutex> lock(s->mu);
+    std::lock_guard<detail::SpinLock> lock(s->mu);
     for (Flight *f = *bucket_of(s, h); f; f = f->next) {
         if (!key_equals(f, h, key, len)) continue;
         if (deadlock_check && f->leader_thread.load(std::memory_order_relaxed) == self)
             return SF_EDEADLK;
         ++f->dups;
         flight_retain(f);
-        ++s->calls;
         ++s->followers;
         *flight = f;
         return SF_FOLLOWER;
@@ -234,7 +227,6 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool l
     *b = f;
     ++s->count;
     maybe_grow_locked(s);
-    ++s->calls;
     ++s->leaders;
     ++s->in_flight;
     *flight = f;
@@ -250,7 +242,7 @@ void group_flight_completed(Flight *f) noexcept {
         f->shared = f->dups > 0;
         return;
     }
-    std::lock_guard<std::mutex> lock(s->mu);
+    std::lock_guard<detail::SpinLock> lock(s->mu);
     if (f->in_table) unlink_locked(s, f);
     --s->in_flight;
     if (f->status == SF_EPANIC) ++s->panics;
@@ -280,26 +272,26 @@ int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
         drop_leader_handle(c);
         if (f->panic_pending) {
             flight_complete(f, SF_EPANIC, err,
-                            f->pending_message_lost ? kPanicMessageLost : f->pending_message);
+                            f->pending_message_lost ? kPanicMessageLost : f->pending_message, true);
         } else {
-            flight_complete(f, SF_OK, err, nullptr);
+            flight_complete(f, SF_OK, err, nullptr, true);
         }
     } catch (abi::__forced_unwind &) {
         // Go's Goexit: the thread is leaving inside fn.  Release everybody,
         // then let the unwind go on; swallowing it would abort the process.
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
-        flight_complete(f, SF_EGOEXIT, 0, nullptr);
+        flight_complete(f, SF_EGOEXIT, 0, nullptr, true);
         if (on_exit) on_exit(c);
         throw;
     } catch (const std::exception &e) {
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
-        flight_complete(f, SF_EPANIC, 0, e.what());
+        flight_complete(f, SF_EPANIC, 0, e.what(), true);
     } catch (...) {
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
-        flight_complete(f, SF_EPANIC, 0, kUnknownException);
+        flight_complete(f, SF_EPANIC, 0, kUnknownException, true);
     }
     return f->status;
 }
@@ -368,7 +360,8 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
         // Nobody will run fn: release whoever joined meanwhile, say why.
         c->finished.store(true, std::memory_order_release);
         drop_leader_handle(c);
-        flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory");
+        flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory",
+                        true);
         uncount_rejected_leader(s, f);
         call_unref(c);
     }
@@ -397,7 +390,7 @@ int Group::forget(const void *key, std::size_t len, bool only_unshared) noexcept
     check_fork();
     const uint64_t h = detail::hash_bytes(key, len, seed_);
     Shard *s = shard_for(h);
-    std::lock_guard<std::mutex> lock(s->mu);
+    std::lock_guard<detail::SpinLock> lock(s->mu);
     for (Flight *f = *bucket_of(s, h); f; f = f->next) {
         if (!key_equals(f, h, key, len)) continue;
         if (only_unshared && f->dups > 0) return 0;
@@ -414,8 +407,7 @@ void Group::stats(sf_group_stats *out) const noexcept {
     st.version = out->version;
     for (std::size_t i = 0; i <= shard_mask_; ++i) {
         Shard &s = shards_[i];
-        std::lock_guard<std::mutex> lock(s.mu);
-        st.calls += s.calls;
+        std::lock_guard<detail::SpinLock> lock(s.mu);
         st.leaders += s.leaders;
         st.followers += s.followers;
         st.panics += s.panics;
@@ -424,6 +416,7 @@ void Group::stats(sf_group_stats *out) const noexcept {
         st.in_flight += s.in_flight;
         st.timeouts += s.timeouts.load(std::memory_order_relaxed);
     }
+    st.calls = st.leaders + st.followers;  // by definition (DESIGN.md)
     *out = st;
 }
 

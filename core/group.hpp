@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "core/flight.hpp"
+#include "core/spinlock.hpp"
 #include "singleflight.h"
 
 namespace sf {
@@ -15,19 +16,29 @@ namespace sf {
 class Pool;
 
 // One shard: a lock, a chained hash table and the counters it guards.
-// Padded to its own cache lines so shards never share one.
+// Every call writes its shard twice (start, completion), and with many keys
+// every thread writes every shard, so the line moves between cores on most
+// calls.  Everything an ordinary call touches therefore lives in the first
+// cache line, buckets included: the table holds only flights in flight, so
+// two inline buckets serve until a shard gets busy (then it grows on the
+// heap and a call touches one more line).
 struct alignas(64) Shard {
-    std::mutex mu;
+    // ---- line 1: touched by every call
+    detail::SpinLock mu;
+    uint32_t count = 0;      // flights in the table
+    uint32_t mask = 0;       // bucket count - 1 (a power of two minus one)
     Flight **buckets = nullptr;
-    std::size_t mask = 0;   // buckets - 1 (a power of two minus one)
-    std::size_t count = 0;  // flights in the table
-
-    uint64_t calls = 0, leaders = 0, followers = 0, panics = 0, goexits = 0,
-             forgets = 0, in_flight = 0;
+    uint64_t leaders = 0, followers = 0, in_flight = 0;
+    Flight *inline_buckets[2] = {};
+    // ---- line 2: written only by panics, goexits, forgets, timeouts and
+    // two-phase handles
+    alignas(64) uint64_t panics = 0;
+    uint64_t goexits = 0, forgets = 0;
     std::atomic<uint64_t> timeouts{0};
     // Unreleased call handles; keep sf_group_free from freeing under them.
     std::atomic<uint64_t> handles{0};
 };
+static_assert(offsetof(Shard, panics) == 64, "the hot part of a shard must fit one cache line");
 
 class Group {
 public:

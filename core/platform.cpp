@@ -24,7 +24,7 @@ struct ForkHandlerRegistration {
     ForkHandlerRegistration() noexcept { pthread_atfork(nullptr, nullptr, on_fork_child); }
 } g_fork_registration;
 
-thread_local char t_identity;
+__attribute__((tls_model("initial-exec"))) thread_local char t_identity;
 }  // namespace
 
 bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected,
