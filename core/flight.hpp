@@ -12,7 +12,6 @@
 
 namespace sf {
 
-class Group;
 struct Shard;
 struct Call;
 
@@ -33,7 +32,6 @@ struct Flight {
     unsigned char inline_key[kInlineKey];
     Flight *next = nullptr;        // bucket chain, guarded by the shard lock
     Shard *shard = nullptr;
-    Group *group = nullptr;
     uint32_t generation = 0;       // detail::fork_generation() at creation
     // The thread running fn (nullptr while a do_async task waits in the
     // queue): the one thread for which joining would deadlock.  Atomic

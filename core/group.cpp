@@ -218,7 +218,6 @@ int Group::acquire(const void *key, std::size_t len, bool deadlock_check, bool l
     }
     f->hash = h;
     f->shard = s;
-    f->group = this;
     f->generation = detail::fork_generation();
     f->leader_thread.store(lead_here ? self : nullptr, std::memory_order_relaxed);
     f->in_table = true;

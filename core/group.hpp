@@ -61,7 +61,6 @@ public:
     static int execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) ;
 
     Shard *shard_for(uint64_t hash) noexcept { return &shards_[(hash >> 40) & shard_mask_]; }
-    uint32_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
 
     ~Group();  // use destroy(); public only for detail::unmake
 
