@@ -27,8 +27,7 @@ struct LocalStack {
 };
 
 // The thread's caches.  Plain data in initial-exec TLS: reaching it is one
-// instruction, with no TLS wrapper call on the hot path.  The flush at
-// thread exit is registered through a pthread key on first use.
+// instruction, with no TLS wrapper call on the hot path.
 struct ThreadCaches {
     LocalStack stacks[kCaches];
     bool registered;
@@ -36,11 +35,18 @@ struct ThreadCaches {
 };
 __attribute__((tls_model("initial-exec"))) thread_local ThreadCaches t_caches;
 
-pthread_key_t g_exit_key;
-void flush_thread(void *) noexcept;
-struct KeyInit {
-    KeyInit() noexcept { pthread_key_create(&g_exit_key, flush_thread); }
-} g_key_init;
+void flush_thread() noexcept;
+
+// Flushes the caches when the thread exits.  A C++ thread_local destructor
+// rather than a pthread key on purpose: the runtime keeps this library
+// loaded until the destructor has run, whereas a key destructor would be
+// called after a dlclose (a Lua state or a JVM unloading its binding) had
+// unmapped it.  Touched once per thread, off the hot path.
+struct ThreadExit {
+    bool armed = false;
+    ~ThreadExit() { flush_thread(); }
+};
+thread_local ThreadExit t_exit;
 
 BlockCache g_flights(sizeof(Flight));
 BlockCache g_calls(sizeof(Call));
@@ -58,7 +64,7 @@ void push_global(BlockCache &c, BlockCache::Node *n) noexcept {
     ++c.global_count_;
 }
 
-void flush_thread(void *) noexcept {
+void flush_thread() noexcept {
     ThreadCaches &t = t_caches;
     t.dead = true;
     std::lock_guard<std::mutex> lock(g_mu);
@@ -77,7 +83,7 @@ LocalStack *local_stack(int index) noexcept {
     ThreadCaches &t = t_caches;
     if (__builtin_expect(!t.registered, 0)) {
         t.registered = true;
-        pthread_setspecific(g_exit_key, &t);  // non-NULL: run flush_thread
+        t_exit.armed = true;  // first use constructs it: its destructor is due
     }
     return t.dead ? nullptr : &t.stacks[index];
 }
@@ -146,7 +152,8 @@ void BlockCache::drain() noexcept {
         dealloc(n);
     }
     global_count_ = 0;
-    // The main thread never runs key destructors: free its blocks here, and
+    // Free the calling thread's blocks too (at exit that is the main
+    // thread, whose thread_local destructors may already have run), and
     // send whatever it frees later (other static destructors) to the
     // closed global list, which frees at once.
     t_caches.dead = true;
