@@ -48,8 +48,8 @@ struct ThreadExit {
 };
 thread_local ThreadExit t_exit;
 
-BlockCache g_flights(sizeof(Flight));
-BlockCache g_calls(sizeof(Call));
+BlockCache g_flights(sizeof(Flight), 0);
+BlockCache g_calls(sizeof(Call), 1);
 
 BlockCache *cache_by_index(int i) noexcept { return i == 0 ? &g_flights : &g_calls; }
 
@@ -90,8 +90,6 @@ LocalStack *local_stack(int index) noexcept {
 
 struct AtExit {
     AtExit() noexcept {
-        g_flights.index_ = 0;
-        g_calls.index_ = 1;
         pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); });
     }
     ~AtExit() {

@@ -12,7 +12,10 @@ namespace detail {
 
 class BlockCache {
 public:
-    explicit BlockCache(std::size_t block_size) noexcept : size_(block_size) {}
+    // constexpr: the two caches are constant-initialised, never written
+    // during start-up (a dlopen on one thread, use on another).
+    constexpr BlockCache(std::size_t block_size, int index) noexcept
+        : index_(index), size_(block_size) {}
     BlockCache(const BlockCache &) = delete;
     BlockCache &operator=(const BlockCache &) = delete;
 
@@ -30,7 +33,7 @@ public:
     Node *global_ = nullptr;
     std::size_t global_count_ = 0;
     bool closed_ = false;          // after drain at exit: free directly
-    int index_ = -1;               // slot in the thread-local table
+    const int index_;              // slot in the thread-local table
 
 private:
     std::size_t size_;
