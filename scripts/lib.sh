@@ -28,7 +28,7 @@ sf_need() {
         "${missing[@]}" >/dev/null || sf_die "apt-get install ${missing[*]} failed"
 }
 
-# The packages the core build and its tests need (both build systems,
-# sanitizers, valgrind, header hygiene with clang too).
+# The packages the core build, its tests and the demos need (both build
+# systems, GoogleTest, valgrind, SQLite for the stampede demo).
 SF_CORE_PKGS=(build-essential cmake ninja-build meson pkg-config libgtest-dev
-              valgrind binutils)
+              valgrind binutils libsqlite3-dev)
