@@ -340,7 +340,8 @@ SF_API void sf_result_release(sf_result *r);
 
 typedef struct sf_group_stats {
     unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
-    sf_u64 calls;             /* leaders + followers */
+    sf_u64 calls;             /* leaders + followers; calls that returned an
+                                 error (a refused do_async too) not counted */
     sf_u64 leaders;           /* calls that started a flight (= executions) */
     sf_u64 followers;         /* calls that joined a flight */
     sf_u64 panics;            /* flights completed as SF_EPANIC */
