@@ -21,9 +21,12 @@ constexpr std::size_t kGlobalMax = 8192;
 // list in the middle of an update.
 std::mutex g_mu;
 
+// Plain aggregates (no member initialisers): thread_local storage starts
+// zeroed, and a type with initialisers would route every access through the
+// TLS init wrapper.
 struct LocalStack {
-    BlockCache::Node *top = nullptr;
-    int count = 0;
+    BlockCache::Node *top;
+    int count;
 };
 
 // The thread's caches.  Plain data in initial-exec TLS: reaching it is one
@@ -47,6 +50,10 @@ struct ThreadExit {
     ~ThreadExit() { flush_thread(); }
 };
 thread_local ThreadExit t_exit;
+
+// Out of line and cold: touching t_exit goes through the TLS init wrapper
+// (a __tls_get_addr call), which must stay off the per-call path.
+__attribute__((noinline, cold)) void register_thread_exit() noexcept { t_exit.armed = true; }
 
 BlockCache g_flights(sizeof(Flight), 0);
 BlockCache g_calls(sizeof(Call), 1);
@@ -83,7 +90,7 @@ LocalStack *local_stack(int index) noexcept {
     ThreadCaches &t = t_caches;
     if (__builtin_expect(!t.registered, 0)) {
         t.registered = true;
-        t_exit.armed = true;  // first use constructs it: its destructor is due
+        register_thread_exit();  // first use constructs it: its destructor is due
     }
     return t.dead ? nullptr : &t.stacks[index];
 }
