@@ -38,22 +38,16 @@ struct ThreadCaches {
 };
 __attribute__((tls_model("initial-exec"))) thread_local ThreadCaches t_caches;
 
-void flush_thread() noexcept;
-
-// Flushes the caches when the thread exits.  A C++ thread_local destructor
-// rather than a pthread key on purpose: the runtime keeps this library
-// loaded until the destructor has run, whereas a key destructor would be
-// called after a dlclose (a Lua state or a JVM unloading its binding) had
-// unmapped it.  Touched once per thread, off the hot path.
-struct ThreadExit {
-    bool armed = false;
-    ~ThreadExit() { flush_thread(); }
-};
-thread_local ThreadExit t_exit;
-
-// Out of line and cold: touching t_exit goes through the TLS init wrapper
-// (a __tls_get_addr call), which must stay off the per-call path.
-__attribute__((noinline, cold)) void register_thread_exit() noexcept { t_exit.armed = true; }
+// Flushes the caches when the thread exits, through a pthread key: its
+// destructor costs nothing per thread (a C++ thread_local destructor would
+// make glibc allocate a list entry for every new thread).  The library is
+// linked with -z nodelete, so a dlclose (a Lua state or a JVM unloading a
+// binding) never unmaps the code a later thread exit calls into.
+pthread_key_t g_exit_key;
+void flush_thread(void *) noexcept;
+struct KeyInit {
+    KeyInit() noexcept { pthread_key_create(&g_exit_key, flush_thread); }
+} g_key_init;
 
 BlockCache g_flights(sizeof(Flight), 0);
 BlockCache g_calls(sizeof(Call), 1);
@@ -71,7 +65,7 @@ void push_global(BlockCache &c, BlockCache::Node *n) noexcept {
     ++c.global_count_;
 }
 
-void flush_thread() noexcept {
+void flush_thread(void *) noexcept {
     ThreadCaches &t = t_caches;
     t.dead = true;
     std::lock_guard<std::mutex> lock(g_mu);
@@ -90,7 +84,7 @@ LocalStack *local_stack(int index) noexcept {
     ThreadCaches &t = t_caches;
     if (__builtin_expect(!t.registered, 0)) {
         t.registered = true;
-        register_thread_exit();  // first use constructs it: its destructor is due
+        pthread_setspecific(g_exit_key, &t);  // non-NULL: flush_thread runs at exit
     }
     return t.dead ? nullptr : &t.stacks[index];
 }
