@@ -12,7 +12,7 @@ namespace detail {
 
 namespace {
 constexpr int kCaches = 2;
-constexpr int kLocalMax = 64;        // blocks a thread keeps
+constexpr int kLocalMax = 16;        // blocks a thread keeps (few: a hoarding follower starves leaders)
 constexpr int kBatch = kLocalMax / 2; // blocks traded with the global list
 constexpr std::size_t kGlobalMax = 8192;
 
