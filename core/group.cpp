@@ -154,6 +154,10 @@ Group::~Group() {
 
 int Group::destroy(Group *g) noexcept {
     g->check_fork();
+    // From a done callback or fn on the group's own pool: freeing would join
+    // the very thread that is running, which then returns into freed memory.
+    Pool *p = g->pool_.load(std::memory_order_acquire);
+    if (p && p->on_worker_thread()) return SF_EBUSY;
     for (std::size_t i = 0; i <= g->shard_mask_; ++i) {
         Shard &s = g->shards_[i];
         std::lock_guard<detail::SpinLock> lock(s.mu);

@@ -140,6 +140,17 @@ void Pool::worker_loop() {
     pthread_mutex_unlock(&mu_);
 }
 
+bool Pool::on_worker_thread() noexcept {
+    pthread_t self = pthread_self();
+    pthread_mutex_lock(&mu_);
+    bool found = false;
+    for (Slot &s : slots_) {
+        if (s.used && !s.exited && pthread_equal(s.tid, self)) found = true;
+    }
+    pthread_mutex_unlock(&mu_);
+    return found;
+}
+
 void Pool::reset_after_fork() noexcept {
     // The parent's workers do not exist here and its lock may have been
     // held by one of them: start over (queued parent tasks are abandoned).

@@ -15,6 +15,9 @@ public:
     static void destroy(Pool *p) noexcept;       // stops and joins every worker
     // SF_OK, or SF_ENOMEM when neither a queue node nor a thread could be had.
     int submit(sf_task_fn task, void *arg) noexcept;
+    // True when called on one of this pool's worker threads (a task or a
+    // done callback): such a thread cannot join itself.
+    bool on_worker_thread() noexcept;
     // In a forked child: forget the parent's threads and queued tasks.
     void reset_after_fork() noexcept;
 

@@ -681,6 +681,29 @@ TEST(Group, FreeWhileBusyIsEbusyAndLeavesTheGroupUsable) {
     EXPECT_EQ(sf_group_free(g), SF_OK);
 }
 
+struct FreeFromPool {
+    sf_group *g;
+    int rc = 0;
+    Event done;
+};
+
+void free_in_done(int, sf_result *, int, void *payload) {
+    auto *f = static_cast<FreeFromPool *>(payload);
+    f->rc = sf_group_free(f->g);  // on the pool's own thread
+    f->done.set();
+}
+
+int trivial_async_fn(sf_call *, void *) { return 0; }
+
+TEST(Group, FreeFromItsOwnPoolThreadIsEbusyNotASelfJoin) {
+    FreeFromPool f;
+    ASSERT_EQ(sf_group_new(&f.g, nullptr), SF_OK);
+    ASSERT_EQ(sf_group_do_async(f.g, "k", 1, trivial_async_fn, nullptr, free_in_done, &f), SF_OK);
+    f.done.wait();
+    EXPECT_EQ(f.rc, SF_EBUSY);
+    EXPECT_EQ(sf_group_free(f.g), SF_OK) << "from another thread it frees";
+}
+
 TEST(Group, ShardOptionIsHonouredAndKeysSpreadAcrossIt) {
     sf_group_options o = SF_GROUP_OPTIONS_INIT;
     o.shards = 3;  // rounded up to 4

@@ -179,7 +179,9 @@ SF_API int sf_group_options_init(sf_group_options *opts, unsigned int version);
 SF_API int sf_group_new(sf_group **out, const sf_group_options *opts);
 
 /* Frees a group and its built-in pool.  SF_EBUSY (and nothing freed) while
- * any flight of the group is in flight or any sf_call of it is unreleased.
+ * any flight of the group is in flight or any sf_call of it is unreleased,
+ * and when called on a thread of the group's own built-in pool (from fn or
+ * a done callback of sf_group_do_async): free it from another thread.
  * Results obtained from the group stay valid after it is freed.  NULL is
  * SF_EINVAL.  Not thread-safe: no other call may use g concurrently, and g
  * must not be used after SF_OK. */
