@@ -173,10 +173,7 @@ SF_API void sf_call_release(sf_call *call) {
         // that walked away.
         sf::flight_complete(c->flight, SF_EGOEXIT, 0, nullptr);
     }
-    if (c->handle_counted) {
-        sf::group_drop_handle(c);
-        c->handle_counted = false;
-    }
+    sf::group_drop_handle(c);
     sf::call_unref(c);
 }
 

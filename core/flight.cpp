@@ -53,11 +53,10 @@ void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexce
         (void)rc;
     }
     if (done) {
-        if (c->kind == CallKind::AsyncFollower && c->handle_counted) {
+        if (c->kind == CallKind::AsyncFollower) {
             // Give the group back before user code can observe completion:
             // after the callback the group may already be freed.
             group_drop_handle(c);
-            c->handle_counted = false;
         }
         int shared = c->role == SF_FOLLOWER ? 1 : f->shared;
         try {

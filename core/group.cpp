@@ -76,11 +76,11 @@ void maybe_grow_locked(Shard *s) {
     s->mask = mask;
 }
 
-void drop_leader_handle(Call *c) {
-    if (c->handle_counted) {
-        group_drop_handle(c);
-        c->handle_counted = false;
-    }
+// fn is over for this leader (returned, threw or is unwinding): no more
+// finishing through the call, and its handle no longer holds the group.
+void settle_leader(Call *c) noexcept {
+    c->finished.store(true, std::memory_order_release);
+    group_drop_handle(c);
 }
 
 // The do_async leader's own completion callback, after the flight completed.
@@ -254,6 +254,8 @@ void group_flight_completed(Flight *f) noexcept {
 }
 
 void group_drop_handle(Call *c) noexcept {
+    if (!c->handle_counted) return;
+    c->handle_counted = false;
     // A handle made before a fork is not counted in the child's group.
     if (c->generation == detail::fork_generation())
         c->shard->handles.fetch_sub(1, std::memory_order_release);
@@ -271,8 +273,7 @@ int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
     Flight *f = c->flight;
     try {
         int err = fn(reinterpret_cast<sf_call *>(c), payload);
-        c->finished.store(true, std::memory_order_release);
-        drop_leader_handle(c);
+        settle_leader(c);
         if (f->panic_pending) {
             flight_complete(f, SF_EPANIC, err,
                             f->pending_message_lost ? kPanicMessageLost : f->pending_message, true);
@@ -282,18 +283,15 @@ int Group::execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) {
     } catch (abi::__forced_unwind &) {
         // Go's Goexit: the thread is leaving inside fn.  Release everybody,
         // then let the unwind go on; swallowing it would abort the process.
-        c->finished.store(true, std::memory_order_release);
-        drop_leader_handle(c);
+        settle_leader(c);
         flight_complete(f, SF_EGOEXIT, 0, nullptr, true);
         if (on_exit) on_exit(c);
         throw;
     } catch (const std::exception &e) {
-        c->finished.store(true, std::memory_order_release);
-        drop_leader_handle(c);
+        settle_leader(c);
         flight_complete(f, SF_EPANIC, 0, e.what(), true);
     } catch (...) {
-        c->finished.store(true, std::memory_order_release);
-        drop_leader_handle(c);
+        settle_leader(c);
         flight_complete(f, SF_EPANIC, 0, kUnknownException, true);
     }
     return f->status;
@@ -361,8 +359,7 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
     }
     if (rc != SF_OK) {
         // Nobody will run fn: release whoever joined meanwhile, say why.
-        c->finished.store(true, std::memory_order_release);
-        drop_leader_handle(c);
+        settle_leader(c);
         flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory",
                         true);
         uncount_rejected_leader(s, f);

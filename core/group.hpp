@@ -91,7 +91,8 @@ private:
 // Called by flight_complete: unlinks f from its table if it is still there,
 // records the outcome in the shard's counters and fixes f->shared.
 void group_flight_completed(Flight *f) noexcept;
-// A call handle came or went (Shard::handles, fork-aware).
+// A call handle came or went (Shard::handles, fork-aware).  Dropping is
+// idempotent: each call is counted once and uncounted once.
 void group_add_handle(Call *c, Shard *s) noexcept;
 void group_drop_handle(Call *c) noexcept;
 
