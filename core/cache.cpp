@@ -6,6 +6,7 @@
 
 #include "core/alloc.hpp"
 #include "core/flight.hpp"
+#include "core/testing.hpp"
 
 namespace sf {
 namespace detail {
@@ -164,8 +165,30 @@ void BlockCache::drain() noexcept {
     s.count = 0;
 }
 
+void BlockCache::reset() noexcept {
+    std::lock_guard<std::mutex> lock(g_mu);
+    while (Node *n = global_) {
+        global_ = n->next;
+        dealloc(n);
+    }
+    global_count_ = 0;
+    LocalStack &s = t_caches.stacks[index_];
+    while (Node *n = s.top) {
+        s.top = n->next;
+        dealloc(n);
+    }
+    s.count = 0;
+}
+
 BlockCache &flight_cache() noexcept { return g_flights; }
 BlockCache &call_cache() noexcept { return g_calls; }
 
 }  // namespace detail
+
+namespace testing {
+void reset_caches() noexcept {
+    detail::g_flights.reset();
+    detail::g_calls.reset();
+}
+}  // namespace testing
 }  // namespace sf

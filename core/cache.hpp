@@ -25,6 +25,9 @@ public:
     // Frees every block held process-wide and by the calling thread.
     // Used at exit so leak checkers see a clean heap.
     void drain() noexcept;
+    // Frees the process-wide list and the calling thread's blocks, leaving
+    // the cache usable (testing::reset_caches).
+    void reset() noexcept;
 
     std::size_t block_size() const noexcept { return size_; }
 

@@ -13,5 +13,12 @@ void fail_allocations_after(long n) noexcept;
 // Internal allocations made so far in this process (successful or not).
 unsigned long allocations() noexcept;
 
+// Empties the block caches: the process-wide lists and the calling thread's
+// own, so that the next operations allocate exactly as a fresh process would.
+// A replayed fuzz input or a seeded stress round starts from the same state
+// whatever ran before it.  Call it only while no other thread uses the
+// library (blocks cached by other threads are left alone).
+void reset_caches() noexcept;
+
 }  // namespace testing
 }  // namespace sf
