@@ -3,6 +3,7 @@
 // types are never defined; they are the core's objects under another name.
 #include <cxxabi.h>
 
+#include <cstdint>
 #include <new>
 
 #include "core/flight.hpp"
@@ -19,7 +20,11 @@ const sf::Call *C(const sf_call *c) { return reinterpret_cast<const sf::Call *>(
 sf::Flight *R(sf_result *r) { return reinterpret_cast<sf::Flight *>(r); }
 const sf::Flight *R(const sf_result *r) { return reinterpret_cast<const sf::Flight *>(r); }
 
-bool bad_key(const void *key, size_t len) { return key == nullptr && len != 0; }
+// No object is larger than PTRDIFF_MAX bytes: a longer length is garbage
+// (a negative ssize_t cast, say) that must not reach a memcpy.
+bool bad_key(const void *key, size_t len) {
+    return (key == nullptr && len != 0) || len > size_t(PTRDIFF_MAX);
+}
 
 // The core is noexcept wherever it can be; what remains (user callbacks
 // running inside sf_group_do) may throw only a forced unwind, which must keep
@@ -47,17 +52,24 @@ void clear_out(sf_result **result, int *shared) {
 extern "C" {
 
 SF_API int sf_group_options_init(sf_group_options *opts, unsigned int version) {
-    if (!opts || version != SF_GROUP_OPTIONS_VERSION) return SF_EINVAL;
-    sf_group_options defaults = SF_GROUP_OPTIONS_INIT;
-    *opts = defaults;
+    if (!opts || version < 1 || version > SF_GROUP_OPTIONS_VERSION) return SF_EINVAL;
+    // Field by field: a version-1 caller's struct ends before max_threads.
+    opts->version = version;
+    opts->shards = 0;
+    opts->executor = nullptr;
+    opts->executor_payload = nullptr;
+    if (version >= 2) opts->max_threads = 0;
     return SF_OK;
 }
 
 SF_API int sf_group_new(sf_group **out, const sf_group_options *opts) {
     if (!out) return SF_EINVAL;
-    if (opts && opts->version != SF_GROUP_OPTIONS_VERSION) return SF_EINVAL;
-    sf::Group *g = opts ? sf::Group::create(opts->shards, opts->executor, opts->executor_payload)
-                        : sf::Group::create(0, nullptr, nullptr);
+    if (opts && (opts->version < 1 || opts->version > SF_GROUP_OPTIONS_VERSION)) return SF_EINVAL;
+    unsigned max_threads = opts && opts->version >= 2 ? opts->max_threads : 0;
+    if (max_threads > SF_POOL_MAX_THREADS) return SF_EINVAL;
+    sf::Group *g = opts ? sf::Group::create(opts->shards, opts->executor, opts->executor_payload,
+                                            max_threads)
+                        : sf::Group::create(0, nullptr, nullptr, 0);
     if (!g) return SF_ENOMEM;
     *out = reinterpret_cast<sf_group *>(g);
     return SF_OK;
@@ -109,7 +121,7 @@ int leader_complete(sf_call *call, int status, int error, const char *message) {
     if (c->kind != sf::CallKind::TwoPhase) {
         // Inside fn of sf_group_do/do_async: fn's return finishes the
         // flight; a panic request is remembered until then.
-        if (status != SF_EPANIC || c->finished.load(std::memory_order_acquire)) return SF_ESTATE;
+        if (status != SF_EPANIC || sf::call_finished(c)) return SF_ESTATE;
         if (!f->panic_pending) {
             f->panic_pending = true;
             f->pending_message = message ? sf::copy_message(message) : nullptr;
@@ -117,7 +129,7 @@ int leader_complete(sf_call *call, int status, int error, const char *message) {
         }
         return SF_OK;
     }
-    if (c->finished.exchange(true, std::memory_order_acq_rel)) return SF_ESTATE;
+    if (!sf::call_claim_finish(c)) return SF_ESTATE;
     sf::flight_complete(f, status, error, message);
     return SF_OK;
 }
@@ -138,6 +150,12 @@ SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns, sf_result **result, in
     sf::Call *c = C(call);
     sf::Flight *f = c->flight;
     if (c->role == SF_LEADER && !f->done()) return SF_EDEADLK;
+    // A follower waiting forever on a flight this very thread leads (inside
+    // fn, or a two-phase flight it began) would wait for itself.  A bounded
+    // wait ends by itself; it stays a wait that may time out.
+    if (timeout_ns < 0 && !f->done() &&
+        f->leader_thread.load(std::memory_order_relaxed) == sf::detail::this_thread_id())
+        return SF_EDEADLK;
     if (!sf::flight_wait(f, timeout_ns)) {
         // A poll (timeout 0) is a question, not a wait that gave up: event
         // loops poll constantly and would drown the counter.
@@ -168,11 +186,12 @@ SF_API void sf_call_release(sf_call *call) {
     if (!call) return;
     sf::Call *c = C(call);
     if (c->kind != sf::CallKind::TwoPhase) return;  // not the caller's to release
-    if (c->role == SF_LEADER && !c->finished.exchange(true, std::memory_order_acq_rel)) {
+    if (c->role == SF_LEADER && sf::call_claim_finish(c)) {
         // Go's Goexit for the two-phase form: nobody may hang on a leader
         // that walked away.
         sf::flight_complete(c->flight, SF_EGOEXIT, 0, nullptr);
     }
+    sf::call_drop_notification(c);
     sf::group_drop_handle(c);
     sf::call_unref(c);
 }

@@ -27,16 +27,6 @@ constexpr int kYields = 2;
 
 const char kPanicDefault[] = "panic";
 
-void run_destroy(sf_destroy_fn destroy, void *value) noexcept {
-    if (!destroy) return;
-    try {
-        destroy(value);
-    } catch (...) {
-        // destroy must not throw or exit the thread (header); swallowing an
-        // exception keeps the boundary shut.
-    }
-}
-
 void free_message(Flight *f) noexcept {
     if (f->panic_message_owned) detail::dealloc(const_cast<char *>(f->panic_message));
     f->panic_message = nullptr;
@@ -45,13 +35,18 @@ void free_message(Flight *f) noexcept {
     f->pending_message = nullptr;
 }
 
+// Callers disable cancellation: write is a cancellation point.
+void signal_fd(int efd) noexcept {
+    if (efd < 0) return;
+    uint64_t one = 1;
+    // EAGAIN means the counter is already non-zero: readable, as wanted.
+    ssize_t rc = write(efd, &one, sizeof one);
+    (void)rc;
+}
+
+// Callers disable cancellation (done may reach cancellation points).
 void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexcept {
-    if (efd >= 0) {
-        uint64_t one = 1;
-        // EAGAIN means the counter is already non-zero: readable, as wanted.
-        ssize_t rc = write(efd, &one, sizeof one);
-        (void)rc;
-    }
+    signal_fd(efd);
     if (done) {
         if (c->kind == CallKind::AsyncFollower) {
             // Give the group back before user code can observe completion:
@@ -85,6 +80,17 @@ bool link_locked(Call *c, Flight *f) noexcept {
 }  // namespace
 
 const char kPanicMessageLost[] = "panic (message lost: out of memory)";
+
+void run_destroy(sf_destroy_fn destroy, void *value) noexcept {
+    if (!destroy) return;
+    detail::NoCancel no_cancel;
+    try {
+        destroy(value);
+    } catch (...) {
+        // destroy must not throw or exit the thread (header); swallowing an
+        // exception keeps the boundary shut.
+    }
+}
 
 char *copy_message(const char *msg) noexcept {
     std::size_t n = std::strlen(msg) + 1;
@@ -141,7 +147,10 @@ void call_unref(Call *c) noexcept {
     if (c->refs.load(std::memory_order_acquire) != 1 &&
         c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
         return;
-    if (c->efd >= 0) close(c->efd);
+    if (c->efd >= 0) {
+        detail::NoCancel no_cancel;  // close is a cancellation point
+        close(c->efd);
+    }
     Flight *f = c->flight;
     c->~Call();
     call_cache().put(c);
@@ -150,7 +159,18 @@ void call_unref(Call *c) noexcept {
 
 void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept {
     Flight *f = c ? c->flight : nullptr;
-    if (!f || c->role != SF_LEADER || c->finished.load(std::memory_order_acquire) || f->done()) {
+    bool writing = false;
+    if (f && c->role == SF_LEADER) {
+        uint8_t s = kOpen;
+        while (!c->lstate.compare_exchange_weak(s, kWriting, std::memory_order_acquire,
+                                                std::memory_order_relaxed)) {
+            if (s == kFinished) break;
+            if (s == kWriting) detail::cpu_relax();  // another set_value stores
+            s = kOpen;
+        }
+        writing = s == kOpen;
+    }
+    if (!writing) {
         run_destroy(destroy, value);
         return;
     }
@@ -158,7 +178,23 @@ void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept {
     void *old_value = f->value;
     f->value = value;
     f->destroy = destroy;
+    c->lstate.store(kOpen, std::memory_order_release);
     if (old_value != value) run_destroy(old_destroy, old_value);
+}
+
+bool call_claim_finish(Call *c) noexcept {
+    uint8_t s = kOpen;
+    while (!c->lstate.compare_exchange_weak(s, kFinished, std::memory_order_acq_rel,
+                                            std::memory_order_acquire)) {
+        if (s == kFinished) return false;
+        if (s == kWriting) detail::cpu_relax();  // let the value land first
+        s = kOpen;
+    }
+    return true;
+}
+
+bool call_finished(const Call *c) noexcept {
+    return c->lstate.load(std::memory_order_acquire) == kFinished;
 }
 
 void flight_complete(Flight *f, int status, int error, const char *message,
@@ -182,6 +218,7 @@ void flight_complete(Flight *f, int status, int error, const char *message,
     uint32_t old = f->state.exchange(kDone, std::memory_order_acq_rel);
     if (old & kWaiters) detail::futex_wake_all(&f->state);
     if (!(old & kNotify)) return;
+    detail::NoCancel no_cancel;  // eventfd writes and done callbacks below
     Call *list;
     {
         // A registration sets kNotify and links while holding notify_mu, so
@@ -190,9 +227,12 @@ void flight_complete(Flight *f, int status, int error, const char *message,
         list = f->notify_head;
         f->notify_head = nullptr;
         // Snapshot what to deliver while registration is excluded: a caller
-        // registering from now on sees kDone and delivers by itself.
+        // registering from now on sees kDone and delivers by itself.  The
+        // eventfds are written here, under the lock, because sf_call_release
+        // closes a call's fd under it: an fd number is never written after
+        // it was closed (and perhaps reused by the process).
         for (Call *c = list; c; c = c->notify_next) {
-            c->fire_efd = c->efd;
+            signal_fd(c->efd);
             c->fire_done = c->done;
             c->fire_payload = c->done_payload;
         }
@@ -200,7 +240,7 @@ void flight_complete(Flight *f, int status, int error, const char *message,
     while (list) {
         Call *c = list;
         list = c->notify_next;
-        deliver(c, f, c->fire_efd, c->fire_done, c->fire_payload);
+        deliver(c, f, -1, c->fire_done, c->fire_payload);
         call_unref(c);  // the notification's reference
     }
 }
@@ -216,7 +256,7 @@ bool flight_wait(Flight *f, int64_t timeout_ns) noexcept {
         sched_yield();
         if (f->done()) return true;
     }
-    const int64_t deadline = timeout_ns > 0 ? detail::now_ns() + timeout_ns : 0;
+    const int64_t deadline = timeout_ns > 0 ? detail::deadline_after(detail::now_ns(), timeout_ns) : 0;
     for (;;) {
         uint32_t s = f->state.load(std::memory_order_acquire);
         if (s & kDone) return true;
@@ -244,6 +284,7 @@ int call_on_done(Call *c, sf_done_fn done, void *payload) noexcept {
         if (link_locked(c, f)) return SF_OK;
         c->done = nullptr;  // delivered below, not by a completing thread
     }
+    detail::NoCancel no_cancel;
     deliver(c, f, -1, done, payload);
     return SF_OK;
 }
@@ -260,14 +301,47 @@ int call_fd(Call *c) noexcept {
     {
         std::lock_guard<std::mutex> lock(f->notify_mu);
         if (c->efd >= 0) {  // another thread won the race; keep its fd
+            detail::NoCancel no_cancel;
             close(efd);
             return c->efd;
         }
         c->efd = efd;
         linked = link_locked(c, f);
+        if (!linked) {
+            detail::NoCancel no_cancel;
+            signal_fd(efd);  // under the lock, as completion does
+        }
     }
-    if (!linked) deliver(c, f, efd, nullptr, nullptr);
     return efd;
+}
+
+void call_drop_notification(Call *c) noexcept {
+    Flight *f = c->flight;
+    int efd;
+    bool unlinked = false;
+    {
+        std::lock_guard<std::mutex> lock(f->notify_mu);
+        efd = c->efd;
+        c->efd = -1;
+        // Still on the flight's list (not yet taken by a completing thread)
+        // and there only for its eventfd: nothing is left to deliver.
+        if (c->notify_linked && !c->done && !f->done()) {
+            for (Call **pp = &f->notify_head; *pp; pp = &(*pp)->notify_next) {
+                if (*pp == c) {
+                    *pp = c->notify_next;
+                    c->notify_linked = false;
+                    unlinked = true;
+                    break;
+                }
+            }
+        }
+    }
+    // The notification's reference; the owner's keeps c alive.
+    if (unlinked) c->refs.fetch_sub(1, std::memory_order_acq_rel);
+    if (efd >= 0) {
+        detail::NoCancel no_cancel;
+        close(efd);
+    }
 }
 
 }  // namespace sf

@@ -41,6 +41,9 @@ struct Flight {
     // Guarded by the shard lock until completion, read-only afterwards.
     uint64_t dups = 0;
     bool in_table = false;
+    // A do_async whose executor refused the task: the flight still completes
+    // (as a panic, for whoever joined) but is counted nowhere.
+    bool uncounted = false;
 
     std::atomic<uint32_t> state{0};
     std::atomic<uint32_t> refs{0};
@@ -76,13 +79,19 @@ enum class CallKind : uint8_t {
     AsyncFollower // a follower of sf_group_do_async, owned by its notification
 };
 
+// A leader call's right to write the flight.  sf_call_set_value holds
+// kWriting while it stores the value, and completion moves kOpen to
+// kFinished, so a value is never written after (or while) the flight
+// completes, whichever threads the two run on.
+enum LeaderState : uint8_t { kOpen = 0, kWriting = 1, kFinished = 2 };
+
 struct Call {
     Flight *flight = nullptr;
     Shard *shard = nullptr;             // for handle accounting and stats
     std::atomic<uint32_t> refs{1};      // the owner + a pending notification
     int role = SF_FOLLOWER;
     CallKind kind = CallKind::TwoPhase;
-    std::atomic<bool> finished{false};  // leader: the flight was completed
+    std::atomic<uint8_t> lstate{kOpen}; // leader: see LeaderState
     bool handle_counted = false;        // counted in Shard::handles
     uint32_t generation = 0;            // detail::fork_generation() at creation
 
@@ -114,6 +123,19 @@ void call_unref(Call *c) noexcept;
 
 // Stores the leader's value (ownership passes at once; see the header).
 void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept;
+
+// Takes the leader's right to complete the flight: true once, for the first
+// caller, after any set_value in progress has stored its value.
+bool call_claim_finish(Call *c) noexcept;
+bool call_finished(const Call *c) noexcept;
+
+// sf_call_release's part for the call's notification: the eventfd is closed
+// at once, and a call linked only for its eventfd is unlinked, so a follower
+// that gives up on a long flight holds nothing until it ends.
+void call_drop_notification(Call *c) noexcept;
+
+// Runs destroy(value) with cancellation disabled, containing exceptions.
+void run_destroy(sf_destroy_fn destroy, void *value) noexcept;
 
 // Publishes the outcome, removes the flight from its table (if still there),
 // wakes waiters and runs notifications.  message is copied for SF_EPANIC.

@@ -79,7 +79,7 @@ void maybe_grow_locked(Shard *s) {
 // fn is over for this leader (returned, threw or is unwinding): no more
 // finishing through the call, and its handle no longer holds the group.
 void settle_leader(Call *c) noexcept {
-    c->finished.store(true, std::memory_order_release);
+    call_claim_finish(c);
     group_drop_handle(c);
 }
 
@@ -87,6 +87,7 @@ void settle_leader(Call *c) noexcept {
 void finish_async_leader(Call *c) noexcept {
     Flight *f = c->flight;
     if (c->done) {
+        detail::NoCancel no_cancel;  // done may reach cancellation points
         try {
             c->done(f->status, reinterpret_cast<sf_result *>(f), f->shared, c->done_payload);
         } catch (...) {
@@ -96,6 +97,9 @@ void finish_async_leader(Call *c) noexcept {
     call_unref(c);
 }
 
+// fn runs with the executor thread's own cancellation state (a cancellation
+// acted upon inside fn is the Goexit analogue); the library's own work
+// around it runs with cancellation disabled.
 void async_task(void *arg) {
     Call *c = static_cast<Call *>(arg);
     c->flight->leader_thread.store(detail::this_thread_id(), std::memory_order_relaxed);
@@ -113,9 +117,21 @@ void uncount_rejected_leader(Shard *s, Flight *f) noexcept {
     std::lock_guard<detail::SpinLock> lock(s->mu);
     --s->leaders;
 }
+
+// Hands a task to the group's executor: SF_OK, or SF_EBUSY when it refused
+// (returned non-zero or threw; the header calls both a refusal).
+int submit_to(sf_executor_fn executor, void *payload, Call *c) noexcept {
+    detail::NoCancel no_cancel;  // the executor may reach cancellation points
+    try {
+        return executor(async_task, c, payload) == 0 ? SF_OK : SF_EBUSY;
+    } catch (...) {
+        return SF_EBUSY;
+    }
+}
 }  // namespace
 
-Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_payload) noexcept {
+Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_payload,
+                     unsigned max_threads) noexcept {
     if (shards > kMaxShards) shards = kMaxShards;
     unsigned n = shards ? round_up_pow2(shards) : default_shards();
     void *mem = detail::alloc(sizeof(Group));
@@ -137,6 +153,7 @@ Group *Group::create(unsigned shards, sf_executor_fn executor, void *executor_pa
                                 static_cast<uint64_t>(detail::now_ns()) | 1);
     g->executor_ = executor;
     g->executor_payload_ = executor_payload;
+    g->max_threads_ = max_threads;
     g->generation_.store(detail::fork_generation(), std::memory_order_relaxed);
     return g;
 }
@@ -248,8 +265,10 @@ void group_flight_completed(Flight *f) noexcept {
     std::lock_guard<detail::SpinLock> lock(s->mu);
     if (f->in_table) unlink_locked(s, f);
     --s->in_flight;
-    if (f->status == SF_EPANIC) ++s->panics;
-    if (f->status == SF_EGOEXIT) ++s->goexits;
+    if (!f->uncounted) {
+        if (f->status == SF_EPANIC) ++s->panics;
+        if (f->status == SF_EGOEXIT) ++s->goexits;
+    }
     f->shared = f->dups > 0;
 }
 
@@ -352,13 +371,14 @@ int Group::run_async(const void *key, std::size_t len, sf_fn fn, void *payload, 
     c->done_payload = done_payload;
     int rc;
     if (executor_) {
-        rc = executor_(async_task, c, executor_payload_) == 0 ? SF_OK : SF_EBUSY;
+        rc = submit_to(executor_, executor_payload_, c);
     } else {
         Pool *p = pool();
         rc = p ? p->submit(async_task, c) : SF_ENOMEM;
     }
     if (rc != SF_OK) {
         // Nobody will run fn: release whoever joined meanwhile, say why.
+        f->uncounted = true;
         settle_leader(c);
         flight_complete(f, SF_EPANIC, 0, rc == SF_EBUSY ? kRefused : "sf_group_do_async: out of memory",
                         true);
@@ -426,7 +446,7 @@ Pool *Group::pool() noexcept {
     std::lock_guard<std::mutex> lock(pool_mu_);
     p = pool_.load(std::memory_order_relaxed);
     if (!p) {
-        p = Pool::create();
+        p = Pool::create(max_threads_);
         pool_.store(p, std::memory_order_release);
     }
     return p;

@@ -43,7 +43,9 @@ static_assert(offsetof(Shard, panics) == 64, "the hot part of a shard must fit o
 class Group {
 public:
     // nullptr when out of memory.  shards == 0 chooses a default.
-    static Group *create(unsigned shards, sf_executor_fn executor, void *executor_payload) noexcept;
+    // max_threads: the built-in pool's cap (0: the default).
+    static Group *create(unsigned shards, sf_executor_fn executor, void *executor_payload,
+                         unsigned max_threads) noexcept;
     // SF_EBUSY (nothing freed) while flights or handles remain.
     static int destroy(Group *g) noexcept;
 
@@ -82,6 +84,7 @@ private:
     uint64_t seed_ = 0;
     sf_executor_fn executor_ = nullptr;
     void *executor_payload_ = nullptr;
+    unsigned max_threads_ = 0;
     std::atomic<Pool *> pool_{nullptr};
     std::mutex pool_mu_;
     std::atomic<uint32_t> generation_{0};

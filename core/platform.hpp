@@ -3,6 +3,8 @@
 // per-thread identity for deadlock detection.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstdint>
 
@@ -41,6 +43,30 @@ int64_t now_ns() noexcept;
 // An address unique to the calling thread while it lives.  Cheaper than
 // pthread_self() comparisons and never reused while the thread runs.
 const void *this_thread_id() noexcept;
+
+// Disables thread cancellation for its lifetime.  Wraps every place where the
+// library itself reaches a cancellation point (an eventfd write or close) or
+// runs a callback that may (done, destroy, an executor) from noexcept code:
+// a cancellation acted upon there would unwind into std::terminate.  A
+// request that arrives meanwhile stays pending, for the thread's own next
+// cancellation point.  Two uncontended atomic updates of the thread's own
+// word: kept off the uncontended call path.
+class NoCancel {
+public:
+    NoCancel() noexcept { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
+    ~NoCancel() { pthread_setcancelstate(old_, nullptr); }
+    NoCancel(const NoCancel &) = delete;
+    NoCancel &operator=(const NoCancel &) = delete;
+
+private:
+    int old_;
+};
+
+// now + timeout_ns, saturated at INT64_MAX: every non-negative timeout is
+// valid (the header), the largest included.
+inline int64_t deadline_after(int64_t now, int64_t timeout_ns) noexcept {
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
 
 // Incremented in the child after every fork(); objects that hold locks compare
 // it with the value they saw last to know they must reinitialise.

@@ -1,6 +1,13 @@
 // The built-in executor behind sf_group_do_async: a small pool of threads
-// that grows on demand (fn may block, as Go's DoChan goroutines may) and
-// survives a task whose thread exits inside fn.
+// that grows on demand up to a cap (fn may block, as Go's DoChan goroutines
+// may) and survives a task whose thread exits inside fn.
+//
+// Workers run with cancellation disabled except while a task runs, so a
+// cancellation request can never be acted upon inside the pool's own waits
+// (pthread_cond_wait would re-take the mutex and unwind into code that takes
+// it again).  A request that reaches an idle worker is acted upon at a safe
+// point between tasks, where the worker holds no lock and owns no task: it
+// leaves, and the pool starts another thread if work is queued.
 #pragma once
 
 #include <pthread.h>
@@ -11,7 +18,8 @@ namespace sf {
 
 class Pool {
 public:
-    static Pool *create() noexcept;              // nullptr when out of memory
+    // nullptr when out of memory.  max_threads: the cap, 0 for the default.
+    static Pool *create(unsigned max_threads) noexcept;
     static void destroy(Pool *p) noexcept;       // stops and joins every worker
     // SF_OK, or SF_ENOMEM when neither a queue node nor a thread could be had.
     int submit(sf_task_fn task, void *arg) noexcept;
@@ -20,8 +28,6 @@ public:
     bool on_worker_thread() noexcept;
     // In a forked child: forget the parent's threads and queued tasks.
     void reset_after_fork() noexcept;
-
-    static constexpr int kMaxThreads = 64;
 
     Pool() noexcept;  // use create(); public only for detail::make
 
@@ -41,6 +47,7 @@ private:
     static void *worker_main(void *self);  // may end in a forced unwind
     void worker_loop();
     bool spawn_locked() noexcept;  // caller holds mu_
+    void leave_if_cancelled();     // caller holds mu_ and returns holding it
 
     pthread_mutex_t mu_;
     pthread_cond_t cv_;
@@ -50,7 +57,8 @@ private:
     int idle_ = 0;
     int queued_ = 0;
     bool stop_ = false;
-    Slot slots_[kMaxThreads];
+    int max_threads_ = 0;
+    Slot *slots_ = nullptr;  // max_threads_ of them
 };
 
 }  // namespace sf

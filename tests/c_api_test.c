@@ -312,7 +312,9 @@ static void test_bad_input(void) {
     sf_result *r = NULL;
     sf_group_stats st;
     CHECK_RC(sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION), SF_OK);
-    o.version = 2;
+    o.version = SF_GROUP_OPTIONS_VERSION + 1;
+    CHECK_RC(sf_group_new(&g, &o), SF_EINVAL);
+    o.version = 0;
     CHECK_RC(sf_group_new(&g, &o), SF_EINVAL);
     CHECK_RC(sf_group_new(&g, NULL), SF_OK);
     CHECK_RC(sf_group_do(g, NULL, 5, never_fn, NULL, &r, NULL), SF_EINVAL);

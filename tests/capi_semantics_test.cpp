@@ -752,7 +752,8 @@ TEST(BadInput, EveryNullOrInvalidArgumentGetsAStatus) {
     o.version = 99;
     EXPECT_EQ(sf_group_new(&g, &o), SF_EINVAL);
     EXPECT_EQ(g, reinterpret_cast<sf_group *>(1)) << "out-pointers are written only on success";
-    EXPECT_EQ(sf_group_options_init(&o, 2), SF_EINVAL);
+    EXPECT_EQ(sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION + 1), SF_EINVAL);
+    EXPECT_EQ(sf_group_options_init(&o, 0), SF_EINVAL);
     EXPECT_EQ(sf_group_options_init(nullptr, SF_GROUP_OPTIONS_VERSION), SF_EINVAL);
     EXPECT_EQ(sf_group_free(nullptr), SF_EINVAL);
     GroupPtr gp;

@@ -110,7 +110,7 @@ TEST(Allocation, FailureIsEnomemAndLeavesTheGroupConsistent) {
 }
 
 TEST(Pool, RunsEveryTaskAndSurvivesAWorkerExiting) {
-    sf::Pool *p = sf::Pool::create();
+    sf::Pool *p = sf::Pool::create(0);
     ASSERT_NE(p, nullptr);
     Latch done(50);
     struct Arg { Latch *latch; bool exit; };

@@ -16,9 +16,18 @@
  *    throw and never let a C++ exception or a forced unwind of their own cross
  *    into the caller.
  *  - Keys are arbitrary bytes: embedded NULs and length 0 are allowed.  A NULL
- *    key with a non-zero length is SF_EINVAL.  The library copies the key; the
- *    caller's buffer is not used after the call returns.
+ *    key with a non-zero length, and a length above PTRDIFF_MAX (no object is
+ *    that large), are SF_EINVAL.  The library copies the key; the caller's
+ *    buffer is not used after the call returns.
  *  - Out-pointers are written only on success unless stated otherwise.
+ *  - Thread cancellation: no function is a cancellation point, and none acts
+ *    on a pending cancellation request, however it reaches the system calls
+ *    it makes (an eventfd written or closed).  The callbacks the library runs
+ *    for you (done, destroy, an executor) run with cancellation disabled, so
+ *    a request pending on that thread stays pending until the thread's own
+ *    next cancellation point after the library returns.  fn is the one
+ *    exception: it runs with its thread's own cancellation state, and a
+ *    cancellation acted upon inside fn is the analogue of Go's Goexit.
  *
  * This header is C89 and C++ clean.
  */
@@ -63,11 +72,11 @@ extern "C" {
 /* The version this header describes.  The major number is the ABI major and
  * the SONAME (libsingleflight.so.SF_VERSION_MAJOR); see docs/abi.md. */
 #define SF_VERSION_MAJOR 1
-#define SF_VERSION_MINOR 0
+#define SF_VERSION_MINOR 1
 #define SF_VERSION_PATCH 0
 #define SF_VERSION_NUMBER \
     (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
-#define SF_VERSION_STRING "1.0.0"
+#define SF_VERSION_STRING "1.1.0"
 
 /* The version of the library actually loaded, as SF_VERSION_NUMBER computes
  * it.  Compare with SF_VERSION_NUMBER to detect a header/library mismatch.
@@ -155,7 +164,15 @@ typedef int (*sf_executor_fn)(sf_task_fn task, void *arg, void *payload);
 /* Groups                                                                    */
 /* ------------------------------------------------------------------------ */
 
-#define SF_GROUP_OPTIONS_VERSION 1
+/* The options struct grows only at its end, and every field says from which
+ * version on it exists: a program built against an older header passes its
+ * older (shorter) struct with its older version, and the library reads only
+ * the fields that version has.  Version 2 (library 1.1) added max_threads. */
+#define SF_GROUP_OPTIONS_VERSION 2
+
+/* The built-in pool's default and largest thread cap. */
+#define SF_POOL_DEFAULT_THREADS 64
+#define SF_POOL_MAX_THREADS 4096
 
 typedef struct sf_group_options {
     unsigned int   version;          /* SF_GROUP_OPTIONS_VERSION */
@@ -164,18 +181,31 @@ typedef struct sf_group_options {
     sf_executor_fn executor;         /* runs sf_group_do_async work; NULL: a
                                         built-in pool owned by the group */
     void          *executor_payload; /* passed to executor, not owned */
+    /* Version 2: */
+    unsigned int   max_threads;      /* the built-in pool's thread cap; 0:
+                                        SF_POOL_DEFAULT_THREADS; at most
+                                        SF_POOL_MAX_THREADS.  The pool starts
+                                        a thread per queued task up to the cap;
+                                        at the cap, tasks wait in FIFO order
+                                        for a free thread, so fns that wait
+                                        for each other need a cap at least as
+                                        large as their number.  Ignored with
+                                        a custom executor. */
 } sf_group_options;
 
-#define SF_GROUP_OPTIONS_INIT { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL }
+#define SF_GROUP_OPTIONS_INIT { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL, 0 }
 
-/* Fills *opts with defaults for the given version.  SF_EINVAL when opts is
- * NULL or version is not one this library knows.  No allocation. */
+/* Fills *opts with defaults for the given version (1 or 2): only the fields
+ * that version has are written, so a version-1 caller's shorter struct is
+ * safe.  SF_EINVAL when opts is NULL or version is not one this library
+ * knows.  No allocation. */
 SF_API int sf_group_options_init(sf_group_options *opts, unsigned int version);
 
 /* Creates a group.  opts may be NULL for the defaults; it is read during the
- * call only.  On success *out owns a new group, to be freed with
- * sf_group_free.  SF_EINVAL for a NULL out or an unknown opts->version,
- * SF_ENOMEM when allocation fails.  Thread-safe. */
+ * call only, and only as far as opts->version says.  On success *out owns a
+ * new group, to be freed with sf_group_free.  SF_EINVAL for a NULL out, an
+ * unknown opts->version or max_threads above SF_POOL_MAX_THREADS, SF_ENOMEM
+ * when allocation fails.  Thread-safe. */
 SF_API int sf_group_new(sf_group **out, const sf_group_options *opts);
 
 /* Frees a group and its built-in pool.  SF_EBUSY (and nothing freed) while
@@ -219,9 +249,13 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len,
  * completes during this call.  SF_OK means done will run.
  *
  * SF_EINVAL for bad arguments (fn and done are required), SF_ENOMEM, and
- * SF_EBUSY when the executor refused the task: done will not run for this
- * caller, and any caller that joined meanwhile gets SF_EPANIC with a message
- * saying so.  payload and done_payload are not owned. */
+ * SF_EBUSY when the executor refused the task (returned non-zero, or threw a
+ * C++ exception): done will not run for this caller, and any caller that
+ * joined meanwhile gets SF_EPANIC with a message saying so.  A refused call
+ * is not counted in the stats, and neither is its flight (see
+ * sf_group_stats).  The executor runs on this thread with cancellation
+ * disabled and must not exit the thread.  payload and done_payload are not
+ * owned. */
 SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len,
                              sf_fn fn, void *payload,
                              sf_done_fn done, void *done_payload);
@@ -268,11 +302,18 @@ SF_API int sf_call_finish(sf_call *call, int error);
 SF_API int sf_call_panic(sf_call *call, const char *message);
 
 /* Waits for the flight to complete, for at most timeout_ns nanoseconds
- * (negative: forever; 0: just poll).  Returns SF_OK, SF_EPANIC or SF_EGOEXIT
- * with a new reference in *result (when result is not NULL) and *shared set;
- * SF_ETIMEDOUT with *result set to NULL and the flight untouched (wait again,
- * or release); SF_EDEADLK when a leader waits on its own unfinished flight;
- * SF_EINVAL for NULL.  A leader may wait after finishing to read its result. */
+ * (negative: forever; 0: just poll; any positive value is valid, the largest
+ * included: deadlines saturate instead of overflowing).  Returns SF_OK,
+ * SF_EPANIC or SF_EGOEXIT with a new reference in *result (when result is
+ * not NULL) and *shared set; SF_ETIMEDOUT with *result set to NULL and the
+ * flight untouched (wait again, or release); SF_EDEADLK when the wait could
+ * only end by the calling thread's own doing: a leader waiting on its own
+ * unfinished flight, or a follower waiting forever (timeout_ns < 0) on an
+ * unfinished flight that the calling thread leads (inside fn, or a two-phase
+ * flight begun on this thread); SF_EINVAL for NULL.  A leader may
+ * wait after finishing to read its result.  Not a cancellation point: a
+ * thread that must stay cancellable waits with a timeout, or polls
+ * sf_call_fd. */
 SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
                         sf_result **result, int *shared);
 
@@ -293,7 +334,9 @@ SF_API int sf_call_fd(sf_call *call);
 
 /* Drops the handle.  A leader that releases before finishing completes the
  * flight as SF_EGOEXIT for every follower (Go's Goexit), so nobody hangs.
- * NULL is a no-op.  The handle must not be used afterwards. */
+ * The call's eventfd, if sf_call_fd made one, is closed at once, even while
+ * the flight goes on; a registered done callback still runs.  NULL is a
+ * no-op.  The handle must not be used afterwards. */
 SF_API void sf_call_release(sf_call *call);
 
 /* ------------------------------------------------------------------------ */
@@ -344,10 +387,16 @@ typedef struct sf_group_stats {
     unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
     sf_u64 calls;             /* leaders + followers; calls that returned an
                                  error (a refused do_async too) not counted */
-    sf_u64 leaders;           /* calls that started a flight (= executions) */
-    sf_u64 followers;         /* calls that joined a flight */
-    sf_u64 panics;            /* flights completed as SF_EPANIC */
-    sf_u64 goexits;           /* flights completed as SF_EGOEXIT */
+    sf_u64 leaders;           /* calls that started a flight (= executions);
+                                 a refused do_async is not counted, and
+                                 neither is the flight it opened */
+    sf_u64 followers;         /* calls that joined a flight (callers who
+                                 joined a refused do_async's flight too) */
+    sf_u64 panics;            /* flights counted in leaders that completed
+                                 as SF_EPANIC */
+    sf_u64 goexits;           /* flights counted in leaders that completed
+                                 as SF_EGOEXIT; panics + goexits <= leaders
+                                 - in_flight */
     sf_u64 timeouts;          /* sf_call_wait calls with a timeout > 0 that
                                  timed out (polls do not count) */
     sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */

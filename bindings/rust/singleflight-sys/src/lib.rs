@@ -26,12 +26,12 @@ pub type sf_u64 = u64;
 // Versions -----------------------------------------------------------------
 
 pub const SF_VERSION_MAJOR: c_int = 1;
-pub const SF_VERSION_MINOR: c_int = 0;
+pub const SF_VERSION_MINOR: c_int = 1;
 pub const SF_VERSION_PATCH: c_int = 0;
 pub const SF_VERSION_NUMBER: c_int =
     SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH;
 /// The header's version string, NUL-terminated for passing to C.
-pub const SF_VERSION_STRING: &[u8] = b"1.0.0\0";
+pub const SF_VERSION_STRING: &[u8] = b"1.1.0\0";
 
 // Status codes ---------------------------------------------------------------
 
@@ -93,7 +93,10 @@ pub type sf_executor_fn =
 
 // Options and stats --------------------------------------------------------------
 
-pub const SF_GROUP_OPTIONS_VERSION: c_uint = 1;
+pub const SF_GROUP_OPTIONS_VERSION: c_uint = 2;
+/// The built-in pool's default and largest thread cap.
+pub const SF_POOL_DEFAULT_THREADS: c_uint = 64;
+pub const SF_POOL_MAX_THREADS: c_uint = 4096;
 
 /// `sf_group_options`; start from `SF_GROUP_OPTIONS_INIT` or
 /// `sf_group_options_init`.
@@ -104,6 +107,8 @@ pub struct sf_group_options {
     pub shards: c_uint,
     pub executor: sf_executor_fn,
     pub executor_payload: *mut c_void,
+    /// Version 2: the built-in pool's thread cap (0: the default).
+    pub max_threads: c_uint,
 }
 
 /// The header's `SF_GROUP_OPTIONS_INIT`.
@@ -112,6 +117,7 @@ pub const SF_GROUP_OPTIONS_INIT: sf_group_options = sf_group_options {
     shards: 0,
     executor: None,
     executor_payload: ptr::null_mut(),
+    max_threads: 0,
 };
 
 pub const SF_GROUP_STATS_VERSION: c_uint = 1;

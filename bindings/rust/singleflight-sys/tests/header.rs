@@ -218,6 +218,8 @@ fn integer_constants() -> Vec<(&'static str, i64)> {
             sys::SF_GROUP_OPTIONS_VERSION as i64,
         ),
         ("SF_GROUP_STATS_VERSION", sys::SF_GROUP_STATS_VERSION as i64),
+        ("SF_POOL_DEFAULT_THREADS", sys::SF_POOL_DEFAULT_THREADS as i64),
+        ("SF_POOL_MAX_THREADS", sys::SF_POOL_MAX_THREADS as i64),
     ]
 }
 
@@ -264,7 +266,8 @@ fn generate_program(decls: &Decls) -> String {
                 version,
                 shards,
                 executor,
-                executor_payload
+                executor_payload,
+                max_threads
             }),
         ),
         (
