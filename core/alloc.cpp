@@ -10,7 +10,9 @@ namespace {
 // -1: no injected failures; otherwise how many allocations may still succeed.
 std::atomic<long> g_budget{-1};
 std::atomic<unsigned long> g_count{0};
+}  // namespace
 
+namespace detail {
 bool injected_failure() noexcept {
     long b = g_budget.load(std::memory_order_relaxed);
     while (b >= 0) {
@@ -19,9 +21,7 @@ bool injected_failure() noexcept {
     }
     return false;
 }
-}  // namespace
 
-namespace detail {
 void *alloc(std::size_t size) noexcept {
     g_count.fetch_add(1, std::memory_order_relaxed);
     if (injected_failure()) return nullptr;
@@ -30,11 +30,18 @@ void *alloc(std::size_t size) noexcept {
 
 void dealloc(void *p) noexcept { std::free(p); }
 
-void *alloc_aligned(std::size_t size, std::size_t align) noexcept {
+void *raw_alloc_aligned(std::size_t size, std::size_t align) noexcept {
     g_count.fetch_add(1, std::memory_order_relaxed);
-    if (injected_failure()) return nullptr;
     void *p = nullptr;
     return posix_memalign(&p, align, size) == 0 ? p : nullptr;
+}
+
+void *alloc_aligned(std::size_t size, std::size_t align) noexcept {
+    if (injected_failure()) {
+        g_count.fetch_add(1, std::memory_order_relaxed);
+        return nullptr;
+    }
+    return raw_alloc_aligned(size, align);
 }
 }  // namespace detail
 

@@ -15,6 +15,13 @@ void dealloc(void *p) noexcept;
 // align must be a power of two and a multiple of sizeof(void *).
 void *alloc_aligned(std::size_t size, std::size_t align) noexcept;
 
+// The two halves of alloc, for the block caches: a block taken from a cache
+// counts as an allocation for failure injection (so a test sees the same
+// failures whatever the caches hold), but only a real malloc is counted by
+// testing::allocations().
+bool injected_failure() noexcept;
+void *raw_alloc_aligned(std::size_t size, std::size_t align) noexcept;
+
 template <class T, class... Args>
 T *make(Args &&...args) noexcept {
     void *p = alloc(sizeof(T));

@@ -1,95 +1,157 @@
 #include "core/flight.hpp"
 
 #include <sched.h>
-#include <sys/eventfd.h>
-#include <cerrno>
 #include <unistd.h>
 
-#include <cstdint>
 #include <cstring>
-#include <cxxabi.h>
 
 #include "core/alloc.hpp"
 #include "core/cache.hpp"
-#include "core/group.hpp"
+#include "core/notify.hpp"
 #include "core/platform.hpp"
+#include "core/thread.hpp"
 
 namespace sf {
 
-using detail::call_cache;
-using detail::flight_cache;
+const char kPanicMessageLost[] = "panic (message lost: out of memory)";
+const char kPanicDefault[] = "panic";
 
 namespace {
 // Waiters poll this many times before parking: a trivial fn finishes in
 // well under a microsecond, and a futex round trip costs several.
-constexpr int kSpins = 128;
+constexpr int kSpins = 200;
 constexpr int kYields = 2;
 
-const char kPanicDefault[] = "panic";
-
-void free_message(Flight *f) noexcept {
-    if (f->panic_message_owned) detail::dealloc(const_cast<char *>(f->panic_message));
-    f->panic_message = nullptr;
-    f->panic_message_owned = false;
-    detail::dealloc(f->pending_message);
-    f->pending_message = nullptr;
-}
-
-// Callers disable cancellation: write is a cancellation point.
-void signal_fd(int efd) noexcept {
-    if (efd < 0) return;
-    uint64_t one = 1;
-    // EAGAIN means the counter is already non-zero: readable, as wanted.
-    ssize_t rc = write(efd, &one, sizeof one);
-    (void)rc;
-}
-
-// Callers disable cancellation (done may reach cancellation points).
-void deliver(Call *c, Flight *f, int efd, sf_done_fn done, void *payload) noexcept {
-    signal_fd(efd);
-    if (done) {
-        if (c->kind == CallKind::AsyncFollower) {
-            // Give the group back before user code can observe completion:
-            // after the callback the group may already be freed.
-            group_drop_handle(c);
-        }
-        int shared = c->role == SF_FOLLOWER ? 1 : f->shared;
-        try {
-            done(f->status, reinterpret_cast<sf_result *>(f), shared, payload);
-        } catch (...) {
-            // done must not throw (header); the other callers still get theirs.
-        }
+// Copies a key of at most kInlineKey bytes without a call into libc: the
+// length is small and known to be bounded, so a few overlapping moves do.
+inline void copy_small(unsigned char *dst, const unsigned char *src, std::size_t n) noexcept {
+    if (n >= 16) {
+        std::size_t i = 0;
+        for (; i + 16 <= n; i += 16) __builtin_memcpy(dst + i, src + i, 16);
+        if (i < n) __builtin_memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        __builtin_memcpy(dst, src, 8);
+        __builtin_memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        __builtin_memcpy(dst, src, 4);
+        __builtin_memcpy(dst + n - 4, src + n - 4, 4);
+    } else if (n > 0) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
     }
 }
-// Caller holds f->notify_mu.  Links c for notification unless the flight is
-// done; returns false when it is (the caller then delivers by itself).
-bool link_locked(Call *c, Flight *f) noexcept {
-    uint32_t s = f->state.load(std::memory_order_acquire);
-    while (!(s & kNotify)) {
-        if (s & kDone) return false;
-        if (f->state.compare_exchange_weak(s, s | kNotify, std::memory_order_acq_rel)) break;
-    }
-    if (s & kDone) return false;
-    if (c->notify_linked) return true;
-    c->notify_linked = true;
-    c->refs.fetch_add(1, std::memory_order_relaxed);
-    c->notify_next = f->notify_head;
-    f->notify_head = c;
-    return true;
+
+void free_ext(Flight *f) noexcept {
+    Ext *e = f->ext.load(std::memory_order_relaxed);
+    if (!e) return;
+    if (f->lflags & kMessageOwned) detail::dealloc(const_cast<char *>(e->message));
+    detail::ext_cache().put(e);
 }
 }  // namespace
 
-const char kPanicMessageLost[] = "panic (message lost: out of memory)";
+uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
 
-void run_destroy(sf_destroy_fn destroy, void *value) noexcept {
-    if (!destroy) return;
-    detail::NoCancel no_cancel;
-    try {
-        destroy(value);
-    } catch (...) {
-        // destroy must not throw or exit the thread (header); swallowing an
-        // exception keeps the boundary shut.
+Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
+    void *mem = detail::flight_cache().get();
+    if (!mem) return nullptr;
+    // The block keeps its tag from its last life (a fresh one starts from
+    // whatever the allocator left): bump it, never reset it.
+    auto *f = static_cast<Flight *>(mem);
+    const std::size_t len = key.size;
+    if (len > kInlineKey) {
+        auto *copy = static_cast<unsigned char *>(detail::alloc(len));
+        if (!copy) {
+            detail::flight_cache().put(f);
+            return nullptr;
+        }
+        std::memcpy(copy, key.data, len);
+        f->heap_key = copy;
+    } else {
+        copy_small(f->inline_key, static_cast<const unsigned char *>(key.data), len);
     }
+    f->role = kRoleLeader;
+    f->mode = mode;
+    f->tag = uint8_t(f->tag + 1);
+    f->flags = 0;
+    f->lflags = 0;
+    f->status_ = kOk;
+    f->epoch = current_epoch();
+    f->ident.store(ident, std::memory_order_relaxed);
+    f->state.store(0, std::memory_order_relaxed);
+    f->refs.store(1, std::memory_order_relaxed);
+    f->group = g;
+    f->value = nullptr;
+    f->destroy = nullptr;
+    f->error = 0;
+    f->interest.store(1, std::memory_order_relaxed);
+    f->notify_head = nullptr;
+    f->leader_thread.store(mode == kModeAsync ? 0 : detail::thread_serial(),
+                           std::memory_order_relaxed);
+    f->ext.store(nullptr, std::memory_order_relaxed);
+    return f;
+}
+
+void flight_discard(Flight *f) noexcept {
+    if (f->key_len() > kInlineKey) detail::dealloc(f->heap_key);
+    detail::flight_cache().put(f);
+}
+
+bool flight_key_equals(const Flight *f, Key key) noexcept {
+    const std::size_t len = f->key_len();
+    return len == key.size && (len == 0 || std::memcmp(f->key(), key.data, len) == 0);
+}
+
+void flight_release(Flight *f) noexcept {
+    // Sole owner (the common uncontended case): nobody can take a new
+    // reference without holding one, so no atomic decrement is needed.
+    if (f->refs.load(std::memory_order_acquire) != 1 &&
+        f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
+        return;
+#if defined(SF_ASAN) || !defined(NDEBUG)
+    // The leader holds a reference until its flight completes: a flight
+    // freed before that is a reference counted twice somewhere.
+    if (!(f->state.load(std::memory_order_relaxed) & kDone)) __builtin_trap();
+#endif
+    DestroyFn destroy = f->destroy;
+    void *value = f->value;
+    free_ext(f);
+    if (f->key_len() > kInlineKey) detail::dealloc(f->heap_key);
+    detail::flight_cache().put(f);
+    if (destroy) run_destroy(destroy, value);
+}
+
+Ext *flight_ext(Flight *f) noexcept {
+    Ext *e = f->ext.load(std::memory_order_relaxed);
+    if (e) return e;
+    e = static_cast<Ext *>(detail::ext_cache().get());
+    if (!e) return nullptr;
+    e->message = nullptr;
+    e->chain_word.store(0, std::memory_order_relaxed);
+    e->chain_next = nullptr;
+    e->leader_reg = nullptr;
+    e->abandon = AbandonCallback{nullptr, nullptr, nullptr};
+    f->ext.store(e, std::memory_order_release);
+    return e;
+}
+
+void flight_lock(Flight *f) noexcept {
+    for (unsigned spins = 0;; ++spins) {
+        uint32_t s = f->state.load(std::memory_order_relaxed);
+        if (!(s & kLocked) &&
+            f->state.compare_exchange_weak(s, s | kLocked, std::memory_order_acquire,
+                                           std::memory_order_relaxed))
+            return;
+        if (spins < 100) {
+            detail::cpu_relax();
+        } else {
+            sched_yield();  // the holder may be preempted
+        }
+    }
+}
+
+void flight_unlock(Flight *f) noexcept {
+    f->state.fetch_and(~uint32_t(kLocked), std::memory_order_release);
 }
 
 char *copy_message(const char *msg) noexcept {
@@ -99,150 +161,52 @@ char *copy_message(const char *msg) noexcept {
     return p;
 }
 
-Flight *flight_new() noexcept {
-    void *mem = flight_cache().get();
-    if (!mem) return nullptr;
-    Flight *f = new (mem) Flight();
-    f->refs.store(1, std::memory_order_relaxed);
-    f->key = f->inline_key;
-    return f;
-}
-
-bool flight_set_key(Flight *f, const void *key, std::size_t len) noexcept {
-    if (len > kInlineKey) {
-        f->key = static_cast<unsigned char *>(detail::alloc(len));
-        if (!f->key) {
-            f->key = f->inline_key;
-            return false;
-        }
+namespace {
+// Decides the message sf_result_panic_message returns.  message (a
+// two-phase sf_call_panic, an exception's what(), a refusal) replaces a
+// pending one from sf_call_panic inside fn; NULL keeps the pending one.
+void set_panic_message(Flight *f, const char *message) noexcept {
+    Ext *e = flight_ext(f);
+    if (!e) return;  // sf_result_panic_message then says the message was lost
+    if (message) {
+        char *copy = copy_message(message);
+        if (f->lflags & kMessageOwned) detail::dealloc(const_cast<char *>(e->message));
+        e->message = copy ? copy : kPanicMessageLost;
+        f->lflags = uint8_t(copy ? f->lflags | kMessageOwned : f->lflags & ~kMessageOwned);
+    } else if (!e->message) {
+        e->message = (f->lflags & kMessageLost) ? kPanicMessageLost : kPanicDefault;
     }
-    if (len) std::memcpy(f->key, key, len);
-    f->key_len = len;
-    return true;
 }
+}  // namespace
 
-void flight_retain(Flight *f) noexcept { f->refs.fetch_add(1, std::memory_order_relaxed); }
-
-void flight_release(Flight *f) noexcept {
-    // Sole owner (the common uncontended case): nobody can take a new
-    // reference without holding one, so no atomic decrement is needed.
-    if (f->refs.load(std::memory_order_acquire) != 1 &&
-        f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
-        return;
-    sf_destroy_fn destroy = f->destroy;
-    void *value = f->value;
-    free_message(f);
-    if (f->key != f->inline_key) detail::dealloc(f->key);
-    f->~Flight();
-    flight_cache().put(f);
-    run_destroy(destroy, value);
-}
-
-Call *call_new() noexcept {
-    void *mem = call_cache().get();
-    return mem ? new (mem) Call() : nullptr;
-}
-
-void call_unref(Call *c) noexcept {
-    if (c->refs.load(std::memory_order_acquire) != 1 &&
-        c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
-        return;
-    if (c->efd >= 0) {
-        detail::NoCancel no_cancel;  // close is a cancellation point
-        close(c->efd);
-    }
-    Flight *f = c->flight;
-    c->~Call();
-    call_cache().put(c);
-    if (f) flight_release(f);
-}
-
-void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept {
-    Flight *f = c ? c->flight : nullptr;
-    bool writing = false;
-    if (f && c->role == SF_LEADER) {
-        uint8_t s = kOpen;
-        while (!c->lstate.compare_exchange_weak(s, kWriting, std::memory_order_acquire,
-                                                std::memory_order_relaxed)) {
-            if (s == kFinished) break;
-            if (s == kWriting) detail::cpu_relax();  // another set_value stores
-            s = kOpen;
-        }
-        writing = s == kOpen;
-    }
-    if (!writing) {
-        run_destroy(destroy, value);
-        return;
-    }
-    sf_destroy_fn old_destroy = f->destroy;
-    void *old_value = f->value;
-    f->value = value;
-    f->destroy = destroy;
-    c->lstate.store(kOpen, std::memory_order_release);
-    if (old_value != value) run_destroy(old_destroy, old_value);
-}
-
-bool call_claim_finish(Call *c) noexcept {
-    uint8_t s = kOpen;
-    while (!c->lstate.compare_exchange_weak(s, kFinished, std::memory_order_acq_rel,
-                                            std::memory_order_acquire)) {
-        if (s == kFinished) return false;
-        if (s == kWriting) detail::cpu_relax();  // let the value land first
-        s = kOpen;
-    }
-    return true;
-}
-
-bool call_finished(const Call *c) noexcept {
-    return c->lstate.load(std::memory_order_acquire) == kFinished;
-}
-
-void flight_complete(Flight *f, int status, int error, const char *message,
-                     bool exclusive) noexcept {
-    f->status = status;
+void flight_complete(Flight *f, Status status, int error, const char *message) noexcept {
+    f->status_ = int8_t(status);
     f->error = error;
-    if (status == SF_EPANIC) {
-        const char *msg = message ? message : kPanicDefault;
-        char *copy = copy_message(msg);
-        f->panic_message = copy ? copy : kPanicMessageLost;
-        f->panic_message_owned = copy != nullptr;
-    }
-    group_flight_completed(f);  // unlinks from the table, sets f->shared
-
-    if (exclusive && !f->shared) {
-        // No follower ever joined and the leader's call takes no
-        // registrations: nobody else can be looking at the state word.
-        f->state.store(kDone, std::memory_order_release);
+    if (status == kPanic) set_panic_message(f, message);
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    if (f->mode == kModeDo && !(s & (kShared | kNotify | kLocked | kWaiters))) {
+        // Nobody ever joined, and a do flight takes no registrations but
+        // its joiners': no other thread writes the state word any more.  (A
+        // waiter racing this store finds the word changed and looks again.)
+        f->state.store(s | kDone | kFinished, std::memory_order_release);
         return;
     }
-    uint32_t old = f->state.exchange(kDone, std::memory_order_acq_rel);
+    uint32_t old = f->state.fetch_or(kDone | kFinished, std::memory_order_acq_rel);
     if (old & kWaiters) detail::futex_wake_all(&f->state);
-    if (!(old & kNotify)) return;
-    detail::NoCancel no_cancel;  // eventfd writes and done callbacks below
-    Call *list;
-    {
-        // A registration sets kNotify and links while holding notify_mu, so
-        // taking the lock here waits for its link to be complete.
-        std::lock_guard<std::mutex> lock(f->notify_mu);
-        list = f->notify_head;
-        f->notify_head = nullptr;
-        // Snapshot what to deliver while registration is excluded: a caller
-        // registering from now on sees kDone and delivers by itself.  The
-        // eventfds are written here, under the lock, because sf_call_release
-        // closes a call's fd under it: an fd number is never written after
-        // it was closed (and perhaps reused by the process).
-        for (Call *c = list; c; c = c->notify_next) {
-            signal_fd(c->efd);
-            c->fire_done = c->done;
-            c->fire_payload = c->done_payload;
-        }
-    }
-    while (list) {
-        Call *c = list;
-        list = c->notify_next;
-        deliver(c, f, -1, c->fire_done, c->fire_payload);
-        call_unref(c);  // the notification's reference
-    }
+    if (old & kNotify) notify_completion(f);
+}
+
+void flight_fold(Flight *f, uint32_t joiners, bool unpublished) noexcept {
+    // Their references were added before they left the slot (Table).
+    if (joiners) f->interest.fetch_add(int32_t(joiners), std::memory_order_seq_cst);
+    uint32_t bits = (joiners ? uint32_t(kShared) : 0u) | (unpublished ? uint32_t(kUnpublished) : 0u);
+    // Release: a leader that sees kUnpublished sees the fold.
+    if (bits) f->state.fetch_or(bits, std::memory_order_release);
+}
+
+const char *flight_panic_message(const Flight *f) noexcept {
+    const Ext *e = f->ext.load(std::memory_order_acquire);
+    return e && e->message ? e->message : kPanicMessageLost;
 }
 
 bool flight_wait(Flight *f, int64_t timeout_ns) noexcept {
@@ -256,7 +220,8 @@ bool flight_wait(Flight *f, int64_t timeout_ns) noexcept {
         sched_yield();
         if (f->done()) return true;
     }
-    const int64_t deadline = timeout_ns > 0 ? detail::deadline_after(detail::now_ns(), timeout_ns) : 0;
+    const int64_t deadline =
+        timeout_ns > 0 ? detail::deadline_after(detail::now_ns(), timeout_ns) : 0;
     for (;;) {
         uint32_t s = f->state.load(std::memory_order_acquire);
         if (s & kDone) return true;
@@ -270,77 +235,6 @@ bool flight_wait(Flight *f, int64_t timeout_ns) noexcept {
             if (left <= 0) return f->done();
         }
         if (!detail::futex_wait(&f->state, s | kWaiters, left)) return f->done();
-    }
-}
-
-int call_on_done(Call *c, sf_done_fn done, void *payload) noexcept {
-    Flight *f = c->flight;
-    {
-        std::lock_guard<std::mutex> lock(f->notify_mu);
-        if (c->done_registered) return SF_ESTATE;
-        c->done_registered = true;
-        c->done = done;
-        c->done_payload = payload;
-        if (link_locked(c, f)) return SF_OK;
-        c->done = nullptr;  // delivered below, not by a completing thread
-    }
-    detail::NoCancel no_cancel;
-    deliver(c, f, -1, done, payload);
-    return SF_OK;
-}
-
-int call_fd(Call *c) noexcept {
-    Flight *f = c->flight;
-    {
-        std::lock_guard<std::mutex> lock(f->notify_mu);
-        if (c->efd >= 0) return c->efd;
-    }
-    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) return errno == ENOMEM ? SF_ENOMEM : SF_EBUSY;
-    bool linked;
-    {
-        std::lock_guard<std::mutex> lock(f->notify_mu);
-        if (c->efd >= 0) {  // another thread won the race; keep its fd
-            detail::NoCancel no_cancel;
-            close(efd);
-            return c->efd;
-        }
-        c->efd = efd;
-        linked = link_locked(c, f);
-        if (!linked) {
-            detail::NoCancel no_cancel;
-            signal_fd(efd);  // under the lock, as completion does
-        }
-    }
-    return efd;
-}
-
-void call_drop_notification(Call *c) noexcept {
-    Flight *f = c->flight;
-    int efd;
-    bool unlinked = false;
-    {
-        std::lock_guard<std::mutex> lock(f->notify_mu);
-        efd = c->efd;
-        c->efd = -1;
-        // Still on the flight's list (not yet taken by a completing thread)
-        // and there only for its eventfd: nothing is left to deliver.
-        if (c->notify_linked && !c->done && !f->done()) {
-            for (Call **pp = &f->notify_head; *pp; pp = &(*pp)->notify_next) {
-                if (*pp == c) {
-                    *pp = c->notify_next;
-                    c->notify_linked = false;
-                    unlinked = true;
-                    break;
-                }
-            }
-        }
-    }
-    // The notification's reference; the owner's keeps c alive.
-    if (unlinked) c->refs.fetch_sub(1, std::memory_order_acq_rel);
-    if (efd >= 0) {
-        detail::NoCancel no_cancel;
-        close(efd);
     }
 }
 

@@ -1,161 +1,215 @@
-// A flight is one execution of fn for one key, and it doubles as the shared,
-// reference-counted result (sf_result) that every caller receives.  A call is
-// one caller's handle on a flight (sf_call).
+// A flight is one execution of fn for one key.  The same 128-byte block is
+// also the shared, reference-counted result every caller receives, and the
+// leader's call handle: one object from start to last release.  Followers
+// of the two-phase form get a small handle of their own (Follower).
+//
+// Life of a flight (core/table.hpp has the table's side):
+//   start    the leader takes a block, fills in the key, publishes it in the
+//            table with one CAS.
+//   join     followers add one to the joiner count in the table's slot word
+//            (a split reference count: each joiner owns a reference that the
+//            flight's own count does not show yet).
+//   unpublish  the flight leaves the table (completion, forget, abandonment,
+//            a fork): whoever removes it folds the joiner count into refs
+//            and interest and sets kUnpublished.  Only then is anyone woken.
+//   complete the leader stores the outcome and sets kDone (a plain store
+//            when nobody ever joined).
+//   release  the last reference destroys the value and recycles the block.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 
-#include "singleflight.h"
+#include "core/types.hpp"
 
 namespace sf {
 
-struct Shard;
-struct Call;
+class Group;
+struct Ext;
+struct Follower;
 
 // Keys up to this many bytes live inside the flight: no allocation per call.
 constexpr std::size_t kInlineKey = 48;
 
-// Flight::state bits.  The word doubles as the futex waiters sleep on.
-constexpr uint32_t kDone = 1;     // result published; never cleared
-constexpr uint32_t kWaiters = 2;  // someone is (about to be) parked
-constexpr uint32_t kNotify = 4;   // a call is linked for notification
+// What an sf_call handle points at starts with one of these bytes.
+enum CallRole : uint8_t { kRoleLeader = 1, kRoleFollower = 2, kRoleAsyncLeader = 3 };
 
-struct Flight {
-    // Identity, written by the leader before the flight enters the table and
-    // read under the shard lock while it is there.
-    uint64_t hash = 0;
-    std::size_t key_len = 0;
-    unsigned char *key = nullptr;  // inline_key or a heap copy
-    unsigned char inline_key[kInlineKey];
-    Flight *next = nullptr;        // bucket chain, guarded by the shard lock
-    Shard *shard = nullptr;
-    uint32_t generation = 0;       // detail::fork_generation() at creation
-    // The thread running fn (nullptr while a do_async task waits in the
-    // queue): the one thread for which joining would deadlock.  Atomic
-    // because an async task sets it without the shard lock.
-    std::atomic<const void *> leader_thread{nullptr};
+// How the flight's fn runs.  Fixed when the flight starts.
+enum FlightMode : uint8_t {
+    kModeDo = 0,        // sf_group_do: fn on the leader's thread
+    kModeTwoPhase = 1,  // sf_group_begin: the caller produces the result
+    kModeAsync = 2,     // sf_group_do_async: fn on the executor
+};
 
-    // Guarded by the shard lock until completion, read-only afterwards.
-    uint64_t dups = 0;
-    bool in_table = false;
-    // A do_async whose executor refused the task: the flight still completes
-    // (as a panic, for whoever joined) but is counted nowhere.
-    bool uncounted = false;
+// Flight::flags: written before the flight is published, read by anyone
+// who found it.
+enum FlightFlag : uint8_t {
+    kInChain = 1,  // published in an overflow chain (its slot word is ext->chain_word)
+};
 
-    std::atomic<uint32_t> state{0};
-    std::atomic<uint32_t> refs{0};
+// Flight::lflags: the leader's own, written only by whoever holds the right
+// to complete (fn's thread, or the two-phase claimant), read by it and by
+// the last release.
+enum LeaderFlag : uint8_t {
+    kUncounted = 1,      // a refused do_async: counted in no stat
+    kPanicPending = 2,   // sf_call_panic inside fn: panic when fn returns
+    kMessageOwned = 4,   // ext->message is a heap copy
+    kMessageLost = 8,    // a pending panic's message could not be kept
+};
 
-    // Written once by the completing thread before kDone is set (release),
-    // read by others only after observing kDone (acquire).
-    int status = SF_OK;
-    int error = 0;
-    bool shared = false;
-    const char *panic_message = nullptr;
-    bool panic_message_owned = false;
+// Flight::state bits.  The word is also the futex followers park on.
+enum StateBit : uint32_t {
+    kDone = 1u << 0,         // outcome published (release); never cleared
+    kWaiters = 1u << 1,      // a thread is (about to be) parked on the futex
+    kNotify = 1u << 2,       // a call is linked for a callback or an eventfd
+    kLocked = 1u << 3,       // the flight's lock (notify list, ext)
+    kUnpublished = 1u << 4,  // left the table; joiners folded into refs
+    kShared = 1u << 5,       // a joiner was folded before completion
+    kWriting = 1u << 6,      // a two-phase set_value is storing the value
+    kFinished = 1u << 7,     // the leader claimed completion: no more writes
+    kAbandoned = 1u << 8,    // every interested party left while fn ran
+    kOrphaned = 1u << 9,     // made before a fork, in the child: touches no group
+};
 
-    // Written only by the leader before completion.
-    void *value = nullptr;
-    sf_destroy_fn destroy = nullptr;
-    // A panic requested inside fn (sf_call_panic on a do/do_async call).
-    bool panic_pending = false;
-    char *pending_message = nullptr;
-    bool pending_message_lost = false;  // the copy failed (out of memory)
+struct alignas(128) Flight {
+    // ---- line 0: everything an uncontended call writes and reads
+    uint8_t role;    // kRoleLeader: an sf_call may point here
+    uint8_t mode;    // FlightMode
+    uint8_t tag;     // incarnation tag, part of the slot word (ABA guard);
+                     // kept across recycling
+    uint8_t flags;   // FlightFlag
+    int8_t status_;  // Status, valid once kDone is seen (acquire)
+    uint8_t lflags;  // LeaderFlag
+    uint16_t epoch;  // detail::fork_generation() (low bits) when the flight started
+    // (key length << 32) | 32 hash bits: what a thread that found this
+    // flight in a slot compares before joining.  Relaxed atomic: the block
+    // may be recycled under the reader, who checks again after joining.
+    std::atomic<uint64_t> ident;
+    std::atomic<uint32_t> state;  // StateBit
+    std::atomic<uint32_t> refs;   // the leader's handle, results, folded joiners
+    Group *group;
+    void *value;
+    DestroyFn destroy;
+    int error;
+    std::atomic<int32_t> interest;  // parties still interested (leader + folded joiners)
+    Follower *notify_head;          // calls to notify; under the flight's lock
 
-    // Calls waiting for an on_done callback or an eventfd write.  Guarded by
-    // notify_mu, which also orders registration against completion.
-    std::mutex notify_mu;
-    Call *notify_head = nullptr;
+    // ---- line 1: the key, the leader's identity, rare fields
+    union {
+        unsigned char inline_key[kInlineKey];
+        unsigned char *heap_key;  // keys longer than kInlineKey
+    };
+    // thread_serial() of the thread running fn (0: none yet, a do_async
+    // task still queued): the one thread for which waiting would deadlock.
+    std::atomic<uint64_t> leader_thread;
+    std::atomic<Ext *> ext;  // nullptr until a rare field is needed
 
+    std::size_t key_len() const noexcept {
+        return std::size_t(ident.load(std::memory_order_relaxed) >> 32);
+    }
+    const unsigned char *key() const noexcept {
+        return key_len() > kInlineKey ? heap_key : inline_key;
+    }
     bool done() const noexcept { return state.load(std::memory_order_acquire) & kDone; }
+    Status status() const noexcept { return Status(status_); }
+};
+static_assert(sizeof(Flight) == 128, "two cache lines, the hot one first");
+static_assert(offsetof(Flight, inline_key) == 64, "line 0 holds everything but the key");
+
+// Rare fields, in a 64-byte block of their own, allocated the first time one
+// is needed (a panic message, an overflow chain, an abandon callback, the
+// leader's own registration) and recycled with the flight.
+struct alignas(64) Ext {
+    const char *message;                  // the panic message (kMessageOwned: a heap copy)
+    std::atomic<uint64_t> chain_word;     // kInChain: the slot word (flight | joiners)
+    Flight *chain_next;                   // the overflow chain, under its lock
+    Follower *leader_reg;                 // the leader handle's on_done/fd registration
+    AbandonCallback abandon;              // SF_1.1: runs once when abandoned
+};
+static_assert(sizeof(Ext) == 64, "one cache line");
+
+// Follower::flags
+enum FollowerFlag : uint8_t {
+    kLinked = 1,      // on the flight's notify list (holds a reference)
+    kCounted = 2,     // counted as an open handle in the stats
+    kDoneSet = 4,     // a done callback is registered
+    kCancelled = 8,   // the caller gave up (SF_1.1)
+    kLeft = 16,       // its interest was given back
+    kNoRef = 32,      // its flight reference was given back with its interest
 };
 
-enum class CallKind : uint8_t {
-    TwoPhase,     // sf_group_begin: the caller drives everything
-    Do,           // the leader's call inside sf_group_do (lives on its stack)
-    AsyncLeader,  // the leader's call of sf_group_do_async, owned by the task
-    AsyncFollower // a follower of sf_group_do_async, owned by its notification
+// A follower's handle (sf_group_begin), a do_async follower's pending
+// notification, or the leader's own registration on its two-phase flight.
+struct alignas(64) Follower {
+    uint8_t role;   // kRoleFollower, or kRoleAsyncLeader for a do_async task
+    uint8_t mode;   // the flight's mode
+    // FollowerFlag.  Atomic (relaxed): the owner and a completing thread
+    // both touch it; what must agree is decided under the flight's lock.
+    std::atomic<uint8_t> flags;
+    uint8_t firing; // written by completion only: deliver this one's done
+    std::atomic<uint32_t> refs;  // the owner + a pending notification
+    Flight *flight;
+    Follower *next, *prev;       // the flight's notify list
+    DoneCallback done;
+    int efd;                     // sf_call_fd's eventfd, or -1
+    uint32_t epoch;              // detail::fork_generation() when counted as a handle
+    WorkCallback work;           // kRoleAsyncLeader: the fn to run
 };
+static_assert(sizeof(Follower) == 128, "two cache lines");
 
-// A leader call's right to write the flight.  sf_call_set_value holds
-// kWriting while it stores the value, and completion moves kOpen to
-// kFinished, so a value is never written after (or while) the flight
-// completes, whichever threads the two run on.
-enum LeaderState : uint8_t { kOpen = 0, kWriting = 1, kFinished = 2 };
+// The epoch flights and handles record: the process's fork generation (low
+// bits), so the child of a fork can tell its parent's objects.
+uint16_t current_epoch() noexcept;
 
-struct Call {
-    Flight *flight = nullptr;
-    Shard *shard = nullptr;             // for handle accounting and stats
-    std::atomic<uint32_t> refs{1};      // the owner + a pending notification
-    int role = SF_FOLLOWER;
-    CallKind kind = CallKind::TwoPhase;
-    std::atomic<uint8_t> lstate{kOpen}; // leader: see LeaderState
-    bool handle_counted = false;        // counted in Shard::handles
-    uint32_t generation = 0;            // detail::fork_generation() at creation
+// ---------------------------------------------------------------------------
+// Lifecycle (core/flight.cpp)
+// ---------------------------------------------------------------------------
 
-    // Notification (on_done and/or eventfd).  Guarded by flight->notify_mu.
-    Call *notify_next = nullptr;
-    bool notify_linked = false;
-    bool done_registered = false;
-    sf_done_fn done = nullptr;
-    void *done_payload = nullptr;
-    int efd = -1;
-    // Copied from the fields above by the completing thread, under notify_mu.
-    int fire_efd = -1;
-    sf_done_fn fire_done = nullptr;
-    void *fire_payload = nullptr;
+// A fresh block for a flight of group g, with the key copied in and one
+// reference (the leader's).  nullptr when out of memory.
+Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept;
+// Gives back a flight that was never published (the caller joined another).
+void flight_discard(Flight *f) noexcept;
 
-    // do_async: the work and where it runs.
-    sf_fn fn = nullptr;
-    void *fn_payload = nullptr;
-};
+inline void flight_retain(Flight *f) noexcept { f->refs.fetch_add(1, std::memory_order_relaxed); }
+// Drops a reference; the last one destroys the value (with cancellation
+// disabled) and recycles the block.
+void flight_release(Flight *f) noexcept;
 
-// Lifecycle.  All noexcept: the C boundary never sees an exception.
-Flight *flight_new() noexcept;                 // refs = 1, state = running
-bool flight_set_key(Flight *f, const void *key, std::size_t len) noexcept;
-void flight_retain(Flight *f) noexcept;
-void flight_release(Flight *f) noexcept;       // last one destroys the value
+// The key bytes equal key (after joining, when the flight cannot change).
+bool flight_key_equals(const Flight *f, Key key) noexcept;
 
-Call *call_new() noexcept;
-void call_unref(Call *c) noexcept;
+// The flight's rare fields, created on first use.  nullptr when out of
+// memory.  Caller holds the flight's lock, or is the only one who can see f.
+Ext *flight_ext(Flight *f) noexcept;
 
-// Stores the leader's value (ownership passes at once; see the header).
-void flight_set_value(Call *c, void *value, sf_destroy_fn destroy) noexcept;
+// The flight's lock (a bit of state): guards the notify list and ext.
+void flight_lock(Flight *f) noexcept;
+void flight_unlock(Flight *f) noexcept;
 
-// Takes the leader's right to complete the flight: true once, for the first
-// caller, after any set_value in progress has stored its value.
-bool call_claim_finish(Call *c) noexcept;
-bool call_finished(const Call *c) noexcept;
+// Stores the outcome and wakes everyone: kDone, then futex waiters, then
+// eventfds and done callbacks.  The flight must already be unpublished with
+// its joiners folded (kShared set if anyone joined).  For kPanic, message is
+// copied; NULL keeps a message sf_call_panic left pending inside fn.
+void flight_complete(Flight *f, Status status, int error, const char *message) noexcept;
 
-// sf_call_release's part for the call's notification: the eventfd is closed
-// at once, and a call linked only for its eventfd is unlinked, so a follower
-// that gives up on a long flight holds nothing until it ends.
-void call_drop_notification(Call *c) noexcept;
+// Folds joiners taken out of the slot into the flight: their interest, and
+// kShared when there were any (their references went in with the CAS that
+// took them out: Table::empty_slot).  unpublished: the folder is not the
+// leader, which waits for kUnpublished before it completes.
+void flight_fold(Flight *f, uint32_t joiners, bool unpublished) noexcept;
 
-// Runs destroy(value) with cancellation disabled, containing exceptions.
-void run_destroy(sf_destroy_fn destroy, void *value) noexcept;
+// The message sf_result_panic_message returns for a panicked flight.
+const char *flight_panic_message(const Flight *f) noexcept;
 
-// Publishes the outcome, removes the flight from its table (if still there),
-// wakes waiters and runs notifications.  message is copied for SF_EPANIC.
-// exclusive: the leader's call is not a two-phase handle, so nobody but a
-// follower could be waiting or registered; with no follower, completion is
-// a plain store (the uncontended fast path).
-void flight_complete(Flight *f, int status, int error, const char *message,
-                     bool exclusive = false) noexcept;
-
-// Waits until done or timeout (< 0: forever).  false on timeout.
+// Waits until f is done or the deadline passes (< 0: forever).  false on
+// timeout.  Spins briefly, then parks on the state word.
 bool flight_wait(Flight *f, int64_t timeout_ns) noexcept;
 
-// sf_call_on_done / sf_call_fd on a call whose kind allows them.
-int call_on_done(Call *c, sf_done_fn done, void *payload) noexcept;
-int call_fd(Call *c) noexcept;
-
-// A copy of msg made with the library allocator, or nullptr when out of memory.
+// A heap copy of msg, or nullptr when out of memory.
 char *copy_message(const char *msg) noexcept;
-
-// The panic message callers see when the real one could not be copied.
 extern const char kPanicMessageLost[];
+extern const char kPanicDefault[];
 
 }  // namespace sf

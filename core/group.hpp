@@ -1,102 +1,141 @@
-// A group: the sharded table of flights in flight, plus the operations that
-// start, join and complete them.
+// A group: a namespace of keys.  It owns the flight table, the stats, and
+// the executor that runs do_async work (the caller's, or a built-in pool),
+// and it offers the four ways to take part in a flight: run (Go's Do), run
+// async (DoChan), begin (two-phase) and forget.
 #pragma once
 
+#include <cxxabi.h>
+
 #include <atomic>
-#include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 
+#include "core/call.hpp"
 #include "core/flight.hpp"
-#include "core/spinlock.hpp"
-#include "singleflight.h"
+#include "core/hash.hpp"
+#include "core/platform.hpp"
+#include "core/stats.hpp"
+#include "core/table.hpp"
+#include "core/types.hpp"
 
 namespace sf {
 
 class Pool;
 
-// One shard: a lock, a chained hash table and the counters it guards.
-// Every call writes its shard twice (start, completion), and with many keys
-// every thread writes every shard, so the line moves between cores on most
-// calls.  Everything an ordinary call touches therefore lives in the first
-// cache line, buckets included: the table holds only flights in flight, so
-// two inline buckets serve until a shard gets busy (then it grows on the
-// heap and a call touches one more line).
-struct alignas(64) Shard {
-    // ---- line 1: touched by every call
-    detail::SpinLock mu;
-    uint32_t count = 0;      // flights in the table
-    uint32_t mask = 0;       // bucket count - 1 (a power of two minus one)
-    Flight **buckets = nullptr;
-    uint64_t leaders = 0, followers = 0, in_flight = 0;
-    Flight *inline_buckets[2] = {};
-    // ---- line 2: written only by panics, goexits, forgets, timeouts and
-    // two-phase handles
-    alignas(64) uint64_t panics = 0;
-    uint64_t goexits = 0, forgets = 0;
-    std::atomic<uint64_t> timeouts{0};
-    // Unreleased call handles; keep sf_group_free from freeing under them.
-    std::atomic<uint64_t> handles{0};
-};
-static_assert(offsetof(Shard, panics) == 64, "the hot part of a shard must fit one cache line");
+extern const char kUnknownException[];
+
+inline void release_flight(void *f) noexcept { flight_release(static_cast<Flight *>(f)); }
 
 class Group {
 public:
-    // nullptr when out of memory.  shards == 0 chooses a default.
+    // nullptr when out of memory.  slots: the table size (0: the default);
     // max_threads: the built-in pool's cap (0: the default).
-    static Group *create(unsigned shards, sf_executor_fn executor, void *executor_payload,
+    static Group *create(unsigned slots, ExecutorFn executor, void *executor_payload,
                          unsigned max_threads) noexcept;
-    // SF_EBUSY (nothing freed) while flights or handles remain.
-    static int destroy(Group *g) noexcept;
+    // kBusy (nothing freed) while flights or handles remain, or when called
+    // on the group's own pool thread.
+    static Status destroy(Group *g) noexcept;
 
-    int run(const void *key, std::size_t len, sf_fn fn, void *payload, sf_result **result,
-            int *shared);  // a thread exit inside fn unwinds through it
-    int run_async(const void *key, std::size_t len, sf_fn fn, void *payload, sf_done_fn done,
-                  void *done_payload) noexcept;
-    int begin(const void *key, std::size_t len, Call **out) noexcept;
-    int forget(const void *key, std::size_t len, bool only_unshared) noexcept;
-    void stats(sf_group_stats *out) const noexcept;
+    // Go's Do.  fn(Flight *call) runs on this thread when it leads and
+    // returns fn's error code.  Returns kOk, kPanic or kGoexit with *result
+    // a reference for the caller, or kDeadlock / kNoMemory.  A thread exit
+    // inside fn completes the flight as kGoexit and unwinds on through.
+    template <class Fn>
+    Status run(Key key, Fn &&fn, Flight **result, bool *shared);
 
-    // Runs fn as the leader of c's flight and completes it.  Exceptions
-    // become SF_EPANIC; a thread exit (forced unwind) completes the flight
-    // as SF_EGOEXIT and continues, after calling on_exit(c) if given.
-    static int execute(Call *c, sf_fn fn, void *payload, void (*on_exit)(Call *)) ;
+    // Go's DoChan: done runs once for this caller.  kBusy when the executor
+    // refused (done will not run), kNoMemory.
+    Status run_async(Key key, WorkCallback work, DoneCallback done) noexcept;
 
-    Shard *shard_for(uint64_t hash) noexcept { return &shards_[(hash >> 40) & shard_mask_]; }
+    // The two-phase form: kLeader / kFollower with *out a handle to release.
+    Status begin(Key key, Call **out) noexcept;
+
+    int forget(Key key, bool only_unshared) noexcept;
+    Counts counts() const noexcept { return stats_.read(); }
+
+    Table &table() noexcept { return table_; }
+    Stats &stats() noexcept { return stats_; }
+    uint64_t ident_of(Key key) const noexcept {
+        return make_ident(key.size, detail::hash_bytes(key.data, key.size, seed_));
+    }
+
+    // Runs fn as the leader of f and completes f.  Exceptions become
+    // kPanic; a forced unwind (the thread exiting inside fn) completes f as
+    // kGoexit, then on_unwind(arg) if given, and unwinds on.
+    template <class Fn>
+    static Status execute(Flight *f, Fn &&fn, void (*on_unwind)(void *) = nullptr,
+                          void *arg = nullptr);
+
+    // In a forked child (from the fork handler): the flights in flight
+    // belong to the parent's threads; start empty.
+    void after_fork_child() noexcept;
 
     ~Group();  // use destroy(); public only for detail::unmake
+    Group() noexcept = default;
+
+    Group *reg_prev_ = nullptr, *reg_next_ = nullptr;  // the fork registry
 
 private:
-    Group() = default;
-
-    // Finds or creates the key's flight under the shard lock.  Returns
-    // SF_LEADER / SF_FOLLOWER with *flight referenced for the caller,
-    // SF_EDEADLK when the calling thread runs its fn and deadlock_check is set,
-    // SF_ENOMEM.
-    // lead_here: fn will run on this thread (not do_async's executor).
-    int acquire(const void *key, std::size_t len, bool deadlock_check, bool lead_here,
-                Shard **shard, Flight **flight) noexcept;
-    void check_fork() noexcept;
     Pool *pool() noexcept;
 
-    Shard *shards_ = nullptr;
-    std::size_t shard_mask_ = 0;
+    Table table_;
     uint64_t seed_ = 0;
-    sf_executor_fn executor_ = nullptr;
+    ExecutorFn executor_ = nullptr;
     void *executor_payload_ = nullptr;
     unsigned max_threads_ = 0;
     std::atomic<Pool *> pool_{nullptr};
     std::mutex pool_mu_;
-    std::atomic<uint32_t> generation_{0};
-    std::atomic<bool> resetting_{false};
+    Stats stats_;
 };
 
-// Called by flight_complete: unlinks f from its table if it is still there,
-// records the outcome in the shard's counters and fixes f->shared.
-void group_flight_completed(Flight *f) noexcept;
-// A call handle came or went (Shard::handles, fork-aware).  Dropping is
-// idempotent: each call is counted once and uncounted once.
-void group_add_handle(Call *c, Shard *s) noexcept;
-void group_drop_handle(Call *c) noexcept;
+// ---------------------------------------------------------------------------
+// The hot path, inline
+// ---------------------------------------------------------------------------
+
+template <class Fn>
+SF_CATCHES_FORCED_UNWIND Status Group::execute(Flight *f, Fn &&fn, void (*on_unwind)(void *),
+                                               void *arg) {
+    try {
+        int err = fn(f);
+        if (__builtin_expect(f->lflags & kPanicPending, 0)) {
+            complete_leader(f, kPanic, err, nullptr);  // the message is pending in ext
+        } else {
+            complete_leader(f, kOk, err, nullptr);
+        }
+    } catch (abi::__forced_unwind &) {
+        // Go's Goexit: the thread is leaving inside fn.  Release everybody,
+        // then let the unwind go on; swallowing it would abort the process.
+        complete_leader(f, kGoexit, 0, nullptr);
+        if (on_unwind) on_unwind(arg);
+        throw;
+    } catch (const std::exception &e) {
+        complete_leader(f, kPanic, 0, e.what());
+    } catch (...) {
+        complete_leader(f, kPanic, 0, kUnknownException);
+    }
+    return f->status();
+}
+
+template <class Fn>
+Status Group::run(Key key, Fn &&fn, Flight **result, bool *shared) {
+    const uint64_t ident = ident_of(key);
+    Flight *f;
+    const Status role = table_.acquire(this, kModeDo, key, ident, true, &f);
+    if (__builtin_expect(role == kLeader, 1)) {
+        stats_.add(kLeaders);
+        // A thread exit inside fn takes the caller's result with it.
+        const Status st = execute(f, static_cast<Fn &&>(fn), release_flight, f);
+        *shared = flight_shared(f);
+        *result = f;  // the leader's reference becomes the caller's result
+        return st;
+    }
+    if (role != kFollower) return role;
+    stats_.add(kFollowers);
+    flight_wait(f, -1);
+    *shared = true;
+    *result = f;  // the joiner's reference, folded at completion
+    return f->status();
+}
 
 }  // namespace sf

@@ -62,6 +62,27 @@ private:
     int old_;
 };
 
+// Call right before something that may end the thread by a forced unwind
+// (pthread_testcancel acting on a request).  AddressSanitizer cannot see
+// such an unwind and would leave the unwound frames' redzones poisoned on
+// the thread's stack, where the thread's exit path trips over them; this is
+// its documented hook for "a function that does not return".
+#if defined(__SANITIZE_ADDRESS__)
+#define SF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SF_ASAN 1
+#endif
+#endif
+#if defined(SF_ASAN)
+extern "C" void __asan_handle_no_return(void);
+#endif
+inline void before_forced_unwind() noexcept {
+#if defined(SF_ASAN)
+    __asan_handle_no_return();
+#endif
+}
+
 // now + timeout_ns, saturated at INT64_MAX: every non-negative timeout is
 // valid (the header), the largest included.
 inline int64_t deadline_after(int64_t now, int64_t timeout_ns) noexcept {

@@ -2,8 +2,6 @@
 
 #include <cxxabi.h>
 
-#include "singleflight.h"
-
 #include "core/alloc.hpp"
 #include "core/platform.hpp"
 
@@ -15,7 +13,7 @@ Pool::Pool() noexcept {
 }
 
 Pool *Pool::create(unsigned max_threads) noexcept {
-    int cap = max_threads ? int(max_threads) : SF_POOL_DEFAULT_THREADS;
+    int cap = int(max_threads ? max_threads : kDefaultThreads);
     auto *slots = static_cast<Slot *>(detail::alloc(sizeof(Slot) * std::size_t(cap)));
     if (!slots) return nullptr;
     for (int i = 0; i < cap; ++i) slots[i] = Slot{pthread_t(), false, false};
@@ -78,9 +76,9 @@ bool Pool::spawn_locked() noexcept {
     return true;
 }
 
-int Pool::submit(sf_task_fn task, void *arg) noexcept {
+Status Pool::submit(TaskFn task, void *arg) noexcept {
     Task *t = static_cast<Task *>(detail::alloc(sizeof(Task)));
-    if (!t) return SF_ENOMEM;
+    if (!t) return kNoMemory;
     t->next = nullptr;
     t->fn = task;
     t->arg = arg;
@@ -91,14 +89,14 @@ int Pool::submit(sf_task_fn task, void *arg) noexcept {
     if (queued_ + 1 > idle_ && live_ < max_threads_ && !spawn_locked() && live_ == 0) {
         pthread_mutex_unlock(&mu_);
         detail::dealloc(t);
-        return SF_ENOMEM;  // no thread at all would ever run it
+        return kNoMemory;  // no thread at all would ever run it
     }
     if (tail_) tail_->next = t; else head_ = t;
     tail_ = t;
     ++queued_;
     pthread_cond_signal(&cv_);
     pthread_mutex_unlock(&mu_);
-    return SF_OK;
+    return kOk;
 }
 
 // Leaves the pool's books straight however the worker ends: normally at
@@ -142,6 +140,7 @@ void *Pool::worker_main(void *self) {
 void Pool::leave_if_cancelled() {
     pthread_mutex_unlock(&mu_);
     pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, nullptr);
+    detail::before_forced_unwind();
     pthread_testcancel();
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, nullptr);
     pthread_mutex_lock(&mu_);
@@ -166,7 +165,7 @@ void Pool::worker_loop() {
         if (!head_) tail_ = nullptr;
         --queued_;
         pthread_mutex_unlock(&mu_);
-        sf_task_fn fn = t->fn;
+        TaskFn fn = t->fn;
         void *arg = t->arg;
         detail::dealloc(t);
         // The task's code decides about cancellation for itself (async_task

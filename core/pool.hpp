@@ -12,17 +12,20 @@
 
 #include <pthread.h>
 
-#include "singleflight.h"
+#include "core/types.hpp"
 
 namespace sf {
 
 class Pool {
 public:
+    static constexpr unsigned kDefaultThreads = 64;
+    static constexpr unsigned kMaxThreads = 4096;
+
     // nullptr when out of memory.  max_threads: the cap, 0 for the default.
     static Pool *create(unsigned max_threads) noexcept;
     static void destroy(Pool *p) noexcept;       // stops and joins every worker
-    // SF_OK, or SF_ENOMEM when neither a queue node nor a thread could be had.
-    int submit(sf_task_fn task, void *arg) noexcept;
+    // kOk, or kNoMemory when neither a queue node nor a thread could be had.
+    Status submit(TaskFn task, void *arg) noexcept;
     // True when called on one of this pool's worker threads (a task or a
     // done callback): such a thread cannot join itself.
     bool on_worker_thread() noexcept;
@@ -34,7 +37,7 @@ public:
 private:
     struct Task {
         Task *next;
-        sf_task_fn fn;
+        TaskFn fn;
         void *arg;
     };
     struct Slot {

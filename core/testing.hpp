@@ -13,11 +13,12 @@ void fail_allocations_after(long n) noexcept;
 // Internal allocations made so far in this process (successful or not).
 unsigned long allocations() noexcept;
 
-// Empties the block caches: the process-wide lists and the calling thread's
-// own, so that the next operations allocate exactly as a fresh process would.
-// A replayed fuzz input or a seeded stress round starts from the same state
-// whatever ran before it.  Call it only while no other thread uses the
-// library (blocks cached by other threads are left alone).
+// Moves the calling thread's cached blocks to the process-wide lists, so that
+// whatever ran before, the thread starts from the same state.  Together with
+// failure injection counting a block taken from a cache like an allocation,
+// a replayed fuzz input or a seeded stress round sees the same allocation
+// failures at the same operations as in a fresh process.  (Blocks are never
+// freed: flights are read speculatively, so their memory stays a flight.)
 void reset_caches() noexcept;
 
 }  // namespace testing

@@ -70,6 +70,17 @@ private:
     int n_;
 };
 
+// A group made with version-2 options: a table of `slots` home slots (0:
+// the default) and a built-in pool capped at max_threads (0: the default).
+inline sf_group *group_with(unsigned slots, unsigned max_threads) {
+    sf_group_options o;
+    if (sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION) != SF_OK) return nullptr;
+    o.shards = slots;
+    o.max_threads = max_threads;
+    sf_group *g = nullptr;
+    return sf_group_new(&g, &o) == SF_OK ? g : nullptr;
+}
+
 // RAII group for tests.
 struct GroupPtr {
     sf_group *g = nullptr;

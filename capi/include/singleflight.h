@@ -176,8 +176,15 @@ typedef int (*sf_executor_fn)(sf_task_fn task, void *arg, void *payload);
 
 typedef struct sf_group_options {
     unsigned int   version;          /* SF_GROUP_OPTIONS_VERSION */
-    unsigned int   shards;           /* 0: chosen by the library; else rounded
-                                        up to a power of two, at most 4096 */
+    unsigned int   shards;           /* the size of the table of flights in
+                                        flight, in home slots: 0 chosen by
+                                        the library (1024); else rounded up
+                                        to a power of two, at most 2^20.  Keys
+                                        whose home is taken by another key in
+                                        flight wait in a per-slot overflow
+                                        chain, so any size is correct; a size
+                                        near the number of keys in flight at
+                                        once keeps calls on the fast path. */
     sf_executor_fn executor;         /* runs sf_group_do_async work; NULL: a
                                         built-in pool owned by the group */
     void          *executor_payload; /* passed to executor, not owned */
@@ -300,6 +307,18 @@ SF_API int sf_call_finish(sf_call *call, int error);
  * Inside an sf_group_do/do_async fn it marks the flight to panic when fn
  * returns.  Same status codes as sf_call_finish. */
 SF_API int sf_call_panic(sf_call *call, const char *message);
+
+/* Since 1.1 (SF_1.1).  Finishes a two-phase leader's flight with error (no
+ * value) and releases the call, in one step, if no follower has joined it:
+ * returns 0, and the handle is gone.  If a follower has joined (or joined
+ * and left), returns 1 and changes nothing: set the value, then
+ * sf_call_finish and sf_call_release as usual.  Either way, once it returns
+ * no new follower can join a flight it finished.  For bindings whose fn
+ * keeps its value in the host language: the uncontended call crosses into C
+ * twice (begin, this) and the value never leaves the host.  SF_ESTATE when
+ * the call is not an unfinished two-phase leader; SF_EINVAL for NULL.
+ * Thread rules as for sf_call_finish; on 0 the handle must not be used. */
+SF_API int sf_call_finish_unshared(sf_call *call, int error);
 
 /* Waits for the flight to complete, for at most timeout_ns nanoseconds
  * (negative: forever; 0: just poll; any positive value is valid, the largest

@@ -204,14 +204,7 @@ TEST(PoolCap, OptionsVersion2CarriesTheCapAndVersion1StillWorks) {
 }
 
 // A group whose built-in pool is capped at max_threads.
-sf_group *group_with_cap(unsigned max_threads) {
-    sf_group_options o;
-    EXPECT_EQ(sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION), SF_OK);
-    o.max_threads = max_threads;
-    sf_group *g = nullptr;
-    EXPECT_EQ(sf_group_new(&g, &o), SF_OK);
-    return g;
-}
+sf_group *group_with_cap(unsigned max_threads) { return group_with(0, max_threads); }
 
 TEST(PoolCap, RaisedCapRunsEightyFnsThatWaitForEachOther) {
     sf_group *g = group_with_cap(100);

@@ -1,0 +1,368 @@
+#include "core/call.hpp"
+
+#include <sched.h>
+
+#include "core/alloc.hpp"
+#include "core/group.hpp"
+#include "core/notify.hpp"
+#include "core/platform.hpp"
+#include "core/thread.hpp"
+
+namespace sf {
+
+namespace {
+
+// Made before a fork and used in the child: the parent's threads, and
+// perhaps the group, are gone there, so such a flight touches no group.
+bool orphaned(const Flight *f) noexcept {
+    return f->epoch != current_epoch() || (f->state.load(std::memory_order_relaxed) & kOrphaned);
+}
+
+// Someone else took f out of the table (forget, abandonment, a fork):
+// wait until their fold is visible.  They are between two instructions.
+void wait_unpublished(Flight *f) noexcept {
+    for (unsigned spins = 0; !(f->state.load(std::memory_order_acquire) & kUnpublished); ++spins) {
+        if (spins < 64) {
+            detail::cpu_relax();
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+// Two-phase leaders: the right to write the value and to complete are one
+// state word's kWriting and kFinished bits, so a set_value on one thread and
+// a finish on another never interleave (issue 10).  Sets `bit` once no
+// value is being stored; false when the flight is already finished.  *seen
+// receives the state before.
+bool take_leader_bit(Flight *f, uint32_t bit, uint32_t *seen = nullptr) noexcept {
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    for (;;) {
+        if (s & kFinished) return false;
+        if (s & kWriting) {  // a value is being stored: let it land first
+            detail::cpu_relax();
+            s = f->state.load(std::memory_order_relaxed);
+            continue;
+        }
+        if (f->state.compare_exchange_weak(s, s | bit, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed)) {
+            if (seen) *seen = s;
+            return true;
+        }
+    }
+}
+bool claim_finish(Flight *f) noexcept { return take_leader_bit(f, kFinished); }
+
+// The handle accounting sf_group_free consults.
+void uncount_handle(Flight *f, uint32_t epoch) noexcept {
+    // A handle made before a fork is not counted in the child's group.
+    if (epoch == current_epoch()) f->group->stats().sub(kHandles);
+}
+
+// ---------------------------------------------------------------------------
+// interest and abandonment
+//
+// The parties interested in a flight are its leader's caller and each
+// follower.  The count is split like the references: interest holds the
+// leader and every folded joiner, the slot word's joiner count holds the
+// rest.  A party leaving decrements one and then reads the other (both
+// seq_cst), so of two parties leaving at once at least one sees the total
+// reach zero.
+// ---------------------------------------------------------------------------
+
+// Runs the abandon callback once, if fn is still running.
+void mark_abandoned(Flight *f) noexcept {
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    do {
+        if (s & (kFinished | kDone | kAbandoned)) return;
+    } while (!f->state.compare_exchange_weak(s, s | kAbandoned, std::memory_order_acq_rel,
+                                             std::memory_order_relaxed));
+    if (!orphaned(f)) f->group->stats().add(kAbandons);
+    flight_lock(f);
+    Ext *e = f->ext.load(std::memory_order_relaxed);
+    AbandonCallback cb = e ? e->abandon : AbandonCallback{nullptr, nullptr, nullptr};
+    flight_unlock(f);
+    if (cb.invoke) {
+        detail::NoCancel no_cancel;
+        cb.invoke(cb.fn, cb.payload, f);
+    }
+}
+
+// After a party left: abandon f when nobody interested is left while fn
+// still runs.  Only two-phase flights can be abandoned: the callers of do
+// and do_async cannot give up.
+void check_abandoned(Flight *f) noexcept {
+    if (f->mode != kModeTwoPhase || orphaned(f)) return;
+    uint32_t s = f->state.load(std::memory_order_seq_cst);
+    if (s & (kFinished | kDone | kAbandoned)) return;
+    if (f->interest.load(std::memory_order_seq_cst) > 0) return;
+    if (!(s & kUnpublished)) {
+        // Joiners still in the slot are interested.  Without any, take the
+        // flight out of the table, so nobody new joins work that stops.
+        if (f->group->table().unpublish_if_unjoined(f)) {
+            f->state.fetch_or(kUnpublished, std::memory_order_release);
+            mark_abandoned(f);
+            return;
+        }
+        // Someone joined (they check again when they leave), or a forget
+        // took the flight out just now: then count again, exactly.
+        if (f->group->table().holds(f)) return;
+        wait_unpublished(f);
+    }
+    // Out of the table: every joiner is folded and the count is exact.
+    if (f->interest.load(std::memory_order_seq_cst) == 0) mark_abandoned(f);
+}
+
+// A follower leaves before the end: its interest goes, and its reference
+// too unless it keeps the result for a callback still to run.  A joiner
+// still in the slot's count takes itself out of it (that is both its
+// interest and its reference); a kept reference moves into the flight's
+// own count first, so the flight can never be freed in between.
+void follower_leaves(Flight *f, bool keep_reference) noexcept {
+    if (orphaned(f)) {
+        if (!keep_reference) flight_release(f);
+        return;
+    }
+    // A joiner counts as shared even when it leaves (Go's dups): marked
+    // before unjoining, so a leader that sees the count gone sees the mark.
+    f->state.fetch_or(kShared, std::memory_order_seq_cst);
+    // A reference of f's own first: unjoining gives the slot's reference
+    // away, and f must stay ours until we are done with it (and after, if
+    // the caller keeps it).
+    f->refs.fetch_add(1, std::memory_order_relaxed);
+    if (!f->group->table().unjoin(f)) {
+        // Folded already: our reference and interest are f's own.  We hold
+        // two references now, so giving one back cannot free f.
+        f->refs.fetch_sub(1, std::memory_order_relaxed);
+        f->interest.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    check_abandoned(f);
+    if (!keep_reference) flight_release(f);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// completion
+// ---------------------------------------------------------------------------
+
+void complete_leader(Flight *f, Status status, int error, const char *message) noexcept {
+    if (!orphaned(f)) {
+        const int64_t joiners = f->group->table().unpublish(f);
+        if (joiners >= 0) {
+            if (joiners > 0) flight_fold(f, uint32_t(joiners), false);
+        } else {
+            wait_unpublished(f);
+        }
+        if (!orphaned(f) && !(f->lflags & kUncounted)) {
+            Stats &st = f->group->stats();
+            st.add(kCompleted);
+            if (status == kPanic) st.add(kPanics);
+            if (status == kGoexit) st.add(kGoexits);
+        }
+    }
+    flight_complete(f, status, error, message);
+}
+
+// ---------------------------------------------------------------------------
+// the call's rules
+// ---------------------------------------------------------------------------
+
+Status call_role(const Call *c) noexcept {
+    return call_role_byte(c) == kRoleFollower ? kFollower : kLeader;
+}
+
+void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept {
+    if (!c || !is_leader(c)) {
+        run_destroy(destroy, value);
+        return;
+    }
+    Flight *f = as_flight(c);
+    if (f->mode != kModeTwoPhase) {
+        // fn's call belongs to fn's thread (the header): no other thread
+        // writes the value, and completion comes after fn returns.
+        if (f->state.load(std::memory_order_relaxed) & kFinished) {
+            run_destroy(destroy, value);
+            return;
+        }
+        DestroyFn old_destroy = f->destroy;
+        void *old_value = f->value;
+        f->value = value;
+        f->destroy = destroy;
+        if (old_value != value) run_destroy(old_destroy, old_value);
+        return;
+    }
+    if (!take_leader_bit(f, kWriting)) {
+        run_destroy(destroy, value);
+        return;
+    }
+    DestroyFn old_destroy = f->destroy;
+    void *old_value = f->value;
+    f->value = value;
+    f->destroy = destroy;
+    f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
+    if (old_value != value) run_destroy(old_destroy, old_value);
+}
+
+Status call_finish(Call *c, int error) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    if (f->mode != kModeTwoPhase || !claim_finish(f)) return kBadState;
+    complete_leader(f, kOk, error, nullptr);
+    return kOk;
+}
+
+Status call_panic(Call *c, const char *message) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    if (f->mode == kModeTwoPhase) {
+        if (!claim_finish(f)) return kBadState;
+        complete_leader(f, kPanic, 0, message);
+        return kOk;
+    }
+    // Inside fn: remembered until fn returns (the first request wins).
+    if (f->state.load(std::memory_order_relaxed) & kFinished) return kBadState;
+    if (f->lflags & kPanicPending) return kOk;
+    f->lflags = uint8_t(f->lflags | kPanicPending);
+    Ext *e = flight_ext(f);
+    if (!e) {
+        if (message) f->lflags = uint8_t(f->lflags | kMessageLost);
+    } else if (message) {
+        char *copy = copy_message(message);
+        e->message = copy ? copy : kPanicMessageLost;
+        if (copy) f->lflags = uint8_t(f->lflags | kMessageOwned);
+    }
+    return kOk;
+}
+
+int call_finish_unshared(Call *c, int error) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    if (f->mode != kModeTwoPhase || orphaned(f)) return kBadState;
+    // Hold kWriting (set_value waits) while finding out whether anyone
+    // joined; only a flight nobody joined is finished here.
+    uint32_t s;
+    if (!take_leader_bit(f, kWriting, &s)) return kBadState;
+    if ((s & (kShared | kUnpublished)) || !f->group->table().unpublish_if_unjoined(f)) {
+        f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
+        return 1;
+    }
+    f->state.fetch_xor(kWriting | kFinished, std::memory_order_acq_rel);
+    Stats &st = f->group->stats();
+    st.add(kCompleted);
+    flight_complete(f, kOk, error, nullptr);
+    call_release(c);
+    return 0;
+}
+
+Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noexcept {
+    Flight *f = flight_of(c);
+    const bool leader = is_leader(c);
+    if (!leader && (as_follower(c)->flags.load(std::memory_order_relaxed) & kCancelled)) return kCanceled;
+    if (!f->done()) {
+        if (leader) return kDeadlock;  // waiting for itself
+        // A follower waiting forever on a flight its own thread leads.
+        if (timeout_ns < 0 &&
+            f->leader_thread.load(std::memory_order_relaxed) == detail::thread_serial())
+            return kDeadlock;
+        if (!flight_wait(f, timeout_ns)) {
+            // A poll (timeout 0) is a question, not a wait that gave up.
+            if (timeout_ns > 0 && !orphaned(f)) f->group->stats().add(kTimeouts);
+            return kTimedOut;
+        }
+    }
+    if (result) {
+        flight_retain(f);
+        *result = f;
+    }
+    *shared = leader ? flight_shared(f) : true;
+    return f->status();
+}
+
+Status call_on_done(Call *c, DoneCallback cb) noexcept {
+    if (is_leader(c)) {
+        Flight *f = as_flight(c);
+        if (f->mode != kModeTwoPhase) return kBadState;
+        Follower *reg = leader_registration(f);
+        return reg ? notify_on_done(reg, cb) : kNoMemory;
+    }
+    return notify_on_done(as_follower(c), cb);
+}
+
+int call_fd(Call *c) noexcept {
+    if (is_leader(c)) {
+        Flight *f = as_flight(c);
+        if (f->mode != kModeTwoPhase) return kBadState;
+        Follower *reg = leader_registration(f);
+        return reg ? notify_fd(reg) : kNoMemory;
+    }
+    return notify_fd(as_follower(c));
+}
+
+void call_release(Call *c) noexcept {
+    if (is_leader(c)) {
+        Flight *f = as_flight(c);
+        if (f->mode != kModeTwoPhase) return;  // fn's call is not the caller's to release
+        // Go's Goexit for the two-phase form: nobody may hang on a leader
+        // that walked away.
+        if (claim_finish(f)) complete_leader(f, kGoexit, 0, nullptr);
+        if (Ext *e = f->ext.load(std::memory_order_acquire)) {
+            if (Follower *reg = e->leader_reg) {
+                notify_drop(reg);
+                follower_unref(reg);
+            }
+        }
+        uncount_handle(f, f->epoch);
+        flight_release(f);
+        return;
+    }
+    Follower *fo = as_follower(c);
+    Flight *f = fo->flight;
+    notify_drop(fo);
+    if (fo->flags.load(std::memory_order_relaxed) & kCounted) uncount_handle(f, fo->epoch);
+    // Completion sets kDone before it takes the lock to empty the list, so
+    // under the lock "not done" means the list is still as we see it.
+    flight_lock(f);
+    const bool leaving = !(f->state.load(std::memory_order_relaxed) & kDone) &&
+                         !(fo->flags.load(std::memory_order_relaxed) & kLeft);
+    const bool callback_pending = (fo->flags.load(std::memory_order_relaxed) & kDoneSet) && (fo->flags.load(std::memory_order_relaxed) & kLinked);
+    fo->flags.fetch_or(uint8_t(kLeft | (leaving && !callback_pending ? kNoRef : 0)), std::memory_order_relaxed);
+    flight_unlock(f);
+    // Leaving before the end: the interest goes now; the reference stays
+    // with the record while its done callback is still to run.
+    if (leaving) follower_leaves(f, callback_pending);
+    follower_unref(fo);
+}
+
+Status call_cancel(Call *c) noexcept {
+    (void)c;
+    return kBadState;  // issue 12
+}
+
+int call_abandoned(Call *c) noexcept {
+    return (flight_of(c)->state.load(std::memory_order_acquire) & kAbandoned) ? 1 : 0;
+}
+
+Status call_on_abandon(Call *c, AbandonCallback cb) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    flight_lock(f);
+    Ext *e = flight_ext(f);
+    Status rc = kOk;
+    if (!e) {
+        rc = kNoMemory;
+    } else if (e->abandon.invoke) {
+        rc = kBadState;
+    } else {
+        e->abandon = cb;
+    }
+    const bool now = rc == kOk && (f->state.load(std::memory_order_relaxed) & kAbandoned);
+    flight_unlock(f);
+    if (now) {
+        detail::NoCancel no_cancel;
+        cb.invoke(cb.fn, cb.payload, f);
+    }
+    return rc;
+}
+
+}  // namespace sf

@@ -1,0 +1,93 @@
+// The rules of a call: who may set the value, finish, panic, wait, register
+// callbacks, give up or release, and what each means in each state.  A call
+// handle is the flight itself for its leader, or a Follower record; both
+// start with their CallRole byte.  The C layer converts sf_call* to Call*
+// and back, and calls nothing else for a handle.
+#pragma once
+
+#include <cstdint>
+
+#include "core/flight.hpp"
+#include "core/types.hpp"
+
+namespace sf {
+
+// Never defined: a Call* is a Flight* or a Follower*, told apart by the
+// role byte both start with.
+struct Call;
+
+inline uint8_t call_role_byte(const Call *c) noexcept {
+    return *reinterpret_cast<const uint8_t *>(c);  // a char-typed read: no aliasing issue
+}
+inline bool is_leader(const Call *c) noexcept { return call_role_byte(c) == kRoleLeader; }
+inline Flight *as_flight(Call *c) noexcept { return reinterpret_cast<Flight *>(c); }
+inline Follower *as_follower(Call *c) noexcept { return reinterpret_cast<Follower *>(c); }
+inline Call *as_call(Flight *f) noexcept { return reinterpret_cast<Call *>(f); }
+inline Call *as_call(Follower *c) noexcept { return reinterpret_cast<Call *>(c); }
+inline Flight *flight_of(Call *c) noexcept {
+    return is_leader(c) ? as_flight(c) : as_follower(c)->flight;
+}
+
+// kLeader or kFollower.
+Status call_role(const Call *c) noexcept;
+
+// The value: ownership passes at once.  Refused (destroyed at once) for a
+// null call, a follower, and once the flight is finished.  Inside fn (do, do_async) the
+// call belongs to fn's thread; a two-phase leader's may race its finish
+// from any thread, and the value is never written after completion.
+void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept;
+
+// Two-phase completion: kOk, or kBadState (a follower, already finished,
+// or fn's call of do/do_async, which fn's return finishes).
+Status call_finish(Call *c, int error) noexcept;
+// kOk; inside fn of do/do_async it marks the flight to panic when fn
+// returns.  kBadState as for finish.
+Status call_panic(Call *c, const char *message) noexcept;
+
+// SF_1.1: finishes a two-phase leader's flight and releases the handle in
+// one step, if no follower has joined: returns 0 and the handle is gone.
+// When a follower has joined, returns 1 and changes nothing (set the value,
+// finish and release as usual).  kBadState when c is not an unfinished
+// two-phase leader.
+int call_finish_unshared(Call *c, int error) noexcept;
+
+// Waits for the outcome: kOk, kPanic, kGoexit with *result a new reference
+// (when result is not null) and *shared; kTimedOut; kDeadlock (see the
+// header); kCanceled after call_cancel.
+Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noexcept;
+
+// Registrations (two-phase handles only: kBadState otherwise).
+Status call_on_done(Call *c, DoneCallback cb) noexcept;
+int call_fd(Call *c) noexcept;
+
+// Drops the handle (two-phase only; other handles are not the caller's).
+// An unfinished leader's release completes the flight as kGoexit.  A
+// follower that leaves before completion gives back its interest.
+void call_release(Call *c) noexcept;
+
+// SF_1.1: the caller gives up.  Its interest goes; its own wait returns
+// kCanceled from now on and its done callback runs now with kCanceled (if
+// it has not run); a leader keeps the right, and the duty, to finish.  When
+// no interested party is left while fn runs, the flight is abandoned: it
+// leaves the table (a new caller starts afresh) and its abandon callback
+// runs, on this thread.  kBadState when the flight already completed or the
+// handle already gave up.
+Status call_cancel(Call *c) noexcept;
+
+// SF_1.1: 1 once the flight has been abandoned, else 0.
+int call_abandoned(Call *c) noexcept;
+// SF_1.1: runs cb once the flight is abandoned (at once if it is).  Leader
+// handles only; one per flight (kBadState for a second); kNoMemory.
+Status call_on_abandon(Call *c, AbandonCallback cb) noexcept;
+
+// The leader's completion, for every mode: takes the flight out of the
+// table (or waits for whoever did), folds the joiners, counts, publishes
+// the outcome and wakes everyone.
+void complete_leader(Flight *f, Status status, int error, const char *message) noexcept;
+
+// Whether the flight's outcome is shared with a follower (for the leader).
+inline bool flight_shared(const Flight *f) noexcept {
+    return f->state.load(std::memory_order_acquire) & kShared;
+}
+
+}  // namespace sf

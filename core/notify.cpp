@@ -1,0 +1,201 @@
+#include "core/notify.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "core/cache.hpp"
+#include "core/platform.hpp"
+
+namespace sf {
+
+namespace {
+// Callers disable cancellation: write is a cancellation point.
+void signal_fd(int efd) noexcept {
+    if (efd < 0) return;
+    uint64_t one = 1;
+    // EAGAIN means the counter is already non-zero: readable, as wanted.
+    ssize_t rc = write(efd, &one, sizeof one);
+    (void)rc;
+}
+
+// What a registration's done callback receives as `shared`: 1 for a
+// follower, and for the leader's own registration whether anyone joined.
+bool shared_for(const Follower *c) noexcept {
+    return c->role != kRoleLeader ||
+           (c->flight->state.load(std::memory_order_acquire) & kShared);
+}
+
+void invoke_done(const Follower *c, const DoneCallback &cb) noexcept {
+    Flight *f = c->flight;
+    cb.invoke(cb.fn, cb.payload, f->status(), f, shared_for(c));
+}
+
+// Caller holds f's lock.  Links c unless f is done; false when it is (the
+// caller then delivers by itself).
+bool link_locked(Flight *f, Follower *c) noexcept {
+    // kNotify goes on only while kDone is off, in one CAS: a completion
+    // that sets kDone afterwards sees kNotify and takes the list (which
+    // waits for our lock); one that set it before makes us deliver.
+    uint32_t s = f->state.load(std::memory_order_acquire);
+    do {
+        if (s & kDone) return false;
+    } while (!(s & kNotify) &&
+             !f->state.compare_exchange_weak(s, s | kNotify, std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
+    if (c->flags.load(std::memory_order_relaxed) & kLinked) return true;
+    c->flags.fetch_or(uint8_t(kLinked), std::memory_order_relaxed);
+    c->refs.fetch_add(1, std::memory_order_relaxed);  // the notification's
+    c->prev = nullptr;
+    c->next = f->notify_head;
+    if (c->next) c->next->prev = c;
+    f->notify_head = c;
+    return true;
+}
+
+void unlink_locked(Flight *f, Follower *c) noexcept {
+    if (c->prev) c->prev->next = c->next; else f->notify_head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = nullptr;
+    c->flags.fetch_and(uint8_t(~kLinked), std::memory_order_relaxed);
+}
+}  // namespace
+
+Follower *follower_new(Flight *f, uint8_t role) noexcept {
+    auto *c = static_cast<Follower *>(detail::call_cache().get());
+    if (!c) return nullptr;
+    c->role = role;
+    c->mode = f->mode;
+    c->flags.store(0, std::memory_order_relaxed);
+    c->firing = 0;
+    c->refs.store(1, std::memory_order_relaxed);
+    c->flight = f;
+    c->next = c->prev = nullptr;
+    c->done = DoneCallback{nullptr, nullptr, nullptr};
+    c->efd = -1;
+    c->epoch = 0;
+    c->work = WorkCallback{nullptr, nullptr, nullptr};
+    return c;
+}
+
+void follower_unref(Follower *c) noexcept {
+    if (c->refs.load(std::memory_order_acquire) != 1 &&
+        c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
+        return;
+    if (c->efd >= 0) {
+        detail::NoCancel no_cancel;  // close is a cancellation point
+        close(c->efd);
+    }
+    Flight *f = c->flight;
+    // The leader's registration uses its handle's reference; a follower that
+    // left gave its reference back already.
+    const bool owns_flight_ref = c->role != kRoleLeader && !(c->flags.load(std::memory_order_relaxed) & kNoRef);
+    detail::call_cache().put(c);
+    if (owns_flight_ref) flight_release(f);
+}
+
+Status notify_on_done(Follower *c, DoneCallback cb) noexcept {
+    Flight *f = c->flight;
+    flight_lock(f);
+    if (c->flags.load(std::memory_order_relaxed) & kDoneSet) {
+        flight_unlock(f);
+        return kBadState;
+    }
+    c->flags.fetch_or(uint8_t(kDoneSet), std::memory_order_relaxed);
+    c->done = cb;
+    const bool linked = link_locked(f, c);
+    flight_unlock(f);
+    if (!linked) {
+        detail::NoCancel no_cancel;  // done may reach cancellation points
+        invoke_done(c, cb);
+    }
+    return kOk;
+}
+
+int notify_fd(Follower *c) noexcept {
+    Flight *f = c->flight;
+    flight_lock(f);
+    int have = c->efd;
+    flight_unlock(f);
+    if (have >= 0) return have;
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) return errno == ENOMEM ? kNoMemory : kBusy;
+    detail::NoCancel no_cancel;  // close and write below
+    flight_lock(f);
+    have = c->efd;
+    if (have < 0) {
+        c->efd = efd;
+        if (!link_locked(f, c)) signal_fd(efd);  // done already: readable now
+    }
+    flight_unlock(f);
+    if (have >= 0) {  // another thread won the race; keep its fd
+        close(efd);
+        return have;
+    }
+    return efd;
+}
+
+void notify_drop(Follower *c) noexcept {
+    Flight *f = c->flight;
+    flight_lock(f);
+    const int efd = c->efd;
+    c->efd = -1;
+    // Still on the list (completion has not taken it) and there only for
+    // its eventfd: nothing is left to deliver.
+    const bool unlink = (c->flags.load(std::memory_order_relaxed) & kLinked) && !(c->flags.load(std::memory_order_relaxed) & kDoneSet);
+    if (unlink) unlink_locked(f, c);
+    flight_unlock(f);
+    if (unlink) c->refs.fetch_sub(1, std::memory_order_relaxed);  // the owner's keeps c
+    if (efd >= 0) {
+        detail::NoCancel no_cancel;
+        close(efd);
+    }
+}
+
+Follower *leader_registration(Flight *f) noexcept {
+    flight_lock(f);
+    Ext *e = flight_ext(f);
+    Follower *reg = e ? e->leader_reg : nullptr;
+    if (e && !reg) {
+        reg = follower_new(f, kRoleLeader);
+        e->leader_reg = reg;
+    }
+    flight_unlock(f);
+    return reg;
+}
+
+void notify_completion(Flight *f) noexcept {
+    detail::NoCancel no_cancel;  // eventfd writes and done callbacks below
+    flight_lock(f);
+    Follower *list = f->notify_head;
+    f->notify_head = nullptr;
+    for (Follower *c = list; c; c = c->next) {
+        signal_fd(c->efd);
+        c->flags.fetch_and(uint8_t(~kLinked), std::memory_order_relaxed);  // the list is ours now
+        // Decided under the lock; c->done is final once kDoneSet is (on_done
+        // stores both under it before linking).
+        c->firing = (c->flags.load(std::memory_order_relaxed) & kDoneSet) ? 1 : 0;
+    }
+    flight_unlock(f);
+    while (list) {
+        Follower *c = list;
+        list = c->next;
+        if (c->firing) invoke_done(c, c->done);
+        follower_unref(c);  // the notification's reference
+    }
+}
+
+void run_destroy(DestroyFn destroy, void *value) noexcept {
+    if (!destroy) return;
+    detail::NoCancel no_cancel;
+    try {
+        destroy(value);
+    } catch (...) {
+        // destroy must not throw or exit the thread (header); swallowing an
+        // exception keeps the boundary shut.
+    }
+}
+
+}  // namespace sf

@@ -1,0 +1,138 @@
+// The table of flights in flight: publish, join, unpublish, forget.
+//
+// An open-addressing array of slot words, indexed by the key's hash.  A slot
+// word holds a flight reference, the count of followers that joined it
+// through the slot (a split reference count: the leader folds it into the
+// flight when the flight leaves the table), and an overflow bit:
+//
+//   bit 0       kOverflow: some key whose home is this slot lives in the
+//               slot's overflow chain; every operation on the slot then
+//               takes the slot's chain lock
+//   bits 1-6    the flight's incarnation tag (an ABA guard: a recycled block
+//               published again in the same slot has another tag)
+//   bits 7-47   the flight's address (flights are 128-byte aligned)
+//   bits 48-63  the joiner count
+//
+// The uncontended call is one CAS to publish (0 -> flight) and one CAS to
+// unpublish (flight with no joiner -> 0).  A follower joins with one CAS
+// (+1 joiner) after comparing the flight's ident, which it reads
+// speculatively (the block may be recycled meanwhile); the join pins the
+// flight, and the follower checks the key again before using it.  A key
+// whose home holds another key's flight goes to the overflow chain (rare:
+// the table only holds flights in flight).
+//
+// How a slot names a flight is one codec (SlotCodec below): a table in
+// shared memory would store offsets instead of addresses there and nowhere
+// else.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/flight.hpp"
+#include "core/spinlock.hpp"
+#include "core/types.hpp"
+
+namespace sf {
+
+struct SlotCodec {
+    static constexpr uint64_t kOverflow = 1;
+    static constexpr uint64_t kTagMask = 0x7e;
+    static constexpr uint64_t kRefMask = 0x0000ffffffffff80ull;
+    static constexpr int kJoinerShift = 48;
+    static constexpr uint64_t kJoinerOne = uint64_t(1) << kJoinerShift;
+    static constexpr uint32_t kMaxJoiners = 0xffff;
+
+    static uint64_t encode(const Flight *f) noexcept {
+        return uint64_t(reinterpret_cast<uintptr_t>(f)) | (uint64_t(f->tag & 63) << 1);
+    }
+    static Flight *flight(uint64_t w) noexcept {
+        return reinterpret_cast<Flight *>(uintptr_t(w & kRefMask));
+    }
+    // The slot names this incarnation of the flight (whatever its joiners).
+    static bool names(uint64_t w, uint64_t enc) noexcept {
+        return (w & (kRefMask | kTagMask)) == enc;
+    }
+    static uint32_t joiners(uint64_t w) noexcept { return uint32_t(w >> kJoinerShift); }
+};
+
+// The 32 hash bits a flight keeps: its home slot and its ident come from them.
+inline uint64_t make_ident(std::size_t key_len, uint64_t hash) noexcept {
+    return (uint64_t(key_len) << 32) | uint32_t(hash ^ (hash >> 32));
+}
+
+class Table {
+public:
+    static constexpr unsigned kMaxSlots = 1u << 20;
+    static constexpr unsigned kDefaultSlots = 1024;
+
+    // slots: 0 for the default, else rounded up to a power of two.
+    bool init(unsigned slots) noexcept;
+    void destroy() noexcept;
+
+    // Publishes a new flight (made with flight_new(g, mode, ...)) or joins
+    // the key's flight in flight.  Returns kLeader with *out the new,
+    // published flight; kFollower with *out the joined flight, whose
+    // reference the caller now owns (inside the slot's joiner count until
+    // the flight is unpublished); kDeadlock when deadlock_check is set and
+    // the key's flight is led by the calling thread (nothing joined);
+    // kNoMemory.
+    Status acquire(Group *g, FlightMode mode, Key key, uint64_t ident, bool deadlock_check,
+                   Flight **out) noexcept;
+
+    // Takes f out of the table if it is still there.  Returns the joiner
+    // count, whose references are already in f; the caller folds their
+    // interest (flight_fold).  -1 when somebody else unpublished f (they
+    // fold; wait for kUnpublished).
+    int64_t unpublish(Flight *f) noexcept;
+    // The same, only if nobody has joined through the slot: true when f was
+    // unpublished by this call (joiners were 0).
+    bool unpublish_if_unjoined(Flight *f) noexcept;
+
+    // Whether f's slot word still names f (it is in the table).
+    bool holds(Flight *f) noexcept;
+
+    // A joiner that will not use f after all (wrong key, deadlock, a caller
+    // giving up): takes one joiner off f's slot if the count is still
+    // there; false when it was already folded into f (the caller then gives
+    // back a reference and an interest of f itself).
+    bool unjoin(Flight *f) noexcept;
+
+    // Unpublishes the key's flight, folding its joiners; with only_unshared,
+    // only a flight nobody joined.  Returns 1 when a flight was forgotten.
+    int forget(Key key, uint64_t ident, bool only_unshared) noexcept;
+
+    // In a forked child: every flight in the table belongs to the parent
+    // (kOrphaned | kUnpublished), and the table starts empty.
+    void orphan_all() noexcept;
+
+    std::atomic<uint64_t> *home(uint64_t ident) noexcept { return &slots_[ident & mask_]; }
+
+private:
+    // Every ident with the same home takes the same lock: the lock is a
+    // function of the home index, not of the ident.
+    detail::SpinLock &lock_of(uint64_t ident) noexcept {
+        return locks_[(ident & mask_) & (kLocks - 1)];
+    }
+    Flight **chain_of(uint64_t ident) noexcept;
+    Status acquire_locked(Group *g, FlightMode mode, Key key, uint64_t ident,
+                          bool deadlock_check, Flight *fresh, Flight **out) noexcept;
+    Status join_pinned(std::atomic<uint64_t> *slot, Flight *f, Flight **out) noexcept;
+    void leave_joined(Flight *f) noexcept;
+    void unlink_chain_locked(Flight *f) noexcept;
+    void clear_overflow_if_empty(uint64_t ident) noexcept;
+    template <class Want>
+    int64_t take_slot(Flight *f, Want want) noexcept;
+    bool empty_slot(std::atomic<uint64_t> *s, uint64_t &w, uint64_t to, Flight *f) noexcept;
+
+    static constexpr unsigned kLocks = 64;
+
+    std::atomic<uint64_t> *slots_ = nullptr;
+    uint64_t mask_ = 0;
+    // Overflow chains, one per slot, allocated on the first overflow.
+    std::atomic<Flight **> chains_{nullptr};
+    detail::SpinLock locks_[kLocks];
+};
+
+}  // namespace sf

@@ -1,0 +1,88 @@
+#include "core/thread.hpp"
+
+#include <pthread.h>
+
+#include <atomic>
+
+#include "core/cache.hpp"
+
+namespace sf {
+namespace detail {
+
+__thread ThreadState t_state __attribute__((tls_model("initial-exec")));
+
+namespace {
+std::atomic<uint64_t> g_next_serial{1};
+
+// Bit i set: stripe i is owned by a live thread.  Stripe 0 is the shared
+// one and is never owned.
+std::atomic<uint64_t> g_stripes_owned{1};
+
+// The exit hook is a pthread key: its destructor costs nothing per thread
+// (a C++ thread_local destructor would make glibc allocate a list entry for
+// every new thread).  The library is linked with -z nodelete, so a dlclose
+// (a Lua state or a JVM unloading a binding) never unmaps the code a later
+// thread exit calls into.
+pthread_key_t g_exit_key;
+
+void release_stripe(ThreadState &t) noexcept {
+    uint32_t s = t.stripe;
+    if (s >= 1 && s < kSharedStripe) {
+        // Release: the counts this thread stored are visible to the next
+        // owner, which continues from them.
+        g_stripes_owned.fetch_and(~(uint64_t(1) << s), std::memory_order_release);
+    }
+    t.stripe = kSharedStripe;
+}
+
+void on_thread_exit(void *) noexcept {
+    ThreadState &t = t_state;
+    t.dead = true;  // from here on (later TLS destructors) use shared paths
+    flush_thread_caches();
+    release_stripe(t);
+}
+
+struct KeyInit {
+    KeyInit() noexcept { pthread_key_create(&g_exit_key, on_thread_exit); }
+} g_key_init;
+}  // namespace
+
+uint64_t assign_serial() noexcept {
+    uint64_t s = g_next_serial.fetch_add(1, std::memory_order_relaxed);
+    t_state.serial = s;
+    return s;
+}
+
+void register_thread() noexcept {
+    ThreadState &t = t_state;
+    if (t.registered) return;
+    t.registered = true;
+    pthread_setspecific(g_exit_key, &t);  // non-NULL: on_thread_exit runs at exit
+}
+
+uint32_t claim_stripe() noexcept {
+    ThreadState &t = t_state;
+    if (t.stripe) return t.stripe;
+    if (t.dead) return t.stripe = kSharedStripe;
+    register_thread();
+    uint64_t owned = g_stripes_owned.load(std::memory_order_relaxed);
+    for (;;) {
+        uint64_t free_bits = ~owned;
+        if (!free_bits) return t.stripe = kSharedStripe;
+        uint32_t s = uint32_t(__builtin_ctzll(free_bits));
+        // Acquire: continue from the counts the previous owner stored.
+        if (g_stripes_owned.compare_exchange_weak(owned, owned | (uint64_t(1) << s),
+                                                  std::memory_order_acquire,
+                                                  std::memory_order_relaxed))
+            return t.stripe = s;
+    }
+}
+
+void threads_after_fork_child() noexcept {
+    uint32_t s = t_state.stripe;
+    uint64_t mine = s >= 1 && s < kSharedStripe ? uint64_t(1) << s : 0;
+    g_stripes_owned.store(1 | mine, std::memory_order_relaxed);
+}
+
+}  // namespace detail
+}  // namespace sf
