@@ -89,11 +89,46 @@ local function lead(flight, fn)
     end
 end
 
+-- The timeout of opts (seconds), or nil for none.  level as for error().
+local function timeout_of(opts, level)
+    if opts == nil then return nil end
+    if type(opts) ~= "table" then
+        error(("singleflight: opts must be a table, got %s"):format(type(opts)), level + 1)
+    end
+    local timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+        error("singleflight: timeout must be a non-negative number of seconds", level + 1)
+    end
+    return timeout
+end
+
+-- Nanoseconds for a blocking wait: -1 (forever) for no timeout, and for one
+-- too long to be told apart from forever.
+local function timeout_ns(timeout)
+    if timeout == nil or timeout >= 2 ^ 62 / 1e9 then return -1 end
+    return math.floor(timeout * 1e9)
+end
+
+-- A follower coroutine giving up: one last wait with a real (1 ns) timeout,
+-- so the library counts it in stats().timeouts (polls do not count) and a
+-- just-finished flight still wins.  A library that refuses blocking waits
+-- on the leader's OS thread answers SF_EDEADLK when the leader is another
+-- coroutine here: for a caller that polls, that is still only a timeout.
+local function give_up(flight)
+    local status = flight:wait_status(1)
+    if status == core.EDEADLK then return core.ETIMEDOUT end
+    if status < 0 and status ~= core.ETIMEDOUT and status ~= core.EPANIC and status ~= core.EGOEXIT then
+        error(("singleflight: waiting failed (status %d)"):format(status), 0)
+    end
+    return status
+end
+
 -- Waits for the flight: a leader has finished already; a follower in a
--- yieldable coroutine polls and yields between polls; any other follower
--- blocks its thread (which only holds up the other coroutines of its own
--- state, and it is not in one).
-local function settle(self, key, flight, fn)
+-- yieldable coroutine polls and yields between polls, until timeout seconds
+-- have passed; any other follower blocks its thread for up to timeout
+-- (which only holds up the other coroutines of its own state, and it is not
+-- in one).  Returns the wait's status, core.ETIMEDOUT included.
+local function settle(self, key, flight, fn, timeout)
     if flight:is_leader() then
         local co = coroutine.running()
         local keys = self.leading[co]
@@ -108,10 +143,14 @@ local function settle(self, key, flight, fn)
         return flight:wait(0)
     end
     if coroutine.isyieldable() then
-        while not flight:poll() do coroutine.yield(M.WAITING) end
+        local deadline = timeout and core.monotonic_seconds() + timeout
+        while not flight:poll() do
+            if deadline and core.monotonic_seconds() >= deadline then return give_up(flight) end
+            coroutine.yield(M.WAITING)
+        end
         return flight:wait(0)
     end
-    return flight:wait(-1)
+    return flight:wait(timeout_ns(timeout))
 end
 
 local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end }
@@ -121,10 +160,17 @@ local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end 
 -- one caller.  If fn raises an error, or returns something other than a
 -- string or nil, every caller raises the error (as a string, level 0).
 -- key must be a string.  Also available as g["do"].
-function Group:call(key, fn)
+--
+-- opts is an optional table { timeout = seconds }: a follower that has
+-- waited that long raises an error containing "SF_ETIMEDOUT" and counts
+-- once in stats().timeouts, while the flight goes on for everyone else
+-- (0 gives up at once unless the flight is done).  The leader ignores it,
+-- since it is the one running fn.
+function Group:call(key, fn, opts)
     if not is_callable(fn) then
         error(("singleflight: fn must be callable, got %s"):format(type(fn)), 2)
     end
+    local timeout = timeout_of(opts, 2)
     local keys = self.leading[coroutine.running()]
     if keys and type(key) == "string" and keys[key] then
         error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
@@ -135,7 +181,7 @@ function Group:call(key, fn)
     -- the collector matters: it drops our reference to the shared value and,
     -- for a leader that never finished, releases its followers at once.
     local guard <close> = setmetatable({ flight = flight }, RELEASE_ON_CLOSE)
-    local ok, status = pcall(settle, self, key, flight, fn)
+    local ok, status = pcall(settle, self, key, flight, fn, timeout)
     local value, shared, message
     if ok and status ~= core.ETIMEDOUT then
         value, shared, message = flight:get_string(), flight:shared(), flight:panic_message()
@@ -144,6 +190,9 @@ function Group:call(key, fn)
     if not ok then error(status, 0) end
     if status == core.OK then return value, shared end
     if status == core.EPANIC then error(message or "singleflight: panic", 0) end
+    if status == core.ETIMEDOUT then
+        error(("singleflight: gave up waiting for key %q after %g s (SF_ETIMEDOUT)"):format(key, timeout), 0)
+    end
     error("singleflight: the leader exited without producing a result", 0)
 end
 
