@@ -9,7 +9,9 @@
 -- sharing a group made with sf.shared) or coroutines of one state: a
 -- follower inside a yieldable coroutine yields sf.WAITING until the flight
 -- is done instead of blocking its thread, so the coroutine that leads keeps
--- running.  Errors raised in fn are raised in every caller.
+-- running.  A caller that cannot yield (the main coroutine) blocks, so a
+-- key led by a coroutine of its own state is an SF_EDEADLK error for it.
+-- Errors raised in fn are raised in every caller.
 --
 -- Keys and values are strings: values cross Lua states as bytes, so fn must
 -- return a string or nil.  Error values reach the callers as strings too.
@@ -153,6 +155,20 @@ local function settle(self, key, flight, fn, timeout)
     return flight:wait(timeout_ns(timeout))
 end
 
+-- Whether a coroutine of this state is running fn for key in this group.
+local function led_here(self, key)
+    for _, keys in pairs(self.leading) do
+        if keys[key] then return true end
+    end
+    return false
+end
+
+-- After a forget, key's next caller starts a new flight instead of joining
+-- the one a coroutine here is running: that is no longer a deadlock.
+local function forgotten(self, key)
+    for _, keys in pairs(self.leading) do keys[key] = nil end
+end
+
 local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end }
 
 --- Runs fn() once for all concurrent callers of key.
@@ -171,9 +187,17 @@ function Group:call(key, fn, opts)
         error(("singleflight: fn must be callable, got %s"):format(type(fn)), 2)
     end
     local timeout = timeout_of(opts, 2)
-    local keys = self.leading[coroutine.running()]
-    if keys and type(key) == "string" and keys[key] then
-        error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
+    if type(key) == "string" then
+        local mine = self.leading[coroutine.running()]
+        if mine and mine[key] then
+            error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
+        end
+        -- A caller that cannot yield blocks its thread while it waits, and
+        -- the leader, a coroutine of this state, could never run to finish.
+        if not coroutine.isyieldable() and led_here(self, key) then
+            error("singleflight: this caller cannot yield and the key's leader is a coroutine "
+                .. "of this state, which could not finish while it waits (SF_EDEADLK)", 2)
+        end
     end
     local flight = self.native:begin(key)
     -- Released however this call ends: normally, by an error, or by
@@ -202,12 +226,16 @@ Group["do"] = Group.call
 -- in progress, which still delivers to its own callers.  Returns whether a
 -- flight was in progress.
 function Group:forget(key)
-    return self.native:forget(key)
+    local found = self.native:forget(key)
+    if found then forgotten(self, key) end
+    return found
 end
 
 --- Like forget, but only when no follower has joined the flight.
 function Group:forget_unshared(key)
-    return self.native:forget_unshared(key)
+    local found = self.native:forget_unshared(key)
+    if found then forgotten(self, key) end
+    return found
 end
 
 --- A table of the group's counters: calls, leaders, followers, panics,

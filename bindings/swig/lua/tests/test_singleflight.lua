@@ -266,6 +266,45 @@ test("opts must be a table and timeout a non-negative number", function()
     eq(g:stats().calls, 0, "rejected calls are not counted")
 end)
 
+test("a caller that cannot yield, on a key a suspended coroutine leads, raises SF_EDEADLK", function()
+    -- The test runs in the main coroutine: as a follower it would block the
+    -- thread, and the leader could never be resumed to finish.
+    assert(not coroutine.isyieldable())
+    local g = sf.new()
+    local leader = coroutine.create(function()
+        return g:call("k", function() coroutine.yield(); return "done" end)
+    end)
+    assert(coroutine.resume(leader))
+    for _, opts in ipairs({ {}, { timeout = 30 } }) do
+        raises("SF_EDEADLK", g.call, g, "k", function() return "never runs" end, opts)
+    end
+    eq(g:stats().calls, 1, "the refused calls reached the library")
+    eq(g:stats().timeouts, 0, "timeouts")
+    local ok, v = coroutine.resume(leader)
+    assert(ok, v)
+    eq(v, "done", "the leader finishes as usual")
+    eq((g:call("k", function() return "again" end)), "again", "the key is free again")
+end)
+
+test("after forget, the key's next caller leads a new flight: no SF_EDEADLK", function()
+    local g = sf.new()
+    -- From inside fn: the forgotten flight is no longer the key's.
+    eq((g:call("k", function()
+        assert(g:forget("k"))
+        return (g:call("k", function() return "inner" end))
+    end)), "inner")
+    -- From a caller that cannot yield, while a coroutine leads the old flight.
+    local leader = coroutine.create(function()
+        return g:call("k", function() coroutine.yield(); return "old" end)
+    end)
+    assert(coroutine.resume(leader))
+    assert(g:forget("k"))
+    eq((g:call("k", function() return "new" end)), "new")
+    local ok, v = coroutine.resume(leader)
+    assert(ok, v)
+    eq(v, "old", "the forgotten flight still delivers to its leader")
+end)
+
 test("closing a suspended leader coroutine releases its followers at once", function()
     local g = sf.new()
     local leader = coroutine.create(function() g:call("k", function() coroutine.yield(); return "never" end) end)
