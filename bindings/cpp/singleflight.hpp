@@ -19,6 +19,7 @@
 #include <singleflight.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -91,6 +92,14 @@ private:
 };
 
 namespace detail {
+
+// A key given as a C string, read up to its NUL.  A null pointer (getenv's
+// "not set", say) is the caller's error to catch, not a crash in strlen.
+inline std::string_view c_string_key(const char *key) {
+    if (key == nullptr)
+        throw error(SF_EINVAL, "the key is a null const char *");
+    return std::string_view(key);
+}
 
 // What the wrapper stores as a flight's value: the typed value or the
 // exception that escaped fn.  `type` lets a caller that expects another T
@@ -357,6 +366,11 @@ private:
 // one flight.  Owns its C group; move-only.  Every member is thread-safe
 // except destruction and assignment, which need every flight of the group to
 // be over (see ~group).
+//
+// Keys are any bytes, as a std::string_view (or anything that converts to
+// one), borrowed for the call only.  A const char * key is read up to its
+// NUL; a null one throws singleflight::error(SF_EINVAL) before anything
+// runs, and a literal nullptr does not compile.
 class group {
 public:
     // Creates a group; shards == 0 lets the library choose.  Throws
@@ -406,6 +420,12 @@ public:
         auto owned = detail::settle<T>(rc, raw);
         return result<T>(std::move(owned), shared != 0);
     }
+    template <class F>
+    auto run(const char *key, F &&fn) -> result<std::decay_t<std::invoke_result_t<F>>> {
+        return run(detail::c_string_key(key), std::forward<F>(fn));
+    }
+    template <class F>
+    void run(std::nullptr_t, F &&) = delete;
 
     // Go's DoChan.  Starts or joins key's flight and returns at once; when
     // this caller leads, fn runs on the group's executor (the library's
@@ -429,6 +449,13 @@ public:
         state.release(); // owned by async_done from here on
         return future;
     }
+    template <class F>
+    auto run_async(const char *key, F &&fn)
+        -> std::future<result<std::decay_t<std::invoke_result_t<std::decay_t<F> &&>>>> {
+        return run_async(detail::c_string_key(key), std::forward<F>(fn));
+    }
+    template <class F>
+    void run_async(std::nullptr_t, F &&) = delete;
 
     // Starts or joins key's flight without running anything (the two-phase
     // form).  The returned handle says whether this caller leads.  Throws
@@ -440,6 +467,12 @@ public:
         check(rc);
         return flight<T>(c, rc == SF_LEADER);
     }
+    template <class T>
+    flight<T> begin(const char *key) {
+        return begin<T>(detail::c_string_key(key));
+    }
+    template <class T>
+    void begin(std::nullptr_t) = delete;
 
     // Makes the next caller of key start a new flight; the current one still
     // delivers to its own callers.  True when a flight was forgotten.
@@ -448,6 +481,8 @@ public:
         check(rc);
         return rc == 1;
     }
+    bool forget(const char *key) { return forget(detail::c_string_key(key)); }
+    void forget(std::nullptr_t) = delete;
 
     // As forget(), but only while nobody has joined the flight.
     bool forget_unshared(std::string_view key) {
@@ -455,6 +490,8 @@ public:
         check(rc);
         return rc == 1;
     }
+    bool forget_unshared(const char *key) { return forget_unshared(detail::c_string_key(key)); }
+    void forget_unshared(std::nullptr_t) = delete;
 
     // A snapshot of the group's counters.
     sf_group_stats stats() const {

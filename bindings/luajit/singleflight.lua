@@ -399,6 +399,11 @@ local function follow(self, call, timeout)
                 -- (polls do not count) and a just-finished flight still wins.
                 res[0] = nil
                 rc = lib.sf_call_wait(call, 1, res, shared)
+                -- A library that refuses any blocking wait on the leader's
+                -- OS thread says EDEADLK when the leader is another
+                -- coroutine here; for a follower that polls, giving up is
+                -- still just a timeout (then not counted in stats).
+                if rc == M.EDEADLK then rc = M.ETIMEDOUT end
                 break
             end
             polls = polls + 1
@@ -428,13 +433,16 @@ end
 -- follower raises its tostring() (the message crossed C as text).  Other
 -- outcomes raise an error object (see is_error) with .code:
 --   EGOEXIT   the leader's coroutine was abandoned and collected
---   EDEADLK   fn itself runs its own key (directly or nested)
+--   EDEADLK   fn itself runs its own key (directly or nested), or the main
+--             coroutine asks for a key whose leader is a (necessarily
+--             suspended) coroutine of this state: blocking would keep that
+--             leader from ever finishing.  Raised at once, timeout or not.
 --   ETIMEDOUT opts.timeout seconds passed; the flight itself goes on
 --
 -- Waiting: inside a coroutine a follower polls and yields between polls
 -- (see new's sleep); in the main coroutine it blocks the OS thread, so the
--- leader must then be on another thread or state.  A follower that gives
--- up after opts.timeout counts once in stats().timeouts.
+-- leader must then be on another thread or state (else EDEADLK, above).  A
+-- follower that gives up after opts.timeout counts once in stats().timeouts.
 --
 -- key must be a string (any bytes); fn a function; opts an optional table
 -- { timeout = seconds }.
@@ -448,8 +456,21 @@ function Group:run(key, fn, opts)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
         error("bad option 'timeout' (non-negative number expected)", 2)
     end
-    if self.leading[key] == current_thread() then
-        raise(M.EDEADLK, 2, "fn runs its own key")
+    -- Joining a flight whose leader can only progress after this caller
+    -- returns would wait forever.  Known here, before the library is asked:
+    -- leading[key] is the coroutine of this state running key's fn.
+    local leader = self.leading[key]
+    if leader ~= nil then
+        local me = current_thread()
+        if leader == me then
+            raise(M.EDEADLK, 2, "fn runs its own key")
+        end
+        -- While the main coroutine runs, every other coroutine is suspended,
+        -- and a main-coroutine follower blocks the OS thread: the leader
+        -- could never be resumed to finish.
+        if me == MAIN then
+            raise(M.EDEADLK, 2, "the main coroutine would block on a flight led by a suspended coroutine")
+        end
     end
     local out = call_out_t()
     local rc = lib.sf_group_begin(self.ptr, key, #key, out)

@@ -95,6 +95,8 @@ step "lua: test_singleflight.lua under valgrind" \
     lua5.4 "$HERE/lua/tests/test_singleflight.lua"
 step "lua: 4 Lua states on 4 threads share one group" \
     timeout 120 "$B/lua/sf_lua_threads" 4 "$HERE/lua/tests/threads_shared_group.lua"
+step "lua: a follower that cannot yield times out while another state leads" \
+    timeout 120 "$B/lua/sf_lua_threads" 2 "$HERE/lua/tests/threads_timeout.lua"
 
 # ---- Java --------------------------------------------------------------------
 java_tests() {

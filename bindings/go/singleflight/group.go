@@ -7,7 +7,8 @@
 // ready to use; Do, DoChan and Forget behave the same, including a panic in
 // fn re-panicking in every Do caller with the same value, runtime.Goexit in
 // fn ending every waiting Do caller's goroutine, and a panic while a DoChan
-// caller waits crashing the process.  Stats is an addition.
+// caller waits crashing the process.  Stats and ErrDeadlock are additions:
+// where x/sync waits forever (fn calling Do on its own key), Do panics.
 //
 // fn always runs in Go, never under a C frame, so a panic or Goexit unwinds
 // only Go code.  Waiting callers park on Go channels: ten thousand goroutines
@@ -36,6 +37,12 @@ type Result struct {
 // Stats is a snapshot of a Group's counters, read from the C library.
 type Stats = engine.Stats
 
+// ErrDeadlock matches (errors.Is) what Do panics with when fn, on the
+// goroutine running it, calls Do for its own key: that call could only
+// return after fn returns.  (x/sync waits forever there.)  The panic leaves
+// fn like any other, so the flight's callers re-panic with it.
+var ErrDeadlock = engine.ErrDeadlock
+
 // Do executes and returns the results of fn, making sure that only one
 // execution is in flight for a given key at a time.  A duplicate caller waits
 // for the original to complete and receives the same results; shared reports
@@ -44,7 +51,9 @@ type Stats = engine.Stats
 // If fn panics, every Do caller of that flight panics with the same value, an
 // error that wraps what fn panicked with.  If fn calls runtime.Goexit, the
 // calling goroutine and every waiting Do caller's goroutine exit too.  The
-// values are shared, not copied: callers must not mutate them.
+// values are shared, not copied: callers must not mutate them.  Do for key
+// from inside fn, on fn's goroutine, panics (see ErrDeadlock); other
+// goroutines, those fn starts included, wait as usual.
 func (g *Group) Do(key string, fn func() (interface{}, error)) (v interface{}, err error, shared bool) {
 	return engine.Do(&g.g, key, fn)
 }

@@ -2,6 +2,7 @@ package singleflight
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -97,5 +98,62 @@ func TestDoChanBehavesLikeXSync(t *testing.T) {
 	got := <-ours.DoChan("k", fn)
 	if got.Val != want.Val || got.Err.Error() != want.Err.Error() || got.Shared != want.Shared {
 		t.Fatalf("ours %+v, x/sync %+v", got, want)
+	}
+}
+
+// Calls from inside fn that x/sync completes (of the calls on fn's own key
+// only Do on the unforgotten key hangs there): the deadlock check must not
+// change any of them.
+func TestNestedCallsBehaveLikeXSync(t *testing.T) {
+	type doer interface {
+		Do(key string, fn func() (interface{}, error)) (interface{}, error, bool)
+		Forget(key string)
+	}
+	// doChan starts a DoChan and returns how to read its result later.
+	type doChan func(key string, fn func() (interface{}, error)) (receive func() []interface{})
+	cases := []struct {
+		name string
+		run  func(g doer, doChan doChan) []interface{}
+	}{
+		{"Do on another key", func(g doer, _ doChan) []interface{} {
+			v, err, shared := g.Do("outer", func() (interface{}, error) {
+				v, _, shared := g.Do("inner", func() (interface{}, error) { return "in", nil })
+				return fmt.Sprint(v, shared), nil
+			})
+			return []interface{}{v, err, shared}
+		}},
+		{"Do on the own key after Forget", func(g doer, _ doChan) []interface{} {
+			v, err, shared := g.Do("k", func() (interface{}, error) {
+				g.Forget("k")
+				v, _, shared := g.Do("k", func() (interface{}, error) { return "new", nil })
+				return fmt.Sprint(v, shared), nil
+			})
+			return []interface{}{v, err, shared}
+		}},
+		{"DoChan on the own key", func(g doer, doChan doChan) []interface{} {
+			var receive func() []interface{}
+			v, err, shared := g.Do("k", func() (interface{}, error) {
+				receive = doChan("k", func() (interface{}, error) { return "never runs", nil })
+				return "outer", nil
+			})
+			return append([]interface{}{v, err, shared}, receive()...)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var ref xsync.Group
+			var ours Group
+			want := tc.run(&ref, func(k string, fn func() (interface{}, error)) func() []interface{} {
+				ch := ref.DoChan(k, fn)
+				return func() []interface{} { r := <-ch; return []interface{}{r.Val, r.Err, r.Shared} }
+			})
+			got := tc.run(&ours, func(k string, fn func() (interface{}, error)) func() []interface{} {
+				ch := ours.DoChan(k, fn)
+				return func() []interface{} { r := <-ch; return []interface{}{r.Val, r.Err, r.Shared} }
+			})
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("ours %v, x/sync %v", got, want)
+			}
+		})
 	}
 }

@@ -23,10 +23,17 @@ type Result[V any] struct {
 // Stats is a snapshot of a Group's counters, read from the C library.
 type Stats = engine.Stats
 
+// ErrDeadlock matches (errors.Is) what Do panics with when fn, on the
+// goroutine running it, calls Do for its own key: that call could only
+// return after fn returns.  (x/sync waits forever there.)  The panic leaves
+// fn like any other, so the flight's callers re-panic with it.
+var ErrDeadlock = engine.ErrDeadlock
+
 // Do runs fn once for all concurrent callers of key and returns its results
 // to each of them; shared reports whether v went to more than one caller.  A
 // panic in fn re-panics in every caller with the same value; runtime.Goexit
-// in fn ends every caller's goroutine.  v is shared, not copied.
+// in fn ends every caller's goroutine.  v is shared, not copied.  Do for key
+// from inside fn, on fn's goroutine, panics (see ErrDeadlock).
 func (g *Group[V]) Do(key string, fn func() (V, error)) (v V, err error, shared bool) {
 	return engine.Do(&g.g, key, fn)
 }

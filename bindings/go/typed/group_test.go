@@ -131,3 +131,23 @@ func TestForgetTyped(t *testing.T) {
 		t.Errorf("forgotten flight delivered %d, want 1", v)
 	}
 }
+
+func TestDoOnOwnKeyInsideFnPanicsWithErrDeadlock(t *testing.T) {
+	var g Group[int]
+	done := make(chan interface{}, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		g.Do("k", func() (int, error) {
+			v, err, _ := g.Do("k", func() (int, error) { return 1, nil })
+			return v, err
+		})
+	}()
+	select {
+	case r := <-done:
+		if err, ok := r.(error); !ok || !errors.Is(err, ErrDeadlock) {
+			t.Fatalf("recovered %v, want an error that errors.Is ErrDeadlock", r)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Do on its own key inside fn hung")
+	}
+}

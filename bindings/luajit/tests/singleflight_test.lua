@@ -394,8 +394,12 @@ test("a waiting coroutine gives up after its timeout; the flight goes on", funct
     check(g:stats().timeouts >= 1, "timeouts not counted")
 end)
 
-test("outside a coroutine a follower blocks in C until its timeout", function()
+-- The main coroutine cannot yield, so as a follower it blocks the OS thread
+-- in C; a leader that is a suspended coroutine of the same state could then
+-- never be resumed to finish.
+local function main_follower_of_suspended_leader(opts)
     local g = singleflight.new()
+    local base = singleflight.live_calls()
     local release = false
     local leader = coroutine.create(function()
         return g:run("k", function()
@@ -404,16 +408,36 @@ test("outside a coroutine a follower blocks in C until its timeout", function()
         end)
     end)
     assert(coroutine.resume(leader))
-    local calls_before = g:stats().timeouts
-    -- The leader cannot progress while the main thread blocks, so the only
-    -- possible outcome is the timeout.
-    expect_error_code(singleflight.ETIMEDOUT, g.run, g, "k", function() return "x" end,
-        { timeout = 0.02 })
-    eq(g:stats().timeouts, calls_before + 1, "exactly one blocking wait")
+    eq(coroutine.status(leader), "suspended", "leader state")
+    local before = g:stats()
+    local inner_ran = false
+    local err = expect_error_code(singleflight.EDEADLK, g.run, g, "k", function()
+        inner_ran = true
+        return "x"
+    end, opts)
+    eq(err.name, "SF_EDEADLK", "name")
+    eq(inner_ran, false, "the follower's fn ran")
+    local after = g:stats()
+    eq(after.calls, before.calls, "the refused call reached the library")
+    eq(after.timeouts, before.timeouts, "timeouts")
+    eq(singleflight.live_calls(), base + 1, "only the leader's call is alive")
+    -- The leader is untouched and finishes normally.
     release = true
     local ok, v = coroutine.resume(leader)
     check(ok, tostring(v))
-    eq(v, "done")
+    eq(v, "done", "leader value")
+    eq(g:stats().in_flight, 0, "in_flight")
+    eq(singleflight.live_calls(), base, "live calls after")
+    -- With the leader gone the key is free again, for the main coroutine too.
+    eq(g:run("k", function() return "again" end), "again", "key usable again")
+end
+
+test("a main-coroutine follower of a suspended leader coroutine raises EDEADLK", function()
+    main_follower_of_suspended_leader(nil)
+end)
+
+test("with a timeout it is still EDEADLK, at once, not a timeout", function()
+    main_follower_of_suspended_leader({ timeout = 30 })
 end)
 
 test("a custom sleep hook is used between polls", function()

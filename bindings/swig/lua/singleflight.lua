@@ -9,7 +9,9 @@
 -- sharing a group made with sf.shared) or coroutines of one state: a
 -- follower inside a yieldable coroutine yields sf.WAITING until the flight
 -- is done instead of blocking its thread, so the coroutine that leads keeps
--- running.  Errors raised in fn are raised in every caller.
+-- running.  A caller that cannot yield (the main coroutine) blocks, so a
+-- key led by a coroutine of its own state is an SF_EDEADLK error for it.
+-- Errors raised in fn are raised in every caller.
 --
 -- Keys and values are strings: values cross Lua states as bytes, so fn must
 -- return a string or nil.  Error values reach the callers as strings too.
@@ -89,11 +91,46 @@ local function lead(flight, fn)
     end
 end
 
+-- The timeout of opts (seconds), or nil for none.  level as for error().
+local function timeout_of(opts, level)
+    if opts == nil then return nil end
+    if type(opts) ~= "table" then
+        error(("singleflight: opts must be a table, got %s"):format(type(opts)), level + 1)
+    end
+    local timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+        error("singleflight: timeout must be a non-negative number of seconds", level + 1)
+    end
+    return timeout
+end
+
+-- Nanoseconds for a blocking wait: -1 (forever) for no timeout, and for one
+-- too long to be told apart from forever.
+local function timeout_ns(timeout)
+    if timeout == nil or timeout >= 2 ^ 62 / 1e9 then return -1 end
+    return math.floor(timeout * 1e9)
+end
+
+-- A follower coroutine giving up: one last wait with a real (1 ns) timeout,
+-- so the library counts it in stats().timeouts (polls do not count) and a
+-- just-finished flight still wins.  A library that refuses blocking waits
+-- on the leader's OS thread answers SF_EDEADLK when the leader is another
+-- coroutine here: for a caller that polls, that is still only a timeout.
+local function give_up(flight)
+    local status = flight:wait_status(1)
+    if status == core.EDEADLK then return core.ETIMEDOUT end
+    if status < 0 and status ~= core.ETIMEDOUT and status ~= core.EPANIC and status ~= core.EGOEXIT then
+        error(("singleflight: waiting failed (status %d)"):format(status), 0)
+    end
+    return status
+end
+
 -- Waits for the flight: a leader has finished already; a follower in a
--- yieldable coroutine polls and yields between polls; any other follower
--- blocks its thread (which only holds up the other coroutines of its own
--- state, and it is not in one).
-local function settle(self, key, flight, fn)
+-- yieldable coroutine polls and yields between polls, until timeout seconds
+-- have passed; any other follower blocks its thread for up to timeout
+-- (which only holds up the other coroutines of its own state, and it is not
+-- in one).  Returns the wait's status, core.ETIMEDOUT included.
+local function settle(self, key, flight, fn, timeout)
     if flight:is_leader() then
         local co = coroutine.running()
         local keys = self.leading[co]
@@ -108,10 +145,28 @@ local function settle(self, key, flight, fn)
         return flight:wait(0)
     end
     if coroutine.isyieldable() then
-        while not flight:poll() do coroutine.yield(M.WAITING) end
+        local deadline = timeout and core.monotonic_seconds() + timeout
+        while not flight:poll() do
+            if deadline and core.monotonic_seconds() >= deadline then return give_up(flight) end
+            coroutine.yield(M.WAITING)
+        end
         return flight:wait(0)
     end
-    return flight:wait(-1)
+    return flight:wait(timeout_ns(timeout))
+end
+
+-- Whether a coroutine of this state is running fn for key in this group.
+local function led_here(self, key)
+    for _, keys in pairs(self.leading) do
+        if keys[key] then return true end
+    end
+    return false
+end
+
+-- After a forget, key's next caller starts a new flight instead of joining
+-- the one a coroutine here is running: that is no longer a deadlock.
+local function forgotten(self, key)
+    for _, keys in pairs(self.leading) do keys[key] = nil end
 end
 
 local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end }
@@ -121,13 +176,28 @@ local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end 
 -- one caller.  If fn raises an error, or returns something other than a
 -- string or nil, every caller raises the error (as a string, level 0).
 -- key must be a string.  Also available as g["do"].
-function Group:call(key, fn)
+--
+-- opts is an optional table { timeout = seconds }: a follower that has
+-- waited that long raises an error containing "SF_ETIMEDOUT" and counts
+-- once in stats().timeouts, while the flight goes on for everyone else
+-- (0 gives up at once unless the flight is done).  The leader ignores it,
+-- since it is the one running fn.
+function Group:call(key, fn, opts)
     if not is_callable(fn) then
         error(("singleflight: fn must be callable, got %s"):format(type(fn)), 2)
     end
-    local keys = self.leading[coroutine.running()]
-    if keys and type(key) == "string" and keys[key] then
-        error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
+    local timeout = timeout_of(opts, 2)
+    if type(key) == "string" then
+        local mine = self.leading[coroutine.running()]
+        if mine and mine[key] then
+            error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
+        end
+        -- A caller that cannot yield blocks its thread while it waits, and
+        -- the leader, a coroutine of this state, could never run to finish.
+        if not coroutine.isyieldable() and led_here(self, key) then
+            error("singleflight: this caller cannot yield and the key's leader is a coroutine "
+                .. "of this state, which could not finish while it waits (SF_EDEADLK)", 2)
+        end
     end
     local flight = self.native:begin(key)
     -- Released however this call ends: normally, by an error, or by
@@ -135,7 +205,7 @@ function Group:call(key, fn)
     -- the collector matters: it drops our reference to the shared value and,
     -- for a leader that never finished, releases its followers at once.
     local guard <close> = setmetatable({ flight = flight }, RELEASE_ON_CLOSE)
-    local ok, status = pcall(settle, self, key, flight, fn)
+    local ok, status = pcall(settle, self, key, flight, fn, timeout)
     local value, shared, message
     if ok and status ~= core.ETIMEDOUT then
         value, shared, message = flight:get_string(), flight:shared(), flight:panic_message()
@@ -144,6 +214,9 @@ function Group:call(key, fn)
     if not ok then error(status, 0) end
     if status == core.OK then return value, shared end
     if status == core.EPANIC then error(message or "singleflight: panic", 0) end
+    if status == core.ETIMEDOUT then
+        error(("singleflight: gave up waiting for key %q after %g s (SF_ETIMEDOUT)"):format(key, timeout), 0)
+    end
     error("singleflight: the leader exited without producing a result", 0)
 end
 
@@ -153,12 +226,16 @@ Group["do"] = Group.call
 -- in progress, which still delivers to its own callers.  Returns whether a
 -- flight was in progress.
 function Group:forget(key)
-    return self.native:forget(key)
+    local found = self.native:forget(key)
+    if found then forgotten(self, key) end
+    return found
 end
 
 --- Like forget, but only when no follower has joined the flight.
 function Group:forget_unshared(key)
-    return self.native:forget_unshared(key)
+    local found = self.native:forget_unshared(key)
+    if found then forgotten(self, key) end
+    return found
 end
 
 --- A table of the group's counters: calls, leaders, followers, panics,

@@ -4,6 +4,7 @@
 %module singleflight_core
 
 %{
+#include <chrono>
 #include <string>
 #include "sfswig.hpp"
 
@@ -57,6 +58,18 @@ static void sflua_destroy(void *value) {
         $self->set_value(copy, sflua_destroy);
     }
 
+    /* As wait(), but every status comes back as a number, SF_EDEADLK
+     * included: whether that is an error depends on who waits (a
+     * coroutine whose leader is another coroutine on this thread only
+     * gives up). */
+    int wait_status(long long timeout_ns) {
+        try {
+            return $self->wait(timeout_ns);
+        } catch (const sfswig::Error &e) {
+            return e.code();
+        }
+    }
+
     /* After a completed wait(): the value as a Lua string (a fresh copy in
      * the calling state), or nil when the leader stored none. */
     sfswig::LuaBytes get_string() {
@@ -65,5 +78,14 @@ static void sflua_destroy(void *value) {
         return v;
     }
 }
+
+%inline %{
+/* Seconds on a clock that never jumps (CLOCK_MONOTONIC), for the deadline of
+ * a follower coroutine's timeout: Lua's os.clock is CPU time and os.time
+ * has whole seconds. */
+double monotonic_seconds(void) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+%}
 
 %include "../singleflight.i"

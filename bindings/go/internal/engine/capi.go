@@ -96,7 +96,13 @@ type cCall = C.sf_call
 // method keeps the core reachable until its C calls have returned, because
 // sf_group_free must not run concurrently with any other use of the group.
 type groupCore struct {
-	g *C.sf_group
+	// forgetEpoch counts Forgets begun and forgetting those under way: a
+	// leader's record of its flight (selfcall.go) is trusted only while no
+	// Forget may have detached that flight.  First, so that 32-bit
+	// platforms align it for atomic access.
+	forgetEpoch uint64
+	forgetting  int32
+	g           *C.sf_group
 }
 
 // freedGroups counts C groups released by finalizers; tests read it to prove
@@ -136,7 +142,7 @@ func keyPtr(key string) (unsafe.Pointer, C.size_t) {
 }
 
 // begin starts or joins the flight for key.  The returned call belongs to
-// the caller, who must pass it to complete, abandon or follow exactly once.
+// the caller, who must pass it to complete, release or follow exactly once.
 func (c *groupCore) begin(key string) (call *C.sf_call, leader bool) {
 	p, n := keyPtr(key)
 	rc := int(C.sf_group_begin(c.g, p, n, &call))
@@ -171,9 +177,10 @@ func (c *groupCore) complete(call *C.sf_call, o interface{}, panicked bool, pani
 	return shared != 0
 }
 
-// abandon drops a leader's call without an outcome: the library completes the
-// flight as SF_EGOEXIT, which is how a Goexit in fn reaches the followers.
-func (c *groupCore) abandon(call *C.sf_call) {
+// release drops a call that will not be completed or followed: a leader's
+// without an outcome, which the library completes as SF_EGOEXIT (how a
+// Goexit in fn reaches the followers), or a follower's that will not wait.
+func (c *groupCore) release(call *C.sf_call) {
 	C.sf_call_release(call)
 	runtime.KeepAlive(c)
 }
@@ -192,10 +199,16 @@ func (c *groupCore) follow(call *C.sf_call, w waiter) {
 }
 
 func (c *groupCore) forget(key string) {
+	// The epoch moves before the library forgets, and forgetting brackets
+	// both, so that no leader record outlives its flight's place (see
+	// beginEpoch).
+	atomic.AddInt32(&c.forgetting, 1)
+	atomic.AddUint64(&c.forgetEpoch, 1)
 	p, n := keyPtr(key)
 	C.sf_group_forget(c.g, p, n)
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(c)
+	atomic.AddInt32(&c.forgetting, -1)
 }
 
 func (c *groupCore) stats() Stats {

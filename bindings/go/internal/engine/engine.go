@@ -61,13 +61,20 @@ func LiveOutcomes() int64 {
 // fn's results and whether they were shared.  fn runs on the calling
 // goroutine of the leader.  A panic in fn re-panics in every caller with the
 // same *panicError; runtime.Goexit in fn ends every caller's goroutine.
-// Followers wait on a Go channel, holding no OS thread.
+// Followers wait on a Go channel, holding no OS thread.  A call from inside
+// fn, on the goroutine running it, for fn's own key panics with an error
+// matching ErrDeadlock instead of waiting forever.
 func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 	core := g.c()
+	epoch := core.beginEpoch()
 	call, leader := core.begin(key)
 	if leader {
-		o, shared := lead(core, call, fn)
+		o, shared := lead(core, call, key, epoch, fn)
 		return o.val, o.err, shared
+	}
+	if core.leadsItself(key) {
+		core.release(call)
+		panic(&deadlockError{key: key})
 	}
 	ch := make(doWaiter, 1)
 	core.follow(call, ch)
@@ -91,12 +98,13 @@ func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 // x/sync does for DoChan.  The leader's fn runs on a new goroutine.
 func DoChan[V any](g *Group, key string, fn func() (V, error), send func(V, error, bool)) {
 	core := g.c()
+	epoch := core.beginEpoch()
 	call, leader := core.begin(key)
 	if leader {
 		go func() {
 			// Nothing recovers a panic that lead re-raises here, so it
 			// crashes the process.
-			o, shared := lead(core, call, fn)
+			o, shared := lead(core, call, key, epoch, fn)
 			send(o.val, o.err, shared)
 		}()
 		return
@@ -165,8 +173,9 @@ func (w chanWaiter[V]) deliver(d delivery) {
 // fn's results and whether any follower shared them.  If fn panicked it
 // re-panics with the shared *panicError once the followers are released; if
 // fn called runtime.Goexit it abandons the flight so the followers exit too,
-// and the Goexit carries on.
-func lead[V any](core *groupCore, call *cCall, fn func() (V, error)) (*outcome[V], bool) {
+// and the Goexit carries on.  It runs on the goroutine that runs fn, which
+// is recorded as key's leader meanwhile (epoch: see beginEpoch).
+func lead[V any](core *groupCore, call *cCall, key string, epoch beginMark, fn func() (V, error)) (*outcome[V], bool) {
 	o := &outcome[V]{}
 	normalReturn, recovered := false, false
 
@@ -176,9 +185,13 @@ func lead[V any](core *groupCore, call *cCall, fn func() (V, error)) (*outcome[V
 	// run.
 	defer func() {
 		if !normalReturn && !recovered {
-			core.abandon(call)
+			core.release(call)
 		}
 	}()
+	if epoch.ok {
+		pushLead(core, key, epoch.epoch)
+		defer popLead()
+	}
 
 	func() {
 		defer func() {

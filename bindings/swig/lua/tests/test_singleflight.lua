@@ -192,6 +192,119 @@ test("calling the own key inside fn raises instead of waiting forever", function
     eq((g:call("k", function() return (g:call("other", function() return "7" end)) end)), "7")
 end)
 
+-- A leader coroutine that holds its flight open until released, and a
+-- follower coroutine that calls with opts; returns the follower's error
+-- once both are done.
+local function follower_with_timeout(g, opts, max_steps)
+    local release, leader_value, follower_err = false, nil, nil
+    local leader = coroutine.create(function()
+        leader_value = g:call("k", function()
+            while not release do coroutine.yield() end
+            return "late"
+        end)
+    end)
+    local follower = coroutine.create(function()
+        local ok, err = pcall(g.call, g, "k", function() return "never runs" end, opts)
+        follower_err = ok and "no error" or err
+        release = true
+    end)
+    assert(coroutine.resume(leader)) -- leads, suspended inside fn
+    run_all({ follower, leader }, max_steps)
+    eq(leader_value, "late", "the leader's value: the flight went on")
+    return follower_err
+end
+
+test("a follower coroutine with timeout 0 gives up at once and the flight goes on", function()
+    local g = sf.new()
+    local err = follower_with_timeout(g, { timeout = 0 })
+    assert(tostring(err):find("SF_ETIMEDOUT", 1, true), "follower got " .. tostring(err))
+    local s = g:stats()
+    eq(s.leaders, 1, "leaders")
+    eq(s.followers, 1, "followers")
+    eq(s.timeouts, 1, "the give-up counts as one timeout")
+    eq(s.in_flight, 0, "in_flight")
+end)
+
+test("a follower coroutine yields until its timeout passes, then gives up", function()
+    local g = sf.new()
+    local start = core.monotonic_seconds()
+    -- Bounded by steps, not time: the loop ends once 20 ms have passed.
+    local err = follower_with_timeout(g, { timeout = 0.02 }, 1e8)
+    local waited = core.monotonic_seconds() - start
+    assert(tostring(err):find("SF_ETIMEDOUT", 1, true), "follower got " .. tostring(err))
+    assert(waited >= 0.02, ("gave up after %.4f s, before its timeout"):format(waited))
+    eq(g:stats().timeouts, 1, "timeouts")
+end)
+
+test("a timeout that does not run out changes nothing", function()
+    local g = sf.new()
+    local got = {}
+    local cos = {}
+    cos[1] = coroutine.create(function()
+        got[1] = { g:call("k", function()
+            while g:stats().followers < 1 do coroutine.yield() end
+            return "v"
+        end, { timeout = 0 }) } -- the leader ignores it: it runs fn
+    end)
+    cos[2] = coroutine.create(function()
+        got[2] = { g:call("k", function() return "never runs" end, { timeout = 3600 }) }
+    end)
+    run_all(cos)
+    eq(got[1][1], "v", "leader value"); eq(got[1][2], true, "leader shared")
+    eq(got[2][1], "v", "follower value"); eq(got[2][2], true, "follower shared")
+    eq(g:stats().timeouts, 0, "timeouts")
+    eq((g:call("plain", function() return "x" end, { timeout = 1 })), "x", "a lone caller")
+end)
+
+test("opts must be a table and timeout a non-negative number", function()
+    local g = sf.new()
+    local fn = function() return "x" end
+    raises("opts must be a table", g.call, g, "k", fn, 5)
+    raises("timeout must be a non%-negative number", g.call, g, "k", fn, { timeout = -1 })
+    raises("timeout must be a non%-negative number", g.call, g, "k", fn, { timeout = "1" })
+    raises("timeout must be a non%-negative number", g.call, g, "k", fn, { timeout = 0 / 0 })
+    eq(g:stats().calls, 0, "rejected calls are not counted")
+end)
+
+test("a caller that cannot yield, on a key a suspended coroutine leads, raises SF_EDEADLK", function()
+    -- The test runs in the main coroutine: as a follower it would block the
+    -- thread, and the leader could never be resumed to finish.
+    assert(not coroutine.isyieldable())
+    local g = sf.new()
+    local leader = coroutine.create(function()
+        return g:call("k", function() coroutine.yield(); return "done" end)
+    end)
+    assert(coroutine.resume(leader))
+    for _, opts in ipairs({ {}, { timeout = 30 } }) do
+        raises("SF_EDEADLK", g.call, g, "k", function() return "never runs" end, opts)
+    end
+    eq(g:stats().calls, 1, "the refused calls reached the library")
+    eq(g:stats().timeouts, 0, "timeouts")
+    local ok, v = coroutine.resume(leader)
+    assert(ok, v)
+    eq(v, "done", "the leader finishes as usual")
+    eq((g:call("k", function() return "again" end)), "again", "the key is free again")
+end)
+
+test("after forget, the key's next caller leads a new flight: no SF_EDEADLK", function()
+    local g = sf.new()
+    -- From inside fn: the forgotten flight is no longer the key's.
+    eq((g:call("k", function()
+        assert(g:forget("k"))
+        return (g:call("k", function() return "inner" end))
+    end)), "inner")
+    -- From a caller that cannot yield, while a coroutine leads the old flight.
+    local leader = coroutine.create(function()
+        return g:call("k", function() coroutine.yield(); return "old" end)
+    end)
+    assert(coroutine.resume(leader))
+    assert(g:forget("k"))
+    eq((g:call("k", function() return "new" end)), "new")
+    local ok, v = coroutine.resume(leader)
+    assert(ok, v)
+    eq(v, "old", "the forgotten flight still delivers to its leader")
+end)
+
 test("closing a suspended leader coroutine releases its followers at once", function()
     local g = sf.new()
     local leader = coroutine.create(function() g:call("k", function() coroutine.yield(); return "never" end) end)
