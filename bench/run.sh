@@ -123,8 +123,8 @@ if [ "$bindings" = 1 ]; then
         rm -rf "$pyb"
         if (cd "$SF_ROOT/bindings/swig/python" && SF_PY_BUILD_BASE="$pyb" python3 setup.py -q build) \
                >"$bb/python.log" 2>&1; then
-            pydir=$(dirname "$(dirname "$(find "$pyb" -path '*/singleflight/__init__.py' | head -n1)")")
-            if [ -n "$pydir" ] && PYTHONPATH="$pydir" python3 -c 'import singleflight' >>"$bb/python.log" 2>&1; then
+            pydir=$(dirname "$(dirname "$(find "$pyb" -path '*/libsingleflight/__init__.py' | head -n1)")")
+            if [ -n "$pydir" ] && PYTHONPATH="$pydir" python3 -c 'import libsingleflight' >>"$bb/python.log" 2>&1; then
                 printf '%s\n' "$pydir" >"$bb/python.ok"
             else
                 unavailable python "the Python module did not import (see $bb/python.log)"

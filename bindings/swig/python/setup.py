@@ -56,7 +56,7 @@ cflags = shlex.split(pkg_config("--cflags-only-I"))
 libdir = pkg_config("--variable=libdir")
 
 extension = Extension(
-    "singleflight._singleflight_core",
+    "libsingleflight._singleflight_core",
     sources=["singleflight_core.i"],  # replaced by the generated wrapper in SwigBuildExt
     include_dirs=[SWIG_SHARED] + [f[2:] for f in cflags if f.startswith("-I")],
     library_dirs=[libdir],

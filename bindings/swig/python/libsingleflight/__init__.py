@@ -5,8 +5,8 @@ of them (the leader) runs the function; the others (followers) wait, with the
 GIL released, and receive the very same object.  An exception raised by the
 function is raised in every caller.
 
-    >>> import singleflight
-    >>> g = singleflight.Group()
+    >>> import libsingleflight
+    >>> g = libsingleflight.Group()
     >>> g.do("answer", lambda: 42)
     (42, False)
 
