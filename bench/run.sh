@@ -103,7 +103,7 @@ if [ "$bindings" = 1 ]; then
         rsrc=$bb/rust-src
         rm -rf "$rsrc" && mkdir -p "$rsrc"
         cp -r "$here/rust/src" "$rsrc/"
-        sed "s#path = \"../../bindings/rust/singleflight\"#path = \"$SF_ROOT/bindings/rust/singleflight\"#" \
+        sed "s#path = \"../../bindings/rust/libsingleflight\"#path = \"$SF_ROOT/bindings/rust/libsingleflight\"#" \
             "$here/rust/Cargo.toml" >"$rsrc/Cargo.toml"
         (cd "$rsrc" && CARGO_TARGET_DIR="$bb/rust-target" cargo build --release --offline -q \
             || CARGO_TARGET_DIR="$bb/rust-target" cargo build --release -q) \

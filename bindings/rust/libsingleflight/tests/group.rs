@@ -1,4 +1,4 @@
-use singleflight::{Error, Group};
+use libsingleflight::{Error, Group};
 use std::panic;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn wait_until<T: Send + Sync + 'static>(
     group: &Group<T>,
     what: &str,
-    cond: impl Fn(&singleflight::Stats) -> bool,
+    cond: impl Fn(&libsingleflight::Stats) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

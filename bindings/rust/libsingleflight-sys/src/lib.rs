@@ -7,7 +7,7 @@
 //!
 //! The library is found with pkg-config at build time (set `PKG_CONFIG_PATH`
 //! if it is installed outside the default search path).  For a safe API, use
-//! the `singleflight` crate.
+//! the `libsingleflight` crate.
 
 #![allow(non_camel_case_types)]
 

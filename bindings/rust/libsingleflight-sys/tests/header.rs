@@ -6,7 +6,7 @@
 //! from the compiled Rust crate.  Finally the sets of names must be equal:
 //! every function and constant of the header is declared, and nothing more.
 
-use singleflight_sys as sys;
+use libsingleflight_sys as sys;
 use std::collections::BTreeSet;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! done and receive the very same value, as an [`Arc`].
 //!
 //! ```
-//! use singleflight::Group;
+//! use libsingleflight::Group;
 //!
 //! let group: Group<String> = Group::new();
 //! let (value, shared) = group.call("user:42", || "Ada".to_string()).unwrap();
@@ -22,10 +22,10 @@
 //!
 //! ```compile_fail
 //! fn assert_sync<S: Sync>() {}
-//! assert_sync::<singleflight::Group<std::rc::Rc<u8>>>();
+//! assert_sync::<libsingleflight::Group<std::rc::Rc<u8>>>();
 //! ```
 
-use singleflight_sys as sys;
+use libsingleflight_sys as sys;
 use std::any::Any;
 use std::ffi::{CStr, CString};
 use std::fmt;

@@ -3,7 +3,7 @@
 //! `shared`, a panic message, and destroy running once after the last
 //! reference.
 
-use singleflight_sys as sys;
+use libsingleflight_sys as sys;
 use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
