@@ -2,7 +2,7 @@
 # An installed prefix (anywhere: the .pc and the CMake package are
 # relocatable) is usable the ways users reach it: a C program built with
 # exactly what pkg-config prints, shared and fully static, and CMake projects
-# using find_package(singleflight).  Nothing
+# using find_package(singleflight), in C and with the C++ wrapper.  Nothing
 # here sets LD_LIBRARY_PATH: the shared program carries pkg-config's libdir as
 # its RUNPATH, the CMake ones CMake's build RPATH.
 #   tests/check-install.sh PREFIX
@@ -62,3 +62,28 @@ cmake --build "$tmp/cm/b" >/dev/null
 [[ $(out "$tmp/cm/b/app") == "installed "* ]] || { echo "find_package app failed"; exit 1; }
 echo "find_package(singleflight), singleflight::singleflight: ok"
 
+# The C++ wrapper, installed beside the C header, through its own target.
+mkdir -p "$tmp/cpp"
+cat > "$tmp/cpp/app.cpp" <<'SRC'
+#include <iostream>
+#include <string>
+#include <singleflight.hpp>
+int main() {
+    singleflight::group g;
+    auto r = g.run("k", [] { return std::string("installed"); });
+    std::cout << *r << " " << sf_version_string() << "\n";
+    return *r == "installed" ? 0 : 1;
+}
+SRC
+cat > "$tmp/cpp/CMakeLists.txt" <<'SRC'
+cmake_minimum_required(VERSION 3.16)
+project(consumer CXX)
+find_package(singleflight 1 REQUIRED)
+add_executable(app app.cpp)
+target_link_libraries(app PRIVATE singleflight::cpp)
+SRC
+[ -f "$prefix/include/singleflight.hpp" ] || { echo "singleflight.hpp not installed"; exit 1; }
+cmake -S "$tmp/cpp" -B "$tmp/cpp/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$tmp/cpp/b" >/dev/null
+[[ $(out "$tmp/cpp/b/app") == "installed "* ]] || { echo "C++ find_package app failed"; exit 1; }
+echo "find_package(singleflight), singleflight::cpp: ok"
