@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 /**
  * A snapshot of a group's counters. {@code calls = leaders + followers}; {@code leaders} counts

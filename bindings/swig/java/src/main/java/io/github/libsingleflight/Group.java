@@ -1,10 +1,10 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
-import io.singleflight.internal.NativeFlight;
-import io.singleflight.internal.NativeGroup;
-import io.singleflight.internal.NativeStats;
-import io.singleflight.internal.singleflight_core;
-import io.singleflight.internal.singleflight_coreConstants;
+import io.github.libsingleflight.internal.NativeFlight;
+import io.github.libsingleflight.internal.NativeGroup;
+import io.github.libsingleflight.internal.NativeStats;
+import io.github.libsingleflight.internal.singleflight_core;
+import io.github.libsingleflight.internal.singleflight_coreConstants;
 
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;

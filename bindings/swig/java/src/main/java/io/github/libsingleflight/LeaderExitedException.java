@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 /**
  * The flight's leader went away without a result (Go's runtime.Goexit case). A Java leader

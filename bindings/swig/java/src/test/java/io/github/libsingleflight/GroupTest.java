@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;

@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 /**
  * One caller's outcome of a flight: the shared value and whether it was shared. Immutable; safe

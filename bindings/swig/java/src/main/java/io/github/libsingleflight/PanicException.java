@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 /** The flight failed with a message but no Java throwable to rethrow. */
 public final class PanicException extends RuntimeException {

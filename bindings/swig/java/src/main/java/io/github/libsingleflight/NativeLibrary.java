@@ -1,4 +1,4 @@
-package io.singleflight;
+package io.github.libsingleflight;
 
 /**
  * Loads the JNI part of the binding once. The system property {@code singleflight.jni} names the
