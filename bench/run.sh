@@ -103,7 +103,7 @@ if [ "$bindings" = 1 ]; then
         rsrc=$bb/rust-src
         rm -rf "$rsrc" && mkdir -p "$rsrc"
         cp -r "$here/rust/src" "$rsrc/"
-        sed "s#path = \"../../bindings/rust/singleflight\"#path = \"$SF_ROOT/bindings/rust/singleflight\"#" \
+        sed "s#path = \"../../bindings/rust/libsingleflight\"#path = \"$SF_ROOT/bindings/rust/libsingleflight\"#" \
             "$here/rust/Cargo.toml" >"$rsrc/Cargo.toml"
         (cd "$rsrc" && CARGO_TARGET_DIR="$bb/rust-target" cargo build --release --offline -q \
             || CARGO_TARGET_DIR="$bb/rust-target" cargo build --release -q) \
@@ -123,8 +123,8 @@ if [ "$bindings" = 1 ]; then
         rm -rf "$pyb"
         if (cd "$SF_ROOT/bindings/swig/python" && SF_PY_BUILD_BASE="$pyb" python3 setup.py -q build) \
                >"$bb/python.log" 2>&1; then
-            pydir=$(dirname "$(dirname "$(find "$pyb" -path '*/singleflight/__init__.py' | head -n1)")")
-            if [ -n "$pydir" ] && PYTHONPATH="$pydir" python3 -c 'import singleflight' >>"$bb/python.log" 2>&1; then
+            pydir=$(dirname "$(dirname "$(find "$pyb" -path '*/libsingleflight/__init__.py' | head -n1)")")
+            if [ -n "$pydir" ] && PYTHONPATH="$pydir" python3 -c 'import libsingleflight' >>"$bb/python.log" 2>&1; then
                 printf '%s\n' "$pydir" >"$bb/python.ok"
             else
                 unavailable python "the Python module did not import (see $bb/python.log)"

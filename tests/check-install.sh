@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# An installed library is usable the three ways users reach it: a C program
-# built with pkg-config, the same linked statically, and a CMake project
-# using find_package(singleflight).
+# An installed prefix (anywhere: the .pc and the CMake package are
+# relocatable) is usable the ways users reach it: a C program built with
+# exactly what pkg-config prints, shared and fully static, and CMake projects
+# using find_package(singleflight), in C and with the C++ wrapper.  Nothing
+# here sets LD_LIBRARY_PATH: the shared program carries pkg-config's libdir as
+# its RUNPATH, the CMake ones CMake's build RPATH.
+#   tests/check-install.sh PREFIX
 set -euo pipefail
 prefix=$(cd "$1" && pwd)
 tmp=$(mktemp -d)
@@ -28,14 +32,21 @@ int main(void) {
     return sf_group_free(g);
 }
 SRC
-cc "$tmp/app.c" -o "$tmp/app" $(pkg-config --cflags --libs singleflight)
-LD_LIBRARY_PATH="$prefix/lib" "$tmp/app" | grep -q '^installed ' || { echo "pkg-config app failed"; exit 1; }
+unset LD_LIBRARY_PATH
+# out CMD...: CMD's output, kept whole (`cmd | grep -q` can fail under
+# pipefail when grep stops reading early).
+out() { "$@" 2>&1 || { echo "failed: $*" >&2; return 1; }; }
+
+cc "$tmp/app.c" -o "$tmp/app" $(pkg-config --cflags --libs singleflight) \
+    -Wl,-rpath,"$(pkg-config --variable=libdir singleflight)"
+[[ $(out "$tmp/app") == "installed "* ]] || { echo "pkg-config app failed"; exit 1; }
 echo "pkg-config (shared): ok"
 
-cc "$tmp/app.c" -o "$tmp/app-static" $(pkg-config --cflags singleflight) \
-    "$prefix/lib/libsingleflight.a" -lstdc++ $(pkg-config --static --libs-only-other singleflight)
-env -u LD_LIBRARY_PATH "$tmp/app-static" | grep -q '^installed ' || { echo "static app failed"; exit 1; }
-echo "static: ok"
+# Exactly what pkg-config prints: Libs.private must bring the C++ runtime.
+cc -static "$tmp/app.c" -o "$tmp/app-static" $(pkg-config --static --cflags --libs singleflight)
+[[ $(out readelf -l "$tmp/app-static") != *INTERP* ]] || { echo "app-static is not static"; exit 1; }
+[[ $(out "$tmp/app-static") == "installed "* ]] || { echo "static app failed"; exit 1; }
+echo "pkg-config --static (cc -static): ok"
 
 mkdir -p "$tmp/cm"
 cp "$tmp/app.c" "$tmp/cm/app.c"
@@ -48,5 +59,31 @@ target_link_libraries(app PRIVATE singleflight::singleflight)
 SRC
 cmake -S "$tmp/cm" -B "$tmp/cm/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$tmp/cm/b" >/dev/null
-"$tmp/cm/b/app" | grep -q '^installed ' || { echo "find_package app failed"; exit 1; }
-echo "find_package(singleflight): ok"
+[[ $(out "$tmp/cm/b/app") == "installed "* ]] || { echo "find_package app failed"; exit 1; }
+echo "find_package(singleflight), singleflight::singleflight: ok"
+
+# The C++ wrapper, installed beside the C header, through its own target.
+mkdir -p "$tmp/cpp"
+cat > "$tmp/cpp/app.cpp" <<'SRC'
+#include <iostream>
+#include <string>
+#include <singleflight.hpp>
+int main() {
+    singleflight::group g;
+    auto r = g.run("k", [] { return std::string("installed"); });
+    std::cout << *r << " " << sf_version_string() << "\n";
+    return *r == "installed" ? 0 : 1;
+}
+SRC
+cat > "$tmp/cpp/CMakeLists.txt" <<'SRC'
+cmake_minimum_required(VERSION 3.16)
+project(consumer CXX)
+find_package(singleflight 1 REQUIRED)
+add_executable(app app.cpp)
+target_link_libraries(app PRIVATE singleflight::cpp)
+SRC
+[ -f "$prefix/include/singleflight.hpp" ] || { echo "singleflight.hpp not installed"; exit 1; }
+cmake -S "$tmp/cpp" -B "$tmp/cpp/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$tmp/cpp/b" >/dev/null
+[[ $(out "$tmp/cpp/b/app") == "installed "* ]] || { echo "C++ find_package app failed"; exit 1; }
+echo "find_package(singleflight), singleflight::cpp: ok"

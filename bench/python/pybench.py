@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-import singleflight
+import libsingleflight
 
 now = time.monotonic_ns
 
@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--keylen", type=int, default=0)
     a = ap.parse_args()
 
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     threads = a.threads
     unique = a.keys == "unique"
     shared_keys = None if unique else make_keys(int(a.keys), "key:", a.keylen)

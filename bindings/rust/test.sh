@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `cargo test` for singleflight-sys and singleflight twice: with Debian
+# Runs `cargo test` for libsingleflight-sys and libsingleflight twice: with Debian
 # 12's Rust (1.63, the oldest supported) and with the default toolchain on
 # PATH (rustup stable where present).  Run from anywhere; the top-level test
 # command provides PKG_CONFIG_PATH and LD_LIBRARY_PATH.
@@ -28,7 +28,7 @@ export CARGO_NET_OFFLINE=true
 src="$out/src"
 rm -rf "$src"
 mkdir -p "$src"
-cp -R "$here/Cargo.toml" "$here/singleflight-sys" "$here/singleflight" "$src/"
+cp -R "$here/Cargo.toml" "$here/libsingleflight-sys" "$here/libsingleflight" "$src/"
 cd "$src"
 
 sf_log "Rust bindings with Debian's toolchain: $(/usr/bin/rustc --version)"

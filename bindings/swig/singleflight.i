@@ -3,8 +3,8 @@
  * Each language folder holds a small .i that sets the module name, defines
  * how a key and a host value cross the boundary for that language, and then
  * includes this file.  The generated module is internal (singleflight_core);
- * each language puts its idiomatic API on top of it (singleflight/__init__.py,
- * singleflight.lua, io/singleflight/Group.java).
+ * each language puts its idiomatic API on top of it (libsingleflight/__init__.py,
+ * singleflight.lua, io/github/libsingleflight/Group.java).
  *
  * Before including this file a language file must provide:
  *  - an "in" typemap for (const char *key, size_t key_len) that rejects

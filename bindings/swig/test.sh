@@ -78,9 +78,9 @@ py_pip_install() {
     # SF_PY_BUILD_BASE keeps setuptools' build/ and egg-info out of the tree.
     SF_PY_BUILD_BASE=$B/pybuild timeout 300 "$VENV/bin/python" -m pip install -q \
         --disable-pip-version-check --force-reinstall --no-deps "$HERE/python" &&
-    "$VENV/bin/python" -c 'import singleflight, sys
-assert "site-packages" in singleflight.__file__, singleflight.__file__
-print("installed:", singleflight.__file__, "library", singleflight.version())' &&
+    "$VENV/bin/python" -c 'import libsingleflight, sys
+assert "site-packages" in libsingleflight.__file__, libsingleflight.__file__
+print("installed:", libsingleflight.__file__, "library", libsingleflight.version())' &&
     timeout 300 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$HERE/python/tests"
 }
 step "python: pip install bindings/swig/python, pytest against the installed package" py_pip_install

@@ -1,7 +1,7 @@
 //! rustbench: the benchmark workload of bench/sfbench.cpp over the Rust
 //! binding, printing the same JSON line.
 
-use singleflight::Group;
+use libsingleflight::Group;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,14 +1,17 @@
 """Builds the singleflight extension: SWIG output of the shared interface,
 compiled against the installed libsingleflight (located with pkg-config).
 
-Everything generated goes under the build directory (SF_PY_BUILD_BASE, or
-./build), never beside the sources.
+Everything generated goes under the build directory, SF_PY_BUILD_BASE or
+else a temporary directory removed afterwards: an install leaves the
+checkout as it found it.
 """
 
+import atexit
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -53,10 +56,12 @@ class SwigBuildExt(build_ext):
 
 
 cflags = shlex.split(pkg_config("--cflags-only-I"))
-libdir = pkg_config("--variable=libdir")
+# A relocatable .pc gives ".../lib/pkgconfig/../../lib": the RUNPATH reads
+# better, and means the same, without the detour.
+libdir = os.path.normpath(pkg_config("--variable=libdir"))
 
 extension = Extension(
-    "singleflight._singleflight_core",
+    "libsingleflight._singleflight_core",
     sources=["singleflight_core.i"],  # replaced by the generated wrapper in SwigBuildExt
     include_dirs=[SWIG_SHARED] + [f[2:] for f in cflags if f.startswith("-I")],
     library_dirs=[libdir],
@@ -68,9 +73,14 @@ extension = Extension(
     language="c++",
 )
 
-build_base = os.environ.get("SF_PY_BUILD_BASE", "build")
-if "SF_PY_BUILD_BASE" in os.environ:
+build_base = os.environ.get("SF_PY_BUILD_BASE")
+if build_base:
     os.makedirs(build_base, exist_ok=True)
+else:
+    # pip builds in the source folder; each of its build steps runs this file
+    # afresh and takes its outputs to pip's own directories before exiting.
+    build_base = tempfile.mkdtemp(prefix="libsingleflight-build-")
+    atexit.register(shutil.rmtree, build_base, True)
 
 setup(
     version=pkg_config("--modversion"),
@@ -78,6 +88,6 @@ setup(
     cmdclass={"build_ext": SwigBuildExt},
     options={
         "build": {"build_base": build_base},
-        "egg_info": {"egg_base": build_base} if "SF_PY_BUILD_BASE" in os.environ else {},
+        "egg_info": {"egg_base": build_base},
     },
 )

@@ -4,7 +4,7 @@
  * Built with -threads: every wrapper releases the GIL around the library call
  * (a follower's wait() above all), except the two that touch Python objects,
  * which keep it and drop it only around library calls themselves. */
-%module(package="singleflight") singleflight_core
+%module(package="libsingleflight") singleflight_core
 
 %{
 #include <Python.h>

@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 
-import singleflight
+import libsingleflight
 
 DEADLINE = 20.0  # seconds; only reached when something is broken
 
@@ -58,12 +58,12 @@ def joined_by(g, followers):
 
 
 def test_single_caller_gets_value_not_shared():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     assert g.do("k", lambda: 42) == (42, False)
 
 
 def test_concurrent_callers_share_one_execution_and_the_same_object():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     n = 8
     runs = []
 
@@ -83,7 +83,7 @@ def test_concurrent_callers_share_one_execution_and_the_same_object():
 
 
 def test_exception_in_fn_is_raised_in_every_caller_as_the_same_object():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     n = 5
 
     class Boom(Exception):
@@ -109,7 +109,7 @@ def test_an_exception_with_a_broken_str_still_reaches_the_callers():
     class WithNul(Exception):
         pass
 
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     with pytest.raises(Unprintable):
         g.do("k", functools.partial(_raise, Unprintable()))
     with pytest.raises(WithNul):
@@ -123,14 +123,14 @@ def _raise(exc):
 
 
 def test_after_an_exception_the_key_runs_again():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     with pytest.raises(ValueError):
         g.do("k", functools.partial(int, "not a number"))
     assert g.do("k", lambda: "fine") == ("fine", False)
 
 
 def test_distinct_keys_run_separately():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     assert g.do("a", lambda: 1) == (1, False)
     assert g.do("b", lambda: 2) == (2, False)
     assert g.stats().leaders == 2
@@ -141,20 +141,20 @@ def test_any_callable_works():
         def __call__(self):
             return "called"
 
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     assert g.do("a", Callable())[0] == "called"
     assert g.do("b", functools.partial(str.upper, "x"))[0] == "X"
     assert g.do("c", dict)[0] == {}
 
 
 def test_none_is_a_value():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     assert g.do("k", lambda: None) == (None, False)
 
 
 @pytest.mark.parametrize("bad", [1, 1.5, None, ["k"], bytearray(b"k"), object()])
 def test_keys_other_than_str_or_bytes_raise_type_error(bad):
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     with pytest.raises(TypeError):
         g.do(bad, lambda: 1)
     with pytest.raises(TypeError):
@@ -165,7 +165,7 @@ def test_keys_other_than_str_or_bytes_raise_type_error(bad):
 
 
 def test_str_key_is_its_utf8_bytes_and_empty_and_nul_keys_work():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
 
     def fn():
@@ -184,7 +184,7 @@ def test_str_key_is_its_utf8_bytes_and_empty_and_nul_keys_work():
 
 
 def test_main_thread_follower_timeout_raises_timeout_error_and_flight_goes_on():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
     leader_result = []
 
@@ -207,7 +207,7 @@ def test_main_thread_follower_timeout_raises_timeout_error_and_flight_goes_on():
 
 def test_ctrl_c_interrupts_a_main_thread_follower_and_the_flight_goes_on():
     assert threading.current_thread() is threading.main_thread()
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
     leader_result = []
 
@@ -236,7 +236,7 @@ def test_ctrl_c_interrupts_a_main_thread_follower_and_the_flight_goes_on():
 
 def test_worker_thread_follower_timeout_raises_timeout_error():
     # Followers off the main thread wait inside the library, not in poll().
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
 
     def fn():
@@ -256,14 +256,14 @@ def test_worker_thread_follower_timeout_raises_timeout_error():
 
 
 def test_timeout_must_be_non_negative():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     with pytest.raises(ValueError):
         g.do("k", lambda: 1, timeout=-1)
     assert g.stats().calls == 0
 
 
 def test_forget_makes_the_next_call_run_again_while_the_old_flight_delivers():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
     first = []
 
@@ -285,7 +285,7 @@ def test_forget_makes_the_next_call_run_again_while_the_old_flight_delivers():
 
 
 def test_forget_unshared_only_forgets_a_flight_nobody_joined():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     entered, release = threading.Event(), threading.Event()
 
     def slow():
@@ -315,7 +315,7 @@ def test_forget_unshared_only_forgets_a_flight_nobody_joined():
 
 
 def test_calling_the_own_key_inside_fn_raises_instead_of_deadlocking():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     with pytest.raises(RuntimeError, match="SF_EDEADLK"):
         g.do("k", lambda: g.do("k", lambda: 1))
     # Another key inside fn is fine, and the key is free again afterwards.
@@ -325,7 +325,7 @@ def test_calling_the_own_key_inside_fn_raises_instead_of_deadlocking():
 def test_followers_wait_with_the_gil_released():
     # The leader's fn runs Python code (the stats poll) while 7 threads wait
     # on the same key: if waiting held the GIL this would deadlock.
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     n = 8
 
     def fn():
@@ -337,7 +337,7 @@ def test_followers_wait_with_the_gil_released():
 
 
 def test_eight_threads_on_one_key_with_a_0_3s_fn_take_about_0_3s():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     n = 8
     start_line = threading.Barrier(n)
 
@@ -358,7 +358,7 @@ def test_eight_threads_on_one_key_with_a_0_3s_fn_take_about_0_3s():
 
 
 def test_no_reference_leaks_over_thousands_of_calls():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     value = object()
     fn = lambda: value  # noqa: E731
     exc = KeyError("missing")
@@ -379,12 +379,12 @@ def test_no_reference_leaks_over_thousands_of_calls():
     assert sys.getrefcount(value) == value_refs
     assert sys.getrefcount(fn) == fn_refs
     assert sys.getrefcount(exc) == exc_refs
-    assert singleflight.singleflight_core.live_values() == 0
+    assert libsingleflight.singleflight_core.live_values() == 0
     assert g.stats().in_flight == 0
 
 
 def test_no_reference_leaks_with_concurrent_followers():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     value = object()
     before = sys.getrefcount(value)
     for _ in range(20):
@@ -399,14 +399,14 @@ def test_no_reference_leaks_with_concurrent_followers():
         del results
     gc.collect()
     assert sys.getrefcount(value) == before
-    assert singleflight.singleflight_core.live_values() == 0
+    assert libsingleflight.singleflight_core.live_values() == 0
 
 
 def test_the_value_lives_exactly_as_long_as_a_caller_holds_it():
     class Box:
         pass
 
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     box, _ = g.do("k", Box)
     ref = weakref.ref(box)
     del box
@@ -415,7 +415,7 @@ def test_the_value_lives_exactly_as_long_as_a_caller_holds_it():
 
 
 def test_a_group_is_collected_when_dropped():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     g.do("k", lambda: 1)
     ref = weakref.ref(g)
     del g
@@ -424,13 +424,13 @@ def test_a_group_is_collected_when_dropped():
 
 
 def test_stats_count_calls_leaders_and_followers():
-    g = singleflight.Group()
+    g = libsingleflight.Group()
     for _ in range(3):
         g.do("k", lambda: 1)
     s = g.stats()
-    assert isinstance(s, singleflight.Stats)
+    assert isinstance(s, libsingleflight.Stats)
     assert (s.calls, s.leaders, s.followers, s.panics, s.in_flight) == (3, 3, 0, 0, 0)
 
 
 def test_version_is_the_loaded_library():
-    assert singleflight.version().count(".") == 2
+    assert libsingleflight.version().count(".") == 2

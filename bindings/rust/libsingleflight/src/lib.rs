@@ -1,0 +1,348 @@
+//! Duplicate call suppression: Go's `singleflight` for Rust, on libsingleflight.
+//!
+//! When many threads ask a [`Group`] for the same key at once, one of them
+//! (the leader) runs its closure; the others (followers) block until it is
+//! done and receive the very same value, as an [`Arc`].
+//!
+//! ```
+//! use libsingleflight::Group;
+//!
+//! let group: Group<String> = Group::new();
+//! let (value, shared) = group.call("user:42", || "Ada".to_string()).unwrap();
+//! assert_eq!(*value, "Ada");
+//! assert!(!shared); // nobody else asked at the same time
+//! ```
+//!
+//! A panic in the closure never crosses into C: it is caught, the followers
+//! get [`Error::Panicked`] with the panic's message, and the leader's panic
+//! then resumes on the leader's thread with its original payload.
+//!
+//! `Group<T>` is `Send` and `Sync` when `T` is, since values are handed to
+//! other threads:
+//!
+//! ```compile_fail
+//! fn assert_sync<S: Sync>() {}
+//! assert_sync::<libsingleflight::Group<std::rc::Rc<u8>>>();
+//! ```
+
+use libsingleflight_sys as sys;
+use std::any::Any;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::raw::{c_int, c_void};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+/// Why a call did not produce a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The leader's closure panicked; the message is the panic's, or a
+    /// placeholder when the payload was neither `&str` nor `String`.
+    Panicked(String),
+    /// The leader went away without finishing the flight (in Rust this only
+    /// happens when its thread was cancelled or exited inside the closure).
+    LeaderExited,
+    /// The closure called into the same key of the same group: waiting would
+    /// never end.
+    Deadlock,
+    /// The library returned another status (such as out of memory).
+    Status(i32),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Panicked(msg) => write!(f, "the flight's leader panicked: {}", msg),
+            Error::LeaderExited => f.write_str("the flight's leader exited without finishing"),
+            Error::Deadlock => f.write_str("the calling thread leads this key's flight"),
+            Error::Status(code) => write!(
+                f,
+                "libsingleflight: {} ({})",
+                strerror(*code),
+                err_name(*code)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn static_str(p: *const std::os::raw::c_char) -> String {
+    // SAFETY: the library returns static, NUL-terminated strings.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn strerror(code: i32) -> String {
+    // SAFETY: thread-safe, takes any integer.
+    static_str(unsafe { sys::sf_strerror(code) })
+}
+
+fn err_name(code: i32) -> String {
+    // SAFETY: thread-safe, takes any integer.
+    static_str(unsafe { sys::sf_err_name(code) })
+}
+
+/// A snapshot of a group's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `leaders + followers`.
+    pub calls: u64,
+    /// Calls that ran their closure.
+    pub leaders: u64,
+    /// Calls that joined a flight in progress.
+    pub followers: u64,
+    /// Flights whose closure panicked.
+    pub panics: u64,
+    /// Flights whose leader went away without finishing.
+    pub leader_exits: u64,
+    /// Flights detached from their key by [`Group::forget`].
+    pub forgets: u64,
+    /// Flights not yet complete.
+    pub in_flight: u64,
+}
+
+/// A namespace of keys whose concurrent calls share one execution.
+///
+/// Owns one C group, freed on drop.  `&Group` may be used from any number of
+/// threads at once (`Group<T>` is `Sync` when `T: Send + Sync`).
+pub struct Group<T> {
+    raw: NonNull<sys::sf_group>,
+    // Values of type T are created on one thread and dropped on another.
+    _values: PhantomData<Arc<T>>,
+}
+
+// SAFETY: the C group is thread-safe for every function but sf_group_free,
+// which only Drop calls, with exclusive access.  Values cross threads as
+// Arc<T>, hence the bounds.
+unsafe impl<T: Send + Sync> Send for Group<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for Group<T> {}
+
+impl<T> fmt::Debug for Group<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group").field("raw", &self.raw).finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for Group<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Drop for Group<T> {
+    fn drop(&mut self) {
+        // No call can be in flight: every call borrows the group.  Should the
+        // library still refuse, leaking the group is the only safe choice.
+        // SAFETY: raw came from sf_group_new and is freed only here.
+        let _ = unsafe { sys::sf_group_free(self.raw.as_ptr()) };
+    }
+}
+
+/// What the leader's trampoline shares with the leader's stack frame.
+struct Leader<T, F> {
+    f: Option<F>,
+    panic: Option<Box<dyn Any + Send>>,
+    _value: PhantomData<T>,
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+/// The sf_fn the library calls on the leader's thread.  Nothing unwinds out
+/// of it: the closure runs under catch_unwind and a panic is parked in the
+/// Leader for the caller to resume once the library has returned.
+unsafe extern "C" fn run_leader<T, F>(call: *mut sys::sf_call, payload: *mut c_void) -> c_int
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> T,
+{
+    // SAFETY: payload is the &mut Leader that Group::call passed, alive for
+    // the whole sf_group_do call; the library runs this at most once.
+    let leader = &mut *(payload as *mut Leader<T, F>);
+    let f = leader.f.take();
+    match panic::catch_unwind(AssertUnwindSafe(move || f.map(|f| Box::new(Arc::new(f()))))) {
+        Ok(Some(value)) => {
+            sys::sf_call_set_value(
+                call,
+                Box::into_raw(value) as *mut c_void,
+                Some(destroy_value::<T>),
+            );
+        }
+        Ok(None) => {
+            // Unreachable: the library runs fn once.  Fail the flight rather
+            // than hand out a missing value.
+            sys::sf_call_panic(call, b"closure already taken\0".as_ptr() as *const _);
+        }
+        Err(payload) => {
+            let msg = panic_message(&*payload).replace('\0', "\\0");
+            let msg = CString::new(msg).expect("NULs were replaced");
+            sys::sf_call_panic(call, msg.as_ptr());
+            leader.panic = Some(payload);
+        }
+    }
+    0
+}
+
+/// The sf_destroy_fn of every value: drops the Box<Arc<T>> the leader gave
+/// the library, on whichever thread released the last reference.
+unsafe extern "C" fn destroy_value<T>(value: *mut c_void) {
+    // A panicking Drop of T has no caller to reach from here, and unwinding
+    // into C is undefined; stop the process instead.
+    let dropped = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: value came from Box::into_raw in run_leader::<T, _>, and
+        // the library calls destroy exactly once.
+        drop(Box::from_raw(value as *mut Arc<T>));
+    }));
+    if dropped.is_err() {
+        eprintln!("singleflight: a value's Drop panicked inside the C library; aborting");
+        std::process::abort();
+    }
+}
+
+/// Drops a result reference when it goes out of scope, also during a resumed
+/// panic.
+struct ResultRef(*mut sys::sf_result);
+
+impl Drop for ResultRef {
+    fn drop(&mut self) {
+        // SAFETY: a reference the library gave us (or NULL, a no-op).
+        unsafe { sys::sf_result_release(self.0) }
+    }
+}
+
+impl<T: Send + Sync + 'static> Group<T> {
+    /// Creates an empty group.
+    ///
+    /// # Panics
+    /// When the library cannot allocate the group; see [`Group::try_new`].
+    pub fn new() -> Self {
+        Self::try_new().unwrap_or_else(|e| panic!("sf_group_new: {}", e))
+    }
+
+    /// Creates an empty group, or returns the library's status on failure.
+    pub fn try_new() -> Result<Self, Error> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: out-pointer to a local; NULL options mean the defaults.
+        let rc = unsafe { sys::sf_group_new(&mut raw, ptr::null()) };
+        match NonNull::new(raw) {
+            Some(raw) if rc == sys::SF_OK => Ok(Group {
+                raw,
+                _values: PhantomData,
+            }),
+            _ => Err(Error::Status(rc)),
+        }
+    }
+
+    /// Runs `f` once for all concurrent callers of `key` and returns the
+    /// shared value together with `shared`: true for followers, and for the
+    /// leader iff anyone joined its flight.
+    ///
+    /// The leader runs `f` on the calling thread; followers block the calling
+    /// thread until the leader is done.  If `f` panics, followers get
+    /// [`Error::Panicked`] and the panic resumes in the leader with its
+    /// original payload.  Calling `call` for the same key from inside `f`
+    /// returns [`Error::Deadlock`] at once.  Keys are arbitrary bytes.
+    ///
+    /// The value is dropped on whichever thread lets go of the last `Arc`
+    /// (or, for the library's own reference, inside the library): a `Drop`
+    /// of `T` that panics there aborts the process, since no caller could
+    /// receive that panic.
+    pub fn call<K, F>(&self, key: K, f: F) -> Result<(Arc<T>, bool), Error>
+    where
+        K: AsRef<[u8]>,
+        F: FnOnce() -> T,
+    {
+        let key = key.as_ref();
+        let mut leader: Leader<T, F> = Leader {
+            f: Some(f),
+            panic: None,
+            _value: PhantomData,
+        };
+        let mut result = ptr::null_mut();
+        let mut shared: c_int = 0;
+        // SAFETY: the key is borrowed for the call and copied by the library;
+        // the payload outlives the call; run_leader matches T and F.
+        let rc = unsafe {
+            sys::sf_group_do(
+                self.raw.as_ptr(),
+                key.as_ptr() as *const c_void,
+                key.len(),
+                Some(run_leader::<T, F>),
+                &mut leader as *mut Leader<T, F> as *mut c_void,
+                &mut result,
+                &mut shared,
+            )
+        };
+        let result = ResultRef(result);
+        if let Some(payload) = leader.panic.take() {
+            drop(result);
+            panic::resume_unwind(payload);
+        }
+        match rc {
+            sys::SF_OK => {
+                // SAFETY: every value of this group is a Box<Arc<T>> stored
+                // by run_leader::<T, _>, alive while `result` is held.
+                let value = unsafe { sys::sf_result_value(result.0) } as *const Arc<T>;
+                if value.is_null() {
+                    return Err(Error::Status(sys::SF_ESTATE));
+                }
+                Ok((unsafe { (*value).clone() }, shared != 0))
+            }
+            sys::SF_EPANIC => {
+                // SAFETY: borrowed from the result we hold.
+                let msg = unsafe { sys::sf_result_panic_message(result.0) };
+                let msg = if msg.is_null() {
+                    "panic".to_string()
+                } else {
+                    static_str(msg)
+                };
+                Err(Error::Panicked(msg))
+            }
+            sys::SF_EGOEXIT => Err(Error::LeaderExited),
+            sys::SF_EDEADLK => Err(Error::Deadlock),
+            other => Err(Error::Status(other)),
+        }
+    }
+
+    /// Makes the next call for `key` start a new flight; a flight already
+    /// running still delivers to its own callers.  Returns whether a flight
+    /// was in progress.  Thread-safe.
+    pub fn forget<K: AsRef<[u8]>>(&self, key: K) -> bool {
+        let key = key.as_ref();
+        // SAFETY: key borrowed for the call.
+        unsafe {
+            sys::sf_group_forget(self.raw.as_ptr(), key.as_ptr() as *const c_void, key.len()) == 1
+        }
+    }
+
+    /// Reads the group's counters.  Thread-safe; consistent per shard of the
+    /// library's table, not across the whole group.
+    pub fn stats(&self) -> Stats {
+        let mut s = sys::sf_group_stats {
+            version: sys::SF_GROUP_STATS_VERSION,
+            ..Default::default()
+        };
+        // SAFETY: s is a valid, versioned out-struct.
+        let rc = unsafe { sys::sf_group_stats_get(self.raw.as_ptr(), &mut s) };
+        assert_eq!(rc, sys::SF_OK, "sf_group_stats_get: {}", strerror(rc));
+        Stats {
+            calls: s.calls,
+            leaders: s.leaders,
+            followers: s.followers,
+            panics: s.panics,
+            leader_exits: s.goexits,
+            forgets: s.forgets,
+            in_flight: s.in_flight,
+        }
+    }
+}

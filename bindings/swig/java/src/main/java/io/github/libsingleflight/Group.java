@@ -1,0 +1,261 @@
+package io.github.libsingleflight;
+
+import io.github.libsingleflight.internal.NativeFlight;
+import io.github.libsingleflight.internal.NativeGroup;
+import io.github.libsingleflight.internal.NativeStats;
+import io.github.libsingleflight.internal.singleflight_core;
+import io.github.libsingleflight.internal.singleflight_coreConstants;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.Objects;
+import java.util.concurrent.Callable;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+
+/**
+ * Duplicate call suppression (Go's singleflight) backed by libsingleflight.
+ *
+ * <p>When many threads call {@link #call(String, Callable)} with the same key at once, exactly
+ * one of them (the leader) runs the callable; the others (followers) block until it is done and
+ * receive the very same object. An exception thrown by the callable is thrown, as the same
+ * object, in every caller.
+ *
+ * <p>Thread-safe: share one Group between any number of threads. Keys are byte strings; a
+ * {@code String} key is encoded as UTF-8. {@link #close()} frees the native group once the calls
+ * in progress are done; a group that is never closed is freed by the garbage collector.
+ *
+ * <p>A follower waits inside the native library and does not respond to {@link
+ * Thread#interrupt()}; bound the wait with {@link #execute(String, Duration, Callable)} where that
+ * matters.
+ */
+public final class Group implements AutoCloseable {
+    static {
+        NativeLibrary.load();
+    }
+
+    // Guards the native handle against close(): calls hold the read lock only
+    // while they touch the group itself (begin, forget, stats); a flight in
+    // progress keeps the native group alive on its own.
+    private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
+    private NativeGroup group = new NativeGroup();
+
+    /** Creates an empty group. */
+    public Group() {}
+
+    /**
+     * Runs {@code fn} once for all concurrent callers of {@code key} and returns its value.
+     *
+     * @param key compared as its UTF-8 bytes; must not be null
+     * @param fn the work; run on the calling thread when this caller leads
+     * @return the object {@code fn} returned (possibly null), the same object for every caller
+     * @throws Exception whatever {@code fn} threw, rethrown in every caller (an {@link Error} is
+     *     rethrown as itself)
+     */
+    public <T> T call(String key, Callable<? extends T> fn) throws Exception {
+        return this.<T>execute(utf8(key), fn, -1).value();
+    }
+
+    /** As {@link #call(String, Callable)}, for a key of arbitrary bytes (copied; not retained). */
+    public <T> T call(byte[] key, Callable<? extends T> fn) throws Exception {
+        return this.<T>execute(key, fn, -1).value();
+    }
+
+    /**
+     * As {@link #call(String, Callable)}, returning also whether the value was shared (Go's
+     * {@code shared}: always true for a follower, true for the leader iff anyone joined).
+     */
+    public <T> Result<T> execute(String key, Callable<? extends T> fn) throws Exception {
+        return execute(utf8(key), fn, -1);
+    }
+
+    /** As {@link #execute(String, Callable)}, for a key of arbitrary bytes. */
+    public <T> Result<T> execute(byte[] key, Callable<? extends T> fn) throws Exception {
+        return execute(key, fn, -1);
+    }
+
+    /**
+     * As {@link #execute(String, Callable)}, but a follower gives up after {@code timeout} with a
+     * {@link TimeoutException}; the flight goes on for everyone else. The leader is the one
+     * running {@code fn}, so the timeout does not apply to it.
+     */
+    public <T> Result<T> execute(String key, Duration timeout, Callable<? extends T> fn)
+            throws Exception {
+        Objects.requireNonNull(timeout, "timeout");
+        if (timeout.isNegative()) throw new IllegalArgumentException("negative timeout");
+        long ns;
+        try {
+            ns = timeout.toNanos();
+        } catch (ArithmeticException tooLong) {
+            ns = Long.MAX_VALUE;
+        }
+        return execute(utf8(key), fn, ns);
+    }
+
+    /**
+     * Makes the next call for {@code key} run its callable again instead of joining the flight
+     * in progress, which still delivers to its own callers.
+     *
+     * @return whether a flight was in progress
+     */
+    public boolean forget(String key) {
+        return forget(utf8(key));
+    }
+
+    /** As {@link #forget(String)}, for a key of arbitrary bytes. */
+    public boolean forget(byte[] key) {
+        Objects.requireNonNull(key, "key");
+        lock.readLock().lock();
+        try {
+            return open().forget(key);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /**
+     * Like {@link #forget(String)}, but only when no follower has joined the flight.
+     *
+     * @return whether the flight was forgotten
+     */
+    public boolean forgetUnshared(String key) {
+        return forgetUnshared(utf8(key));
+    }
+
+    /** As {@link #forgetUnshared(String)}, for a key of arbitrary bytes. */
+    public boolean forgetUnshared(byte[] key) {
+        Objects.requireNonNull(key, "key");
+        lock.readLock().lock();
+        try {
+            return open().forget_unshared(key);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /** A snapshot of this group's counters. */
+    public Stats stats() {
+        lock.readLock().lock();
+        try {
+            NativeStats s = open().stats();
+            try {
+                return new Stats(s.getCalls(), s.getLeaders(), s.getFollowers(), s.getPanics(),
+                        s.getGoexits(), s.getTimeouts(), s.getForgets(), s.getIn_flight());
+            } finally {
+                s.delete();
+            }
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /**
+     * Releases this group's handle. Calls in progress complete normally; new calls throw {@link
+     * IllegalStateException}. Idempotent.
+     */
+    @Override
+    public void close() {
+        lock.writeLock().lock();
+        try {
+            if (group != null) {
+                group.delete();
+                group = null;
+            }
+        } finally {
+            lock.writeLock().unlock();
+        }
+    }
+
+    /**
+     * Host values the native module holds right now, across all groups (JNI global references
+     * not yet deleted). For leak tests: it returns to its old value once every call is done.
+     */
+    public static long liveNativeValues() {
+        return singleflight_core.live_values();
+    }
+
+    /** The version of the loaded C library, e.g. "1.0.0". */
+    public static String nativeVersion() {
+        return singleflight_core.version_string();
+    }
+
+    private NativeGroup open() {
+        if (group == null) throw new IllegalStateException("singleflight group is closed");
+        return group;
+    }
+
+    private static byte[] utf8(String key) {
+        return Objects.requireNonNull(key, "key").getBytes(StandardCharsets.UTF_8);
+    }
+
+    private NativeFlight begin(byte[] key) {
+        lock.readLock().lock();
+        try {
+            return open().begin_on_thread(key);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    @SuppressWarnings("unchecked")
+    private <T> Result<T> execute(byte[] key, Callable<? extends T> fn, long timeoutNs)
+            throws Exception {
+        Objects.requireNonNull(key, "key");
+        Objects.requireNonNull(fn, "fn");
+        NativeFlight flight = begin(key);
+        try {
+            int status;
+            if (flight.is_leader()) {
+                lead(flight, fn);
+                status = flight.waitFor(0);
+            } else {
+                status = flight.waitFor(timeoutNs);
+                if (status == singleflight_coreConstants.ETIMEDOUT) {
+                    throw new TimeoutException("singleflight: gave up waiting for the flight");
+                }
+            }
+            Object value = flight.get_object();
+            if (status == singleflight_coreConstants.OK) {
+                return new Result<>((T) value, flight.shared());
+            }
+            if (status == singleflight_coreConstants.EPANIC) {
+                throw rethrow(value, flight.panic_message());
+            }
+            throw new LeaderExitedException();
+        } finally {
+            // Drops this caller's reference to the shared value (the last one
+            // deletes its global reference) and, for a leader that never
+            // finished, releases the followers.
+            flight.delete();
+        }
+    }
+
+    private static void lead(NativeFlight flight, Callable<?> fn) {
+        Object value;
+        try {
+            value = fn.call();
+        } catch (Throwable t) {
+            flight.set_object(t);
+            flight.panic(describe(t));
+            return;
+        }
+        flight.set_object(value);
+        flight.finish(0);
+    }
+
+    // The library's copy of the panic message. It must not throw: the flight
+    // would then end as a leader exit instead of carrying the throwable.
+    private static String describe(Throwable t) {
+        try {
+            return String.valueOf(t);
+        } catch (Throwable brokenToString) {
+            return t.getClass().getName();
+        }
+    }
+
+    private static Exception rethrow(Object value, String message) {
+        if (value instanceof Error) throw (Error) value;
+        if (value instanceof Exception) return (Exception) value;
+        return new PanicException(message != null ? message : "panic");
+    }
+}
