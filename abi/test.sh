@@ -11,7 +11,7 @@ set -euo pipefail
 
 SF_ROOT=${SF_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SF_ROOT/scripts/lib.sh"
-sf_need abigail-tools binutils cmake ninja-build build-essential
+sf_require abidiff readelf nm cmake ninja cc c++
 
 : "${SF_PREFIX:?SF_PREFIX must point at an install prefix}"
 lib=$SF_PREFIX/lib/libsingleflight.so.1

@@ -38,7 +38,7 @@ build_dir=$(cd "$build_dir" && pwd)
 bb=$build_dir/bench
 mkdir -p "$bb"
 
-sf_need build-essential cmake ninja-build pkg-config python3 libsqlite3-dev
+sf_require cmake ninja pkg-config python3 c++
 
 # ---- native contenders: the library (Release) and sfbench ------------------
 sf_log "building the library and sfbench in $build_dir"
@@ -116,8 +116,8 @@ if [ "$bindings" = 1 ]; then
     # library, with every generated file under the build dir.
     if [ ! -f "$SF_ROOT/bindings/swig/python/setup.py" ]; then
         unavailable python "bindings/swig/python not present"
-    elif ! command -v swig >/dev/null 2>&1 && ! (sf_need swig python3-dev python3-setuptools); then
-        unavailable python "swig not installable"
+    elif ! command -v swig >/dev/null 2>&1; then
+        unavailable python "swig not installed (scripts/setup.sh installs it)"
     else
         pyb=$bb/python-build
         rm -rf "$pyb"

@@ -15,11 +15,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 bdir=${SF_BUILD_DIR:-$SF_ROOT/build}/bench-smoke
 mkdir -p "$bdir"
-sf_need build-essential cmake ninja-build pkg-config python3 libsqlite3-dev
+sf_require cmake ninja pkg-config python3 c++
 
 sf_log "bench smoke: building in $bdir"
 cmake -S "$SF_ROOT" -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSF_BUILD_TESTS=OFF \
     -DSF_BUILD_EXAMPLES=ON -DSF_BUILD_BENCH=ON >/dev/null
+# Both targets by name: if SQLite is missing the stampede target does not
+# exist and this fails, rather than the demo silently going untested.
 cmake --build "$bdir" -j2 --target stampede sfbench >/dev/null
 
 sf_log "bench smoke: stampede demo, tiny flags"

@@ -19,6 +19,7 @@
 
 #include <poll.h>
 
+#include <cerrno>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -64,6 +65,24 @@ void trace(const char *fmt, ...) {
     do {                                                                         \
         if (!(c)) die(#c, __LINE__, 0, 0);                                       \
     } while (0)
+
+// Whether fd is readable now: 1 or 0, as poll(2) with a zero timeout says.
+// A signal can interrupt even that poll: when nothing is ready and a signal
+// is pending, the kernel answers EINTR instead of 0.  libFuzzer's -timeout
+// timer delivers SIGALRM every few seconds, and one that lands in a poll of a
+// pending flight's fd once made a 60 s run fail with "-1 vs 0" (reproduced at
+// will by sending SIGALRM in a loop to `sf_fuzz_capi -runs=N
+// fuzz/corpus/two_phase`; strace shows the poll ending in
+// ERESTART_RESTARTBLOCK).  The harness must be as robust to signals as the
+// library: every system call it makes retries on EINTR.
+int readable_now(int fd) {
+    struct pollfd p = {fd, POLLIN, 0};
+    int rc;
+    do {
+        rc = poll(&p, 1, 0);
+    } while (rc < 0 && errno == EINTR);
+    return rc;
+}
 
 // ---------------------------------------------------------------------------
 // Input reader: never fails, yields zeros once the input is exhausted.
@@ -648,8 +667,7 @@ void op_handle(uint8_t what) {
             break;
         }
         EXPECT_EQ(sf_call_fd(c), fd);
-        struct pollfd p = {fd, POLLIN, 0};
-        EXPECT_EQ(poll(&p, 1, 0), h.f->done ? 1 : 0);
+        EXPECT_EQ(readable_now(fd), h.f->done ? 1 : 0);
         break;
     }
     case 6:
@@ -912,7 +930,13 @@ void run_op(bool inside_fn, FnCtx *fc) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     State st{Input{data, size}, {}, {}, {}, -1, 0, 0};
     S = &st;
+    // Every input starts from the state of a fresh process: empty block
+    // caches (whether an allocation happens, and so where an allocation
+    // failure lands, depends on them) and the same value ids.  Without this a
+    // find could depend on the inputs run before it and not reproduce alone.
+    sf::testing::reset_caches();
     g_values_live = 0;
+    g_next_val = 1;
     g_async_ctx.clear();
     sf::testing::fail_allocations_after(-1);
 

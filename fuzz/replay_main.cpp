@@ -1,7 +1,14 @@
 // Replays fuzz inputs without libFuzzer: every file named on the command line,
-// or every file in a directory named there, goes through the fuzz target once.
+// or every file in a directory named there, goes through the fuzz target.
 // This lets the corpus and the regression inputs run in any build (gcc,
-// ASan+UBSan, TSan), not only in the clang fuzzing build.
+// ASan+UBSan, TSan, valgrind), not only in the clang fuzzing build.
+//
+// Each input runs twice in a row, and both runs must make the same number of
+// internal allocations.  The target resets the library's caches at the start
+// of every input; if some state still leaked from one input into the next,
+// an allocation-failure burst would land elsewhere the second time and a
+// find would not reproduce on its own.  The count is a cheap fingerprint of
+// the path taken (the target is single-threaded, so it is exact).
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -13,6 +20,8 @@
 #include <iterator>
 #include <string>
 #include <vector>
+
+#include "core/testing.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,7 +37,18 @@ static int replay_file(const std::string &path) {
         return 1;
     }
     std::vector<char> buf((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t *>(buf.data()), buf.size());
+    const auto *data = reinterpret_cast<const uint8_t *>(buf.data());
+    unsigned long counts[2];
+    for (unsigned long &n : counts) {
+        unsigned long before = sf::testing::allocations();
+        LLVMFuzzerTestOneInput(data, buf.size());
+        n = sf::testing::allocations() - before;
+    }
+    if (counts[0] != counts[1]) {
+        std::fprintf(stderr, "%s: not deterministic: %lu internal allocations, then %lu\n",
+                     path.c_str(), counts[0], counts[1]);
+        return 1;
+    }
     return 0;
 }
 
@@ -58,7 +78,7 @@ int main(int argc, char **argv) {
             files++;
         }
     }
-    std::printf("replayed %d inputs\n", files);
+    std::printf("replayed %d inputs, each twice with the same allocations\n", files);
     // An empty replay proves nothing: that is a failure too.
     return (errors || files == 0) ? 1 : 0;
 }

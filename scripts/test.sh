@@ -1,113 +1,140 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the core with CMake and with Meson, the
-# install and pkg-config checks, the whole suite under ASan+UBSan and TSan,
-# the C tests under valgrind, then every binding's, benchmark's, fuzzer's and
-# ABI check's own test.sh.  Installs what it needs.  Ends with one line
-# "N passed, N failed"; exits non-zero if anything failed.
+# Runs every test of the project: sets the machine up (scripts/setup.sh), then
+# for each preset of CMakePresets.json configures, builds and runs ctest.
+# Every check is a ctest test with labels, so any one of them can also be run
+# by hand, e.g. `ctest --preset default -L python` (tests/CMakeLists.txt).
 #
-#   scripts/test.sh            everything (what CI runs)
-#   scripts/test.sh core       only the core steps (no sanitizers, no bindings)
+#   default   core suites, examples, install + consumers, Meson (same suites,
+#             same .pc), ABI, Python, Lua, Java, Go, Rust, LuaJIT, C++,
+#             benchmark smoke
+#   memcheck  the suites labelled memcheck, under valgrind (ctest -T memcheck,
+#             on the default build)
+#   asan      core suites under ASan + LeakSanitizer + UBSan
+#   tsan      core suites under TSan
+#   fuzz      the libFuzzer build, replaying the corpus and regressions
+#
+# Nothing random decides the verdict: fuzz inputs are replayed, never
+# searched (scripts/fuzz.sh does that, outside CI), and the stress test runs
+# with a fixed seed.  Ends with one line, "N passed, N failed", counting ctest
+# tests over all presets (a preset that fails to configure or build counts
+# as one failure); exits non-zero if anything failed.
+#
+#   scripts/test.sh                    everything (what CI runs)
+#   scripts/test.sh --preset asan      only these presets (repeatable)
+#   scripts/test.sh --without java     leave out the integration tests labelled
+#                                      java (and their toolchain); printed in the
+#                                      summary.  An unknown label fails the
+#                                      default preset's configure.
+#   scripts/test.sh --no-setup         do not run scripts/setup.sh first
+# Logs: build/logs/PRESET.log.
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$SF_ROOT"
 
-mode=${1:-all}
-OUT=${SF_OUT:-$SF_ROOT/build}
-mkdir -p "$OUT"
-JOBS=${SF_JOBS:-2}
-passed=0 failed=0 failures=()
+ALL_PRESETS=(default memcheck asan tsan fuzz)
 
-# step NAME CMD...: runs one step, logs to $OUT/logs/NAME.log, keeps score.
-mkdir -p "$OUT/logs"
-step() {
-    local name=$1; shift
-    local log="$OUT/logs/$name.log" t0=$SECONDS
-    sf_log "$name"
-    if "$@" >"$log" 2>&1; then
-        passed=$((passed + 1))
-        printf '   ok   %-28s %4ds\n' "$name" $((SECONDS - t0))
+presets=() without=() setup=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --preset) presets+=("$2"); shift 2 ;;
+        --preset=*) presets+=("${1#*=}"); shift ;;
+        --without) without+=("$2"); shift 2 ;;
+        --without=*) without+=("${1#*=}"); shift ;;
+        --no-setup) setup=0; shift ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) sf_die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+[ ${#presets[@]} -gt 0 ] || presets=("${ALL_PRESETS[@]}")
+for p in "${presets[@]}"; do
+    case " ${ALL_PRESETS[*]} " in *" $p "*) ;; *) sf_die "no preset '$p' (${ALL_PRESETS[*]})" ;; esac
+done
+selected() { case " ${presets[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
+
+t_start=$SECONDS
+if [ $setup = 1 ]; then
+    setup_args=()
+    for w in "${without[@]}"; do setup_args+=(--without "$w"); done
+    selected fuzz || setup_args+=(--without fuzz)
+    bash scripts/setup.sh "${setup_args[@]}" || sf_die "scripts/setup.sh failed"
+fi
+
+LOGS=$SF_ROOT/build/logs
+mkdir -p "$LOGS"
+JOBS=2
+passed=0 failed=0 report=()
+
+# count PRESET LOG: adds the ctest summary line of LOG to the totals.
+count() {
+    local line total fails
+    line=$(grep -E '[0-9]+ tests? failed out of [0-9]+' "$2" | tail -n1)
+    if [ -z "$line" ]; then
+        failed=$((failed + 1))
+        report+=("$1: ctest printed no summary (log: $2)")
+        return
+    fi
+    fails=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+    total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
+    passed=$((passed + total - fails))
+    failed=$((failed + fails))
+    report+=("$1: $((total - fails)) passed, $fails failed")
+}
+
+# run_preset NAME: configure, build and test one preset, all into its log.
+declare -A built=()
+run_preset() {
+    local p=$1 log=$LOGS/$1.log t0=$SECONDS conf=$1 rc=0
+    : >"$log"
+    sf_log "$p"
+    [ "$p" = memcheck ] && conf=default
+    if [ -z "${built[$conf]:-}" ]; then
+        local extra=()
+        [ "$conf" = default ] && extra=("-DSF_TEST_WITHOUT=$(IFS=';'; echo "${without[*]}")")
+        if ! { cmake --preset "$conf" "${extra[@]}" && cmake --build --preset "$conf"; } >>"$log" 2>&1; then
+            built[$conf]=failed
+        else
+            built[$conf]=ok
+        fi
+    fi
+    if [ "${built[$conf]}" != ok ]; then
+        failed=$((failed + 1))
+        report+=("$p: configure or build of preset $conf FAILED (log: $log)")
+        printf '   FAIL %-10s configure/build, %4ds  (log: %s)\n' "$p" $((SECONDS - t0)) "$log"
+        tail -n 30 "$log" | sed 's/^/      | /'
+        return
+    fi
+    if [ "$p" = memcheck ]; then
+        # -T (dashboard mode) reads DartConfiguration.tcl from --test-dir.
+        ctest --preset memcheck -T memcheck --test-dir "$SF_ROOT/build/default" >>"$log" 2>&1 || rc=$?
     else
-        failed=$((failed + 1)); failures+=("$name")
-        printf '   FAIL %-28s %4ds  (log: %s)\n' "$name" $((SECONDS - t0)) "$log"
-        tail -n 40 "$log" | sed 's/^/      | /'
+        ctest --preset "$p" >>"$log" 2>&1 || rc=$?
+    fi
+    count "$p" "$log"
+    printf '   %-4s %-10s %4ds  %s\n' "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$p" \
+        $((SECONDS - t0)) "${report[-1]#*: }"
+    if [ $rc -ne 0 ]; then
+        echo "      log: $log"
+        # ctest's own list of what failed, then the end of the log.
+        sed -n '/The following tests FAILED/,$p' "$log" | sed 's/^/      | /'
+        grep -q 'tests failed out of' "$log" || tail -n 30 "$log" | sed 's/^/      | /'
+        # A failure ctest did not count (e.g. memcheck defects) still fails.
+        if ! grep -qE ' [1-9][0-9]* tests? failed out of' "$log"; then
+            failed=$((failed + 1))
+            report+=("$p: ctest exited $rc (log: $log)")
+        fi
     fi
 }
 
-sf_need "${SF_CORE_PKGS[@]}"
-
-have_swig() { [ -f bindings/swig/CMakeLists.txt ]; }
-
-cmake_build() {  # dir extra-args...
-    local dir=$1; shift
-    cmake -S . -B "$dir" -G Ninja -DSF_BUILD_TESTS=ON "$@" && cmake --build "$dir" -j"$JOBS"
-}
-
-ctest_run() {  # dir extra-args...
-    local dir=$1; shift
-    ctest --test-dir "$dir" --output-on-failure -j"$JOBS" "$@"
-}
-
-asan_ctest() {
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest_run "$1"
-}
-
-tsan_ctest() {
-    # TSan needs a low-entropy address space on newer kernels: no ASLR.
-    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        setarch "$(uname -m)" -R ctest --test-dir "$1" --output-on-failure -j"$JOBS"
-}
-
-# ---- core: CMake ---------------------------------------------------------
-MAIN="$OUT/main"
-PREFIX="$OUT/prefix"
-swig_flag=-DSF_BUILD_SWIG=OFF
-if [ "$mode" = all ] && have_swig; then
-    sf_need swig python3-dev python3-venv liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven
-    swig_flag=-DSF_BUILD_SWIG=ON
-fi
-step cmake-build cmake_build "$MAIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo $swig_flag
-step cmake-ctest ctest_run "$MAIN"
-step cmake-install bash -c "rm -rf '$PREFIX' && cmake --install '$MAIN' --prefix '$PREFIX'"
-step install-consumers bash tests/check-install.sh "$PREFIX"
-step demo-hello "$MAIN/examples/hello"
-
-# ---- core: Meson, and the two .pc files agree ----------------------------
-MESON="$OUT/meson"
-step meson-build bash -c "rm -rf '$MESON' && meson setup '$MESON' --prefix '$OUT/meson-prefix' --libdir lib && ninja -C '$MESON'"
-step meson-test meson test -C "$MESON" --print-errorlogs
-step meson-install bash -c "rm -rf '$OUT/meson-prefix' && meson install -C '$MESON' --quiet"
-step pc-files-agree bash tests/check-pc.sh "$PREFIX" "$OUT/meson-prefix"
-
-# ---- valgrind on the C suite ---------------------------------------------
-step valgrind-c-tests valgrind --error-exitcode=9 --leak-check=full \
-    --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
-    "$MAIN/tests/c_api_test"
-
-if [ "$mode" = all ]; then
-    # ---- sanitizers: the whole ctest suite, twice --------------------------
-    step asan-ubsan-build cmake_build "$OUT/asan" -DCMAKE_BUILD_TYPE=Debug \
-        -DSF_SANITIZE=address,undefined -DSF_BUILD_EXAMPLES=OFF
-    step asan-ubsan-ctest asan_ctest "$OUT/asan"
-    step tsan-build cmake_build "$OUT/tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DSF_SANITIZE=thread -DSF_BUILD_EXAMPLES=OFF
-    step tsan-ctest tsan_ctest "$OUT/tsan"
-
-    # ---- everything else that brings its own test.sh -----------------------
-    export SF_PREFIX="$PREFIX" SF_BUILD_DIR="$MAIN"
-    export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-    export LD_LIBRARY_PATH="$PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    for t in bindings/swig/test.sh bindings/go/test.sh bindings/rust/test.sh \
-             bindings/luajit/test.sh bindings/cpp/test.sh bench/test.sh \
-             fuzz/test.sh abi/test.sh; do
-        [ -x "$t" ] || continue
-        step "$(dirname "$t" | tr / -)" bash "$t"
-    done
-fi
+for p in "${ALL_PRESETS[@]}"; do
+    selected "$p" && run_preset "$p"
+done
 
 echo
-if [ $failed -ne 0 ]; then
-    echo "failed steps: ${failures[*]}"
-fi
+printf '%s\n' "${report[@]}"
+not_run=()
+for p in "${ALL_PRESETS[@]}"; do selected "$p" || not_run+=("$p"); done
+[ ${#not_run[@]} -eq 0 ] || echo "presets not run (by --preset): ${not_run[*]}"
+[ ${#without[@]} -eq 0 ] || echo "tests left out (by --without): ${without[*]}"
+echo "wall time: $(( (SECONDS - t_start) / 60 ))m$(( (SECONDS - t_start) % 60 ))s"
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -6,7 +6,7 @@ set -euo pipefail
 
 SF_ROOT=${SF_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SF_ROOT/scripts/lib.sh"
-sf_need g++ cmake ninja-build pkg-config libgtest-dev
+sf_require g++ cmake ninja pkg-config
 
 if [ -n "${SF_PREFIX:-}" ]; then
     export PKG_CONFIG_PATH="$SF_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"

@@ -6,7 +6,7 @@ set -euo pipefail
 
 SF_ROOT=${SF_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$SF_ROOT/scripts/lib.sh"
-sf_need luajit
+sf_require luajit
 
 if [ -n "${SF_PREFIX:-}" ]; then
     export LD_LIBRARY_PATH="$SF_PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

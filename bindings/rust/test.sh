@@ -11,7 +11,7 @@ SF_ROOT=${SF_ROOT:-$(cd "$here/../.." && pwd)}
 
 # rustc/cargo: Debian's toolchain; pkg-config: linking; g++: the header test
 # compiles the real header against the Rust declarations.
-sf_need rustc cargo pkg-config g++
+sf_require /usr/bin/rustc /usr/bin/cargo pkg-config g++
 
 [ -n "${PKG_CONFIG_PATH:-}" ] || sf_die "PKG_CONFIG_PATH must point at the installed singleflight.pc"
 pkg-config --exists singleflight || sf_die "pkg-config cannot find singleflight"

@@ -12,6 +12,9 @@
 // Usage: sf_stress [--seconds N] [--threads N] [--round-ms N] [--margin-ms N]
 //                  [--no-oom] [--seed N]
 // SF_STRESS_SECONDS in the environment overrides the default duration.
+// --seed defaults to the clock; the seed is printed first, and a failing run
+// prints the command that runs it again with the same seed (ctest uses a
+// fixed one: tests/suites.txt).
 // Exit status 0 only when every invariant held.
 
 #include <singleflight.h>
@@ -326,6 +329,15 @@ thread_local bool t_may_exit = false;
 thread_local int t_fn_depth = 0;
 thread_local std::mt19937_64 *t_rng = nullptr;
 
+// Seeds for the generators threads make along the way (executor threads,
+// the refusing executor, the fallback): all drawn from --seed, so the seed
+// alone fixes every random choice.  Which thread gets which stream depends
+// on the scheduler, as the interleaving does.
+std::atomic<uint64_t> g_streams{0};
+uint64_t next_stream_seed() {
+    return cfg.seed ^ (0x9e3779b97f4a7c15ULL * (g_streams.fetch_add(1) + 1));
+}
+
 struct TaskBox {
     sf_task_fn task;
     void *arg;
@@ -339,7 +351,7 @@ void *exec_thread(void *p) {
     ThreadCount tc; // runs on normal return and on pthread_exit's unwind
     TaskBox box = *static_cast<TaskBox *>(p);
     delete static_cast<TaskBox *>(p);
-    std::mt19937_64 rng(reinterpret_cast<uintptr_t>(&box) ^ uint64_t(now_ns()));
+    std::mt19937_64 rng(next_stream_seed());
     t_rng = &rng;
     t_may_exit = true;
     box.task(box.arg);
@@ -349,7 +361,7 @@ void *exec_thread(void *p) {
 
 int refusing_executor(sf_task_fn task, void *arg, void *payload) {
     auto *refuse_per_mille = static_cast<std::atomic<int> *>(payload);
-    static thread_local std::mt19937 er(std::random_device{}());
+    static thread_local std::mt19937 er(static_cast<std::mt19937::result_type>(next_stream_seed()));
     int r = int(er() % 1000);
     if (r < refuse_per_mille->load()) {
         fig.f_refuse.fetch_add(1);
@@ -468,7 +480,7 @@ void check_outcome(GroupCtx *gc, int key, int status, sf_result *r, int shared,
 // ---------------------------------------------------------------------------
 
 std::mt19937_64 &rng() {
-    static thread_local std::mt19937_64 fallback(std::random_device{}());
+    static thread_local std::mt19937_64 fallback(next_stream_seed());
     return t_rng ? *t_rng : fallback;
 }
 
@@ -1140,6 +1152,13 @@ int main(int argc, char **argv) {
         fig.f_nested_deadlk.load(), fig.f_oom_bursts.load(), fig.f_enomem_returns.load(),
         fig.f_forget_in_fn.load(), created, destroyed, int64_t(created - destroyed),
         g_failures.load());
-    std::puts(g_failures.load() == 0 ? "sf_stress: PASS" : "sf_stress: FAIL");
+    if (g_failures.load() == 0) {
+        std::puts("sf_stress: PASS");
+    } else {
+        std::printf("sf_stress: FAIL; same seed again: %s --seed %" PRIu64
+                    " --seconds %g --threads %d --round-ms %d --margin-ms %d%s\n",
+                    argv[0], cfg.seed, cfg.seconds, cfg.threads, cfg.round_ms, cfg.margin_ms,
+                    cfg.oom ? "" : " --no-oom");
+    }
     return g_failures.load() == 0 ? 0 : 1;
 }

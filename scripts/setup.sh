@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Sets up this machine (Debian 12) for every build and test of the project,
+# once, in one place: Debian packages (compilers, both build systems, the
+# sanitizer and fuzzing runtimes, valgrind, libabigail, every binding's
+# toolchain), the Python virtual environment with pytest, and the Go modules
+# the Go tests build with.  Idempotent and quick when nothing is missing;
+# scripts/test.sh, scripts/demo.sh and .ci/run run it, and no test script
+# installs anything itself.
+#
+#   scripts/setup.sh                   everything
+#   scripts/setup.sh --without java    leave out what only the java tests need
+#                                      (a test label, repeatable; scripts/test.sh
+#                                      passes its own --without through)
+#   scripts/setup.sh --only demo       just what scripts/demo.sh needs
+#
+# Debian's golang-go (1.19), rustc and cargo (1.63) are installed even when
+# newer toolchains are on PATH: they are the oldest versions the Go module and
+# the Rust crates support, and their tests build with them.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# What each test label needs beyond the core, as Debian packages.
+declare -A PKGS=(
+    [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3"
+    [examples]="libsqlite3-dev"
+    [meson]="meson"
+    [fuzz]="clang libclang-rt-14-dev"
+    [abi]="abigail-tools"
+    [install]="util-linux swig liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven python3-dev python3-venv man-db groff-base mandoc meson rustc cargo golang-go"
+    [python]="swig python3-dev python3-venv"
+    [lua]="swig lua5.4 liblua5.4-dev valgrind"
+    [java]="swig openjdk-17-jdk-headless maven"
+    [go]="golang-go"
+    [rust]="rustc cargo"
+    [luajit]="luajit"
+    [cpp]=""
+    [bench-smoke]="libsqlite3-dev python3"
+)
+DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev"
+
+without=() only=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --without) without+=("$2"); shift 2 ;;
+        --without=*) without+=("${1#*=}"); shift ;;
+        --only) only=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) sf_die "setup.sh: unknown argument $1 (see --help)" ;;
+    esac
+done
+# A label with no packages of its own (install, cpp, ...) leaves nothing out.
+excluded() { local w; for w in "${without[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
+
+want=()
+if [ "$only" = demo ]; then
+    read -r -a want <<<"$DEMO_PKGS"
+elif [ -n "$only" ]; then
+    sf_die "setup.sh: --only knows only 'demo'"
+else
+    for label in "${!PKGS[@]}"; do
+        excluded "$label" && continue
+        read -r -a p <<<"${PKGS[$label]}"
+        want+=("${p[@]}")
+    done
+fi
+
+# ---- Debian packages ----------------------------------------------------------
+missing=()
+for p in $(printf '%s\n' "${want[@]}" | sort -u); do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    sf_log "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q >/dev/null || sf_die "apt-get update failed"
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+        sf_die "apt-get install ${missing[*]} failed"
+fi
+[ "$only" = demo ] && exit 0
+
+# ---- Python: a venv with pytest, from the python3 on PATH (the interpreter
+# CMake finds and builds the SWIG module for) --------------------------------
+if ! excluded python; then
+    if ! "$SF_VENV/bin/python" -c 'import pytest' >/dev/null 2>&1; then
+        sf_log "setup: Python venv with pytest in $SF_VENV"
+        rm -rf "$SF_VENV"
+        python3 -m venv "$SF_VENV" || sf_die "cannot create a venv with $(command -v python3)"
+        "$SF_VENV/bin/python" -m pip install -q --disable-pip-version-check pytest ||
+            sf_die "pip install pytest failed"
+    fi
+fi
+
+# ---- Go: the module's dependencies, into the module cache, with Debian's Go --
+if ! excluded go; then
+    (cd "$SF_ROOT/bindings/go" && GOTOOLCHAIN=local GOFLAGS=-modcacherw /usr/bin/go mod download) ||
+        sf_die "go mod download failed in bindings/go"
+fi
+sf_log "setup: done"
