@@ -44,7 +44,9 @@ sh "$SF_ROOT/tests/check-header.sh" "$inc"
 src=$work/src
 mkdir -p "$src"
 cp -r "$SF_ROOT/CMakeLists.txt" "$SF_ROOT/capi" "$SF_ROOT/core" "$SF_ROOT/cmake" \
-      "$SF_ROOT/pkgconfig" "$src/"
+      "$SF_ROOT/pkgconfig" "$SF_ROOT/man" "$src/"
+mkdir -p "$src/bindings"
+cp -r "$SF_ROOT/bindings/cpp" "$src/bindings/"
 
 build_mutant() { # name: builds $src into $work/$name, prints the .so path
     cmake -S "$src" -B "$work/$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

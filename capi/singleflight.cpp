@@ -75,15 +75,20 @@ SF_API int sf_group_free(sf_group *g) {
 SF_CATCHES_FORCED_UNWIND
 SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
                        sf_result **result, int *shared) {
-    clear_out(result, shared);
-    if (!g || !fn || bad_key(key, key_len)) return SF_EINVAL;
+    if (__builtin_expect(!g || !fn || bad_key(key, key_len), 0)) {
+        clear_out(result, shared);
+        return SF_EINVAL;
+    }
     try {
         sf::Flight *r = nullptr;
         bool is_shared = false;
         const sf::Status st = core(g)->run(
             sf::Key{key, key_len}, [&](sf::Flight *call) { return fn(handle(call), payload); },
             &r, &is_shared);
-        if (st < 0 && st != sf::kPanic && st != sf::kGoexit) return st;
+        if (__builtin_expect(st < 0 && st != sf::kPanic && st != sf::kGoexit, 0)) {
+            clear_out(result, shared);
+            return st;
+        }
         if (shared) *shared = is_shared ? 1 : 0;
         give_result(r, result);
         return st;

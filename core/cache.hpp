@@ -12,6 +12,8 @@
 
 #include <cstddef>
 
+#include "core/alloc.hpp"
+#include "core/platform.hpp"
 #include "core/thread.hpp"
 
 namespace sf {
@@ -19,17 +21,14 @@ namespace detail {
 
 class BlockCache {
 public:
+    static constexpr int kLocalMax = 16;  // blocks a thread keeps (few: a hoarding follower starves leaders)
+
     // constexpr: the caches are constant-initialised, never written during
     // start-up (a dlopen on one thread, use on another).
     constexpr BlockCache(std::size_t block_size, std::size_t align, int index) noexcept
         : index_(index), size_(block_size), align_(align) {}
     BlockCache(const BlockCache &) = delete;
     BlockCache &operator=(const BlockCache &) = delete;
-
-    // nullptr when out of memory or when a test injects a failure (a block
-    // from the cache counts as an allocation for that: see alloc.hpp).
-    void *get() noexcept;
-    void put(void *block) noexcept;
 
     std::size_t block_size() const noexcept { return size_; }
 
@@ -38,15 +37,59 @@ public:
     Node *global_ = nullptr;
     const int index_;  // slot in ThreadState::stacks
 
+    // The shared paths behind CacheAt's inline ones.
+    void *get_slow() noexcept;
+    void put_slow(void *block) noexcept;
+    // Under AddressSanitizer a cached block is poisoned (cache.cpp).
+#if defined(SF_ASAN)
+    void poison(void *block) noexcept;
+    void unpoison(void *block) noexcept;
+#else
+    void poison(void *) noexcept {}
+    void unpoison(void *) noexcept {}
+#endif
 private:
-    void *take() noexcept;
-    void give(void *block) noexcept;
     std::size_t size_, align_;
 };
 
-BlockCache &flight_cache() noexcept;
-BlockCache &call_cache() noexcept;
-BlockCache &ext_cache() noexcept;
+// One of the caches, with its index known at compile time: the thread's own
+// stack first, a few instructions, inline.
+template <int I>
+struct CacheAt {
+    BlockCache &cache;
+
+    // nullptr when out of memory or when a test injects a failure (a block
+    // from the cache counts as an allocation for that: see alloc.hpp).
+    void *get() const noexcept {
+        if (cache_request_fails()) return nullptr;
+        LocalStack &s = t_state.stacks[I];  // non-empty only while the thread is active
+        if (FreeBlock *top = s.top) {
+            s.top = top->next;
+            --s.count;
+            cache.unpoison(top);
+            return top;
+        }
+        return cache.get_slow();
+    }
+    void put(void *block) const noexcept {
+        ThreadState &t = t_state;
+        LocalStack &s = t.stacks[I];
+        if (__builtin_expect(t.life == kActive && s.count < BlockCache::kLocalMax, 1)) {
+            cache.poison(block);
+            auto *n = static_cast<FreeBlock *>(block);
+            n->next = s.top;
+            s.top = n;
+            ++s.count;
+            return;
+        }
+        cache.put_slow(block);
+    }
+};
+
+extern BlockCache g_flights, g_calls, g_exts;
+inline CacheAt<0> flight_cache() noexcept { return {g_flights}; }
+inline CacheAt<1> call_cache() noexcept { return {g_calls}; }
+inline CacheAt<2> ext_cache() noexcept { return {g_exts}; }
 
 // Moves the calling thread's cached blocks to the shared lists (thread exit,
 // testing::reset_caches).

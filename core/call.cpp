@@ -172,7 +172,7 @@ Status call_role(const Call *c) noexcept {
     return call_role_byte(c) == kRoleFollower ? kFollower : kLeader;
 }
 
-void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept {
+void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     if (!c || !is_leader(c)) {
         run_destroy(destroy, value);
         return;

@@ -35,7 +35,22 @@ Status call_role(const Call *c) noexcept;
 // null call, a follower, and once the flight is finished.  Inside fn (do, do_async) the
 // call belongs to fn's thread; a two-phase leader's may race its finish
 // from any thread, and the value is never written after completion.
-void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept;
+void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept;
+inline void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept {
+    if (c && is_leader(c)) {
+        Flight *f = as_flight(c);
+        if (f->mode != kModeTwoPhase && !(f->state.load(std::memory_order_relaxed) & kFinished)) {
+            // fn's own call, on fn's thread (see call.cpp).
+            const DestroyFn old_destroy = f->destroy;
+            void *const old_value = f->value;
+            f->value = value;
+            f->destroy = destroy;
+            if (old_destroy && old_value != value) run_destroy(old_destroy, old_value);
+            return;
+        }
+    }
+    call_set_value_slow(c, value, destroy);
+}
 
 // Two-phase completion: kOk, or kBadState (a follower, already finished,
 // or fn's call of do/do_async, which fn's return finishes).

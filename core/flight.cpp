@@ -22,74 +22,21 @@ namespace {
 constexpr int kSpins = 200;
 constexpr int kYields = 2;
 
-// Copies a key of at most kInlineKey bytes without a call into libc: the
-// length is small and known to be bounded, so a few overlapping moves do.
-inline void copy_small(unsigned char *dst, const unsigned char *src, std::size_t n) noexcept {
-    if (n >= 16) {
-        std::size_t i = 0;
-        for (; i + 16 <= n; i += 16) __builtin_memcpy(dst + i, src + i, 16);
-        if (i < n) __builtin_memcpy(dst + n - 16, src + n - 16, 16);
-    } else if (n >= 8) {
-        __builtin_memcpy(dst, src, 8);
-        __builtin_memcpy(dst + n - 8, src + n - 8, 8);
-    } else if (n >= 4) {
-        __builtin_memcpy(dst, src, 4);
-        __builtin_memcpy(dst + n - 4, src + n - 4, 4);
-    } else if (n > 0) {
-        dst[0] = src[0];
-        dst[n / 2] = src[n / 2];
-        dst[n - 1] = src[n - 1];
-    }
-}
-
 void free_ext(Flight *f) noexcept {
     Ext *e = f->ext.load(std::memory_order_relaxed);
     if (!e) return;
     if (f->lflags & kMessageOwned) detail::dealloc(const_cast<char *>(e->message));
     detail::ext_cache().put(e);
+    f->ext.store(nullptr, std::memory_order_relaxed);  // what flight_new relies on
 }
 }  // namespace
 
-uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
-
-Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
-    void *mem = detail::flight_cache().get();
-    if (!mem) return nullptr;
-    // The block keeps its tag from its last life (a fresh one starts from
-    // whatever the allocator left): bump it, never reset it.
-    auto *f = static_cast<Flight *>(mem);
-    const std::size_t len = key.size;
-    if (len > kInlineKey) {
-        auto *copy = static_cast<unsigned char *>(detail::alloc(len));
-        if (!copy) {
-            detail::flight_cache().put(f);
-            return nullptr;
-        }
-        std::memcpy(copy, key.data, len);
-        f->heap_key = copy;
-    } else {
-        copy_small(f->inline_key, static_cast<const unsigned char *>(key.data), len);
-    }
-    f->role = kRoleLeader;
-    f->mode = mode;
-    f->tag = uint8_t(f->tag + 1);
-    f->flags = 0;
-    f->lflags = 0;
-    f->status_ = kOk;
-    f->epoch = current_epoch();
-    f->ident.store(ident, std::memory_order_relaxed);
-    f->state.store(0, std::memory_order_relaxed);
-    f->refs.store(1, std::memory_order_relaxed);
-    f->group = g;
-    f->value = nullptr;
-    f->destroy = nullptr;
-    f->error = 0;
-    f->interest.store(1, std::memory_order_relaxed);
-    f->notify_head = nullptr;
-    f->leader_thread.store(mode == kModeAsync ? 0 : detail::thread_serial(),
-                           std::memory_order_relaxed);
-    f->ext.store(nullptr, std::memory_order_relaxed);
-    return f;
+bool flight_copy_heap_key(Flight *f, Key key) noexcept {
+    auto *copy = static_cast<unsigned char *>(detail::alloc(key.size));
+    if (!copy) return false;
+    std::memcpy(copy, key.data, key.size);
+    f->heap_key = copy;
+    return true;
 }
 
 void flight_discard(Flight *f) noexcept {
@@ -102,23 +49,17 @@ bool flight_key_equals(const Flight *f, Key key) noexcept {
     return len == key.size && (len == 0 || std::memcmp(f->key(), key.data, len) == 0);
 }
 
-void flight_release(Flight *f) noexcept {
-    // Sole owner (the common uncontended case): nobody can take a new
-    // reference without holding one, so no atomic decrement is needed.
-    if (f->refs.load(std::memory_order_acquire) != 1 &&
-        f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
-        return;
-#if defined(SF_ASAN) || !defined(NDEBUG)
-    // The leader holds a reference until its flight completes: a flight
-    // freed before that is a reference counted twice somewhere.
-    if (!(f->state.load(std::memory_order_relaxed) & kDone)) __builtin_trap();
-#endif
-    DestroyFn destroy = f->destroy;
-    void *value = f->value;
+void flight_free_rare(Flight *f) noexcept {
     free_ext(f);
     if (f->key_len() > kInlineKey) detail::dealloc(f->heap_key);
+}
+
+void flight_free_slow(Flight *f) noexcept {
+    const DestroyFn destroy = f->destroy;
+    void *const value = f->value;
+    flight_free_rare(f);
     detail::flight_cache().put(f);
-    if (destroy) run_destroy(destroy, value);
+    run_destroy(destroy, value);
 }
 
 Ext *flight_ext(Flight *f) noexcept {
@@ -179,7 +120,7 @@ void set_panic_message(Flight *f, const char *message) noexcept {
 }
 }  // namespace
 
-void flight_complete(Flight *f, Status status, int error, const char *message) noexcept {
+void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept {
     f->status_ = int8_t(status);
     f->error = error;
     if (status == kPanic) set_panic_message(f, message);

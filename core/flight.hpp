@@ -20,7 +20,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "core/cache.hpp"
+#include "core/platform.hpp"
+#include "core/thread.hpp"
 #include "core/types.hpp"
 
 namespace sf {
@@ -167,7 +171,8 @@ uint16_t current_epoch() noexcept;
 // ---------------------------------------------------------------------------
 
 // A fresh block for a flight of group g, with the key copied in and one
-// reference (the leader's).  nullptr when out of memory.
+// reference (the leader's).  nullptr when out of memory.  Inline: it is
+// half of an uncontended call's work.
 Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept;
 // Gives back a flight that was never published (the caller joined another).
 void flight_discard(Flight *f) noexcept;
@@ -188,11 +193,15 @@ Ext *flight_ext(Flight *f) noexcept;
 void flight_lock(Flight *f) noexcept;
 void flight_unlock(Flight *f) noexcept;
 
+// destroy(value) with cancellation disabled, exceptions contained.
+void run_destroy(DestroyFn destroy, void *value) noexcept;
+
 // Stores the outcome and wakes everyone: kDone, then futex waiters, then
 // eventfds and done callbacks.  The flight must already be unpublished with
 // its joiners folded (kShared set if anyone joined).  For kPanic, message is
 // copied; NULL keeps a message sf_call_panic left pending inside fn.
 void flight_complete(Flight *f, Status status, int error, const char *message) noexcept;
+void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept;
 
 // Folds joiners taken out of the slot into the flight: their interest, and
 // kShared when there were any (their references went in with the CAS that
@@ -211,5 +220,126 @@ bool flight_wait(Flight *f, int64_t timeout_ns) noexcept;
 char *copy_message(const char *msg) noexcept;
 extern const char kPanicMessageLost[];
 extern const char kPanicDefault[];
+
+// ---------------------------------------------------------------------------
+// The uncontended path, inline
+// ---------------------------------------------------------------------------
+
+namespace detail {
+// Copies a key of at most kInlineKey bytes without a call into libc: the
+// length is small and known to be bounded, so a few overlapping moves do.
+inline void copy_small(unsigned char *dst, const unsigned char *src, std::size_t n) noexcept {
+    if (n >= 16) {
+        std::size_t i = 0;
+        for (; i + 16 <= n; i += 16) __builtin_memcpy(dst + i, src + i, 16);
+        if (i < n) __builtin_memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        __builtin_memcpy(dst, src, 8);
+        __builtin_memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        __builtin_memcpy(dst, src, 4);
+        __builtin_memcpy(dst + n - 4, src + n - 4, 4);
+    } else if (n > 0) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    }
+}
+}  // namespace detail
+
+bool flight_copy_heap_key(Flight *f, Key key) noexcept;  // false: out of memory
+void flight_free_rare(Flight *f) noexcept;               // ext, heap key
+
+inline uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
+
+inline Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
+    auto *f = static_cast<Flight *>(detail::flight_cache().get());
+    if (!f) return nullptr;
+    if (__builtin_expect(key.size > kInlineKey, 0)) {
+        if (!flight_copy_heap_key(f, key)) {
+            detail::flight_cache().put(f);
+            return nullptr;
+        }
+    } else {
+        detail::copy_small(f->inline_key, static_cast<const unsigned char *>(key.data), key.size);
+    }
+    // Only the fields that change.  The first eight bytes in one store:
+    // role, mode, the incarnation tag (bumped, never reset: a fresh block
+    // starts from zero), no flags, status 0, the fork epoch.  notify_head
+    // and ext are null in every block the cache hands out (fresh blocks
+    // are zeroed; the last release resets them).
+    const uint64_t header = uint64_t(kRoleLeader) | uint64_t(mode) << 8 |
+                            uint64_t(uint8_t(f->tag + 1)) << 16 |
+                            uint64_t(current_epoch()) << 48;
+    static_assert(offsetof(Flight, epoch) == 6 && offsetof(Flight, tag) == 2, "header layout");
+    __builtin_memcpy(&f->role, &header, sizeof header);
+    f->ident.store(ident, std::memory_order_relaxed);
+    f->state.store(0, std::memory_order_relaxed);
+    f->refs.store(1, std::memory_order_relaxed);
+    f->group = g;
+    f->value = nullptr;
+    f->destroy = nullptr;
+    // Interest only decides abandonment, and only two-phase flights can be
+    // abandoned; folds add to it in every mode, harmlessly.
+    if (mode == kModeTwoPhase) f->interest.store(1, std::memory_order_relaxed);
+    // A thread that got a block is registered, so it has its serial.
+    f->leader_thread.store(mode == kModeAsync ? 0 : detail::t_state.serial,
+                           std::memory_order_relaxed);
+    return f;
+}
+
+// The last reference's work when there is more than recycling the block:
+// a value to destroy, an ext, a heap key.
+void flight_free_slow(Flight *f) noexcept;
+
+inline void flight_release(Flight *f) noexcept {
+    // Sole owner (the common uncontended case): nobody can take a new
+    // reference without holding one, so no atomic decrement is needed.
+    if (f->refs.load(std::memory_order_acquire) != 1 &&
+        f->refs.fetch_sub(1, std::memory_order_acq_rel) != 1)
+        return;
+#if defined(SF_ASAN) || !defined(NDEBUG)
+    // The leader holds a reference until its flight completes: a flight
+    // freed before that is a reference counted twice somewhere.
+    if (!(f->state.load(std::memory_order_relaxed) & kDone)) __builtin_trap();
+#endif
+    if (__builtin_expect(f->destroy != nullptr || f->ext.load(std::memory_order_relaxed) != nullptr ||
+                             f->key_len() > kInlineKey,
+                         0))
+        return flight_free_slow(f);
+    detail::flight_cache().put(f);
+}
+
+// flight_complete(f, kOk, error, nullptr) for a do flight.
+inline void flight_complete_do_ok(Flight *f, int error) noexcept {
+    const uint32_t s = f->state.load(std::memory_order_relaxed);
+    if (__builtin_expect(!(s & (kShared | kNotify | kLocked | kWaiters)), 1)) {
+        // Nobody ever joined, and a do flight takes no registrations but its
+        // joiners': no other thread writes the state word any more.  (A
+        // waiter racing this store finds the word changed and looks again.)
+        f->status_ = int8_t(kOk);
+        f->error = error;
+        f->state.store(s | kDone | kFinished, std::memory_order_release);
+        return;
+    }
+    flight_complete_slow(f, kOk, error, nullptr);
+}
+
+inline void flight_complete(Flight *f, Status status, int error, const char *message) noexcept {
+    if (status == kOk && f->mode == kModeDo) {
+        const uint32_t s = f->state.load(std::memory_order_relaxed);
+        if (!(s & (kShared | kNotify | kLocked | kWaiters))) {
+            // Nobody ever joined, and a do flight takes no registrations but
+            // its joiners': no other thread writes the state word any more.
+            // (A waiter racing this store finds the word changed and looks
+            // again.)
+            f->status_ = int8_t(kOk);
+            f->error = error;
+            f->state.store(s | kDone | kFinished, std::memory_order_release);
+            return;
+        }
+    }
+    flight_complete_slow(f, status, error, message);
+}
 
 }  // namespace sf

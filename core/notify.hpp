@@ -39,7 +39,4 @@ Follower *leader_registration(Flight *f) noexcept;
 // Completion's part: called once kDone is set, when kNotify was.
 void notify_completion(Flight *f) noexcept;
 
-// destroy(value) with cancellation disabled, exceptions contained.
-void run_destroy(DestroyFn destroy, void *value) noexcept;
-
 }  // namespace sf

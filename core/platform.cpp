@@ -11,8 +11,9 @@
 namespace sf {
 namespace detail {
 
-namespace {
 std::atomic<uint32_t> g_fork_generation{0};
+
+namespace {
 
 void on_fork_child() noexcept {
     g_fork_generation.fetch_add(1, std::memory_order_relaxed);
@@ -55,10 +56,6 @@ int64_t now_ns() noexcept {
 }
 
 const void *this_thread_id() noexcept { return &t_identity; }
-
-uint32_t fork_generation() noexcept {
-    return g_fork_generation.load(std::memory_order_relaxed);
-}
 
 }  // namespace detail
 }  // namespace sf

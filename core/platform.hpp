@@ -91,7 +91,10 @@ inline int64_t deadline_after(int64_t now, int64_t timeout_ns) noexcept {
 
 // Incremented in the child after every fork(); objects that hold locks compare
 // it with the value they saw last to know they must reinitialise.
-uint32_t fork_generation() noexcept;
+extern std::atomic<uint32_t> g_fork_generation;
+inline uint32_t fork_generation() noexcept {
+    return g_fork_generation.load(std::memory_order_relaxed);
+}
 
 }  // namespace detail
 }  // namespace sf

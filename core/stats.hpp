@@ -30,17 +30,40 @@ enum Counter : unsigned {
 class Stats {
 public:
     void add(Counter c, uint64_t n = 1) noexcept {
-        uint32_t s = detail::t_state.stripe;
-        if (__builtin_expect(s == 0, 0)) s = detail::claim_stripe();
-        // Release (a plain store on x86): see read().
-        if (__builtin_expect(s != detail::kSharedStripe, 1)) {
-            std::atomic<uint64_t> &v = stripes_[s].v[c];
+        // The thread's own stripe, by its byte offset (0: none yet, or none
+        // to be had).  Release, a plain store on x86: see read().
+        const uint32_t off = detail::t_state.stripe_off;
+        if (__builtin_expect(off != 0, 1)) {
+            auto &v = reinterpret_cast<Stripe *>(reinterpret_cast<char *>(stripes_) + off)->v[c];
             v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_release);
-        } else {
-            stripes_[0].v[c].fetch_add(n, std::memory_order_acq_rel);
+            return;
         }
+        add_slow(c, n);
     }
     void sub(Counter c, uint64_t n = 1) noexcept { add(c, uint64_t(0) - n); }
+
+    // The calling thread's own stripe, to count several times in one call
+    // without looking it up again: nullptr when the thread shares stripe 0.
+    // A thread keeps its stripe until it exits, so the pointer stays valid
+    // across user code (fn) run in between.
+    struct Mine {
+        std::atomic<uint64_t> *v;  // nullptr: shared
+    };
+    Mine mine() noexcept {
+        if (__builtin_expect(detail::t_state.stripe_off == 0, 0)) {
+            if (detail::t_state.stripe == 0) detail::claim_stripe();
+            if (detail::t_state.stripe_off == 0) return Mine{nullptr};
+        }
+        return Mine{reinterpret_cast<Stripe *>(reinterpret_cast<char *>(stripes_) +
+                                               detail::t_state.stripe_off)->v};
+    }
+    void add(Mine m, Counter c) noexcept {
+        if (__builtin_expect(m.v != nullptr, 1)) {
+            m.v[c].store(m.v[c].load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        } else {
+            stripes_[0].v[c].fetch_add(1, std::memory_order_acq_rel);
+        }
+    }
 
     // Sums every stripe.  Exact when no call runs concurrently; otherwise
     // each counter is a value it had during the read, and the counters of
@@ -74,6 +97,14 @@ private:
     struct alignas(64) Stripe {
         std::atomic<uint64_t> v[kCounters];
     };
+    static_assert(sizeof(Stripe) == detail::kStripeBytes, "thread.hpp computes offsets");
+
+    void add_slow(Counter c, uint64_t n) noexcept {
+        if (detail::t_state.stripe == 0) detail::claim_stripe();
+        if (detail::t_state.stripe_off != 0) return add(c, n);
+        stripes_[0].v[c].fetch_add(n, std::memory_order_acq_rel);  // shared
+    }
+
     Stripe stripes_[detail::kStripes] = {};
 };
 

@@ -69,9 +69,8 @@ Flight **Table::chain_of(uint64_t ident) noexcept {
 // ---------------------------------------------------------------------------
 
 Status Table::acquire(Group *g, FlightMode mode, Key key, uint64_t ident, bool deadlock_check,
-                      Flight **out) noexcept {
+                      Flight **out, Flight *fresh) noexcept {
     std::atomic<uint64_t> *s = home(ident);
-    Flight *fresh = nullptr;
     uint64_t w = s->load(std::memory_order_acquire);
     for (;;) {
         if (w == 0) {

@@ -59,7 +59,7 @@ struct SlotCodec {
 
 // The 32 hash bits a flight keeps: its home slot and its ident come from them.
 inline uint64_t make_ident(std::size_t key_len, uint64_t hash) noexcept {
-    return (uint64_t(key_len) << 32) | uint32_t(hash ^ (hash >> 32));
+    return (uint64_t(key_len) << 32) | uint32_t(hash);  // hash_bytes folds high into low
 }
 
 class Table {
@@ -78,8 +78,10 @@ public:
     // the flight is unpublished); kDeadlock when deadlock_check is set and
     // the key's flight is led by the calling thread (nothing joined);
     // kNoMemory.
+    // fresh: a flight already made for this key (by an inline fast path
+    // that lost its publishing CAS), used instead of making another.
     Status acquire(Group *g, FlightMode mode, Key key, uint64_t ident, bool deadlock_check,
-                   Flight **out) noexcept;
+                   Flight **out, Flight *fresh = nullptr) noexcept;
 
     // Takes f out of the table if it is still there.  Returns the joiner
     // count, whose references are already in f; the caller folds their

@@ -1,5 +1,6 @@
-// Test hooks.  Internal: not exported from the shared library; programs that
-// link the static library (singleflight_static) may use them.
+// Test hooks.  Internal: they exist only in the test build of the library
+// (singleflight_testing, compiled with SF_TESTING_HOOKS, never installed);
+// the shared and static libraries users get have none.
 #pragma once
 
 namespace sf {
@@ -10,8 +11,14 @@ namespace testing {
 // default).  Process-wide and thread-safe.
 void fail_allocations_after(long n) noexcept;
 
-// Internal allocations made so far in this process (successful or not).
+// Internal allocations made so far in this process (successful or not):
+// calls to the system allocator.
 unsigned long allocations() noexcept;
+
+// Allocation requests so far: every allocation, and every block taken from
+// a cache.  These are the events failure injection counts, so two runs of
+// one input make the same requests, whatever the caches held before.
+unsigned long allocation_requests() noexcept;
 
 // Moves the calling thread's cached blocks to the process-wide lists, so that
 // whatever ran before, the thread starts from the same state.  Together with

@@ -33,11 +33,12 @@ void release_stripe(ThreadState &t) noexcept {
         g_stripes_owned.fetch_and(~(uint64_t(1) << s), std::memory_order_release);
     }
     t.stripe = kSharedStripe;
+    t.stripe_off = 0;
 }
 
 void on_thread_exit(void *) noexcept {
     ThreadState &t = t_state;
-    t.dead = true;  // from here on (later TLS destructors) use shared paths
+    t.life = kDead;  // from here on (later TLS destructors) use shared paths
     flush_thread_caches();
     release_stripe(t);
 }
@@ -55,15 +56,16 @@ uint64_t assign_serial() noexcept {
 
 void register_thread() noexcept {
     ThreadState &t = t_state;
-    if (t.registered) return;
-    t.registered = true;
+    if (t.life != kNew) return;
+    t.life = kActive;
+    if (!t.serial) assign_serial();  // flight_new reads it without a check
     pthread_setspecific(g_exit_key, &t);  // non-NULL: on_thread_exit runs at exit
 }
 
 uint32_t claim_stripe() noexcept {
     ThreadState &t = t_state;
     if (t.stripe) return t.stripe;
-    if (t.dead) return t.stripe = kSharedStripe;
+    if (t.life == kDead) return t.stripe = kSharedStripe;
     register_thread();
     uint64_t owned = g_stripes_owned.load(std::memory_order_relaxed);
     for (;;) {
@@ -73,8 +75,10 @@ uint32_t claim_stripe() noexcept {
         // Acquire: continue from the counts the previous owner stored.
         if (g_stripes_owned.compare_exchange_weak(owned, owned | (uint64_t(1) << s),
                                                   std::memory_order_acquire,
-                                                  std::memory_order_relaxed))
+                                                  std::memory_order_relaxed)) {
+            t.stripe_off = s * kStripeBytes;
             return t.stripe = s;
+        }
     }
 }
 

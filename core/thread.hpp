@@ -24,9 +24,15 @@ struct LocalStack {
 struct ThreadState {
     LocalStack stacks[kCaches];
     uint64_t serial;  // 0 until first asked for
-    uint32_t stripe;  // 0 until assigned; then 1 + the stripe index, or kSharedStripe
-    bool registered;  // the thread-exit hook is armed
-    bool dead;        // flushed at thread exit: use only the shared structures
+    uint32_t stripe;      // 0 until assigned; then the stripe index, or kSharedStripe
+    uint32_t stripe_off;  // an owned stripe's byte offset (never 0), else 0
+    uint8_t life;     // ThreadLife
+};
+
+enum ThreadLife : uint8_t {
+    kNew = 0,     // the thread-exit hook is not armed yet
+    kActive = 1,  // armed: the local structures may be used
+    kDead = 2,    // flushed at thread exit: use only the shared structures
 };
 
 // Plain aggregate, zero-initialised: no constructor, no TLS init wrapper.
@@ -51,6 +57,7 @@ void register_thread() noexcept;
 constexpr uint32_t kStripes = 64;
 constexpr uint32_t kSharedStripe = kStripes;  // t_state.stripe value: use stripe 0
 uint32_t claim_stripe() noexcept;             // sets t_state.stripe, returns it
+constexpr uint32_t kStripeBytes = 128;        // sizeof(Stats::Stripe)
 
 // In a forked child: only the calling thread exists, so only its stripe
 // stays owned.

@@ -40,12 +40,12 @@ static int replay_file(const std::string &path) {
     const auto *data = reinterpret_cast<const uint8_t *>(buf.data());
     unsigned long counts[2];
     for (unsigned long &n : counts) {
-        unsigned long before = sf::testing::allocations();
+        unsigned long before = sf::testing::allocation_requests();
         LLVMFuzzerTestOneInput(data, buf.size());
-        n = sf::testing::allocations() - before;
+        n = sf::testing::allocation_requests() - before;
     }
     if (counts[0] != counts[1]) {
-        std::fprintf(stderr, "%s: not deterministic: %lu internal allocations, then %lu\n",
+        std::fprintf(stderr, "%s: not deterministic: %lu allocation requests, then %lu\n",
                      path.c_str(), counts[0], counts[1]);
         return 1;
     }

@@ -36,7 +36,7 @@ TEST(Hash, DistinguishesLengthsPrefixesAndEveryByte) {
 }
 
 TEST(BlockCache, RecyclesBlocksOnTheSameThread) {
-    auto &c = sf::detail::call_cache();
+    auto c = sf::detail::call_cache();
     void *a = c.get();
     ASSERT_NE(a, nullptr);
     c.put(a);
@@ -47,7 +47,7 @@ TEST(BlockCache, RecyclesBlocksOnTheSameThread) {
 TEST(BlockCache, BlocksFreedOnAnotherThreadComeBack) {
     // A producer thread allocates, this thread frees: the surplus must travel
     // back through the shared list instead of piling up.
-    auto &c = sf::detail::flight_cache();
+    auto c = sf::detail::flight_cache();
     std::vector<void *> blocks(1000);
     std::thread producer([&] {
         for (auto &b : blocks) b = c.get();

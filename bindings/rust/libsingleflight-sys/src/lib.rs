@@ -181,6 +181,9 @@ extern "C" {
     pub fn sf_call_role(call: *const sf_call) -> c_int;
     pub fn sf_call_set_value(call: *mut sf_call, value: *mut c_void, destroy: sf_destroy_fn);
     pub fn sf_call_finish(call: *mut sf_call, error: c_int) -> c_int;
+    /// Since 1.1: finishes and releases an unshared two-phase leader in one
+    /// call (0), or changes nothing when a follower joined (1).
+    pub fn sf_call_finish_unshared(call: *mut sf_call, error: c_int) -> c_int;
     pub fn sf_call_panic(call: *mut sf_call, message: *const c_char) -> c_int;
     pub fn sf_call_wait(
         call: *mut sf_call,
