@@ -35,7 +35,7 @@ static_assert(int(sf::kOk) == SF_OK && int(sf::kLeader) == SF_LEADER &&
                   int(sf::kNoMemory) == SF_ENOMEM && int(sf::kPanic) == SF_EPANIC &&
                   int(sf::kGoexit) == SF_EGOEXIT && int(sf::kDeadlock) == SF_EDEADLK &&
                   int(sf::kTimedOut) == SF_ETIMEDOUT && int(sf::kBusy) == SF_EBUSY &&
-                  int(sf::kBadState) == SF_ESTATE,
+                  int(sf::kBadState) == SF_ESTATE && int(sf::kCanceled) == SF_ECANCELED,
               "core::Status mirrors the header's codes");
 static_assert(sf::Pool::kDefaultThreads == SF_POOL_DEFAULT_THREADS &&
                   sf::Pool::kMaxThreads == SF_POOL_MAX_THREADS,
@@ -46,9 +46,25 @@ static_assert(sf::Pool::kDefaultThreads == SF_POOL_DEFAULT_THREADS &&
 inline sf::DoneCallback done_callback(sf_done_fn done, void *payload) {
     return sf::DoneCallback{
         [](void *fn, void *p, sf::Status status, sf::Flight *r, bool shared) noexcept {
-            reinterpret_cast<sf_done_fn>(fn)(int(status), result(r), shared ? 1 : 0, p);
+            try {
+                reinterpret_cast<sf_done_fn>(fn)(int(status), result(r), shared ? 1 : 0, p);
+            } catch (...) {
+                // must not throw (header); the other callers still get theirs
+            }
         },
         reinterpret_cast<void *>(done), payload};
+}
+
+inline sf::AbandonCallback abandon_callback(sf_abandon_fn fn, void *payload) {
+    return sf::AbandonCallback{
+        [](void *f, void *p, sf::Flight *call) noexcept {
+            try {
+                reinterpret_cast<sf_abandon_fn>(f)(handle(call), p);
+            } catch (...) {
+                // must not throw (header): the boundary stays shut
+            }
+        },
+        reinterpret_cast<void *>(fn), payload};
 }
 
 inline sf::WorkCallback work_callback(sf_fn fn, void *payload) {

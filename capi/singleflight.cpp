@@ -155,6 +155,17 @@ SF_API int sf_call_on_done(sf_call *call, sf_done_fn done, void *payload) {
 
 SF_API int sf_call_fd(sf_call *call) { return call ? int(sf::call_fd(core(call))) : SF_EINVAL; }
 
+SF_API int sf_call_cancel(sf_call *call) { return call ? sf::call_cancel(core(call)) : SF_EINVAL; }
+
+SF_API int sf_call_abandoned(const sf_call *call) {
+    return call ? sf::call_abandoned(const_cast<sf::Call *>(core(call))) : 0;
+}
+
+SF_API int sf_call_on_abandon(sf_call *call, sf_abandon_fn fn, void *payload) {
+    if (!call || !fn) return SF_EINVAL;
+    return sf::call_on_abandon(core(call), sfc::abandon_callback(fn, payload));
+}
+
 SF_API void sf_call_release(sf_call *call) {
     if (call) sf::call_release(core(call));
 }
@@ -187,19 +198,21 @@ SF_API void sf_result_release(sf_result *r) {
 }
 
 SF_API int sf_group_stats_get(const sf_group *g, sf_group_stats *out) {
-    if (!g || !out || out->version != SF_GROUP_STATS_VERSION) return SF_EINVAL;
+    if (!g || !out || out->version < 1 || out->version > SF_GROUP_STATS_VERSION) return SF_EINVAL;
     const sf::Counts c = core(g)->counts();
-    sf_group_stats st{};
-    st.version = out->version;
-    st.leaders = c.leaders;
-    st.followers = c.followers;
-    st.calls = c.leaders + c.followers;  // by definition (DESIGN.md)
-    st.panics = c.panics;
-    st.goexits = c.goexits;
-    st.timeouts = c.timeouts;
-    st.forgets = c.forgets;
-    st.in_flight = c.leaders - c.completed;
-    *out = st;
+    // Field by field: a version-1 caller's struct ends after in_flight.
+    out->leaders = c.leaders;
+    out->followers = c.followers;
+    out->calls = c.leaders + c.followers;  // by definition (DESIGN.md)
+    out->panics = c.panics;
+    out->goexits = c.goexits;
+    out->timeouts = c.timeouts;
+    out->forgets = c.forgets;
+    out->in_flight = c.leaders - c.completed;
+    if (out->version >= 2) {
+        out->abandons = c.abandons;
+        out->cancels = c.cancels;
+    }
     return SF_OK;
 }
 

@@ -70,11 +70,12 @@ void uncount_handle(Flight *f, uint32_t epoch) noexcept {
 // reach zero.
 // ---------------------------------------------------------------------------
 
-// Runs the abandon callback once, if fn is still running.
-void mark_abandoned(Flight *f) noexcept {
+// Runs the abandon callback once, if fn is still running.  true when this
+// call did.
+bool mark_abandoned(Flight *f) noexcept {
     uint32_t s = f->state.load(std::memory_order_relaxed);
     do {
-        if (s & (kFinished | kDone | kAbandoned)) return;
+        if (s & (kFinished | kDone | kAbandoned)) return false;
     } while (!f->state.compare_exchange_weak(s, s | kAbandoned, std::memory_order_acq_rel,
                                              std::memory_order_relaxed));
     if (!orphaned(f)) f->group->stats().add(kAbandons);
@@ -86,31 +87,31 @@ void mark_abandoned(Flight *f) noexcept {
         detail::NoCancel no_cancel;
         cb.invoke(cb.fn, cb.payload, f);
     }
+    return true;
 }
 
 // After a party left: abandon f when nobody interested is left while fn
 // still runs.  Only two-phase flights can be abandoned: the callers of do
 // and do_async cannot give up.
-void check_abandoned(Flight *f) noexcept {
-    if (f->mode != kModeTwoPhase || orphaned(f)) return;
+bool check_abandoned(Flight *f) noexcept {
+    if (f->mode != kModeTwoPhase || orphaned(f)) return false;
     uint32_t s = f->state.load(std::memory_order_seq_cst);
-    if (s & (kFinished | kDone | kAbandoned)) return;
-    if (f->interest.load(std::memory_order_seq_cst) > 0) return;
+    if (s & (kFinished | kDone | kAbandoned)) return false;
+    if (f->interest.load(std::memory_order_seq_cst) > 0) return false;
     if (!(s & kUnpublished)) {
         // Joiners still in the slot are interested.  Without any, take the
         // flight out of the table, so nobody new joins work that stops.
         if (f->group->table().unpublish_if_unjoined(f)) {
             f->state.fetch_or(kUnpublished, std::memory_order_release);
-            mark_abandoned(f);
-            return;
+            return mark_abandoned(f);
         }
         // Someone joined (they check again when they leave), or a forget
         // took the flight out just now: then count again, exactly.
-        if (f->group->table().holds(f)) return;
+        if (f->group->table().holds(f)) return false;
         wait_unpublished(f);
     }
     // Out of the table: every joiner is folded and the count is exact.
-    if (f->interest.load(std::memory_order_seq_cst) == 0) mark_abandoned(f);
+    return f->interest.load(std::memory_order_seq_cst) == 0 && mark_abandoned(f);
 }
 
 // A follower leaves before the end: its interest goes, and its reference
@@ -118,10 +119,10 @@ void check_abandoned(Flight *f) noexcept {
 // still in the slot's count takes itself out of it (that is both its
 // interest and its reference); a kept reference moves into the flight's
 // own count first, so the flight can never be freed in between.
-void follower_leaves(Flight *f, bool keep_reference) noexcept {
+bool follower_leaves(Flight *f, bool keep_reference) noexcept {
     if (orphaned(f)) {
         if (!keep_reference) flight_release(f);
-        return;
+        return false;
     }
     // A joiner counts as shared even when it leaves (Go's dups): marked
     // before unjoining, so a leader that sees the count gone sees the mark.
@@ -136,8 +137,9 @@ void follower_leaves(Flight *f, bool keep_reference) noexcept {
         f->refs.fetch_sub(1, std::memory_order_relaxed);
         f->interest.fetch_sub(1, std::memory_order_seq_cst);
     }
-    check_abandoned(f);
+    const bool abandoned = check_abandoned(f);
     if (!keep_reference) flight_release(f);
+    return abandoned;
 }
 
 }  // namespace
@@ -258,7 +260,9 @@ int call_finish_unshared(Call *c, int error) noexcept {
 Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noexcept {
     Flight *f = flight_of(c);
     const bool leader = is_leader(c);
-    if (!leader && (as_follower(c)->flags.load(std::memory_order_relaxed) & kCancelled)) return kCanceled;
+    if (leader ? (f->state.load(std::memory_order_relaxed) & kLeaderLeft) != 0
+               : (as_follower(c)->flags.load(std::memory_order_relaxed) & kCancelled) != 0)
+        return kCanceled;
     if (!f->done()) {
         if (leader) return kDeadlock;  // waiting for itself
         // A follower waiting forever on a flight its own thread leads.
@@ -334,9 +338,32 @@ void call_release(Call *c) noexcept {
     follower_unref(fo);
 }
 
-Status call_cancel(Call *c) noexcept {
-    (void)c;
-    return kBadState;  // issue 12
+int call_cancel(Call *c) noexcept {
+    if (is_leader(c)) {
+        Flight *f = as_flight(c);
+        if (f->mode != kModeTwoPhase) return kBadState;  // fn's caller cannot give up
+        uint32_t s = f->state.load(std::memory_order_relaxed);
+        do {
+            if (s & (kFinished | kDone | kLeaderLeft)) return kBadState;
+        } while (!f->state.compare_exchange_weak(s, s | kLeaderLeft, std::memory_order_acq_rel,
+                                                 std::memory_order_relaxed));
+        if (!orphaned(f)) f->group->stats().add(kCancels);
+        // The leader's own registration hears it now, as a follower would.
+        if (Ext *e = f->ext.load(std::memory_order_acquire)) {
+            if (Follower *reg = e->leader_reg) notify_cancel(reg);
+        }
+        // The leader keeps the right, and the duty, to finish.
+        f->interest.fetch_sub(1, std::memory_order_seq_cst);
+        return check_abandoned(f) ? 1 : 0;
+    }
+    Follower *fo = as_follower(c);
+    Flight *f = fo->flight;
+    const Status rc = notify_cancel(fo);
+    if (rc != kOk) return rc;
+    if (!orphaned(f)) f->group->stats().add(kCancels);
+    // The record keeps its reference until it is released.
+    fo->flags.fetch_or(uint8_t(kLeft), std::memory_order_relaxed);
+    return follower_leaves(f, true) ? 1 : 0;
 }
 
 int call_abandoned(Call *c) noexcept {

@@ -85,9 +85,10 @@ void call_release(Call *c) noexcept;
 // it has not run); a leader keeps the right, and the duty, to finish.  When
 // no interested party is left while fn runs, the flight is abandoned: it
 // leaves the table (a new caller starts afresh) and its abandon callback
-// runs, on this thread.  kBadState when the flight already completed or the
-// handle already gave up.
-Status call_cancel(Call *c) noexcept;
+// runs, on this thread.  Returns 1 when this call abandoned the flight, 0
+// when it did not; kBadState when the flight already completed, the handle
+// already gave up, or it is fn's call of do/do_async.
+int call_cancel(Call *c) noexcept;
 
 // SF_1.1: 1 once the flight has been abandoned, else 0.
 int call_abandoned(Call *c) noexcept;

@@ -74,6 +74,7 @@ enum StateBit : uint32_t {
     kFinished = 1u << 7,     // the leader claimed completion: no more writes
     kAbandoned = 1u << 8,    // every interested party left while fn ran
     kOrphaned = 1u << 9,     // made before a fork, in the child: touches no group
+    kLeaderLeft = 1u << 10,  // the two-phase leader's caller gave up (SF_1.1)
 };
 
 struct alignas(128) Flight {

@@ -187,6 +187,27 @@ void notify_completion(Flight *f) noexcept {
     }
 }
 
+Status notify_cancel(Follower *c) noexcept {
+    Flight *f = c->flight;
+    detail::NoCancel no_cancel;  // the eventfd write, the callback
+    flight_lock(f);
+    const uint8_t flags = c->flags.load(std::memory_order_relaxed);
+    if ((f->state.load(std::memory_order_relaxed) & kDone) || (flags & (kCancelled | kLeft))) {
+        flight_unlock(f);
+        return kBadState;
+    }
+    c->flags.fetch_or(uint8_t(kCancelled), std::memory_order_relaxed);
+    const bool fire = (flags & kDoneSet) && (flags & kLinked);
+    if (fire) unlink_locked(f, c);  // its notification reference is ours now
+    signal_fd(c->efd);
+    flight_unlock(f);
+    if (fire) {
+        c->done.invoke(c->done.fn, c->done.payload, kCanceled, nullptr, c->role != kRoleLeader);
+        follower_unref(c);
+    }
+    return kOk;
+}
+
 void run_destroy(DestroyFn destroy, void *value) noexcept {
     if (!destroy) return;
     detail::NoCancel no_cancel;

@@ -39,4 +39,10 @@ Follower *leader_registration(Flight *f) noexcept;
 // Completion's part: called once kDone is set, when kNotify was.
 void notify_completion(Flight *f) noexcept;
 
+// The record's caller gives up (sf_call_cancel): marks it kCancelled, makes
+// its eventfd readable, and takes its done callback off the list to run now
+// with kCanceled (outside any lock), unless completion took it first.
+// kBadState when the flight is done or the record already gave up.
+Status notify_cancel(Follower *c) noexcept;
+
 }  // namespace sf

@@ -105,12 +105,13 @@ SF_API const char *sf_version_string(void);
     X(SF_EDEADLK,  -5,  "the calling thread leads this key's flight")         \
     X(SF_ETIMEDOUT,-6,  "timed out waiting for the flight")                   \
     X(SF_EBUSY,    -7,  "resource busy")                                      \
-    X(SF_ESTATE,   -8,  "operation not valid in the call's current state")
+    X(SF_ESTATE,   -8,  "operation not valid in the call's current state")  \
+    X(SF_ECANCELED,-9,  "the caller gave up (sf_call_cancel)")
 
 #define SF_STATUS_ENUM_ITEM_(name, value, text) name = value,
 typedef enum sf_status {
     SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_)
-    SF_STATUS_LAST_ = -8 /* keeps the list comma-clean in C89 */
+    SF_STATUS_LAST_ = -9 /* keeps the list comma-clean in C89 */
 } sf_status;
 #undef SF_STATUS_ENUM_ITEM_
 
@@ -147,9 +148,10 @@ typedef void (*sf_destroy_fn)(void *value);
  * returns. */
 typedef int (*sf_fn)(sf_call *call, void *payload);
 
-/* Completion callback.  status is SF_OK, SF_EPANIC or SF_EGOEXIT.  result is
- * borrowed: valid during the callback only, sf_result_retain it to keep it.
- * shared is as for sf_group_do. */
+/* Completion callback.  status is SF_OK, SF_EPANIC or SF_EGOEXIT, with
+ * result borrowed: valid during the callback only, sf_result_retain it to
+ * keep it; or (since 1.1) SF_ECANCELED with result NULL, when the call's own
+ * caller gave up first (sf_call_cancel).  shared is as for sf_group_do. */
 typedef void (*sf_done_fn)(int status, sf_result *result, int shared,
                            void *payload);
 
@@ -359,6 +361,53 @@ SF_API int sf_call_fd(sf_call *call);
 SF_API void sf_call_release(sf_call *call);
 
 /* ------------------------------------------------------------------------ */
+/* Giving up (since 1.1, SF_1.1)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Every handle on a flight, the leader's and each follower's, is one party
+ * interested in its result, until its caller releases it before the flight
+ * completes or gives up with sf_call_cancel.  A flight is abandoned when no
+ * interested party is left while it still runs: it leaves the table at once
+ * (like sf_group_forget: a caller arriving afterwards starts a fresh flight
+ * and never receives this one's result), sf_call_abandoned reports it, and
+ * its abandon callback runs, once, on the thread whose leaving caused it.
+ * The leader still finishes as usual; its result reaches nobody.  Only
+ * flights begun with sf_group_begin can be abandoned: the callers of
+ * sf_group_do and sf_group_do_async cannot give up.  See docs/semantics.md
+ * for the races (the last caller leaving as fn completes, a caller joining
+ * as the last one leaves). */
+
+/* Runs when the flight is abandoned: stop the work (cancel its I/O).  call
+ * is the leader's handle, borrowed for the callback.  Must not throw or
+ * exit the thread; runs with cancellation disabled. */
+typedef void (*sf_abandon_fn)(sf_call *call, void *payload);
+
+/* This caller gives up: its interest goes, the others are unaffected.
+ * From now on its sf_call_wait returns SF_ECANCELED, its eventfd (if any)
+ * is readable, and its done callback, if registered and not yet run, runs
+ * now on this thread with SF_ECANCELED and a NULL result (so a done
+ * callback runs exactly once either way).  A leader keeps the right, and
+ * the duty, to finish its flight.  The handle must still be released.
+ * Returns 1 when this call abandoned the flight (its abandon callback has
+ * run), 0 otherwise; SF_ESTATE when the flight already completed (wait for
+ * its result instead), the handle already gave up or was released, or it
+ * is the call passed to fn; SF_EINVAL for NULL.  Thread rules as for
+ * sf_call_wait. */
+SF_API int sf_call_cancel(sf_call *call);
+
+/* 1 once the flight has been abandoned, else 0 (also for NULL).  A cheap
+ * poll for the code producing the result (fn, or a two-phase leader).
+ * Thread-safe. */
+SF_API int sf_call_abandoned(const sf_call *call);
+
+/* Registers fn to run once when the flight is abandoned, or at once on this
+ * thread if it already has been.  The leader's handle only (the one fn
+ * receives, or a two-phase leader's); one callback per flight.  SF_OK;
+ * SF_ESTATE for a follower's handle or a second registration; SF_ENOMEM;
+ * SF_EINVAL for NULL call or fn.  payload is not owned. */
+SF_API int sf_call_on_abandon(sf_call *call, sf_abandon_fn fn, void *payload);
+
+/* ------------------------------------------------------------------------ */
 /* Forget                                                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -400,7 +449,9 @@ SF_API void sf_result_release(sf_result *r);
 /* Stats                                                                     */
 /* ------------------------------------------------------------------------ */
 
-#define SF_GROUP_STATS_VERSION 1
+/* Version 2 (library 1.1) added abandons and cancels; a version-1 caller's
+ * shorter struct is filled only as far as version 1 goes. */
+#define SF_GROUP_STATS_VERSION 2
 
 typedef struct sf_group_stats {
     unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
@@ -420,11 +471,17 @@ typedef struct sf_group_stats {
                                  timed out (polls do not count) */
     sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */
     sf_u64 in_flight;         /* flights not yet completed */
+    /* Version 2: */
+    sf_u64 abandons;          /* flights abandoned by every interested party */
+    sf_u64 cancels;           /* sf_call_cancel calls that gave up a handle */
 } sf_group_stats;
 
-/* Reads a consistent-per-shard snapshot of the counters into *out, whose
- * version the caller sets first.  SF_EINVAL for NULL arguments or an unknown
- * version.  Thread-safe. */
+/* Reads the counters into *out, whose version (1 or 2) the caller sets
+ * first; only that version's fields are written.  Each counter is exact
+ * when no call runs at the same time, and otherwise a value it had during
+ * the read; in_flight is never counted below zero (completions are read
+ * before starts).  SF_EINVAL for NULL arguments or an unknown version.
+ * Thread-safe. */
 SF_API int sf_group_stats_get(const sf_group *g, sf_group_stats *out);
 
 #ifdef __cplusplus

@@ -48,6 +48,8 @@ pub const SF_EDEADLK: sf_status = -5;
 pub const SF_ETIMEDOUT: sf_status = -6;
 pub const SF_EBUSY: sf_status = -7;
 pub const SF_ESTATE: sf_status = -8;
+/// Since 1.1: the caller gave up (`sf_call_cancel`).
+pub const SF_ECANCELED: sf_status = -9;
 
 // Handles --------------------------------------------------------------------
 //
@@ -88,6 +90,8 @@ pub type sf_done_fn = Option<
     ),
 >;
 pub type sf_task_fn = Option<unsafe extern "C" fn(arg: *mut c_void)>;
+/// Since 1.1: runs when a flight is abandoned.
+pub type sf_abandon_fn = Option<unsafe extern "C" fn(call: *mut sf_call, payload: *mut c_void)>;
 pub type sf_executor_fn =
     Option<unsafe extern "C" fn(task: sf_task_fn, arg: *mut c_void, payload: *mut c_void) -> c_int>;
 
@@ -120,7 +124,7 @@ pub const SF_GROUP_OPTIONS_INIT: sf_group_options = sf_group_options {
     max_threads: 0,
 };
 
-pub const SF_GROUP_STATS_VERSION: c_uint = 1;
+pub const SF_GROUP_STATS_VERSION: c_uint = 2;
 
 /// `sf_group_stats`; set `version` to `SF_GROUP_STATS_VERSION` before
 /// `sf_group_stats_get`.
@@ -136,6 +140,10 @@ pub struct sf_group_stats {
     pub timeouts: sf_u64,
     pub forgets: sf_u64,
     pub in_flight: sf_u64,
+    /// Version 2: flights abandoned by every interested party.
+    pub abandons: sf_u64,
+    /// Version 2: `sf_call_cancel` calls that gave up a handle.
+    pub cancels: sf_u64,
 }
 
 // Functions ----------------------------------------------------------------------
@@ -194,6 +202,12 @@ extern "C" {
     pub fn sf_call_on_done(call: *mut sf_call, done: sf_done_fn, payload: *mut c_void) -> c_int;
     pub fn sf_call_fd(call: *mut sf_call) -> c_int;
     pub fn sf_call_release(call: *mut sf_call);
+    /// Since 1.1: the caller gives up (1 when that abandoned the flight).
+    pub fn sf_call_cancel(call: *mut sf_call) -> c_int;
+    /// Since 1.1: 1 once the flight has been abandoned.
+    pub fn sf_call_abandoned(call: *const sf_call) -> c_int;
+    /// Since 1.1: runs `fn_` once when the flight is abandoned.
+    pub fn sf_call_on_abandon(call: *mut sf_call, fn_: sf_abandon_fn, payload: *mut c_void) -> c_int;
 
     pub fn sf_group_forget(g: *mut sf_group, key: *const c_void, key_len: usize) -> c_int;
     pub fn sf_group_forget_unshared(g: *mut sf_group, key: *const c_void, key_len: usize) -> c_int;

@@ -213,6 +213,7 @@ fn integer_constants() -> Vec<(&'static str, i64)> {
         ("SF_ETIMEDOUT", sys::SF_ETIMEDOUT as i64),
         ("SF_EBUSY", sys::SF_EBUSY as i64),
         ("SF_ESTATE", sys::SF_ESTATE as i64),
+        ("SF_ECANCELED", sys::SF_ECANCELED as i64),
         (
             "SF_GROUP_OPTIONS_VERSION",
             sys::SF_GROUP_OPTIONS_VERSION as i64,
@@ -283,7 +284,9 @@ fn generate_program(decls: &Decls) -> String {
                 goexits,
                 timeouts,
                 forgets,
-                in_flight
+                in_flight,
+                abandons,
+                cancels
             }),
         ),
     ];
@@ -387,7 +390,7 @@ fn declarations_match_the_header_types_values_and_layouts() {
     let decls = parse_rust(RUST_SOURCE);
     assert_eq!(
         decls.callbacks.len(),
-        5,
+        6,
         "callback typedefs found: {:?}",
         decls.callbacks
     );
