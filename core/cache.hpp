@@ -60,7 +60,7 @@ struct CacheAt {
 
     // nullptr when out of memory or when a test injects a failure (a block
     // from the cache counts as an allocation for that: see alloc.hpp).
-    void *get() const noexcept {
+    __attribute__((always_inline)) void *get() const noexcept {
         if (cache_request_fails()) return nullptr;
         LocalStack &s = t_state.stacks[I];  // non-empty only while the thread is active
         if (FreeBlock *top = s.top) {
@@ -71,7 +71,7 @@ struct CacheAt {
         }
         return cache.get_slow();
     }
-    void put(void *block) const noexcept {
+    __attribute__((always_inline)) void put(void *block) const noexcept {
         ThreadState &t = t_state;
         LocalStack &s = t.stacks[I];
         if (__builtin_expect(t.life == kActive && s.count < BlockCache::kLocalMax, 1)) {

@@ -229,7 +229,7 @@ extern const char kPanicDefault[];
 namespace detail {
 // Copies a key of at most kInlineKey bytes without a call into libc: the
 // length is small and known to be bounded, so a few overlapping moves do.
-inline void copy_small(unsigned char *dst, const unsigned char *src, std::size_t n) noexcept {
+SF_HOT void copy_small(unsigned char *dst, const unsigned char *src, std::size_t n) noexcept {
     if (n >= 16) {
         std::size_t i = 0;
         for (; i + 16 <= n; i += 16) __builtin_memcpy(dst + i, src + i, 16);
@@ -253,7 +253,7 @@ void flight_free_rare(Flight *f) noexcept;               // ext, heap key
 
 inline uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
 
-inline Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
+SF_HOT Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
     auto *f = static_cast<Flight *>(detail::flight_cache().get());
     if (!f) return nullptr;
     if (__builtin_expect(key.size > kInlineKey, 0)) {
@@ -293,7 +293,7 @@ inline Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) no
 // a value to destroy, an ext, a heap key.
 void flight_free_slow(Flight *f) noexcept;
 
-inline void flight_release(Flight *f) noexcept {
+SF_HOT void flight_release(Flight *f) noexcept {
     // Sole owner (the common uncontended case): nobody can take a new
     // reference without holding one, so no atomic decrement is needed.
     if (f->refs.load(std::memory_order_acquire) != 1 &&
@@ -312,7 +312,7 @@ inline void flight_release(Flight *f) noexcept {
 }
 
 // flight_complete(f, kOk, error, nullptr) for a do flight.
-inline void flight_complete_do_ok(Flight *f, int error) noexcept {
+SF_HOT void flight_complete_do_ok(Flight *f, int error) noexcept {
     const uint32_t s = f->state.load(std::memory_order_relaxed);
     if (__builtin_expect(!(s & (kShared | kNotify | kLocked | kWaiters)), 1)) {
         // Nobody ever joined, and a do flight takes no registrations but its

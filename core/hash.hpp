@@ -33,7 +33,8 @@ inline uint64_t load_tail(const unsigned char *p, std::size_t n) noexcept {
     return (static_cast<uint64_t>(p[0]) << 16) | (static_cast<uint64_t>(p[n >> 1]) << 8) | p[n - 1];
 }
 
-inline uint64_t hash_bytes(const void *data, std::size_t n, uint64_t seed) noexcept {
+inline __attribute__((always_inline)) uint64_t hash_bytes(const void *data, std::size_t n,
+                                                          uint64_t seed) noexcept {
     const uint64_t k0 = 0x9e3779b97f4a7c15ull, k1 = 0xc2b2ae3d27d4eb4full,
                    k2 = 0x165667b19e3779f9ull;
     const unsigned char *p = static_cast<const unsigned char *>(data);

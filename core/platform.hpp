@@ -8,6 +8,15 @@
 #include <atomic>
 #include <cstdint>
 
+// The few functions an uncontended call is made of: inlined whatever the
+// optimisation level (-O2 would leave some of them calls), so the call
+// costs the same in every build type.
+#if defined(__GNUC__) || defined(__clang__)
+#define SF_HOT inline __attribute__((always_inline))
+#else
+#define SF_HOT inline
+#endif
+
 // Functions that catch abi::__forced_unwind: the runtime hands the handler a
 // null exception object, which UBSan's null-reference check reports although
 // it is how glibc's thread exit works.  Only that one check is turned off.

@@ -29,7 +29,7 @@ enum Counter : unsigned {
 
 class Stats {
 public:
-    void add(Counter c, uint64_t n = 1) noexcept {
+    __attribute__((always_inline)) void add(Counter c, uint64_t n = 1) noexcept {
         // The thread's own stripe, by its byte offset (0: none yet, or none
         // to be had).  Release, a plain store on x86: see read().
         const uint32_t off = detail::t_state.stripe_off;
@@ -49,7 +49,7 @@ public:
     struct Mine {
         std::atomic<uint64_t> *v;  // nullptr: shared
     };
-    Mine mine() noexcept {
+    __attribute__((always_inline)) Mine mine() noexcept {
         if (__builtin_expect(detail::t_state.stripe_off == 0, 0)) {
             if (detail::t_state.stripe == 0) detail::claim_stripe();
             if (detail::t_state.stripe_off == 0) return Mine{nullptr};
@@ -57,7 +57,7 @@ public:
         return Mine{reinterpret_cast<Stripe *>(reinterpret_cast<char *>(stripes_) +
                                                detail::t_state.stripe_off)->v};
     }
-    void add(Mine m, Counter c) noexcept {
+    __attribute__((always_inline)) void add(Mine m, Counter c) noexcept {
         if (__builtin_expect(m.v != nullptr, 1)) {
             m.v[c].store(m.v[c].load(std::memory_order_relaxed) + 1, std::memory_order_release);
         } else {
