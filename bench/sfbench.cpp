@@ -207,6 +207,8 @@ struct Options {
     int warmup_ms = 50;
     int keylen = 0;  // 0: natural "key:NNNN" keys
     int wake = 0;    // >0: wake experiment with this many followers
+    int wake_callbacks = 0;  // >0: the same with callback followers (capi)
+    int cancel = 0;          // >0: cancellation latency with this many followers (capi)
     int rounds = 20;
 };
 
@@ -234,19 +236,23 @@ Options parse(int argc, char **argv) {
         else if (a == "--warmup-ms") o.warmup_ms = std::atoi(val());
         else if (a == "--keylen") o.keylen = std::atoi(val());
         else if (a == "--wake") o.wake = std::atoi(val());
+        else if (a == "--wake-callbacks") o.wake_callbacks = std::atoi(val());
+        else if (a == "--cancel-latency") o.cancel = std::atoi(val());
         else if (a == "--rounds") o.rounds = std::atoi(val());
         else if (a == "--help" || a == "-h") {
             std::puts(
                 "sfbench --contender capi|naive|floor --threads T --keys N|unique "
                 "--fn trivial|spin|sleep [--duration-ms D] [--warmup-ms W] [--keylen L]\n"
                 "sfbench --contender capi|naive|floor --wake N [--rounds R]\n"
+                "sfbench --wake-callbacks N [--rounds R]    (sf_call_on_done followers)\n"
+                "sfbench --cancel-latency N [--rounds R]    (last cancel to abandon callback)\n"
                 "Prints one JSON line.  SFBENCH_ALLOC_TRACE=N prints the stacks of the first N\n"
                 "allocations made inside the measured loop.");
             std::exit(0);
         } else die("unknown argument (try --help)");
     }
     if (o.threads < 1 || o.keys < 0 || o.duration_ms < 1 || o.warmup_ms < 0 || o.keylen < 0 ||
-        o.keylen > 4096 || o.wake < 0 || o.rounds < 1)
+        o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0)
         die("bad option value");
     return o;
 }
@@ -500,12 +506,103 @@ void run_wake(const Options &o) {
         o.contender.c_str(), n, o.rounds, samples.size(), late.load(), p50, p99, mx);
 }
 
+// ------------------------------------------------------- callback followers
+//
+// 64 followers that wait without a thread each (sf_group_begin +
+// sf_call_on_done, as an event loop's futures do): the leader's finish runs
+// every done callback.  A sample is the time from the start of the finish
+// to the last callback's return, i.e. until all N completions were
+// delivered.
+struct CallbackRound {
+    std::atomic<int> left{0};
+    std::uint64_t last_ns = 0;
+};
+
+void count_done(int status, sf_result *, int, void *payload) {
+    auto *r = static_cast<CallbackRound *>(payload);
+    if (status != SF_OK) die("callback follower: status not SF_OK");
+    if (r->left.fetch_sub(1) == 1) r->last_ns = now_ns();
+}
+
+std::vector<std::uint32_t> percentile_sort(std::vector<std::uint32_t> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+}
+
+void print_latency(const char *kind, int n, int rounds, std::vector<std::uint32_t> samples) {
+    samples = percentile_sort(std::move(samples));
+    auto pct = [&](double p) -> double {
+        return samples.empty() ? -1 : double(samples[std::size_t(p * double(samples.size() - 1))]);
+    };
+    std::printf("{\"kind\":\"%s\",\"contender\":\"capi\",\"followers\":%d,\"rounds\":%d,"
+                "\"samples\":%zu,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"max_ns\":%.0f}\n",
+                kind, n, rounds, samples.size(), pct(0.5), pct(0.99), pct(1.0));
+}
+
+void run_wake_callbacks(int n, int rounds) {
+    CapiContender c;
+    std::vector<sf_call *> calls(static_cast<std::size_t>(n), nullptr);
+    std::vector<std::uint32_t> samples;
+    for (int r = 0; r < rounds + 10; ++r) {  // the first 10 warm the caches
+        sf_call *leader = nullptr;
+        if (sf_group_begin(c.g, "cb", 2, &leader) != SF_LEADER) die("callback wake: no leader");
+        CallbackRound round;
+        round.left = n;
+        for (auto &f : calls) {
+            if (sf_group_begin(c.g, "cb", 2, &f) != SF_FOLLOWER) die("callback wake: no follower");
+            if (sf_call_on_done(f, count_done, &round) != SF_OK) die("callback wake: on_done");
+        }
+        std::uint64_t t0 = now_ns();
+        if (sf_call_finish(leader, 0) != SF_OK) die("callback wake: finish");
+        if (round.left.load() != 0) die("callback wake: a callback did not run during finish");
+        if (r >= 10) samples.push_back(std::uint32_t(round.last_ns - t0));
+        for (auto *f : calls) sf_call_release(f);
+        sf_call_release(leader);
+    }
+    print_latency("wake_callbacks", n, rounds, std::move(samples));
+}
+
+// ------------------------------------------------------------ cancellation
+//
+// The time from the last interested caller giving up (sf_call_cancel on the
+// last follower, the leader's caller having given up already) to the
+// abandon callback running: what a binding's "stop the work" waits for.
+void on_abandon_stamp(sf_call *, void *payload) { *static_cast<std::uint64_t *>(payload) = now_ns(); }
+
+void run_cancel_latency(int n, int rounds) {
+    CapiContender c;
+    std::vector<sf_call *> calls(static_cast<std::size_t>(n), nullptr);
+    std::vector<std::uint32_t> samples;
+    for (int r = 0; r < rounds + 10; ++r) {
+        sf_call *leader = nullptr;
+        if (sf_group_begin(c.g, "cx", 2, &leader) != SF_LEADER) die("cancel: no leader");
+        std::uint64_t stamped = 0;
+        if (sf_call_on_abandon(leader, on_abandon_stamp, &stamped) != SF_OK) die("cancel: on_abandon");
+        for (auto &f : calls)
+            if (sf_group_begin(c.g, "cx", 2, &f) != SF_FOLLOWER) die("cancel: no follower");
+        if (sf_call_cancel(leader) != 0) die("cancel: abandoned too early");
+        for (int i = 0; i + 1 < n; ++i)
+            if (sf_call_cancel(calls[std::size_t(i)]) != 0) die("cancel: abandoned too early");
+        std::uint64_t t0 = now_ns();
+        if (sf_call_cancel(calls[std::size_t(n - 1)]) != 1) die("cancel: the last one did not abandon");
+        if (r >= 10) samples.push_back(std::uint32_t(stamped - t0));
+        sf_call_finish(leader, 0);
+        for (auto *f : calls) sf_call_release(f);
+        sf_call_release(leader);
+    }
+    print_latency("cancel_latency", n, rounds, std::move(samples));
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
     if (sf_version_number() != SF_VERSION_NUMBER) die("header/library version mismatch");
-    if (o.contender == "capi") {
+    if (o.wake_callbacks > 0) {
+        run_wake_callbacks(o.wake_callbacks, o.rounds);
+    } else if (o.cancel > 0) {
+        run_cancel_latency(o.cancel, o.rounds);
+    } else if (o.contender == "capi") {
         if (o.wake > 0) run_wake<CapiContender>(o);
         else run_cell<CapiContender>(o);
     } else if (o.contender == "naive") {
