@@ -27,6 +27,10 @@ std::mutex g_mu;
 
 BlockCache *const g_caches[kCaches] = {&g_flights, &g_calls, &g_exts};
 
+struct FlushAtExit {
+    FlushAtExit() noexcept { at_thread_exit(flush_thread_caches); }
+} g_flush_at_exit;
+
 void push(FreeBlock *&list, void *block) noexcept {
     auto *n = static_cast<FreeBlock *>(block);
     n->next = list;

@@ -197,13 +197,6 @@ void flight_unlock(Flight *f) noexcept;
 // destroy(value) with cancellation disabled, exceptions contained.
 void run_destroy(DestroyFn destroy, void *value) noexcept;
 
-// Stores the outcome and wakes everyone: kDone, then futex waiters, then
-// eventfds and done callbacks.  The flight must already be unpublished with
-// its joiners folded (kShared set if anyone joined).  For kPanic, message is
-// copied; NULL keeps a message sf_call_panic left pending inside fn.
-void flight_complete(Flight *f, Status status, int error, const char *message) noexcept;
-void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept;
-
 // Folds joiners taken out of the slot into the flight: their interest, and
 // kShared when there were any (their references went in with the CAS that
 // took them out: Table::empty_slot).  unpublished: the folder is not the
@@ -309,38 +302,6 @@ SF_HOT void flight_release(Flight *f) noexcept {
                          0))
         return flight_free_slow(f);
     detail::flight_cache().put(f);
-}
-
-// flight_complete(f, kOk, error, nullptr) for a do flight.
-SF_HOT void flight_complete_do_ok(Flight *f, int error) noexcept {
-    const uint32_t s = f->state.load(std::memory_order_relaxed);
-    if (__builtin_expect(!(s & (kShared | kNotify | kLocked | kWaiters)), 1)) {
-        // Nobody ever joined, and a do flight takes no registrations but its
-        // joiners': no other thread writes the state word any more.  (A
-        // waiter racing this store finds the word changed and looks again.)
-        f->status_ = int8_t(kOk);
-        f->error = error;
-        f->state.store(s | kDone | kFinished, std::memory_order_release);
-        return;
-    }
-    flight_complete_slow(f, kOk, error, nullptr);
-}
-
-inline void flight_complete(Flight *f, Status status, int error, const char *message) noexcept {
-    if (status == kOk && f->mode == kModeDo) {
-        const uint32_t s = f->state.load(std::memory_order_relaxed);
-        if (!(s & (kShared | kNotify | kLocked | kWaiters))) {
-            // Nobody ever joined, and a do flight takes no registrations but
-            // its joiners': no other thread writes the state word any more.
-            // (A waiter racing this store finds the word changed and looks
-            // again.)
-            f->status_ = int8_t(kOk);
-            f->error = error;
-            f->state.store(s | kDone | kFinished, std::memory_order_release);
-            return;
-        }
-    }
-    flight_complete_slow(f, status, error, message);
 }
 
 }  // namespace sf

@@ -14,6 +14,7 @@
 #include "core/call.hpp"
 #include "core/flight.hpp"
 #include "core/hash.hpp"
+#include "core/notify.hpp"
 #include "core/platform.hpp"
 #include "core/stats.hpp"
 #include "core/table.hpp"

@@ -208,15 +208,39 @@ Status notify_cancel(Follower *c) noexcept {
     return kOk;
 }
 
-void run_destroy(DestroyFn destroy, void *value) noexcept {
-    if (!destroy) return;
-    detail::NoCancel no_cancel;
-    try {
-        destroy(value);
-    } catch (...) {
-        // destroy must not throw or exit the thread (header); swallowing an
-        // exception keeps the boundary shut.
+namespace {
+// Decides the message sf_result_panic_message returns.  message (a
+// two-phase sf_call_panic, an exception's what(), a refusal) replaces a
+// pending one from sf_call_panic inside fn; NULL keeps the pending one.
+void set_panic_message(Flight *f, const char *message) noexcept {
+    Ext *e = flight_ext(f);
+    if (!e) return;  // sf_result_panic_message then says the message was lost
+    if (message) {
+        char *copy = copy_message(message);
+        if (f->lflags & kMessageOwned) detail::dealloc(const_cast<char *>(e->message));
+        e->message = copy ? copy : kPanicMessageLost;
+        f->lflags = uint8_t(copy ? f->lflags | kMessageOwned : f->lflags & ~kMessageOwned);
+    } else if (!e->message) {
+        e->message = (f->lflags & kMessageLost) ? kPanicMessageLost : kPanicDefault;
     }
+}
+}  // namespace
+
+void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept {
+    f->status_ = int8_t(status);
+    f->error = error;
+    if (status == kPanic) set_panic_message(f, message);
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    if (f->mode == kModeDo && !(s & (kShared | kNotify | kLocked | kWaiters))) {
+        // Nobody ever joined, and a do flight takes no registrations but
+        // its joiners': no other thread writes the state word any more.  (A
+        // waiter racing this store finds the word changed and looks again.)
+        f->state.store(s | kDone | kFinished, std::memory_order_release);
+        return;
+    }
+    uint32_t old = f->state.fetch_or(kDone | kFinished, std::memory_order_acq_rel);
+    if (old & kWaiters) detail::futex_wake_all(&f->state);
+    if (old & kNotify) notify_completion(f);
 }
 
 }  // namespace sf

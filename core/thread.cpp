@@ -4,8 +4,6 @@
 
 #include <atomic>
 
-#include "core/cache.hpp"
-
 namespace sf {
 namespace detail {
 
@@ -25,6 +23,13 @@ std::atomic<uint64_t> g_stripes_owned{1};
 // thread exit calls into.
 pthread_key_t g_exit_key;
 
+// What the rooms above this one (the block caches) want done at a thread's
+// exit, registered during static initialisation: this room calls them
+// without depending on them.
+constexpr int kMaxExitHooks = 4;
+void (*g_exit_hooks[kMaxExitHooks])() noexcept;
+int g_exit_hook_count;
+
 void release_stripe(ThreadState &t) noexcept {
     uint32_t s = t.stripe;
     if (s >= 1 && s < kSharedStripe) {
@@ -39,7 +44,7 @@ void release_stripe(ThreadState &t) noexcept {
 void on_thread_exit(void *) noexcept {
     ThreadState &t = t_state;
     t.life = kDead;  // from here on (later TLS destructors) use shared paths
-    flush_thread_caches();
+    for (int i = 0; i < g_exit_hook_count; ++i) g_exit_hooks[i]();
     release_stripe(t);
 }
 
@@ -47,6 +52,10 @@ struct KeyInit {
     KeyInit() noexcept { pthread_key_create(&g_exit_key, on_thread_exit); }
 } g_key_init;
 }  // namespace
+
+void at_thread_exit(void (*hook)() noexcept) noexcept {
+    if (g_exit_hook_count < kMaxExitHooks) g_exit_hooks[g_exit_hook_count++] = hook;
+}
 
 uint64_t assign_serial() noexcept {
     uint64_t s = g_next_serial.fetch_add(1, std::memory_order_relaxed);

@@ -47,9 +47,13 @@ inline uint64_t thread_serial() noexcept {
     return __builtin_expect(s != 0, 1) ? s : assign_serial();
 }
 
-// Arms the thread-exit hook (flush the caches, give the stripe back) the
+// Arms the thread-exit hook (run the hooks below, give the stripe back) the
 // first time a thread uses a per-thread structure.
 void register_thread() noexcept;
+
+// Adds a function every thread that registered runs at its exit (the block
+// caches flush there).  Static initialisation only; at most a few.
+void at_thread_exit(void (*hook)() noexcept) noexcept;
 
 // Stats stripes (core/stats.hpp): each thread that counts owns one of
 // kStripes - 1 stripes, which only it writes; threads beyond that share
