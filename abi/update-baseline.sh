@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # abi/update-baseline.sh LIBRARY.so HEADERS_DIR
 # Rewrites abi/libsingleflight.so.1.abi from a built library (RelWithDebInfo,
-# so that types are described).  Run it only for a deliberate, released ABI
-# change (a minor version adding functions, or a new SONAME), and say why in
-# the commit.
+# so that types are described).  The baseline is the first release of this
+# SONAME (1.0): every 1.x must stay compatible with it, so rewrite it only
+# for a new SONAME, and say why in the commit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 lib=$1 inc=$2
