@@ -240,20 +240,39 @@ Status call_panic(Call *c, const char *message) noexcept {
 int call_finish_unshared(Call *c, int error) noexcept {
     if (!is_leader(c)) return kBadState;
     Flight *f = as_flight(c);
-    if (f->mode != kModeTwoPhase || orphaned(f)) return kBadState;
-    // Hold kWriting (set_value waits) while finding out whether anyone
-    // joined; only a flight nobody joined is finished here.
-    uint32_t s;
-    if (!take_leader_bit(f, kWriting, &s)) return kBadState;
-    if ((s & (kShared | kUnpublished)) || !f->group->table().unpublish_if_unjoined(f)) {
-        f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
-        return 1;
+    if (f->mode != kModeTwoPhase) return kBadState;
+    if (orphaned(f)) return 1;  // a fork's child: the usual way knows orphans
+    const uint32_t s = f->state.load(std::memory_order_acquire);
+    if (s & kFinished) return kBadState;
+    // Someone joined (or joined and left, or a forget or an abandonment
+    // took the flight out): the usual way, with a value.
+    if (s & (kShared | kUnpublished)) return 1;
+    // Out of the table only if nobody joined: one CAS, after which nobody
+    // can join.
+    if (!f->group->table().unpublish_if_unjoined(f)) return 1;
+    // The right to complete (a set_value in progress lands first; another
+    // thread's finish may have won: then it waits for kUnpublished).
+    if (!take_leader_bit(f, kFinished)) {
+        f->state.fetch_or(kUnpublished, std::memory_order_release);
+        return kBadState;
     }
-    f->state.fetch_xor(kWriting | kFinished, std::memory_order_acq_rel);
-    Stats &st = f->group->stats();
-    st.add(kCompleted);
-    flight_complete(f, kOk, error, nullptr);
-    call_release(c);
+    Group *g = f->group;
+    const Stats::Mine counts = g->stats().mine();
+    g->stats().add(counts, kCompleted);
+    f->status_ = int8_t(kOk);
+    f->error = error;
+    const uint32_t old = f->state.fetch_or(kDone | kUnpublished, std::memory_order_acq_rel);
+    if (old & kWaiters) detail::futex_wake_all(&f->state);
+    if (old & kNotify) notify_completion(f);  // the leader's own registration
+    // The release, which needs no Goexit: finished.
+    if (Ext *e = f->ext.load(std::memory_order_acquire)) {
+        if (Follower *reg = e->leader_reg) {
+            notify_drop(reg);
+            follower_unref(reg);
+        }
+    }
+    g->stats().add(counts, kHandles, uint64_t(0) - 1);
+    flight_release(f);
     return 0;
 }
 

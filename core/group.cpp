@@ -224,12 +224,24 @@ Status Group::run_async(Key key, WorkCallback work, DoneCallback done) noexcept 
 }
 
 Status Group::begin(Key key, Call **out) noexcept {
-    Flight *f;
-    const Status role = table_.acquire(this, kModeTwoPhase, key, ident_of(key), false, &f);
+    const uint64_t ident = ident_of(key);
+    // The uncontended start, as in run: an empty home slot, one CAS.
+    std::atomic<uint64_t> *home = table_.home(ident);
+    Flight *f = nullptr;
+    Status role = kInvalid;
+    if (home->load(std::memory_order_relaxed) == 0 &&
+        (f = flight_new(this, kModeTwoPhase, key, ident)) != nullptr) {
+        uint64_t empty = 0;
+        if (home->compare_exchange_strong(empty, SlotCodec::encode(f), std::memory_order_acq_rel,
+                                          std::memory_order_relaxed))
+            role = kLeader;
+    }
+    if (role != kLeader) role = table_.acquire(this, kModeTwoPhase, key, ident, false, &f, f);
     if (role < 0) return role;
     if (role == kLeader) {
-        stats_.add(kLeaders);
-        stats_.add(kHandles);  // every two-phase leader handle is counted
+        const Stats::Mine counts = stats_.mine();
+        stats_.add(counts, kLeaders);
+        stats_.add(counts, kHandles);  // every two-phase leader handle is counted
         *out = as_call(f);
         return kLeader;
     }

@@ -57,11 +57,11 @@ public:
         return Mine{reinterpret_cast<Stripe *>(reinterpret_cast<char *>(stripes_) +
                                                detail::t_state.stripe_off)->v};
     }
-    __attribute__((always_inline)) void add(Mine m, Counter c) noexcept {
+    __attribute__((always_inline)) void add(Mine m, Counter c, uint64_t n = 1) noexcept {
         if (__builtin_expect(m.v != nullptr, 1)) {
-            m.v[c].store(m.v[c].load(std::memory_order_relaxed) + 1, std::memory_order_release);
+            m.v[c].store(m.v[c].load(std::memory_order_relaxed) + n, std::memory_order_release);
         } else {
-            stripes_[0].v[c].fetch_add(1, std::memory_order_acq_rel);
+            stripes_[0].v[c].fetch_add(n, std::memory_order_acq_rel);
         }
     }
 
