@@ -157,6 +157,8 @@ SF_API int sf_call_fd(sf_call *call) { return call ? int(sf::call_fd(core(call))
 
 SF_API int sf_call_cancel(sf_call *call) { return call ? sf::call_cancel(core(call)) : SF_EINVAL; }
 
+SF_API int sf_call_disown(sf_call *call) { return call ? int(sf::call_disown(core(call))) : SF_EINVAL; }
+
 SF_API int sf_call_abandoned(const sf_call *call) {
     return call ? sf::call_abandoned(const_cast<sf::Call *>(core(call))) : 0;
 }

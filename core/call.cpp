@@ -385,6 +385,14 @@ int call_cancel(Call *c) noexcept {
     return follower_leaves(f, true) ? 1 : 0;
 }
 
+Status call_disown(Call *c) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    if (f->mode != kModeTwoPhase) return kBadState;
+    f->leader_thread.store(0, std::memory_order_relaxed);
+    return kOk;
+}
+
 int call_abandoned(Call *c) noexcept {
     return (flight_of(c)->state.load(std::memory_order_acquire) & kAbandoned) ? 1 : 0;
 }

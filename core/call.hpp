@@ -90,6 +90,11 @@ void call_release(Call *c) noexcept;
 // already gave up, or it is fn's call of do/do_async.
 int call_cancel(Call *c) noexcept;
 
+// SF_1.1: a two-phase leader's flight is led by no thread from now on (its
+// work runs elsewhere), so no wait or do on its key is a deadlock of the
+// thread that began it.  kBadState for a follower or fn's call.
+Status call_disown(Call *c) noexcept;
+
 // SF_1.1: 1 once the flight has been abandoned, else 0.
 int call_abandoned(Call *c) noexcept;
 // SF_1.1: runs cb once the flight is abandoned (at once if it is).  Leader

@@ -352,4 +352,29 @@ TEST(AbandonRace, NewCallerJoiningAsTheLastOneLeaves) {
     EXPECT_EQ(stats2(g).in_flight, 0u);
 }
 
+// A two-phase leader whose work runs elsewhere: once disowned, the thread
+// that began it may wait on the key like anyone else.
+TEST(Disown, AWaitOnTheBeginningThreadIsNoLongerADeadlock) {
+    GroupPtr g;
+    sf_call *l = begin(g, "k", SF_LEADER);
+    sf_call *f = begin(g, "k", SF_FOLLOWER);
+    EXPECT_EQ(sf_call_wait(f, -1, nullptr, nullptr), SF_EDEADLK) << "led here: refused";
+    EXPECT_EQ(sf_call_disown(f), SF_ESTATE) << "a follower leads nothing";
+    EXPECT_EQ(sf_call_disown(nullptr), SF_EINVAL);
+    ASSERT_EQ(sf_call_disown(l), SF_OK);
+    std::thread worker([&] { EXPECT_EQ(sf_call_finish(l, 8), SF_OK); });
+    sf_result *r = nullptr;
+    EXPECT_EQ(sf_call_wait(f, -1, &r, nullptr), SF_OK) << "waits for the work elsewhere";
+    EXPECT_EQ(sf_result_error(r), 8);
+    sf_result_release(r);
+    worker.join();
+    sf_call_release(f);
+    sf_call_release(l);
+    EXPECT_EQ(sf_group_do(g, "d", 1,
+                          [](sf_call *call, void *) { return sf_call_disown(call) == SF_ESTATE ? 0 : 1; },
+                          nullptr, nullptr, nullptr),
+              SF_OK)
+        << "fn runs on its thread: it cannot disown it";
+}
+
 }  // namespace

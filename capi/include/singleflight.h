@@ -395,6 +395,15 @@ typedef void (*sf_abandon_fn)(sf_call *call, void *payload);
  * sf_call_wait. */
 SF_API int sf_call_cancel(sf_call *call);
 
+/* Since 1.1.  The two-phase leader's flight is no longer led by the thread
+ * that called sf_group_begin: the work runs elsewhere (an executor, an
+ * event loop, another language's scheduler).  From now on a follower
+ * waiting forever on that thread is not refused with SF_EDEADLK, and
+ * sf_group_do on the key from that thread joins the flight instead of
+ * failing.  SF_OK; SF_ESTATE for a follower's handle or the call passed to
+ * fn (fn runs on its thread); SF_EINVAL for NULL.  Thread-safe. */
+SF_API int sf_call_disown(sf_call *call);
+
 /* 1 once the flight has been abandoned, else 0 (also for NULL).  A cheap
  * poll for the code producing the result (fn, or a two-phase leader).
  * Thread-safe. */
