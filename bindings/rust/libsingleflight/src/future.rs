@@ -38,6 +38,7 @@ use std::os::raw::{c_int, c_void};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -83,6 +84,9 @@ impl<T> Registry<T> {
 /// The Rust side of one flight led by `call_async`, shared by its callers.
 pub(crate) struct Flight<T> {
     state: Mutex<FlightState<T>>,
+    /// Whether `state.parked` holds the duty, readable without the lock: a
+    /// waiting follower's poll looks here first (set and cleared under it).
+    has_parked: AtomicBool,
 }
 
 struct FlightState<T> {
@@ -441,6 +445,7 @@ where
                         parked: None,
                         helpers: Vec::new(),
                     }),
+                    has_parked: AtomicBool::new(false),
                 });
                 // Replaces the entry of a flight that was abandoned but not
                 // yet removed by the caller that abandoned it.
@@ -504,6 +509,18 @@ where
             }
             other => Err(Error::Status(other)),
         }
+    }
+}
+
+impl<T> Flight<T> {
+    fn take_parked(&self, st: &mut FlightState<T>) -> Option<Duty<T>> {
+        self.has_parked.store(false, Ordering::Release);
+        st.parked.take()
+    }
+
+    fn park(&self, st: &mut FlightState<T>, duty: Duty<T>) {
+        st.parked = Some(duty);
+        self.has_parked.store(true, Ordering::Release);
     }
 }
 
@@ -592,10 +609,10 @@ impl<T: Send + Sync + 'static> Follow<T> {
             }
             if self.duty.is_none() {
                 let (flight, _) = match &self.flight {
-                    Some(f) => f,
-                    None => return Poll::Pending,
+                    Some(f) if f.0.has_parked.load(Ordering::Acquire) => f,
+                    _ => return Poll::Pending,
                 };
-                self.duty = lock(&flight.state).parked.take();
+                self.duty = flight.take_parked(&mut lock(&flight.state));
             }
             let (flight, duty) = match (&self.flight, &mut self.duty) {
                 (Some((flight, _)), Some(duty)) => (flight, duty),
@@ -672,17 +689,17 @@ fn leave_flight<T: Send + Sync + 'static>(
         // Abandoned: nobody is interested any more.  The C table already
         // dropped the flight; so does the registry.
         Registry::remove_locked(&mut flights, key, flight);
-        if let Some(d) = duty.or_else(|| st.parked.take()) {
+        if let Some(d) = duty.or_else(|| flight.take_parked(&mut st)) {
             stop = Some((d, true));
         }
     } else if rc == 0 {
         // Others are still interested.  If we owned the duty, or it is
         // parked and we were the follower woken to take it, wake another.
-        let duty = duty.or_else(|| st.parked.take());
+        let duty = duty.or_else(|| flight.take_parked(&mut st));
         if let Some(d) = duty {
             wake = st.helpers.iter().rev().flatten().next().cloned();
             if wake.is_some() {
-                st.parked = Some(d);
+                flight.park(&mut st, d);
             } else {
                 Registry::remove_locked(&mut flights, key, flight);
                 stop = Some((d, false));
