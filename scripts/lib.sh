@@ -25,3 +25,9 @@ sf_require() {
 # (pytest in it; the binding is put there by the tests themselves).
 SF_VENV=${SF_VENV:-$SF_ROOT/build/venv}
 export SF_VENV
+
+# The crates the Rust tests build with, vendored there by scripts/setup.sh
+# from bindings/rust/Cargo.lock, so the tests build offline with either
+# toolchain.
+SF_CARGO_VENDOR=${SF_CARGO_VENDOR:-$SF_ROOT/build/cargo-vendor}
+export SF_CARGO_VENDOR

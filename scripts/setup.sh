@@ -97,4 +97,25 @@ if ! excluded go; then
     (cd "$SF_ROOT/bindings/go" && GOTOOLCHAIN=local GOFLAGS=-modcacherw /usr/bin/go mod download) ||
         sf_die "go mod download failed in bindings/go"
 fi
+# ---- Rust: the test-only crates, vendored from the committed Cargo.lock ----
+# Debian's cargo (1.65) reads only the git index, which is not reachable
+# here, so the current toolchain vendors when there is one; otherwise
+# Debian's cargo does, through the sparse index it has behind a nightly flag.
+if ! excluded rust; then
+    lock="$SF_ROOT/bindings/rust/Cargo.lock"
+    stamp="$SF_CARGO_VENDOR/.cargo-lock.sha256"
+    want_sum=$(sha256sum <"$lock")
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want_sum" ]; then
+        sf_log "setup: vendoring the Rust test dependencies into $SF_CARGO_VENDOR"
+        rm -rf "$SF_CARGO_VENDOR"
+        manifest="$SF_ROOT/bindings/rust/Cargo.toml"
+        if command -v cargo >/dev/null 2>&1 && [ "$(command -v cargo)" != /usr/bin/cargo ]; then
+            cargo vendor --locked --manifest-path "$manifest" "$SF_CARGO_VENDOR" >/dev/null
+        else
+            __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS=nightly CARGO_UNSTABLE_SPARSE_REGISTRY=true \
+                /usr/bin/cargo vendor --locked --manifest-path "$manifest" "$SF_CARGO_VENDOR" >/dev/null
+        fi || sf_die "cargo vendor failed in bindings/rust"
+        printf '%s\n' "$want_sum" >"$stamp"
+    fi
+fi
 sf_log "setup: done"

@@ -25,6 +25,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -91,7 +92,13 @@ private:
     std::string message_;
 };
 
+template <class T>
+class result;
+
 namespace detail {
+
+template <class Fn, class T>
+struct leader_work;
 
 // A key given as a C string, read up to its NUL.  A null pointer (getenv's
 // "not set", say) is the caller's error to catch, not a crash in strlen.
@@ -164,24 +171,21 @@ owned_result settle(int rc, sf_result *raw) {
     return owned;
 }
 
-template <class F, class T>
-SINGLEFLIGHT_FORCED_UNWIND_SAFE_ int trampoline(sf_call *call, void *payload) {
-    // Not noexcept on purpose: a thread exit inside fn (pthread_exit,
-    // cancellation) is a forced unwind that must keep going so the C library
-    // can release the followers with SF_EGOEXIT; a noexcept frame would turn
-    // it into std::terminate.  Every ordinary exception stops here.
+// Runs fn and keeps what it produced, its value or the exception it threw,
+// in a new box; nullptr when not even the box could be allocated.  Not
+// noexcept on purpose: a thread exit inside fn (pthread_exit, cancellation)
+// is a forced unwind that must keep going so the C library can release the
+// followers with SF_EGOEXIT; a noexcept frame would turn it into
+// std::terminate.  Every ordinary exception stops here.
+template <class T, class F>
+SINGLEFLIGHT_FORCED_UNWIND_SAFE_ box<T> *produce(F &&fn) {
     box<T> *b;
     try {
         b = new box<T>();
     } catch (...) {
-        sf_call_panic(call, "singleflight: out of memory for the result");
-        return 0;
+        return nullptr;
     }
-    bool threw = false;
     try {
-        // payload points at a pointer to fn: a plain function has no object
-        // pointer that void * could carry directly.
-        auto &fn = **static_cast<std::remove_reference_t<F> **>(payload);
         b->value.emplace(std::invoke(std::forward<F>(fn)));
 #if defined(__GLIBCXX__)
     } catch (abi::__forced_unwind &) {
@@ -190,8 +194,18 @@ SINGLEFLIGHT_FORCED_UNWIND_SAFE_ int trampoline(sf_call *call, void *payload) {
 #endif
     } catch (...) {
         b->exception = std::current_exception();
-        threw = true;
     }
+    return b;
+}
+
+// Hands what produce() made to the leader's call: the value, or the
+// exception as a panic (its text for readers that cannot rethrow it).
+inline void publish(sf_call *call, box_base *b) noexcept {
+    if (b == nullptr) {
+        sf_call_panic(call, "singleflight: out of memory for the result");
+        return;
+    }
+    const bool threw = static_cast<bool>(b->exception);
     std::string message;
     if (threw) {
         try {
@@ -204,10 +218,90 @@ SINGLEFLIGHT_FORCED_UNWIND_SAFE_ int trampoline(sf_call *call, void *payload) {
     sf_call_set_value(call, b, &destroy_box);
     if (threw)
         sf_call_panic(call, message.empty() ? nullptr : message.c_str());
+}
+
+// (The attribute, like produce's, because produce is inlined here.)
+template <class F, class T>
+SINGLEFLIGHT_FORCED_UNWIND_SAFE_ int trampoline(sf_call *call, void *payload) {
+    // payload points at a pointer to fn: a plain function has no object
+    // pointer that void * could carry directly.
+    auto &fn = **static_cast<std::remove_reference_t<F> **>(payload);
+    publish(call, produce<T>(std::forward<F>(fn)));
     return 0;
 }
 
+// One run_async caller's C handle, shared by its singleflight::future and,
+// for the leader, by the work producing the value: the last owner releases
+// it.  Every use of the handle except sf_call_abandoned takes m, so a
+// caller's cancel() and the work's finish never overlap on one handle.
+struct shared_call {
+    explicit shared_call(sf_call *call) noexcept : c(call) {}
+    shared_call(const shared_call &) = delete;
+    shared_call &operator=(const shared_call &) = delete;
+    ~shared_call() { sf_call_release(c); }
+
+    sf_call *c;
+    std::mutex m;
+    // The leader's abandon callback (abandon_token::on_abandon), kept here
+    // because the work, which holds this object, outlives any abandonment.
+    std::function<void()> on_abandon;
+};
+
+inline void run_on_abandon(sf_call *, void *payload) noexcept {
+    // noexcept: a throwing abandon callback ends the program rather than
+    // unwind through the C library.
+    static_cast<shared_call *>(payload)->on_abandon();
+}
+
+// The done callback of every run_async caller: fulfils its promise, which
+// it owns from registration on (the C library runs it exactly once, also
+// after sf_call_cancel, with SF_ECANCELED).
+template <class T>
+void async_done(int status, sf_result *r, int shared, void *payload) noexcept {
+    std::unique_ptr<std::promise<result<T>>> promise(
+        static_cast<std::promise<result<T>> *>(payload));
+    try {
+        auto owned = settle<T>(status, sf_result_retain(r));
+        promise->set_value(result<T>(std::move(owned), shared != 0));
+    } catch (...) {
+        try {
+            promise->set_exception(std::current_exception());
+        } catch (...) {
+            // Only std::future_error (promise already satisfied) can land
+            // here, and set_value above did not complete: unreachable.
+        }
+    }
+}
+
+// run_async's default executor: the C library's built-in pool, reached
+// through a group of its own (never freed: its pool serves the whole
+// process) and a one-off flight per task, keyed by the task's address.
+struct pool_task {
+    std::function<void()> run;
+};
+
+inline int pool_run(sf_call *, void *payload) {
+    static_cast<pool_task *>(payload)->run();
+    return 0;
+}
+
+inline void pool_done(int, sf_result *, int, void *payload) noexcept {
+    delete static_cast<pool_task *>(payload);
+}
+
+inline sf_group *pool_group() {
+    static sf_group *const g = [] {
+        sf_group *made = nullptr;
+        int rc = sf_group_new(&made, nullptr);
+        if (rc != SF_OK)
+            throw error(rc, "cannot create the group behind run_async's pool");
+        return made;
+    }();
+    return g;
+}
+
 } // namespace detail
+
 
 // One caller's reference to a flight's shared value.  Copies share the value
 // (each copy holds its own reference on the C result); the value is destroyed
@@ -253,6 +347,8 @@ private:
     friend class group;
     template <class>
     friend class flight;
+    template <class U>
+    friend void detail::async_done(int, sf_result *, int, void *) noexcept;
 
     result(detail::owned_result r, bool shared) noexcept
         : r_(r.release()), shared_(shared) {}
@@ -362,6 +458,164 @@ private:
     bool leader_;
 };
 
+// What run_async hands the work, when fn takes it: the leader's view of
+// the callers' interest.  Valid while fn runs.
+class abandon_token {
+public:
+    // True once every caller has given up (cancel() or destruction of each
+    // caller's singleflight::future): nobody will see the value, so the work
+    // may stop.  A cheap atomic read; thread-safe.
+    bool abandoned() const noexcept { return sf_call_abandoned(call_->c) == 1; }
+
+    // Registers f to run once when the flight is abandoned, on the thread of
+    // the last caller to give up (inside its cancel() or destructor), or at
+    // once on this thread if it already has been: cancel the work's I/O
+    // there.  One callback per flight: a second registration throws
+    // singleflight::error(SF_ESTATE).  f is copied and must not throw (that
+    // ends the program) nor call on_abandon.
+    template <class F>
+    void on_abandon(F &&f) const {
+        std::lock_guard<std::mutex> lock(call_->m);
+        if (call_->on_abandon)
+            throw error(SF_ESTATE, "the flight already has an abandon callback");
+        call_->on_abandon = std::forward<F>(f);
+        int rc = sf_call_on_abandon(call_->c, &detail::run_on_abandon, call_);
+        if (rc != SF_OK) {
+            call_->on_abandon = nullptr;
+            throw error(rc);
+        }
+    }
+
+    // The leader's C handle, borrowed: valid while fn runs.
+    sf_call *native_handle() const noexcept { return call_->c; }
+
+private:
+    template <class, class>
+    friend struct detail::leader_work;
+    explicit abandon_token(detail::shared_call *call) noexcept : call_(call) {}
+
+    detail::shared_call *call_;
+};
+
+namespace detail {
+
+// The value type of a run_async fn, which may take an abandon_token.
+template <class Fn>
+using async_value_t = std::decay_t<typename std::conditional_t<
+    std::is_invocable_v<Fn &&, const abandon_token &>,
+    std::invoke_result<Fn &&, const abandon_token &>, std::invoke_result<Fn &&>>::type>;
+
+// The leader's work, run once by the executor: produces the value, then
+// finishes the flight under the handle's lock.  Destroyed before it
+// finished (an executor that dropped it unrun, or a thread exit inside fn),
+// it completes the flight as panicked, so nobody waits forever.
+template <class Fn, class T>
+struct leader_work {
+    template <class F>
+    leader_work(F &&f, std::shared_ptr<shared_call> c) : fn(std::forward<F>(f)), call(std::move(c)) {}
+    leader_work(const leader_work &) = delete;
+    leader_work &operator=(const leader_work &) = delete;
+    ~leader_work() {
+        if (!call)
+            return;
+        std::lock_guard<std::mutex> lock(call->m);
+        sf_call_panic(call->c, "singleflight: the work did not run to its end "
+                               "(the executor dropped it, or its thread exited)");
+    }
+
+    SINGLEFLIGHT_FORCED_UNWIND_SAFE_ void operator()() {
+        abandon_token token(call.get());
+        box<T> *b = produce<T>([&]() -> decltype(auto) {
+            if constexpr (std::is_invocable_v<Fn &&, const abandon_token &>)
+                return std::invoke(std::move(fn), token);
+            else
+                return std::invoke(std::move(fn));
+        });
+        {
+            std::lock_guard<std::mutex> lock(call->m);
+            publish(call->c, b);
+            (void)sf_call_finish(call->c, 0); // SF_ESTATE after a panic
+        }
+        call.reset();
+    }
+
+    Fn fn;
+    std::shared_ptr<shared_call> call;
+};
+
+} // namespace detail
+
+// One run_async caller's claim on a flight's value: std::future's get /
+// wait / wait_for, plus cancel().  Move-only.  Giving up (cancel(), or
+// destroying the future before the flight completed) withdraws this caller
+// only: the others still get the value.  When every caller of the flight
+// has given up while the work runs, the flight is abandoned: the key is
+// free for a new flight at once, and the work can see it through its
+// abandon_token.  A future must not be used concurrently with itself.
+template <class T>
+class future {
+public:
+    future() noexcept = default;
+    future(future &&) noexcept = default;
+    future &operator=(future &&o) noexcept {
+        if (this != &o) {
+            cancel();
+            f_ = std::move(o.f_);
+            call_ = std::move(o.call_);
+            leader_ = o.leader_;
+        }
+        return *this;
+    }
+    future(const future &) = delete;
+    future &operator=(const future &) = delete;
+    // Gives up if the flight has not completed (see cancel()).
+    ~future() { cancel(); }
+
+    // Waits for the flight, then returns the value or rethrows what run()
+    // would have thrown; singleflight::error(SF_ECANCELED) after cancel().
+    // Once only, as for std::future.
+    result<T> get() {
+        auto r = f_.get();
+        call_.reset();
+        return r;
+    }
+    void wait() const { f_.wait(); }
+    template <class Rep, class Period>
+    std::future_status wait_for(const std::chrono::duration<Rep, Period> &d) const {
+        return f_.wait_for(d);
+    }
+    // False for a default-constructed or moved-from future, or after get().
+    bool valid() const noexcept { return f_.valid(); }
+    // True when this caller started the flight (its fn is the one running).
+    bool leader() const noexcept { return leader_; }
+
+    // Gives up this caller's interest: get() then throws
+    // singleflight::error(SF_ECANCELED) at once, and the others are not
+    // affected; the last caller to give up runs the work's abandon callback
+    // on this thread.  True when this call gave up; false when there was
+    // nothing to give up (the flight had completed, or already given up).
+    bool cancel() noexcept {
+        if (!call_)
+            return false;
+        int rc;
+        {
+            std::lock_guard<std::mutex> lock(call_->m);
+            rc = sf_call_cancel(call_->c);
+        }
+        call_.reset();
+        return rc >= 0;
+    }
+
+private:
+    friend class group;
+    future(std::future<result<T>> f, std::shared_ptr<detail::shared_call> call, bool leader) noexcept
+        : f_(std::move(f)), call_(std::move(call)), leader_(leader) {}
+
+    std::future<result<T>> f_;
+    std::shared_ptr<detail::shared_call> call_;
+    bool leader_ = false;
+};
+
 // A namespace of keys: concurrent run()/begin() calls with the same key share
 // one flight.  Owns its C group; move-only.  Every member is thread-safe
 // except destruction and assignment, which need every flight of the group to
@@ -427,35 +681,87 @@ public:
     template <class F>
     void run(std::nullptr_t, F &&) = delete;
 
-    // Go's DoChan.  Starts or joins key's flight and returns at once; when
-    // this caller leads, fn runs on the group's executor (the library's
-    // built-in pool).  The future yields what run() would have returned, or
-    // rethrows what run() would have thrown.  fn is decay-copied (or moved)
-    // into the call and destroyed, on whichever thread completes the flight,
-    // once this caller's outcome is known; it must be callable from another
-    // thread.  Throws singleflight::error when the flight cannot be started
-    // (SF_EBUSY: the executor refused the work).
+    // Go's DoChan, with giving up.  Starts or joins key's flight and
+    // returns at once.  When this caller leads, fn runs on the C library's
+    // built-in pool (or is handed to exec, below), called with an
+    // abandon_token if it takes one (fn(const abandon_token &)), else with
+    // no argument.  The future yields what run() would have returned, or
+    // rethrows what run() would have thrown.  fn is decay-copied (or
+    // moved) into the call, and only a leader keeps it, until it has run;
+    // it must be callable from another thread.
+    //
+    // Each caller may give up (future::cancel(), or destroying the future
+    // early) without affecting the others, the leader's caller included:
+    // the work goes on for those who wait.  Once every caller has given up,
+    // the flight is abandoned: the key is free, and the work learns it from
+    // its abandon_token.  Throws singleflight::error when the flight cannot
+    // be started (SF_EBUSY: the pool refused the work; the callers that
+    // joined meanwhile get a panic saying so).
     template <class F>
-    auto run_async(std::string_view key, F &&fn)
-        -> std::future<result<std::decay_t<std::invoke_result_t<std::decay_t<F> &&>>>> {
-        using Fn = std::decay_t<F>;
-        using T = std::decay_t<std::invoke_result_t<Fn &&>>;
-        static_assert(!std::is_void_v<T>, "fn must return the value to share");
-        auto state = std::make_unique<async_state<Fn, T>>(std::forward<F>(fn));
-        auto future = state->promise.get_future();
-        int rc = sf_group_do_async(g_, key.data(), key.size(), &detail::trampoline<Fn, T>,
-                                   &state->target, &async_done<Fn, T>, state.get());
-        check(rc);
-        state.release(); // owned by async_done from here on
-        return future;
+    auto run_async(std::string_view key, F &&fn) -> future<detail::async_value_t<std::decay_t<F>>> {
+        return run_async(key, std::forward<F>(fn), [](std::function<void()> task) {
+            auto t = std::make_unique<detail::pool_task>(detail::pool_task{std::move(task)});
+            const void *id = t.get();
+            int rc = sf_group_do_async(detail::pool_group(), &id, sizeof id, &detail::pool_run,
+                                       t.get(), &detail::pool_done, t.get());
+            if (rc != SF_OK)
+                throw error(rc, "the library's pool refused the work");
+            t.release(); // pool_done frees it
+        });
     }
     template <class F>
-    auto run_async(const char *key, F &&fn)
-        -> std::future<result<std::decay_t<std::invoke_result_t<std::decay_t<F> &&>>>> {
+    auto run_async(const char *key, F &&fn) -> future<detail::async_value_t<std::decay_t<F>>> {
         return run_async(detail::c_string_key(key), std::forward<F>(fn));
     }
     template <class F>
     void run_async(std::nullptr_t, F &&) = delete;
+
+    // As above, with the leader's work handed to exec, a callable taking a
+    // std::function<void()> that must run it once, on any thread (a thread
+    // pool's submit, say).  If exec throws, the flight is completed as
+    // panicked for the callers that joined and the exception propagates; if
+    // it destroys the task unrun, they get SF_EGOEXIT.
+    template <class F, class Exec>
+    auto run_async(std::string_view key, F &&fn, Exec &&exec)
+        -> future<detail::async_value_t<std::decay_t<F>>> {
+        using Fn = std::decay_t<F>;
+        using T = detail::async_value_t<Fn>;
+        static_assert(!std::is_void_v<T>, "fn must return the value to share");
+        sf_call *c = nullptr;
+        const int role = sf_group_begin(g_, key.data(), key.size(), &c);
+        check(role);
+        std::shared_ptr<detail::shared_call> call;
+        try {
+            call = std::make_shared<detail::shared_call>(c);
+        } catch (...) {
+            if (role == SF_LEADER)
+                sf_call_panic(c, "singleflight: out of memory");
+            sf_call_release(c);
+            throw;
+        }
+        auto promise = std::make_unique<std::promise<result<T>>>();
+        future<T> out(promise->get_future(), call, role == SF_LEADER);
+        check(sf_call_on_done(c, &detail::async_done<T>, promise.get()));
+        promise.release(); // async_done owns it now
+        if (role == SF_LEADER) {
+            auto work = std::make_shared<detail::leader_work<Fn, T>>(std::forward<F>(fn), call);
+            try {
+                std::forward<Exec>(exec)(std::function<void()>([work] { (*work)(); }));
+            } catch (...) {
+                {
+                    std::lock_guard<std::mutex> lock(call->m);
+                    sf_call_panic(c, "singleflight: the executor refused the work");
+                }
+                throw;
+            }
+        }
+        return out;
+    }
+    template <class F, class Exec>
+    auto run_async(const char *key, F &&fn, Exec &&exec)
+        -> future<detail::async_value_t<std::decay_t<F>>> {
+        return run_async(detail::c_string_key(key), std::forward<F>(fn), std::forward<Exec>(exec));
+    }
 
     // Starts or joins key's flight without running anything (the two-phase
     // form).  The returned handle says whether this caller leads.  Throws
@@ -507,35 +813,6 @@ public:
     sf_group *native_handle() const noexcept { return g_; }
 
 private:
-    // Everything one run_async caller hands to the C library.  target is
-    // what detail::trampoline expects as its payload.
-    template <class Fn, class T>
-    struct async_state {
-        explicit async_state(Fn &&f) : fn(std::move(f)) {}
-        explicit async_state(const Fn &f) : fn(f) {}
-        Fn fn;
-        Fn *target = &fn;
-        std::promise<result<T>> promise;
-    };
-
-    // Runs once per run_async caller, after the flight completed; the
-    // C library guarantees fn will not run any more, so the state goes.
-    template <class Fn, class T>
-    static void async_done(int status, sf_result *r, int shared, void *payload) noexcept {
-        std::unique_ptr<async_state<Fn, T>> state(static_cast<async_state<Fn, T> *>(payload));
-        try {
-            auto owned = detail::settle<T>(status, sf_result_retain(r));
-            state->promise.set_value(result<T>(std::move(owned), shared != 0));
-        } catch (...) {
-            try {
-                state->promise.set_exception(std::current_exception());
-            } catch (...) {
-                // Only std::future_error (promise already satisfied) can land
-                // here, and set_value above did not complete: unreachable.
-            }
-        }
-    }
-
     static void check(int rc) {
         if (rc < 0)
             throw error(rc);

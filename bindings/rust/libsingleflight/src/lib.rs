@@ -17,6 +17,18 @@
 //! get [`Error::Panicked`] with the panic's message, and the leader's panic
 //! then resumes on the leader's thread with its original payload.
 //!
+//! In async code, [`Group::call_async`] does the same without blocking a
+//! thread, on any executor, and lets a caller give up by dropping its
+//! future: the work is dropped only once every caller has.
+//!
+//! ```
+//! # use libsingleflight::Group;
+//! let group: Group<String> = Group::new();
+//! let fut = group.call_async("user:42", || async { "Ada".to_string() });
+//! let (value, shared) = futures_executor::block_on(fut).unwrap();
+//! assert_eq!((value.as_str(), shared), ("Ada", false));
+//! ```
+//!
 //! `Group<T>` is `Send` and `Sync` when `T` is, since values are handed to
 //! other threads:
 //!
@@ -34,6 +46,9 @@ use std::os::raw::{c_int, c_void};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
+
+mod future;
+pub use future::CallAsync;
 
 /// Why a call did not produce a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +116,11 @@ pub struct Stats {
     pub forgets: u64,
     /// Flights not yet complete.
     pub in_flight: u64,
+    /// Flights abandoned: every caller gave up while the work ran (only
+    /// [`Group::call_async`] callers can give up).
+    pub abandons: u64,
+    /// Callers that gave up before their flight completed.
+    pub cancels: u64,
 }
 
 /// A namespace of keys whose concurrent calls share one execution.
@@ -109,6 +129,8 @@ pub struct Stats {
 /// threads at once (`Group<T>` is `Sync` when `T: Send + Sync`).
 pub struct Group<T> {
     raw: NonNull<sys::sf_group>,
+    // The flights call_async leads, so a follower can take the work over.
+    registry: future::Registry<T>,
     // Values of type T are created on one thread and dropped on another.
     _values: PhantomData<Arc<T>>,
 }
@@ -148,7 +170,7 @@ struct Leader<T, F> {
     _value: PhantomData<T>,
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -156,6 +178,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "Box<dyn Any>".to_string()
     }
+}
+
+/// Completes the leader's flight as panicked, with the payload's message.
+pub(crate) fn panic_call(call: *mut sys::sf_call, payload: &(dyn Any + Send)) {
+    let msg = panic_message(payload).replace('\0', "\\0");
+    let msg = CString::new(msg).expect("NULs were replaced");
+    // SAFETY: the leader's handle, live for the call; the message is copied.
+    unsafe { sys::sf_call_panic(call, msg.as_ptr()) };
 }
 
 /// The sf_fn the library calls on the leader's thread.  Nothing unwinds out
@@ -184,9 +214,7 @@ where
             sys::sf_call_panic(call, b"closure already taken\0".as_ptr() as *const _);
         }
         Err(payload) => {
-            let msg = panic_message(&*payload).replace('\0', "\\0");
-            let msg = CString::new(msg).expect("NULs were replaced");
-            sys::sf_call_panic(call, msg.as_ptr());
+            panic_call(call, &*payload);
             leader.panic = Some(payload);
         }
     }
@@ -195,7 +223,7 @@ where
 
 /// The sf_destroy_fn of every value: drops the Box<Arc<T>> the leader gave
 /// the library, on whichever thread released the last reference.
-unsafe extern "C" fn destroy_value<T>(value: *mut c_void) {
+pub(crate) unsafe extern "C" fn destroy_value<T>(value: *mut c_void) {
     // A panicking Drop of T has no caller to reach from here, and unwinding
     // into C is undefined; stop the process instead.
     let dropped = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -237,6 +265,7 @@ impl<T: Send + Sync + 'static> Group<T> {
         match NonNull::new(raw) {
             Some(raw) if rc == sys::SF_OK => Ok(Group {
                 raw,
+                registry: future::Registry::new(),
                 _values: PhantomData,
             }),
             _ => Err(Error::Status(rc)),
@@ -288,30 +317,7 @@ impl<T: Send + Sync + 'static> Group<T> {
             drop(result);
             panic::resume_unwind(payload);
         }
-        match rc {
-            sys::SF_OK => {
-                // SAFETY: every value of this group is a Box<Arc<T>> stored
-                // by run_leader::<T, _>, alive while `result` is held.
-                let value = unsafe { sys::sf_result_value(result.0) } as *const Arc<T>;
-                if value.is_null() {
-                    return Err(Error::Status(sys::SF_ESTATE));
-                }
-                Ok((unsafe { (*value).clone() }, shared != 0))
-            }
-            sys::SF_EPANIC => {
-                // SAFETY: borrowed from the result we hold.
-                let msg = unsafe { sys::sf_result_panic_message(result.0) };
-                let msg = if msg.is_null() {
-                    "panic".to_string()
-                } else {
-                    static_str(msg)
-                };
-                Err(Error::Panicked(msg))
-            }
-            sys::SF_EGOEXIT => Err(Error::LeaderExited),
-            sys::SF_EDEADLK => Err(Error::Deadlock),
-            other => Err(Error::Status(other)),
-        }
+        settle(rc, result.0, shared != 0)
     }
 
     /// Makes the next call for `key` start a new flight; a flight already
@@ -319,10 +325,15 @@ impl<T: Send + Sync + 'static> Group<T> {
     /// was in progress.  Thread-safe.
     pub fn forget<K: AsRef<[u8]>>(&self, key: K) -> bool {
         let key = key.as_ref();
-        // SAFETY: key borrowed for the call.
-        unsafe {
-            sys::sf_group_forget(self.raw.as_ptr(), key.as_ptr() as *const c_void, key.len()) == 1
-        }
+        // The registry entry of a call_async flight goes in the same step, so
+        // that new callers neither join nor take over the forgotten flight.
+        self.registry.unpublish(key, || {
+            // SAFETY: key borrowed for the call.
+            unsafe {
+                sys::sf_group_forget(self.raw.as_ptr(), key.as_ptr() as *const c_void, key.len())
+                    == 1
+            }
+        })
     }
 
     /// Reads the group's counters.  Thread-safe; consistent per shard of the
@@ -343,6 +354,41 @@ impl<T: Send + Sync + 'static> Group<T> {
             leader_exits: s.goexits,
             forgets: s.forgets,
             in_flight: s.in_flight,
+            abandons: s.abandons,
+            cancels: s.cancels,
         }
+    }
+}
+
+/// Turns a completed flight's status and result (borrowed, not released
+/// here) into a caller's outcome.  Every value of a `Group<T>` is a
+/// `Box<Arc<T>>` stored by this crate, alive while the result is held.
+pub(crate) fn settle<T>(
+    rc: c_int,
+    result: *mut sys::sf_result,
+    shared: bool,
+) -> Result<(Arc<T>, bool), Error> {
+    match rc {
+        sys::SF_OK => {
+            // SAFETY: see above.
+            let value = unsafe { sys::sf_result_value(result) } as *const Arc<T>;
+            if value.is_null() {
+                return Err(Error::Status(sys::SF_ESTATE));
+            }
+            Ok((unsafe { (*value).clone() }, shared))
+        }
+        sys::SF_EPANIC => {
+            // SAFETY: borrowed from the result the caller holds.
+            let msg = unsafe { sys::sf_result_panic_message(result) };
+            let msg = if msg.is_null() {
+                "panic".to_string()
+            } else {
+                static_str(msg)
+            };
+            Err(Error::Panicked(msg))
+        }
+        sys::SF_EGOEXIT => Err(Error::LeaderExited),
+        sys::SF_EDEADLK => Err(Error::Deadlock),
+        other => Err(Error::Status(other)),
     }
 }
