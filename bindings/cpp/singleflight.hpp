@@ -744,6 +744,10 @@ public:
         check(sf_call_on_done(c, &detail::async_done<T>, promise.get()));
         promise.release(); // async_done owns it now
         if (role == SF_LEADER) {
+            // The work runs on exec's thread, not this one: a later run() on
+            // this thread for the same key must wait for it, not be refused
+            // as waiting on itself.
+            sf_call_disown(c);
             auto work = std::make_shared<detail::leader_work<Fn, T>>(std::forward<F>(fn), call);
             try {
                 std::forward<Exec>(exec)(std::function<void()>([work] { (*work)(); }));

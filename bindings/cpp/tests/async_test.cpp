@@ -109,4 +109,17 @@ TEST_F(Async, RunJoinsAnAsyncFlight) {
     EXPECT_EQ(&f.get().value(), &r.value());
 }
 
+// The thread that started an async flight is not its leader: its own
+// blocking run() joins and waits instead of failing with SF_EDEADLK.
+TEST_F(Async, SameThreadRunJoinsItsOwnAsyncFlight) {
+    auto f = g.run_async("k", [&] {
+        await_followers(g, 1);
+        return 4;
+    });
+    auto r = g.run("k", [] { return -1; });
+    EXPECT_EQ(r.value(), 4);
+    EXPECT_TRUE(r.shared());
+    EXPECT_EQ(&f.get().value(), &r.value());
+}
+
 } // namespace

@@ -440,6 +440,11 @@ where
         };
         match rc {
             sys::SF_LEADER => {
+                // The work is polled by whichever task owns the future, maybe
+                // on another thread: a blocking call() for this key on this
+                // thread must wait for it, not be refused as a self-wait.
+                // SAFETY: our leader handle, just begun.
+                unsafe { sys::sf_call_disown(call) };
                 let flight = Arc::new(Flight {
                     state: Mutex::new(FlightState {
                         parked: None,
