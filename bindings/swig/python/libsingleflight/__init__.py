@@ -10,6 +10,10 @@ function is raised in every caller.
     >>> g.do("answer", lambda: 42)
     (42, False)
 
+Coroutines coalesce the same way, across tasks, event loops and threads,
+with ``await g.do_async(key, coro_fn)``; a caller that gives up leaves the
+others unaffected, and when every caller has given up the work is cancelled.
+
 The work is done by libsingleflight, a C library; this module is its
 binding (a SWIG module whose hot paths are written by hand).
 """
@@ -98,6 +102,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _native._set_main_thread(threading.get_ident()))
 
 _do = _native._do
+_async = None  # libsingleflight._aio, imported on first use: asyncio costs 40-70 ms to import
+
+
+def _load_async():
+    global _async
+    from . import _aio
+
+    _async = _aio
+    return _aio
+
+
 class Group:
     """A namespace of keys within which calls are deduplicated.
 
@@ -130,6 +145,32 @@ class Group:
         ``RuntimeError`` (it would wait for itself).
         """
         return _do(self._h, key, fn, timeout)
+
+    def do_async(
+        self, key: Key, coro_fn: Callable[[], Awaitable[T]], *, timeout: Optional[float] = None
+    ) -> Awaitable[Tuple[T, bool]]:
+        """``await g.do_async(key, coro_fn)``: ``do`` for asyncio.
+
+        Awaits ``coro_fn()`` once for all concurrent callers of ``key``, in
+        any task, event loop or thread of the process (and together with
+        ``do`` callers of the same key), and returns ``(value, shared)`` as
+        ``do`` does; an exception raised by the coroutine is raised in every
+        caller.  Nobody waits in a thread: a caller's task sleeps until the
+        library's completion callback wakes it through its own loop.
+
+        The leader's coroutine runs as a task of its own in the first
+        caller's loop, so that caller can leave like any other.  A caller
+        that is cancelled raises ``CancelledError`` and the others go on;
+        when every caller has been cancelled (or timed out) the flight is
+        abandoned: its task is cancelled, and the next caller starts afresh.
+        ``timeout`` (seconds) gives up this caller only, with
+        ``TimeoutError``, the leader's caller included.
+
+        Returns a coroutine; must be awaited in a running event loop
+        (asyncio, or uvloop).  Awaiting ``do_async`` for the same key from
+        inside ``coro_fn`` raises ``RuntimeError`` (it would wait for itself).
+        """
+        return (_async or _load_async()).do_async(self._h, key, coro_fn, timeout)
 
     def forget(self, key: Key) -> bool:
         """Make the next ``do(key, ...)`` run ``fn`` again instead of joining
