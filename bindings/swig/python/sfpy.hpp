@@ -37,6 +37,8 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <singleflight.h>
@@ -202,6 +204,30 @@ static void led_pop(sf_group *g, Key k) {
 
 static PyObject *deadlock_error() {
     return status_error(SF_EDEADLK, "singleflight: a call inside fn asked for its own key");
+}
+
+// The flights do_async callers lead, by key.  Their work is a task of the
+// event loop on the thread that began them, so a blocking do on that thread
+// for such a key would stop the very loop that must finish it.  Touched
+// only with the GIL held; each key points into the key object its _Call
+// holds, and the _Call removes its entry when its flight finishes.  Made in
+// init_module and never freed: no destructor runs at exit.
+struct LoopLed {
+    sf_group *group;
+    unsigned long thread;
+    const void *owner;  // the _Call
+};
+using LoopLedMap = std::unordered_multimap<std::string_view, LoopLed>;
+static LoopLedMap *g_loop_led = nullptr;
+
+static bool loop_leads_here(sf_group *g, Key k) {
+    if (g_loop_led->empty()) return false;
+    const unsigned long me = PyThread_get_thread_ident();
+    auto range = g_loop_led->equal_range(std::string_view(k.data, size_t(k.size)));
+    for (auto it = range.first; it != range.second; ++it) {
+        if (it->second.group == g && it->second.thread == me) return true;
+    }
+    return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -445,6 +471,9 @@ static PyObject *py_do(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     long long timeout_ns;
     if (!g || !key_of(args[1], &k) || !timeout_of(args[3], &timeout_ns)) return nullptr;
     if (!t_led.empty() && led_here(g, k)) return deadlock_error();
+    if (loop_leads_here(g, k))
+        return status_error(SF_EDEADLK, "singleflight: a blocking do for a key that a do_async of "
+                                        "this thread's event loop leads");
     sf_call *call = nullptr;
     const int rc = sf_group_begin(g, k.data, size_t(k.size), &call);
     if (rc == SF_LEADER) return lead(g, k, call, args[2]);
@@ -539,8 +568,26 @@ struct CallObject {
     sf_call *call;     // nullptr once released
     PyObject *group;   // the capsule: the group outlives the handle
     Post *abandon;     // a leader's on_abandon payload, while we may still free it
+    PyObject *key;     // a leader's key, while it has an entry in g_loop_led
     int leader;
 };
+
+// The leader's flight is finished (or its handle released): its key leaves
+// g_loop_led.
+static void forget_loop_led(CallObject *self) {
+    if (!self->key) return;
+    Key k;
+    if (key_of(self->key, &k)) {  // cannot fail: the key was read before
+        auto range = g_loop_led->equal_range(std::string_view(k.data, size_t(k.size)));
+        for (auto it = range.first; it != range.second; ++it) {
+            if (it->second.owner == self) {
+                g_loop_led->erase(it);
+                break;
+            }
+        }
+    }
+    Py_CLEAR(self->key);
+}
 
 static PyObject *call_state_error(const char *what) {
     PyErr_Format(PyExc_RuntimeError, "singleflight: %s: the call is not in a state for it", what);
@@ -563,6 +610,7 @@ static PyObject *leader_done(CallObject *self) {
     settle_abandon(self);
     sf_call_release(self->call);
     self->call = nullptr;
+    forget_loop_led(self);
     return PyBool_FromLong(shared);
 }
 
@@ -574,6 +622,7 @@ static PyObject *call_finish(CallObject *self, PyObject *value) {
         // Finished and released, and never abandoned: unpublishing it here
         // means no abandonment could (see sf_call_finish_unshared).
         self->call = nullptr;
+        forget_loop_led(self);
         if (self->abandon) post_free(self->abandon);
         self->abandon = nullptr;
         Py_RETURN_FALSE;
@@ -606,6 +655,7 @@ static void call_release_handle(CallObject *self) {
     self->abandon = nullptr;
     sf_call_release(self->call);
     self->call = nullptr;
+    forget_loop_led(self);
 }
 
 static PyObject *call_release(CallObject *self, PyObject *) {
@@ -723,6 +773,7 @@ static PyObject *py_begin(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     if (!self) return nullptr;
     self->call = nullptr;
     self->abandon = nullptr;
+    self->key = nullptr;
     self->leader = 0;
     Py_INCREF(args[0]);
     self->group = args[0];
@@ -732,6 +783,17 @@ static PyObject *py_begin(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
         return status_error(rc, "sf_group_begin");
     }
     self->leader = rc == SF_LEADER;
+    if (self->leader) {
+        try {
+            g_loop_led->emplace(std::string_view(k.data, size_t(k.size)),
+                                LoopLed{g, PyThread_get_thread_ident(), self});
+        } catch (const std::bad_alloc &) {
+            Py_DECREF(self);  // releases the handle: followers get SF_EGOEXIT
+            return PyErr_NoMemory();
+        }
+        Py_INCREF(args[1]);
+        self->key = args[1];
+    }
     return reinterpret_cast<PyObject *>(self);
 }
 
@@ -840,6 +902,11 @@ static PyMethodDef module_methods[] = {
 // Adds the functions and _Call to the module; -1 with an exception set on
 // failure.
 static int init_module(PyObject *m) {
+    g_loop_led = new (std::nothrow) LoopLedMap;
+    if (!g_loop_led) {
+        PyErr_NoMemory();
+        return -1;
+    }
     M.call_soon_threadsafe = PyUnicode_InternFromString("call_soon_threadsafe");
     if (!M.call_soon_threadsafe || PyModule_AddFunctions(m, module_methods) < 0) return -1;
     CallType = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&call_spec));

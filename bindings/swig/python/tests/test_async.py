@@ -240,6 +240,25 @@ def test_a_do_async_inside_a_do_fn_on_the_same_thread_and_key_raises(run):
         g.do("k", lambda: run(g.do_async("k", inner)))
 
 
+def test_a_blocking_do_on_the_loops_thread_for_a_key_the_loop_leads_raises(run):
+    # Its flight's work is a task of this very loop, which the blocking call
+    # would stop; on the main thread it would wait (interruptibly) for ever.
+    g = libsingleflight.Group()
+    work = Work()
+
+    async def main():
+        leader = asyncio.ensure_future(g.do_async("k", work))
+        await until(work.running, "the work to start")
+        with pytest.raises(RuntimeError, match="SF_EDEADLK"):
+            g.do("k", lambda: "never runs")
+        assert g.do("other", lambda: "fine") == ("fine", False)
+        work.let_go()
+        return await leader
+
+    assert run(main()) == (work.value, False)
+    assert g.do("k", lambda: "again") == ("again", False)  # the flight is over
+
+
 # ---------------------------------------------------------------------------
 # giving up: cancellation and timeouts
 # ---------------------------------------------------------------------------
