@@ -18,6 +18,7 @@ Imported by the package on first use: asyncio is slow to import, and
 
 import asyncio
 import contextvars
+from functools import partial
 
 from . import LeaderExitedError, _set_outcome
 from . import _singleflight_core as _native
@@ -74,6 +75,7 @@ async def do_async(h, key, coro_fn, timeout):
         call.release()  # nobody runs the work: followers get LeaderExitedError
         raise
     if leader:
+        task.add_done_callback(partial(_lead_done, call, fut, key))
         call.on_abandon(loop, task)  # if this fails (no memory), the task still finishes
     else:
         try:
@@ -112,13 +114,7 @@ async def _lead(call, coro_fn, fut, h, key):
     try:
         value = await coro_fn()
     except _CancelledError:
-        if call.abandoned():
-            call.finish(None)  # every caller has gone: nobody receives anything
-        else:
-            # Cancelled by someone else (its loop shutting down): the callers
-            # still waiting get what a leader that went away gives.
-            exc = LeaderExitedError("singleflight: the leader's coroutine for key %r was cancelled" % (key,))
-            _set_outcome(fut, (_EPANIC, exc, call.fail(exc), None))
+        _cancelled(call, fut, key)
         raise
     except BaseException as exc:  # noqa: B902 - every caller must see it
         _set_outcome(fut, (_EPANIC, exc, call.fail(exc), None))
@@ -127,3 +123,21 @@ async def _lead(call, coro_fn, fut, h, key):
         return None  # delivered to every caller; the task ends quietly
     _set_outcome(fut, (_OK, value, call.finish(value), None))
     return None
+
+
+def _cancelled(call, fut, key):
+    """The leader's task was cancelled: finishes its flight."""
+    if call.abandoned():
+        call.finish(None)  # every caller has gone: nobody receives anything
+    else:
+        # Cancelled by someone else (its loop shutting down): the callers
+        # still waiting get what a leader that went away gives.
+        exc = LeaderExitedError("singleflight: the leader's coroutine for key %r was cancelled" % (key,))
+        _set_outcome(fut, (_EPANIC, exc, call.fail(exc), None))
+
+
+def _lead_done(call, fut, key, task):
+    # A task cancelled before its first step never runs _lead's body (the
+    # CancelledError is thrown in at its first line): finish for it here.
+    if call.pending:
+        _cancelled(call, fut, key)

@@ -333,6 +333,26 @@ def test_cancelling_every_caller_cancels_the_work_and_the_next_caller_starts_afr
     assert (s.leaders, s.cancels, s.abandons, s.in_flight) == (2, 4, 1, 0)
 
 
+def test_a_leader_task_cancelled_before_its_first_step_fails_the_callers_with_leader_exited(run):
+    # What a loop shutting down does to a leader's task that has not run yet:
+    # the CancelledError is thrown in before the task's first line.
+    g = libsingleflight.Group()
+    work = Work()
+
+    async def main():
+        caller = asyncio.ensure_future(g.do_async("k", work))
+        await asyncio.sleep(0)  # the caller runs once: it leads, its work is queued
+        [leader_task] = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_lead"]
+        leader_task.cancel()
+        with pytest.raises(libsingleflight.LeaderExitedError):
+            await caller
+
+    run(main())
+    assert work.runs == 0
+    s = g.stats()
+    assert (s.panics, s.abandons, s.in_flight) == (1, 0, 0)
+
+
 def test_a_timeout_gives_up_that_caller_only(run):
     g = libsingleflight.Group()
     work = Work()
