@@ -3,7 +3,7 @@
 
 stampede     10,000 tasks on one key: executions, whether all completed,
              threads before/after (threading.active_count, /proc/self/task)
-overhead     ns per call of rounds of --tasks concurrent tasks on one key,
+overhead     CPU ns per call of rounds of --tasks concurrent tasks on one key,
              side by side with the asyncio idioms, interleaved round by
              round (medians):
                futures  a dict of futures: the first caller runs the work
@@ -12,7 +12,8 @@ overhead     ns per call of rounds of --tasks concurrent tasks on one key,
                         caller awaits asyncio.shield(task) (so a caller that
                         is cancelled does not cancel the work for the others)
              Every round's work is one `await asyncio.sleep(0)`: it suspends
-             once, so the followers of a round join its flight.
+             once, so the followers of a round join its flight.  The garbage
+             collector runs between rounds only.
 cancel       latency from the last caller leaving (its task.cancel()) to
              the leader's coroutine seeing CancelledError, p50/p99: every
              caller in the leader's loop, and the last one in another loop
@@ -22,6 +23,7 @@ cancel       latency from the last caller leaving (its task.cancel()) to
 """
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -33,6 +35,9 @@ import libsingleflight
 from libsingleflight import _singleflight_core as _native
 
 now = time.perf_counter_ns
+# A round is single-threaded and never sleeps: its CPU time is its cost, and
+# unlike wall time it does not count the other processes of a shared machine.
+cpu = time.thread_time_ns
 
 
 def loop_factories():
@@ -77,6 +82,10 @@ async def stampede(n):
         await release.wait()
         return value
 
+    # Threads of an earlier measurement are joined but may not have left
+    # the kernel yet: start from a settled count.
+    while threads()[1] != threading.active_count():
+        await asyncio.sleep(0.001)
     before = threads()
     tasks = [asyncio.ensure_future(g.do_async("hot", work)) for _ in range(n)]
     while g.stats().calls < n or runs[0] == 0:
@@ -138,9 +147,16 @@ class TaskDict:
 
 
 async def one_round(do, n):
-    t0 = now()
-    await asyncio.gather(*[do("k", work) for _ in range(n)])
-    return (now() - t0) / n
+    # The collector runs between rounds, not inside one: a full collection
+    # landing in one contender's round would decide the ratio.
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = cpu()
+        await asyncio.gather(*[do("k", work) for _ in range(n)])
+        return (cpu() - t0) / n
+    finally:
+        gc.enable()
 
 
 async def overhead(n, rounds):
@@ -272,7 +288,7 @@ def main():
               % (name, s["tasks"], s["executions"], s["completed"], s["threads_before"],
                  s["threads_waiting"], s["threads_after"], s["release_to_all_done_ms"]))
         r["overhead_ns_per_call"] = o = run_on(factory, overhead(a.tasks, a.rounds))
-        print("[%s] overhead, %d tasks per round, medians of %d interleaved rounds: libsingleflight %.0f ns/call,"
+        print("[%s] overhead, %d tasks per round, medians of %d interleaved rounds, CPU time: libsingleflight %.0f ns/call,"
               " dict of futures %.0f (ratio %.2fx), dict of tasks + shield %.0f (ratio %.2fx)"
               % (name, a.tasks, a.rounds, o["libsingleflight"], o["futures"], o["libsingleflight"] / o["futures"],
                  o["tasks"], o["libsingleflight"] / o["tasks"]))

@@ -10,9 +10,9 @@
 // follower joined.  bench/python/uncontended.py measures it against the
 // pure-Python idiom; the report of issue 11 has the SWIG alternatives.
 //
-// The same file holds the primitives Group.do_async is built from (_Call:
-// begin, finish, fail, cancel, on_done, on_abandon); libsingleflight/_aio.py
-// is the asyncio half.
+// The same file holds the primitives Group.do_async is built from (_begin,
+// and _Call's finish, fail, cancel, on_abandon); libsingleflight/_aio.py is
+// the asyncio half.
 //
 // Included once, by singleflight_core.i, into the generated wrapper, and
 // registered into the module by init_module() from its %init block.
@@ -27,6 +27,7 @@
 #define SFPY_HPP
 
 #include <Python.h>
+#include <structmember.h>
 
 #include <poll.h>
 #include <time.h>
@@ -88,7 +89,10 @@ struct Module {
     PyObject *describe = nullptr;       // _describe(exc) -> str, the panic message
     PyObject *set_outcome = nullptr;    // _set_outcome(fut, outcome), on a loop's thread
     PyObject *cancel_task = nullptr;    // _cancel_task(task), on a loop's thread
-    PyObject *call_soon_threadsafe = nullptr;  // the interned method name
+    PyObject *call_soon_threadsafe = nullptr;  // interned method names
+    PyObject *done = nullptr;
+    PyObject *set_result = nullptr;
+    PyObject *create_future = nullptr;
     // The thread Python runs signal handlers on: a follower there waits in
     // poll() so that Ctrl-C interrupts it.  Reset after fork (__init__.py).
     unsigned long main_thread = 0;
@@ -291,18 +295,18 @@ static PyObject *result_of(int status, sf_result *r, int shared, PyObject *key) 
     return raise_outcome(status, nullptr, nullptr, key);
 }
 
-// The outcome as data, for do_async, whose caller raises it in its own
-// task: (status, value, shared, panic message or None).
-static PyObject *outcome_tuple(int status, sf_result *r, int shared) {
+// What a do_async caller's future receives.  A value comes as the very
+// tuple do_async returns, (value, shared); anything else as a list,
+// [status, value or None, panic message or None], that the caller raises
+// from in its own task (_aio.py tells the two apart by type).
+static PyObject *outcome_of(int status, sf_result *r, int shared) {
+    if (status == SF_OK) return pair(value_of(r), shared != 0);
     const char *msg = r ? sf_result_panic_message(r) : nullptr;
-    PyObject *value = value_of(r);
     PyObject *message = msg ? PyUnicode_DecodeUTF8(msg, Py_ssize_t(std::strlen(msg)), "replace")
                             : (Py_INCREF(Py_None), Py_None);
-    if (!message) {
-        Py_DECREF(value);
-        return nullptr;
-    }
-    PyObject *out = Py_BuildValue("(iNON)", status, value, shared ? Py_True : Py_False, message);
+    if (!message) return nullptr;
+    PyObject *value = value_of(r);
+    PyObject *out = Py_BuildValue("[iNN]", status, value, message);
     return out;
 }
 
@@ -530,6 +534,32 @@ static void post_run(Post *p, PyObject *fn, PyObject *arg) {
 
 static bool python_gone() { return !Py_IsInitialized() || SFPY_FINALIZING(); }
 
+// obj.name() or obj.name(arg), without making a bound method where the
+// Python version allows.
+static PyObject *call_method(PyObject *obj, PyObject *name, PyObject *arg) {
+#if PY_VERSION_HEX >= 0x03090000
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(name, args, arg ? 2 : 1, nullptr);
+#else
+    return PyObject_CallMethodObjArgs(obj, name, arg, nullptr);
+#endif
+}
+
+// _set_outcome(fut, out) without a Python frame, on fut's loop's thread:
+// the commonest delivery (the leader completes in the followers' loop).
+static void set_outcome_now(PyObject *fut, PyObject *out) {
+    PyObject *done = call_method(fut, M.done, nullptr);
+    PyObject *r = done == Py_False ? call_method(fut, M.set_result, out) : done;
+    if (done == Py_False) Py_DECREF(done);
+    if (r) {
+        Py_DECREF(r);
+    } else if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        PyErr_Clear();  // the loop is closed: nobody is left to resume
+    } else {
+        PyErr_WriteUnraisable(fut);
+    }
+}
+
 // sf_call_on_done: the flight completed (or this caller gave up: then
 // there is nothing to deliver; its own task raised already).
 static void on_done(int status, sf_result *r, int shared, void *payload) {
@@ -537,8 +567,12 @@ static void on_done(int status, sf_result *r, int shared, void *payload) {
     if (python_gone()) return;  // its references go with the interpreter
     PyGILState_STATE st = PyGILState_Ensure();
     if (status != SF_ECANCELED) {
-        if (PyObject *out = outcome_tuple(status, r, shared)) {
-            post_run(p, M.set_outcome, out);
+        if (PyObject *out = outcome_of(status, r, shared)) {
+            if (PyThread_get_thread_ident() == p->thread) {
+                set_outcome_now(p->target, out);
+            } else {
+                post_run(p, M.set_outcome, out);
+            }
             Py_DECREF(out);
         } else {
             PyErr_WriteUnraisable(M.set_outcome);
@@ -569,7 +603,7 @@ struct CallObject {
     PyObject *group;   // the capsule: the group outlives the handle
     Post *abandon;     // a leader's on_abandon payload, while we may still free it
     PyObject *key;     // a leader's key, while it has an entry in g_loop_led
-    int leader;
+    char leader;       // read from Python as the member `leader`
 };
 
 // The leader's flight is finished (or its handle released): its key leaves
@@ -663,24 +697,6 @@ static PyObject *call_release(CallObject *self, PyObject *) {
     Py_RETURN_NONE;
 }
 
-// on_done(loop, fut): a follower's outcome goes to _set_outcome(fut, ...)
-// on loop's thread (this one).
-static PyObject *call_on_done(CallObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "on_done(loop, future)");
-        return nullptr;
-    }
-    if (!self->call || self->leader) return call_state_error("on_done");
-    Post *p = post_new(args[0], args[1]);
-    if (!p) return PyErr_NoMemory();
-    const int rc = sf_call_on_done(self->call, on_done, p);
-    if (rc != SF_OK) {
-        post_free(p);
-        return status_error(rc, "sf_call_on_done");
-    }
-    Py_RETURN_NONE;
-}
-
 // on_abandon(loop, task): when every caller has given up, _cancel_task(task)
 // runs on loop's thread (this one).
 static PyObject *call_on_abandon(CallObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -705,8 +721,6 @@ static PyObject *call_abandoned(CallObject *self, PyObject *) {
     return PyBool_FromLong(self->call && sf_call_abandoned(self->call));
 }
 
-static PyObject *call_get_leader(CallObject *self, void *) { return PyBool_FromLong(self->leader); }
-
 // Whether the handle is held: for a leader, that its flight is unfinished.
 static PyObject *call_get_pending(CallObject *self, void *) { return PyBool_FromLong(self->call != nullptr); }
 
@@ -727,8 +741,6 @@ static PyMethodDef call_methods[] = {
      "cancel() -> int: this caller gives up (sf_call_cancel)."},
     {"release", reinterpret_cast<PyCFunction>(call_release), METH_NOARGS,
      "release(): drops the handle (idempotent)."},
-    {"on_done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(call_on_done)),
-     METH_FASTCALL, "on_done(loop, fut): delivers the outcome to fut on loop's thread."},
     {"on_abandon", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(call_on_abandon)),
      METH_FASTCALL, "on_abandon(loop, task): cancels task on loop's thread once every caller gave up."},
     {"abandoned", reinterpret_cast<PyCFunction>(call_abandoned), METH_NOARGS,
@@ -736,8 +748,13 @@ static PyMethodDef call_methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
+static PyMemberDef call_members[] = {
+    {const_cast<char *>("leader"), T_BOOL, offsetof(CallObject, leader), READONLY,
+     const_cast<char *>("whether this caller leads")},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
 static PyGetSetDef call_getset[] = {
-    {"leader", reinterpret_cast<getter>(call_get_leader), nullptr, "whether this caller leads", nullptr},
     {"pending", reinterpret_cast<getter>(call_get_pending), nullptr,
      "whether the handle is still held (a leader: its flight is unfinished)", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
@@ -747,6 +764,7 @@ static PyType_Slot call_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void *>(call_dealloc)},
     {Py_tp_methods, call_methods},
     {Py_tp_getset, call_getset},
+    {Py_tp_members, call_members},
     {Py_tp_doc, const_cast<char *>("One caller's handle on one flight (internal to do_async).")},
     {0, nullptr},
 };
@@ -757,10 +775,14 @@ static PyType_Spec call_spec = {
 
 static PyTypeObject *CallType = nullptr;
 
-// _begin(group, key) -> _Call: starts or joins the key's flight.
+// _begin(group, key, loop) -> (_Call, future): starts or joins the key's
+// flight, for a do_async caller running in loop (on this thread).  The
+// future, made by loop, is the caller's outcome: a follower's is resolved
+// by the library's completion callback (on_done, above), a leader's by its
+// task.
 static PyObject *py_begin(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_begin(group, key)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_begin(group, key, loop)");
         return nullptr;
     }
     sf_group *g = group_of(args[0]);
@@ -769,32 +791,49 @@ static PyObject *py_begin(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     // A coroutine of a loop that runs inside a Group.do fn on this thread,
     // asking for that fn's key, would wait for the thread it blocks.
     if (!t_led.empty() && led_here(g, k)) return deadlock_error();
+    PyObject *fut = PyObject_CallMethodObjArgs(args[2], M.create_future, nullptr);
+    if (!fut) return nullptr;
     CallObject *self = PyObject_New(CallObject, CallType);
-    if (!self) return nullptr;
+    if (!self) {
+        Py_DECREF(fut);
+        return nullptr;
+    }
     self->call = nullptr;
     self->abandon = nullptr;
     self->key = nullptr;
     self->leader = 0;
     Py_INCREF(args[0]);
     self->group = args[0];
+    PyObject *out = PyTuple_Pack(2, reinterpret_cast<PyObject *>(self), fut);
+    Py_DECREF(self);  // out holds it, or it goes
+    Py_DECREF(fut);
+    if (!out) return nullptr;
     const int rc = sf_group_begin(g, k.data, size_t(k.size), &self->call);
     if (rc != SF_LEADER && rc != SF_FOLLOWER) {
-        Py_DECREF(self);
+        Py_DECREF(out);
         return status_error(rc, "sf_group_begin");
     }
-    self->leader = rc == SF_LEADER;
+    self->leader = rc == SF_LEADER ? 1 : 0;
     if (self->leader) {
         try {
             g_loop_led->emplace(std::string_view(k.data, size_t(k.size)),
                                 LoopLed{g, PyThread_get_thread_ident(), self});
         } catch (const std::bad_alloc &) {
-            Py_DECREF(self);  // releases the handle: followers get SF_EGOEXIT
+            Py_DECREF(out);  // releases the handle: followers get SF_EGOEXIT
             return PyErr_NoMemory();
         }
         Py_INCREF(args[1]);
         self->key = args[1];
+        return out;
     }
-    return reinterpret_cast<PyObject *>(self);
+    Post *p = post_new(args[2], fut);
+    const int done_rc = p ? sf_call_on_done(self->call, on_done, p) : SF_ENOMEM;
+    if (done_rc != SF_OK) {
+        if (p) post_free(p);
+        Py_DECREF(out);  // releases the handle
+        return status_error(done_rc, "sf_call_on_done");
+    }
+    return out;
 }
 
 // _raise_outcome(status, value, message, key): raises what a do_async
@@ -884,7 +923,7 @@ static PyObject *py_set_main_thread(PyObject *, PyObject *ident) {
 
 static PyMethodDef module_methods[] = {
     {"_do", SFPY_FASTCALL(py_do), METH_FASTCALL, "_do(group, key, fn, timeout): Group.do."},
-    {"_begin", SFPY_FASTCALL(py_begin), METH_FASTCALL, "_begin(group, key) -> _Call."},
+    {"_begin", SFPY_FASTCALL(py_begin), METH_FASTCALL, "_begin(group, key, loop) -> (_Call, future)."},
     {"_raise_outcome", SFPY_FASTCALL(py_raise_outcome), METH_FASTCALL,
      "_raise_outcome(status, value, message, key): raises a do_async outcome."},
     {"_group_new", py_group_new, METH_NOARGS, "_group_new() -> a capsule owning a new sf_group."},
@@ -908,7 +947,12 @@ static int init_module(PyObject *m) {
         return -1;
     }
     M.call_soon_threadsafe = PyUnicode_InternFromString("call_soon_threadsafe");
-    if (!M.call_soon_threadsafe || PyModule_AddFunctions(m, module_methods) < 0) return -1;
+    M.done = PyUnicode_InternFromString("done");
+    M.set_result = PyUnicode_InternFromString("set_result");
+    M.create_future = PyUnicode_InternFromString("create_future");
+    if (!M.call_soon_threadsafe || !M.done || !M.set_result || !M.create_future ||
+        PyModule_AddFunctions(m, module_methods) < 0)
+        return -1;
     CallType = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&call_spec));
     if (!CallType) return -1;
     Py_INCREF(CallType);

@@ -24,7 +24,6 @@ from . import LeaderExitedError, _set_outcome
 from . import _singleflight_core as _native
 from . import singleflight_core as _core
 
-_OK = _core.OK
 _EPANIC = _core.EPANIC
 _begin = _native._begin
 _raise_outcome = _native._raise_outcome
@@ -64,47 +63,51 @@ async def do_async(h, key, coro_fn, timeout):
             "it would wait for itself (SF_EDEADLK)" % (key,)
         )
     loop = _get_running_loop()
-    call = _begin(h, key)
+    call, fut = _begin(h, key, loop)  # a follower's fut is resolved by the library's callback
     leader = call.leader
-    try:
-        fut = loop.create_future()
-        # The task owns the leader's handle from here on: it finishes the
-        # flight whatever happens to this caller.
-        task = loop.create_task(_lead(call, coro_fn, fut, h, key)) if leader else None
-    except BaseException:
-        call.release()  # nobody runs the work: followers get LeaderExitedError
-        raise
     if leader:
+        try:
+            # The task owns the leader's handle from here on: it finishes
+            # the flight whatever happens to this caller.
+            task = loop.create_task(_lead(call, coro_fn, fut, h, key))
+        except BaseException:
+            call.release()  # nobody runs the work: followers get LeaderExitedError
+            raise
         task.add_done_callback(partial(_lead_done, call, fut, key))
         call.on_abandon(loop, task)  # if this fails (no memory), the task still finishes
-    else:
-        try:
-            call.on_done(loop, fut)
-        except BaseException:
-            call.release()
-            raise
-    timer = None if timeout is None else loop.call_later(timeout, _expire, fut)
-    try:
+    if timeout is None:
         try:
             out = await fut
         except BaseException:  # cancelled: this caller gives up, nobody else
-            call.cancel()
+            _give_up(call, leader)
             raise
-        if out is _TIMEOUT:
-            call.cancel()
-            raise TimeoutError("singleflight: gave up waiting for key %r" % (key,))
-    finally:
-        if timer is not None:
+    else:
+        timer = loop.call_later(timeout, _expire, fut)
+        try:
+            out = await fut
+        except BaseException:
+            _give_up(call, leader)
+            raise
+        finally:
             timer.cancel()
-        if not leader:
-            call.release()
-    status, value, shared, message = out
-    if status == _OK:
-        return value, shared
+        if out is _TIMEOUT:
+            _give_up(call, leader)
+            raise TimeoutError("singleflight: gave up waiting for key %r" % (key,))
+    if not leader:
+        call.release()
+    if out.__class__ is tuple:  # (value, shared): what we return
+        return out
+    status, value, message = out  # [status, value, message]: what we raise
     try:
         _raise_outcome(status, value, message, key)
     finally:
         del value, out  # else traceback -> this frame -> the exception: a cycle
+
+
+def _give_up(call, leader):
+    call.cancel()  # this caller's interest goes; the others keep theirs
+    if not leader:
+        call.release()  # the leader's task releases the leader's handle
 
 
 async def _lead(call, coro_fn, fut, h, key):
@@ -117,11 +120,12 @@ async def _lead(call, coro_fn, fut, h, key):
         _cancelled(call, fut, key)
         raise
     except BaseException as exc:  # noqa: B902 - every caller must see it
-        _set_outcome(fut, (_EPANIC, exc, call.fail(exc), None))
+        call.fail(exc)
+        _set_outcome(fut, [_EPANIC, exc, None])
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise  # the loop's business too
         return None  # delivered to every caller; the task ends quietly
-    _set_outcome(fut, (_OK, value, call.finish(value), None))
+    _set_outcome(fut, (value, call.finish(value)))
     return None
 
 
@@ -133,7 +137,8 @@ def _cancelled(call, fut, key):
         # Cancelled by someone else (its loop shutting down): the callers
         # still waiting get what a leader that went away gives.
         exc = LeaderExitedError("singleflight: the leader's coroutine for key %r was cancelled" % (key,))
-        _set_outcome(fut, (_EPANIC, exc, call.fail(exc), None))
+        call.fail(exc)
+        _set_outcome(fut, [_EPANIC, exc, None])
 
 
 def _lead_done(call, fut, key, task):
