@@ -2,8 +2,8 @@
 # Sets up this machine (Debian 12) for every build and test of the project,
 # once, in one place: Debian packages (compilers, both build systems, the
 # sanitizer and fuzzing runtimes, valgrind, libabigail, every binding's
-# toolchain), the Python virtual environment with pytest, and the Go modules
-# the Go tests build with.  Idempotent and quick when nothing is missing;
+# toolchain), the Python virtual environment with pytest and uvloop, and the
+# Go modules the Go tests build with.  Idempotent and quick when nothing is missing;
 # scripts/test.sh, scripts/demo.sh and .ci/run run it, and no test script
 # installs anything itself.
 #
@@ -80,15 +80,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ "$only" = demo ] && exit 0
 
-# ---- Python: a venv with pytest, from the python3 on PATH (the interpreter
-# CMake finds and builds the SWIG module for) --------------------------------
+# ---- Python: a venv with pytest and uvloop (the do_async tests run on
+# asyncio's loop and on uvloop's), from the python3 on PATH (the interpreter
+# CMake finds and builds the SWIG module for) -------------------------------
+PY_PIP_PKGS="pytest uvloop"
 if ! excluded python; then
-    if ! "$SF_VENV/bin/python" -c 'import pytest' >/dev/null 2>&1; then
-        sf_log "setup: Python venv with pytest in $SF_VENV"
+    if [ ! -x "$SF_VENV/bin/python" ] || ! "$SF_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        sf_log "setup: Python venv in $SF_VENV"
         rm -rf "$SF_VENV"
         python3 -m venv "$SF_VENV" || sf_die "cannot create a venv with $(command -v python3)"
-        "$SF_VENV/bin/python" -m pip install -q --disable-pip-version-check pytest ||
-            sf_die "pip install pytest failed"
+    fi
+    pip_missing=()
+    for m in $PY_PIP_PKGS; do
+        "$SF_VENV/bin/python" -c "import $m" >/dev/null 2>&1 || pip_missing+=("$m")
+    done
+    if [ ${#pip_missing[@]} -gt 0 ]; then
+        sf_log "setup: pip install ${pip_missing[*]} into $SF_VENV"
+        "$SF_VENV/bin/python" -m pip install -q --disable-pip-version-check "${pip_missing[@]}" ||
+            sf_die "pip install ${pip_missing[*]} failed"
     fi
 fi
 

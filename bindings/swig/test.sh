@@ -10,7 +10,7 @@
 # Environment (set by ctest, see tests/integration/CMakeLists.txt):
 #   SF_ROOT       repository root
 #   SF_BUILD_DIR  the CMake build dir with the SWIG modules built
-#   SF_VENV       the venv with pytest that scripts/setup.sh made
+#   SF_VENV       the venv with pytest and uvloop that scripts/setup.sh made
 #   PKG_CONFIG_PATH must find singleflight.pc for the pip install
 # Everything written goes under $SF_BUILD_DIR/bindings/swig.
 set -euo pipefail
@@ -42,8 +42,8 @@ export PYTHONDONTWRITEBYTECODE=1 # keep __pycache__ out of the source tree
 VENV=$SF_VENV
 py_check_venv() {
     local py ours theirs
-    "$VENV/bin/python" -c 'import pytest' 2>/dev/null ||
-        sf_die "no venv with pytest at $VENV (scripts/setup.sh makes it)"
+    "$VENV/bin/python" -c 'import pytest, uvloop' 2>/dev/null ||
+        sf_die "no venv with pytest and uvloop at $VENV (scripts/setup.sh makes it)"
     py=$(sed -n 's/^_\{0,1\}Python3_EXECUTABLE:[A-Z]*=//p' "$SF_BUILD_DIR/CMakeCache.txt" | head -n1)
     [ -n "$py" ] || sf_die "no Python3_EXECUTABLE in $SF_BUILD_DIR/CMakeCache.txt"
     theirs=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')

@@ -63,7 +63,7 @@ libdir = os.path.normpath(pkg_config("--variable=libdir"))
 extension = Extension(
     "libsingleflight._singleflight_core",
     sources=["singleflight_core.i"],  # replaced by the generated wrapper in SwigBuildExt
-    include_dirs=[SWIG_SHARED] + [f[2:] for f in cflags if f.startswith("-I")],
+    include_dirs=[HERE, SWIG_SHARED] + [f[2:] for f in cflags if f.startswith("-I")],
     library_dirs=[libdir],
     libraries=["singleflight"],
     # The module finds the library where pkg-config found it, without

@@ -1,32 +1,23 @@
 /* Python half of the shared interface: keys are str (UTF-8) or bytes, values
  * are any Python object, kept alive by one reference the library owns.
  *
- * Built with -threads: every wrapper releases the GIL around the library call
- * (a follower's wait() above all), except the two that touch Python objects,
- * which keep it and drop it only around library calls themselves. */
+ * Group (libsingleflight/__init__.py) does not go through the generated
+ * wrappers: its calls are hand-written in sfpy.hpp (why: see there) and
+ * registered into this module by the %init block below, beside what SWIG
+ * generates from the shared interface (constants, version checks, the
+ * live-value counter, and the Flight/Group classes every SWIG language has).
+ *
+ * Built with -threads: every generated wrapper releases the GIL around the
+ * library call, except the two that touch Python objects, which keep it and
+ * drop it only around library calls themselves. */
 %module(package="libsingleflight") singleflight_core
 
 %{
-#include <Python.h>
-#include "sfswig.hpp"
+#include "sfpy.hpp"
+%}
 
-/* The destroy function the library runs, exactly once, on whichever thread
- * drops the last reference: that thread may or may not hold the GIL, so take
- * it.  At interpreter shutdown the reference is left alone, since nothing can
- * run Python code any more. */
-#if PY_VERSION_HEX >= 0x030D0000
-#define SFPY_FINALIZING() Py_IsFinalizing()
-#else
-#define SFPY_FINALIZING() _Py_IsFinalizing()
-#endif
-
-static void sfpy_destroy(void *value) {
-    sfswig::live_counter().fetch_sub(1);
-    if (!Py_IsInitialized() || SFPY_FINALIZING()) return;
-    PyGILState_STATE st = PyGILState_Ensure();
-    Py_DECREF(static_cast<PyObject *>(value));
-    PyGILState_Release(st);
-}
+%init %{
+    if (sfpy::init_module(m) < 0) return NULL;
 %}
 
 /* str or bytes, nothing else (an int key would silently collide with its
@@ -69,7 +60,7 @@ static void sfpy_destroy(void *value) {
          * sfpy_destroy at once; neither must happen while we hold the GIL
          * another thread might be waiting for under such a lock. */
         Py_BEGIN_ALLOW_THREADS
-        $self->set_value(obj, sfpy_destroy);
+        $self->set_value(obj, sfpy::destroy_value);
         Py_END_ALLOW_THREADS
     }
 

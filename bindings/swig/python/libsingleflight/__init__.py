@@ -10,17 +10,22 @@ function is raised in every caller.
     >>> g.do("answer", lambda: 42)
     (42, False)
 
-The work is done by libsingleflight, a C library; this module is its SWIG
-binding.
+Coroutines coalesce the same way, across tasks, event loops and threads,
+with ``await g.do_async(key, coro_fn)``; a caller that gives up leaves the
+others unaffected, and when every caller has given up the work is cancelled.
+
+The work is done by libsingleflight, a C library; this module is its
+binding (a SWIG module whose hot paths are written by hand).
 """
 
 from __future__ import annotations
 
 import collections
-import select
+import os
 import threading
-from typing import Callable, Optional, Tuple, TypeVar, Union
+from typing import Awaitable, Callable, Optional, Tuple, TypeVar, Union
 
+from . import _singleflight_core as _native  # sfpy.hpp: the hand-written calls
 from . import singleflight_core as _core
 
 __all__ = ["Group", "Stats", "LeaderExitedError", "PanicError", "version"]
@@ -36,21 +41,24 @@ if not _core.version_matches():
 
 Stats = collections.namedtuple(
     "Stats",
-    "calls leaders followers panics goexits timeouts forgets in_flight",
+    "calls leaders followers panics goexits timeouts forgets in_flight abandons cancels",
 )
 Stats.__doc__ = """A snapshot of a group's counters.
 
 calls = leaders + followers; leaders is the number of executions; timeouts
-counts follower waits that gave up; in_flight the flights not yet complete.
+counts follower waits that gave up; in_flight the flights not yet complete;
+cancels the do_async callers that gave up (cancelled or timed out) and
+abandons the flights every caller gave up on, whose work was cancelled.
 """
 
 
 class LeaderExitedError(RuntimeError):
     """The flight's leader went away without producing a result.
 
-    Go's runtime.Goexit case: the leader's thread stopped inside fn without
-    returning or raising (it cannot happen to a Python leader, whose fn always
-    returns or raises, but the C library reports it and we do not hide it).
+    Go's runtime.Goexit case.  A Python ``fn`` always returns or raises; a
+    ``do_async`` leader's coroutine that is cancelled while callers still
+    wait for it (its event loop shutting down, say) ends its flight this way
+    for them.
     """
 
 
@@ -61,29 +69,6 @@ class PanicError(RuntimeError):
 def version() -> str:
     """The version of the loaded C library, e.g. ``"1.0.0"``."""
     return _core.version_string()
-
-
-def _timeout_ns(timeout: Optional[float]) -> int:
-    if timeout is None:
-        return -1
-    if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ValueError("timeout must be None or a non-negative number of seconds")
-    return int(timeout * 1e9)
-
-
-def _wait_interruptibly(flight, timeout: Optional[float]) -> int:
-    # Python runs signal handlers (Ctrl-C) only on the main thread, and only
-    # between bytecodes: a main thread blocked inside the library would not
-    # see KeyboardInterrupt until the flight ended.  poll() on the flight's
-    # eventfd blocks with the GIL released too, but returns to Python for
-    # every signal (PEP 475), so a handler that raises interrupts the wait.
-    poller = select.poll()
-    poller.register(flight.fd(), select.POLLIN)
-    if poller.poll(None if timeout is None else timeout * 1000.0):
-        return flight.wait(0)  # done: returns the outcome at once
-    # Time is up.  A last wait with a (1 ns) timeout, rather than a poll,
-    # so the library counts the timeout just as for any other follower.
-    return flight.wait(1)
 
 
 def _describe(exc: BaseException) -> str:
@@ -98,18 +83,48 @@ def _describe(exc: BaseException) -> str:
     return (name + (": " + text if text else "")).replace("\0", "\\0")
 
 
+# Run by the library's callbacks on an event loop's own thread (sfpy.hpp):
+# a do_async caller's outcome, and the cancellation of abandoned work.
+def _set_outcome(fut, outcome) -> None:
+    if not fut.done():  # this caller gave up first
+        fut.set_result(outcome)
+
+
+def _cancel_task(task) -> None:
+    task.cancel()
+
+
+_native._init(PanicError, LeaderExitedError, _describe, _set_outcome, _cancel_task)
+# Followers on the thread Python runs signal handlers on wait interruptibly;
+# after a fork that is the thread that forked.
+_native._set_main_thread(threading.main_thread().ident)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _native._set_main_thread(threading.get_ident()))
+
+_do = _native._do
+_async = None  # libsingleflight._aio, imported on first use: asyncio costs 40-70 ms to import
+
+
+def _load_async():
+    global _async
+    from . import _aio
+
+    _async = _aio
+    return _aio
+
+
 class Group:
     """A namespace of keys within which calls are deduplicated.
 
-    Thread-safe: share one Group between any number of threads.  Groups are
-    independent of each other.  The underlying C group is freed when the Group
-    and every call in progress on it are gone.
+    Thread-safe: share one Group between any number of threads, tasks and
+    event loops.  Groups are independent of each other.  The underlying C
+    group is freed when the Group and every call in progress on it are gone.
     """
 
-    __slots__ = ("_g", "__weakref__")
+    __slots__ = ("_h", "__weakref__")
 
     def __init__(self) -> None:
-        self._g = _core.Group()
+        self._h = _native._group_new()
 
     def do(self, key: Key, fn: Callable[[], T], *, timeout: Optional[float] = None) -> Tuple[T, bool]:
         """Run ``fn()`` once for all concurrent callers of ``key``.
@@ -129,58 +144,45 @@ class Group:
         Calling ``do`` for the same key from inside ``fn`` raises
         ``RuntimeError`` (it would wait for itself).
         """
-        timeout_ns = _timeout_ns(timeout)
-        flight = self._g.begin_on_thread(key)
-        try:
-            if flight.is_leader():
-                self._lead(flight, fn)
-                status = flight.wait(0)  # finished: reads our own result at once
-            elif threading.current_thread() is threading.main_thread():
-                status = _wait_interruptibly(flight, timeout)
-            else:
-                status = flight.wait(timeout_ns)
-            if status == _core.ETIMEDOUT:
-                raise TimeoutError("singleflight: gave up waiting for key %r" % (key,))
-            value = flight.get_object()
-            if status == _core.OK:
-                return value, flight.shared()
-            if status == _core.EPANIC:
-                if isinstance(value, BaseException):
-                    try:
-                        raise value
-                    finally:
-                        value = None  # else traceback -> this frame -> value: a cycle
-                raise PanicError(flight.panic_message() or "panic")
-            raise LeaderExitedError("singleflight: the leader of key %r exited without a result" % (key,))
-        finally:
-            # Drops this caller's reference to the result; the last caller's
-            # release is what frees the shared value.
-            flight.release()
+        return _do(self._h, key, fn, timeout)
 
-    @staticmethod
-    def _lead(flight, fn) -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # noqa: B902 - every caller must see it, even KeyboardInterrupt
-            flight.set_object(exc)
-            flight.panic(_describe(exc))
-        else:
-            flight.set_object(value)
-            flight.finish(0)
+    def do_async(
+        self, key: Key, coro_fn: Callable[[], Awaitable[T]], *, timeout: Optional[float] = None
+    ) -> Awaitable[Tuple[T, bool]]:
+        """``await g.do_async(key, coro_fn)``: ``do`` for asyncio.
+
+        Awaits ``coro_fn()`` once for all concurrent callers of ``key``, in
+        any task, event loop or thread of the process (and together with
+        ``do`` callers of the same key), and returns ``(value, shared)`` as
+        ``do`` does; an exception raised by the coroutine is raised in every
+        caller.  Nobody waits in a thread: a caller's task sleeps until the
+        library's completion callback wakes it through its own loop.
+
+        The leader's coroutine runs as a task of its own in the first
+        caller's loop, so that caller can leave like any other.  A caller
+        that is cancelled raises ``CancelledError`` and the others go on;
+        when every caller has been cancelled (or timed out) the flight is
+        abandoned: its task is cancelled, and the next caller starts afresh.
+        ``timeout`` (seconds) gives up this caller only, with
+        ``TimeoutError``, the leader's caller included.
+
+        Returns a coroutine; must be awaited in a running event loop
+        (asyncio, or uvloop).  Awaiting ``do_async`` for the same key from
+        inside ``coro_fn`` raises ``RuntimeError`` (it would wait for itself).
+        """
+        return (_async or _load_async()).do_async(self._h, key, coro_fn, timeout)
 
     def forget(self, key: Key) -> bool:
         """Make the next ``do(key, ...)`` run ``fn`` again instead of joining
         the flight in progress, which still delivers to its own callers.
         Returns whether a flight was in progress."""
-        return self._g.forget(key)
+        return _native._forget(self._h, key)
 
     def forget_unshared(self, key: Key) -> bool:
         """Like :meth:`forget`, but only if no follower has joined the flight.
         Returns whether the flight was forgotten."""
-        return self._g.forget_unshared(key)
+        return _native._forget_unshared(self._h, key)
 
     def stats(self) -> Stats:
         """A snapshot of this group's counters (see :class:`Stats`)."""
-        s = self._g.stats()
-        return Stats(s.calls, s.leaders, s.followers, s.panics, s.goexits,
-                     s.timeouts, s.forgets, s.in_flight)
+        return Stats._make(_native._stats(self._h))
