@@ -684,9 +684,16 @@ static PyObject *call_cancel(CallObject *self, PyObject *) {
 static void call_release_handle(CallObject *self) {
     if (!self->call) return;
     // An unfinished leader released here (an error path: the leader's task
-    // always finishes) completes as SF_EGOEXIT, and abandonment might still
-    // run its callback: leave the payload to it.
-    self->abandon = nullptr;
+    // always finishes) with an abandon callback registered: complete the
+    // flight while the handle is still ours, so sf_call_abandoned is final
+    // and exactly one of us (settle_abandon or the callback) frees the
+    // payload.  Without a callback, the release alone completes it as
+    // SF_EGOEXIT.
+    if (self->abandon) {
+        if (self->leader)
+            sf_call_panic(self->call, "singleflight: the leader's handle was released before its work finished");
+        settle_abandon(self);
+    }
     sf_call_release(self->call);
     self->call = nullptr;
     forget_loop_led(self);

@@ -586,3 +586,36 @@ def test_no_reference_leaks_over_thousands_of_async_calls(run):
     assert (sys.getrefcount(value), sys.getrefcount(exc)) == refs
     assert libsingleflight.singleflight_core.live_values() == 0
     assert g.stats().in_flight == 0
+
+
+def test_a_leaders_handle_released_unfinished_fails_its_follower_and_frees_the_abandon_hook(run):
+    # The error path of the native _Call (the leader's task never ran): the
+    # abandon callback's payload holds the loop and the task, and must be
+    # freed exactly once, here, since the flight can no longer be abandoned.
+    import weakref
+
+    from libsingleflight import _aio
+
+    g = libsingleflight.Group()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        call, _ = _aio._begin(g._h, "k", loop)
+        assert call.leader
+        never = loop.create_future()
+        task = loop.create_task(asyncio.wait([never]))
+        gone = weakref.ref(task)
+        call.on_abandon(loop, task)
+        follower = asyncio.ensure_future(g.do_async("k", Work()))
+        await until(lambda: g.stats().calls == 2, "the follower to join")
+        call.release()
+        with pytest.raises(libsingleflight.PanicError, match="released before its work finished"):
+            await follower
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return gone
+
+    gone = run(scenario())
+    gc.collect()
+    assert gone() is None, "the abandon callback's payload still holds the task"
+    assert g.stats().in_flight == 0
