@@ -368,6 +368,8 @@ func (c *groupCore) stats() Stats {
 		Goexits:   uint64(s.goexits),
 		Forgets:   uint64(s.forgets),
 		InFlight:  uint64(s.in_flight),
+		Abandons:  uint64(s.abandons),
+		Cancels:   uint64(s.cancels),
 	}
 }
 

@@ -25,6 +25,8 @@ type Stats struct {
 	Goexits   uint64 // flights whose fn called runtime.Goexit
 	Forgets   uint64 // flights that Forget detached from their key
 	InFlight  uint64 // flights not yet complete
+	Abandons  uint64 // DoContext flights every caller gave up while fn ran
+	Cancels   uint64 // DoContext callers whose ctx ended before the flight
 }
 
 func (g *Group) c() *groupCore {
@@ -75,24 +77,33 @@ func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 	if leader {
 		return lead(core, call, key, epoch, fn)
 	}
-	d := core.wait(call, key)
+	d, _ := core.follow(call, key, nil)
 	return deliveredOrExit[V](d)
 }
 
-// wait is a Do follower's: it waits on a channel for its flight to
-// complete and then drops its call.  Holding the call until then keeps the
-// caller counted as interested, so a DoContext leader's flight is not
-// abandoned while a Do caller still wants it.
-func (c *groupCore) wait(call *cCall, key string) delivery {
+// follow is a follower's wait: on a channel until its flight completes
+// (true), or until done is closed (false; nil never is), when the caller
+// gives up its interest.  Either way it then drops its call.  Holding the
+// call until then keeps the caller counted as interested, so a DoContext
+// flight is not abandoned while a Do caller still wants it.
+func (c *groupCore) follow(call *cCall, key string, done <-chan struct{}) (delivery, bool) {
 	if c.leadsItself(key) {
 		c.release(call)
 		panic(deadlock(key))
 	}
 	ch := make(doWaiter, 1)
 	c.onDone(call, ch)
-	d := <-ch
-	c.release(call)
-	return d
+	select {
+	case d := <-ch:
+		c.release(call)
+		return d, true
+	case <-done:
+		// If the flight completes meanwhile its outcome is dropped: the
+		// caller asked to leave.
+		c.cancel(call)
+		c.release(call)
+		return delivery{}, false
+	}
 }
 
 // deliveredOrExit turns a completed flight into a follower's results, or
