@@ -124,42 +124,43 @@ func (c *groupCore) beginEpoch() beginMark {
 	return beginMark{epoch: epoch, ok: atomic.LoadInt32(&c.forgetting) == 0}
 }
 
-// leadSlot says where pushLead put a record, for popLead.
-type leadSlot int
-
-const inOverflow leadSlot = -1
+// leadTicket says where pushLead put a record, for popLead.
+type leadTicket struct {
+	s    *leadShard
+	slot int // an entry of s, or -1: s.overflow
+	id   goroutine.ID
+}
 
 // pushLead records that the calling goroutine leads key's flight on c, begun
-// at epoch; popLead(slot) removes that record.  Called by the goroutine that
-// runs fn.
-func pushLead(c *groupCore, key string, epoch uint64) leadSlot {
+// at epoch; popLead removes that record.  Called by the goroutine that runs
+// fn.
+func pushLead(c *groupCore, key string, epoch uint64) leadTicket {
 	id := goroutine.Current()
 	s := leadingShard(id)
 	for i := range s.owner {
 		if atomic.LoadUintptr(&s.owner[i]) == 0 && atomic.CompareAndSwapUintptr(&s.owner[i], 0, uintptr(id)) {
 			s.records[i] = makeLeadRecord(c, key, epoch)
-			return leadSlot(i)
+			return leadTicket{s, i, id}
 		}
 	}
 	s.mu.Lock()
 	s.overflow = append(s.overflow, overflowRecord{id, makeLeadRecord(c, key, epoch)})
 	s.mu.Unlock()
-	return inOverflow
+	return leadTicket{s, -1, id}
 }
 
-func popLead(slot leadSlot) {
-	id := goroutine.Current()
-	s := leadingShard(id)
-	if slot != inOverflow {
-		s.records[slot].core = nil // let the core go
-		s.records[slot].long = ""
-		atomic.StoreUintptr(&s.owner[slot], 0)
+func popLead(t leadTicket) {
+	s := t.s
+	if t.slot >= 0 {
+		s.records[t.slot].core = nil // let the core go
+		s.records[t.slot].long = ""
+		atomic.StoreUintptr(&s.owner[t.slot], 0)
 		return
 	}
 	s.mu.Lock()
 	// A goroutine's leads nest: its last overflow record is its innermost.
 	for i := len(s.overflow) - 1; i >= 0; i-- {
-		if s.overflow[i].id == id {
+		if s.overflow[i].id == t.id {
 			copy(s.overflow[i:], s.overflow[i+1:])
 			s.overflow[len(s.overflow)-1] = overflowRecord{}
 			s.overflow = s.overflow[:len(s.overflow)-1]
