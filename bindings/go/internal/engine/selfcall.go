@@ -54,14 +54,15 @@ type leadRecord struct {
 
 const leadInlineKey = 48
 
-func makeLeadRecord(c *groupCore, key string, epoch uint64) leadRecord {
-	r := leadRecord{core: c, epoch: epoch, n: len(key)}
+// set fills r in place: the record is written on every Do, and building
+// it elsewhere first would copy it twice.
+func (r *leadRecord) set(c *groupCore, key string, epoch uint64) {
+	r.core, r.epoch, r.n = c, epoch, len(key)
 	if len(key) <= leadInlineKey {
 		copy(r.inline[:], key)
 	} else {
 		r.long = string([]byte(key))
 	}
-	return r
 }
 
 func (r *leadRecord) is(c *groupCore, key string, epoch uint64) bool {
@@ -139,12 +140,13 @@ func pushLead(c *groupCore, key string, epoch uint64) leadTicket {
 	s := leadingShard(id)
 	for i := range s.owner {
 		if atomic.LoadUintptr(&s.owner[i]) == 0 && atomic.CompareAndSwapUintptr(&s.owner[i], 0, uintptr(id)) {
-			s.records[i] = makeLeadRecord(c, key, epoch)
+			s.records[i].set(c, key, epoch)
 			return leadTicket{s, i, id}
 		}
 	}
 	s.mu.Lock()
-	s.overflow = append(s.overflow, overflowRecord{id, makeLeadRecord(c, key, epoch)})
+	s.overflow = append(s.overflow, overflowRecord{id: id})
+	s.overflow[len(s.overflow)-1].set(c, key, epoch)
 	s.mu.Unlock()
 	return leadTicket{s, -1, id}
 }
