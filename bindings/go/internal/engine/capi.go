@@ -77,6 +77,18 @@ static void sfgo_destroy_parked(void) {
 	}
 }
 
+// What sfgo_begin does with a destroy the library runs inside it, for the
+// test of the parking (the real case needs a hash collision).
+static int sfgo_destroy_as_in_begin(uintptr_t value) {
+	int parked;
+	sfgo_no_callback = 1;
+	sfgo_destroy((void *)value);
+	sfgo_no_callback = 0;
+	parked = sfgo_parked_here;
+	sfgo_parked_here = 0;
+	return parked;
+}
+
 // sf_group_begin's results by value: an out-parameter would make Go move
 // the handle variable to the heap on every call.
 typedef struct {
@@ -390,6 +402,22 @@ func panicMessageOf(r *C.sf_result) string {
 		return C.GoString(m)
 	}
 	return "panic"
+}
+
+// destroyAsInBegin runs the outcomes' destroys the way they run when the
+// library drops a flight inside sfgo_begin (parked, Go not called), then
+// hands the parked destroys to Go as begin does.  It reports how many were
+// parked.  For tests.
+func destroyAsInBegin(os []interface{}) int {
+	parked := 0
+	for _, o := range os {
+		atomic.AddInt64(&liveOutcomes, 1)
+		if C.sfgo_destroy_as_in_begin(C.uintptr_t(cgo.NewHandle(o))) != 0 {
+			parked++
+		}
+	}
+	C.sfgo_destroy_parked()
+	return parked
 }
 
 func loadFreed() int64 {
