@@ -16,7 +16,7 @@ package engine
 // never has to turn an integer back into an unsafe.Pointer.
 extern void sfgoDone(int status, sf_result *result, int shared, uintptr_t waiter);
 extern void sfgoDestroy(uintptr_t value);
-extern void sfgoAbandon(uintptr_t flight);
+extern void sfgoAbandon(uintptr_t id);
 
 static void sfgo_done(int status, sf_result *result, int shared, void *payload) {
 	sfgoDone(status, result, shared, (uintptr_t)payload);
@@ -139,8 +139,8 @@ static int sfgo_on_done(sf_call *call, uintptr_t waiter) {
 	return sf_call_on_done(call, sfgo_done, (void *)waiter);
 }
 
-static int sfgo_on_abandon(sf_call *call, uintptr_t flight) {
-	return sf_call_on_abandon(call, sfgo_abandon, (void *)flight);
+static int sfgo_on_abandon(sf_call *call, uintptr_t id) {
+	return sf_call_on_abandon(call, sfgo_abandon, (void *)id);
 }
 
 static uintptr_t sfgo_result_value(const sf_result *r) {
@@ -258,8 +258,8 @@ func (c *groupCore) begin(key string) (call *C.sf_call, leader bool) {
 // step if nobody joined it, and reports whether it did; otherwise it
 // changes nothing and the caller completes the flight with an outcome.
 // The uncontended Do's second and last cgo call: fn's results never leave
-// Go.  Only for flights with no abandon callback: then the library runs no
-// Go code inside (no follower to notify, no value to destroy).
+// Go.  Not for DoContext's flights: it releases the call, which the caller
+// that began such a flight may be cancelling at the same time.
 func (c *groupCore) finishUnshared(call *C.sf_call) bool {
 	rc := int(C.sfgo_finish_unshared(C.uintptr_t(uintptr(unsafe.Pointer(call)))))
 	runtime.KeepAlive(c)
@@ -342,8 +342,9 @@ func (c *groupCore) cancel(call *C.sf_call) {
 	}
 }
 
-// onAbandon makes the library call abandoned(id) (exports.go) once the
-// flight that call leads is abandoned.  Leader's call only.
+// onAbandon makes the library call abandoners.abandoned(id) (through
+// sfgoAbandon, exports.go) once the flight that call leads is abandoned.
+// Leader's call only.
 func (c *groupCore) onAbandon(call *C.sf_call, id uintptr) {
 	rc := int(C.sfgo_on_abandon(call, C.uintptr_t(id)))
 	runtime.KeepAlive(c)
