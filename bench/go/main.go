@@ -32,6 +32,10 @@ var contenders = map[string]func() doer{
 	"xsync": func() doer { return &singleflight.Group{} },
 }
 
+// experiments maps a -experiment name to a run that needs more than Do; the
+// binding registers its own (binding.go) when built with -tags sfbinding.
+var experiments = map[string]func(rounds, callers int){}
+
 var base = time.Now()
 
 // monotonic nanoseconds since start: every goroutine reads the same clock.
@@ -313,7 +317,19 @@ func main() {
 	keylen := flag.Int("keylen", 0, "pad or cut keys to this length (0: natural)")
 	wake := flag.Int("wake", 0, "run the wake experiment with this many followers")
 	rounds := flag.Int("rounds", 20, "wake experiment rounds")
+	experiment := flag.String("experiment", "", "run a registered experiment (cancel: DoContext cancellation latency, -rounds, -callers)")
+	callers := flag.Int("callers", 1, "callers per round of an experiment")
 	flag.Parse()
+
+	if *experiment != "" {
+		run, ok := experiments[*experiment]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "gobench: experiment %q not built in\n", *experiment)
+			os.Exit(3)
+		}
+		run(*rounds, *callers)
+		return
+	}
 
 	mk, ok := contenders[*contender]
 	if !ok {

@@ -36,7 +36,7 @@ for go in "${gos[@]}"; do
     log="$out/test-$("$go" env GOVERSION).log"
     sf_log "Go binding: $("$go" version), libsingleflight $(pkg-config --modversion singleflight)"
     "$go" vet ./...
-    "$go" test -count=1 -p "$jobs" -timeout 180s -v ./... 2>&1 | tee "$log" | grep -E '^(--- |ok |FAIL|PASS|panic)|threads'
+    "$go" test -count=1 -p "$jobs" -timeout 180s -v ./... 2>&1 | tee "$log" | grep -E '^(--- |ok |FAIL|PASS|panic)|threads|seed '
     [ "${PIPESTATUS[0]}" -eq 0 ] || sf_die "go test failed (log: $log)"
 
     sf_log "Go binding: again under the race detector"

@@ -1,7 +1,9 @@
 package singleflight_test
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/libsingleflight/libsingleflight/bindings/go/singleflight"
 )
@@ -22,4 +24,16 @@ func ExampleGroup_DoChan() {
 	})
 	fmt.Println(r.Val, r.Err, r.Shared)
 	// Output: Ada <nil> false
+}
+
+func ExampleGroup_DoContext() {
+	var g singleflight.Group
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	// fn's ctx ends only if every caller of the flight gives up.
+	v, err, _ := g.DoContext(ctx, "user:42", func(ctx context.Context) (interface{}, error) {
+		return "Ada", ctx.Err()
+	})
+	fmt.Println(v, err)
+	// Output: Ada <nil>
 }

@@ -17,7 +17,11 @@
 // For a typed variant see the sibling package typed.
 package singleflight
 
-import "github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+import (
+	"context"
+
+	"github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+)
 
 // Group is a namespace of keys in which work is deduplicated.  The zero value
 // is ready to use.  A Group must not be copied after first use.  All methods
@@ -56,6 +60,26 @@ var ErrDeadlock = engine.ErrDeadlock
 // goroutines, those fn starts included, wait as usual.
 func (g *Group) Do(key string, fn func() (interface{}, error)) (v interface{}, err error, shared bool) {
 	return engine.Do(&g.g, key, fn)
+}
+
+// DoContext is Do for callers that may give up, an addition to x/sync.  A
+// caller whose ctx ends before the flight does returns nil, ctx.Err() and
+// false at once, while the flight goes on for the others; a caller whose
+// ctx has already ended returns so without starting or joining anything.
+//
+// fn runs on a goroutine of its own, with a context that carries the values
+// of the ctx that started the flight but not its deadline or cancellation.
+// That context is cancelled when every caller has gone before fn returned
+// (Do and DoChan callers of the key count as callers that never go), so fn
+// can stop its work; the next caller for key then starts a new flight.  It
+// is also cancelled once fn has returned, as with context.WithCancel.
+//
+// Values, panics and runtime.Goexit reach the callers still waiting as in
+// Do; a panic or Goexit that no caller waits for any more is dropped.
+// DoContext for key from inside fn, on fn's goroutine, panics (see
+// ErrDeadlock).
+func (g *Group) DoContext(ctx context.Context, key string, fn func(ctx context.Context) (interface{}, error)) (v interface{}, err error, shared bool) {
+	return engine.DoContext(&g.g, ctx, key, fn)
 }
 
 // DoChan is like Do but returns a channel that will receive the results when

@@ -6,6 +6,7 @@
 package singleflight
 
 import (
+	"context"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -37,6 +38,20 @@ func osThreads(t *testing.T) int {
 // The point of waiting on Go channels instead of sf_call_wait: a goroutine
 // blocked in C pins an OS thread, so 10,000 waiters would need 10,000 threads.
 func TestTenThousandWaitersDoNotPinThreads(t *testing.T) {
+	testWaitersDoNotPinThreads(t, func(g *Group, key string, fn func() (interface{}, error)) (interface{}, error, bool) {
+		return g.Do(key, fn)
+	})
+}
+
+// DoContext followers wait on a channel and their ctx: no thread either.
+func TestTenThousandDoContextWaitersDoNotPinThreads(t *testing.T) {
+	ctx := context.Background()
+	testWaitersDoNotPinThreads(t, func(g *Group, key string, fn func() (interface{}, error)) (interface{}, error, bool) {
+		return g.DoContext(ctx, key, func(context.Context) (interface{}, error) { return fn() })
+	})
+}
+
+func testWaitersDoNotPinThreads(t *testing.T, do func(g *Group, key string, fn func() (interface{}, error)) (interface{}, error, bool)) {
 	const waiters = 10000
 	// Generous for the runtime's own threads and brief cgo calls in
 	// progress, tiny next to one thread per waiter.
@@ -53,7 +68,7 @@ func TestTenThousandWaitersDoNotPinThreads(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			v, _, shared := g.Do("hot", func() (interface{}, error) { return "follower ran fn", nil })
+			v, _, shared := do(&g, "hot", func() (interface{}, error) { return "follower ran fn", nil })
 			if !shared {
 				v = "not shared"
 			}

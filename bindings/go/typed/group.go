@@ -3,7 +3,11 @@
 // singleflight package (which see) and the same C library underneath.
 package typed
 
-import "github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+import (
+	"context"
+
+	"github.com/libsingleflight/libsingleflight/bindings/go/internal/engine"
+)
 
 // Group is a namespace of keys whose flights produce values of type V.  The
 // zero value is ready to use.  A Group must not be copied after first use.
@@ -36,6 +40,23 @@ var ErrDeadlock = engine.ErrDeadlock
 // from inside fn, on fn's goroutine, panics (see ErrDeadlock).
 func (g *Group[V]) Do(key string, fn func() (V, error)) (v V, err error, shared bool) {
 	return engine.Do(&g.g, key, fn)
+}
+
+// DoContext is Do for callers that may give up.  A caller whose ctx ends
+// before the flight does returns the zero V, ctx.Err() and false at once,
+// and the flight goes on for the others; a caller whose ctx has already
+// ended returns so without starting or joining anything.  fn runs on a
+// goroutine of its own with a context that carries the values of the ctx
+// that started the flight but not its deadline or cancellation: it is
+// cancelled only when every caller has gone before fn returned (Do and
+// DoChan callers never go), so fn can stop its work, and the next caller
+// for key starts a new flight meanwhile.  Values, panics and Goexit reach
+// the callers still waiting as in Do; one nobody waits for is dropped.
+// fn's context is also cancelled once fn returns, as with
+// context.WithCancel.  DoContext for key from inside fn, on fn's
+// goroutine, panics (see ErrDeadlock).
+func (g *Group[V]) DoContext(ctx context.Context, key string, fn func(ctx context.Context) (V, error)) (v V, err error, shared bool) {
+	return engine.DoContext(&g.g, ctx, key, fn)
 }
 
 // DoChan is like Do but returns a buffered channel that receives the results

@@ -81,7 +81,13 @@ func TestPanicReachesEveryTypedCaller(t *testing.T) {
 	}
 	waitUntil(t, "the follower joined", func() bool { return g.Stats().Followers == 1 })
 	close(release)
-	a, b := <-recovered, <-recovered
+	assertSamePanic(t, <-recovered, <-recovered, sentinel)
+}
+
+// assertSamePanic checks what two callers of one flight recovered: the very
+// same error, wrapping what fn panicked with.
+func assertSamePanic(t *testing.T, a, b interface{}, sentinel error) {
+	t.Helper()
 	if a == nil || a != b {
 		t.Fatalf("recovered %v and %v: want the same non-nil value", a, b)
 	}

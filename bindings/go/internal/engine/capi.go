@@ -7,6 +7,7 @@ package engine
 
 /*
 #cgo pkg-config: singleflight
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <singleflight.h>
@@ -15,41 +16,131 @@ package engine
 // never has to turn an integer back into an unsafe.Pointer.
 extern void sfgoDone(int status, sf_result *result, int shared, uintptr_t waiter);
 extern void sfgoDestroy(uintptr_t value);
+extern void sfgoAbandon(uintptr_t id);
 
 static void sfgo_done(int status, sf_result *result, int shared, void *payload) {
 	sfgoDone(status, result, shared, (uintptr_t)payload);
 }
 
-static void sfgo_destroy(void *value) {
-	sfgoDestroy((uintptr_t)value);
+static void sfgo_abandon(sf_call *call, void *payload) {
+	(void)call;
+	sfgoAbandon((uintptr_t)payload);
 }
 
-// One cgo call per leader for everything that happens after fn: publishing
-// the outcome handle, completing the flight (as panicked when panic_msg is
-// set), learning whether anyone joined, and dropping the call handle.
-// Returns the first failing status, or SF_OK.
-static int sfgo_complete(sf_call *call, uintptr_t outcome,
-                         const char *panic_msg, int *shared) {
-	int rc;
+// Calls into the library that Go 1.22+ marks nocallback (capi_noescape.go)
+// must not reach Go, or the runtime aborts; and since they are also
+// noescape, a callback could move the goroutine stack that the key lives
+// on.  The one Go callback they can reach is an outcome's destroy, on
+// rare paths (sf_group_begin dropping the last reference to a flight it
+// met on a hash collision).  While such a call runs, destroy parks the
+// handle here instead; the Go side hands the parked ones to sfgoDestroy
+// right after (sfgo_begun.parked).
+static __thread int sfgo_no_callback;
+static __thread int sfgo_parked_here;
+static pthread_mutex_t sfgo_parked_mu = PTHREAD_MUTEX_INITIALIZER;
+static uintptr_t *sfgo_parked;
+static size_t sfgo_parked_len, sfgo_parked_cap;
+
+static void sfgo_destroy(void *value) {
+	if (!sfgo_no_callback) {
+		sfgoDestroy((uintptr_t)value);
+		return;
+	}
+	pthread_mutex_lock(&sfgo_parked_mu);
+	if (sfgo_parked_len == sfgo_parked_cap) {
+		size_t cap = sfgo_parked_cap ? 2 * sfgo_parked_cap : 16;
+		uintptr_t *p = realloc(sfgo_parked, cap * sizeof *p);
+		if (p != NULL) {
+			sfgo_parked = p;
+			sfgo_parked_cap = cap;
+		}
+	}
+	// Out of memory: the handle stays in Go's table, a leak of one value
+	// rather than a crash.
+	if (sfgo_parked_len < sfgo_parked_cap)
+		sfgo_parked[sfgo_parked_len++] = (uintptr_t)value;
+	pthread_mutex_unlock(&sfgo_parked_mu);
+	sfgo_parked_here = 1;
+}
+
+// Runs the parked destroys; an ordinary cgo call, so callbacks are fine.
+static void sfgo_destroy_parked(void) {
+	for (;;) {
+		uintptr_t v = 0;
+		pthread_mutex_lock(&sfgo_parked_mu);
+		if (sfgo_parked_len > 0)
+			v = sfgo_parked[--sfgo_parked_len];
+		pthread_mutex_unlock(&sfgo_parked_mu);
+		if (v == 0)
+			return;
+		sfgoDestroy(v);
+	}
+}
+
+// What sfgo_begin does with a destroy the library runs inside it, for the
+// test of the parking (the real case needs a hash collision).
+static int sfgo_destroy_as_in_begin(uintptr_t value) {
+	int parked;
+	sfgo_no_callback = 1;
+	sfgo_destroy((void *)value);
+	sfgo_no_callback = 0;
+	parked = sfgo_parked_here;
+	sfgo_parked_here = 0;
+	return parked;
+}
+
+// sf_group_begin's results by value: an out-parameter would make Go move
+// the handle variable to the heap on every call.
+typedef struct {
+	sf_call *call;
+	int      rc;
+	int      parked; // a destroy was parked during the call
+} sfgo_begun;
+
+// The hot calls take handles as uintptr_t: cgo checks every argument of a
+// pointer type it cannot see into (an opaque struct) for Go pointers, at a
+// cost comparable to the library's own work, and these point to C memory.
+static sfgo_begun sfgo_begin(uintptr_t g, const char *key, size_t len) {
+	sfgo_begun b;
+	sfgo_no_callback = 1;
+	b.rc = sf_group_begin((sf_group *)g, key, len, &b.call);
+	sfgo_no_callback = 0;
+	b.parked = sfgo_parked_here;
+	sfgo_parked_here = 0;
+	return b;
+}
+
+static int sfgo_finish_unshared(uintptr_t call) {
+	return sf_call_finish_unshared((sf_call *)call, 0);
+}
+
+// Publishes a leader's outcome handle and completes the flight (as
+// panicked when panic_msg is set), then drops the call if release is set:
+// one cgo call for a leader whose flight someone joined.  Returns whether
+// anyone joined (0 or 1), or a negative status.  A leader's caller that
+// gave up (DoContext) cannot read the flight back (SF_ECANCELED): it has
+// gone, so whether anyone shared with it does not matter.
+static int sfgo_publish(sf_call *call, uintptr_t outcome, const char *panic_msg, int release) {
+	int rc, shared = 0;
 	sf_call_set_value(call, (void *)outcome, sfgo_destroy);
 	rc = panic_msg != NULL ? sf_call_panic(call, panic_msg)
 	                       : sf_call_finish(call, 0);
 	if (rc == SF_OK) {
-		rc = sf_call_wait(call, 0, NULL, shared);
-		if (rc == SF_EPANIC && panic_msg != NULL)
-			rc = SF_OK;
+		rc = sf_call_wait(call, 0, NULL, &shared);
+		if (rc == SF_OK || rc == SF_ECANCELED || (rc == SF_EPANIC && panic_msg != NULL))
+			rc = shared != 0;
 	}
-	sf_call_release(call);
+	if (release)
+		sf_call_release(call);
 	return rc;
 }
 
-// A follower hands its wake-up to the flight and lets go of the call handle
-// at once: the callback runs even after release, and releasing here keeps
-// the handle from outliving this cgo call.
-static int sfgo_follow(sf_call *call, uintptr_t waiter) {
-	int rc = sf_call_on_done(call, sfgo_done, (void *)waiter);
-	sf_call_release(call);
-	return rc;
+static int sfgo_on_done(sf_call *call, uintptr_t waiter) {
+	return sf_call_on_done(call, sfgo_done, (void *)waiter);
+}
+
+static int sfgo_on_abandon(sf_call *call, uintptr_t id) {
+	return sf_call_on_abandon(call, sfgo_abandon, (void *)id);
 }
 
 static uintptr_t sfgo_result_value(const sf_result *r) {
@@ -74,6 +165,8 @@ const (
 	statusPanic    = int(C.SF_EPANIC)
 	statusGoexit   = int(C.SF_EGOEXIT)
 	statusBusy     = int(C.SF_EBUSY)
+	statusState    = int(C.SF_ESTATE)
+	statusCanceled = int(C.SF_ECANCELED)
 )
 
 // coreError reports a status the binding never expects from the library.  It
@@ -132,69 +225,131 @@ func (c *groupCore) free() {
 }
 
 // keyPtr returns a pointer to the key's bytes without copying them; the
-// library copies the key before the call returns.  String bytes hold no Go
-// pointers, so cgo's pointer rules allow passing them.
-func keyPtr(key string) (unsafe.Pointer, C.size_t) {
+// library copies the key before the call returns.  As a *C.char the key is
+// no Go pointer cgo needs to check: string bytes hold no pointers.
+func keyPtr(key string) (*C.char, C.size_t) {
 	if len(key) == 0 {
 		return nil, 0
 	}
-	return *(*unsafe.Pointer)(unsafe.Pointer(&key)), C.size_t(len(key))
+	return (*C.char)(*(*unsafe.Pointer)(unsafe.Pointer(&key))), C.size_t(len(key))
 }
 
 // begin starts or joins the flight for key.  The returned call belongs to
-// the caller, who must pass it to complete, release or follow exactly once.
+// the caller, who must finish (finishUnshared, complete, publish) or
+// release it exactly once.  One cgo call, no allocation.
 func (c *groupCore) begin(key string) (call *C.sf_call, leader bool) {
 	p, n := keyPtr(key)
-	rc := int(C.sf_group_begin(c.g, p, n, &call))
+	b := C.sfgo_begin(C.uintptr_t(uintptr(unsafe.Pointer(c.g))), p, n)
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(c)
-	switch rc {
-	case statusLeader:
-		return call, true
-	case statusFollower:
-		return call, false
+	if b.parked != 0 {
+		C.sfgo_destroy_parked()
 	}
-	panic(&coreError{"sf_group_begin", rc})
+	switch int(b.rc) {
+	case statusLeader:
+		return b.call, true
+	case statusFollower:
+		return b.call, false
+	}
+	panic(&coreError{"sf_group_begin", int(b.rc)})
 }
 
-// complete publishes a leader's outcome to every follower and drops the call.
-// When panicMsg is non-empty the flight completes as panicked.  It reports
-// whether any follower joined the flight before it completed.
+// finishUnshared completes a leader's flight and releases its call in one
+// step if nobody joined it, and reports whether it did; otherwise it
+// changes nothing and the caller completes the flight with an outcome.
+// The uncontended Do's second and last cgo call: fn's results never leave
+// Go.  Not for DoContext's flights: it releases the call, which the caller
+// that began such a flight may be cancelling at the same time.
+func (c *groupCore) finishUnshared(call *C.sf_call) bool {
+	rc := int(C.sfgo_finish_unshared(C.uintptr_t(uintptr(unsafe.Pointer(call)))))
+	runtime.KeepAlive(c)
+	switch rc {
+	case 0:
+		return true
+	case 1:
+		return false
+	}
+	panic(&coreError{"sf_call_finish_unshared", rc})
+}
+
+// complete publishes a leader's outcome to every follower and drops the
+// call.  When panicked the flight completes as panicked with panicMsg.  It
+// reports whether any follower joined the flight before it completed.
 func (c *groupCore) complete(call *C.sf_call, o interface{}, panicked bool, panicMsg string) bool {
-	h := cgo.NewHandle(o)
-	atomic.AddInt64(&liveOutcomes, 1)
+	return c.publishOutcome(call, o, panicked, panicMsg, true)
+}
+
+// publish is complete without the release, for a call that another
+// goroutine may still use (DoContext's leader).
+func (c *groupCore) publish(call *C.sf_call, o interface{}, panicked bool, panicMsg string) bool {
+	return c.publishOutcome(call, o, panicked, panicMsg, false)
+}
+
+func (c *groupCore) publishOutcome(call *C.sf_call, o interface{}, panicked bool, panicMsg string, release bool) bool {
 	var msg *C.char
 	if panicked {
 		msg = C.CString(panicMsg)
 		defer C.free(unsafe.Pointer(msg))
 	}
-	var shared C.int
-	rc := int(C.sfgo_complete(call, C.uintptr_t(h), msg, &shared))
+	rel := C.int(0)
+	if release {
+		rel = 1
+	}
+	// The library destroys the handle (sfgoDestroy) once the last
+	// reference to the flight's result is gone.
+	atomic.AddInt64(&liveOutcomes, 1)
+	rc := int(C.sfgo_publish(call, C.uintptr_t(cgo.NewHandle(o)), msg, rel))
 	runtime.KeepAlive(c)
-	if rc != statusOK {
+	if rc < 0 {
 		panic(&coreError{"completing a flight", rc})
 	}
-	return shared != 0
+	return rc == 1
 }
 
-// release drops a call that will not be completed or followed: a leader's
-// without an outcome, which the library completes as SF_EGOEXIT (how a
-// Goexit in fn reaches the followers), or a follower's that will not wait.
+// release drops a call.  A leader's without an outcome makes the library
+// complete the flight as SF_EGOEXIT (how a Goexit in fn reaches the
+// followers); a follower's before the flight completes is leaving it (and
+// may abandon it, see cancel).
 func (c *groupCore) release(call *C.sf_call) {
 	C.sf_call_release(call)
 	runtime.KeepAlive(c)
 }
 
-// follow registers w to be told the outcome of the flight that call joined,
-// and releases call.  w.deliver runs exactly once, possibly before follow
-// returns.
-func (c *groupCore) follow(call *C.sf_call, w waiter) {
+// onDone registers w to be told the outcome of the flight that call
+// joined.  w.deliver runs exactly once, possibly before onDone returns,
+// possibly (after cancel) with statusCanceled.  The caller keeps call, and
+// with it its interest in the flight, until it releases it.
+func (c *groupCore) onDone(call *C.sf_call, w waiter) {
 	h := cgo.NewHandle(w)
-	rc := int(C.sfgo_follow(call, C.uintptr_t(h)))
+	rc := int(C.sfgo_on_done(call, C.uintptr_t(h)))
 	runtime.KeepAlive(c)
 	if rc != statusOK {
 		h.Delete()
 		panic(&coreError{"sf_call_on_done", rc})
+	}
+}
+
+// cancel gives up call's interest in its flight: a waiter registered with
+// onDone is told statusCanceled now, unless the flight completed first.
+// When this was the last interest the flight is abandoned and its abandon
+// callback has run on this goroutine.  The call must still be released.
+func (c *groupCore) cancel(call *C.sf_call) {
+	rc := int(C.sf_call_cancel(call))
+	runtime.KeepAlive(c)
+	// SF_ESTATE: the flight completed first; the outcome stands.
+	if rc < 0 && rc != statusState {
+		panic(&coreError{"sf_call_cancel", rc})
+	}
+}
+
+// onAbandon makes the library call abandoners.abandoned(id) (through
+// sfgoAbandon, exports.go) once the flight that call leads is abandoned.
+// Leader's call only.
+func (c *groupCore) onAbandon(call *C.sf_call, id uintptr) {
+	rc := int(C.sfgo_on_abandon(call, C.uintptr_t(id)))
+	runtime.KeepAlive(c)
+	if rc != statusOK {
+		panic(&coreError{"sf_call_on_abandon", rc})
 	}
 }
 
@@ -205,7 +360,7 @@ func (c *groupCore) forget(key string) {
 	atomic.AddInt32(&c.forgetting, 1)
 	atomic.AddUint64(&c.forgetEpoch, 1)
 	p, n := keyPtr(key)
-	C.sf_group_forget(c.g, p, n)
+	C.sf_group_forget(c.g, unsafe.Pointer(p), n)
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(c)
 	atomic.AddInt32(&c.forgetting, -1)
@@ -226,6 +381,8 @@ func (c *groupCore) stats() Stats {
 		Goexits:   uint64(s.goexits),
 		Forgets:   uint64(s.forgets),
 		InFlight:  uint64(s.in_flight),
+		Abandons:  uint64(s.abandons),
+		Cancels:   uint64(s.cancels),
 	}
 }
 
@@ -246,6 +403,22 @@ func panicMessageOf(r *C.sf_result) string {
 		return C.GoString(m)
 	}
 	return "panic"
+}
+
+// destroyAsInBegin runs the outcomes' destroys the way they run when the
+// library drops a flight inside sfgo_begin (parked, Go not called), then
+// hands the parked destroys to Go as begin does.  It reports how many were
+// parked.  For tests.
+func destroyAsInBegin(os []interface{}) int {
+	parked := 0
+	for _, o := range os {
+		atomic.AddInt64(&liveOutcomes, 1)
+		if C.sfgo_destroy_as_in_begin(C.uintptr_t(cgo.NewHandle(o))) != 0 {
+			parked++
+		}
+	}
+	C.sfgo_destroy_parked()
+	return parked
 }
 
 func loadFreed() int64 {

@@ -25,6 +25,8 @@ type Stats struct {
 	Goexits   uint64 // flights whose fn called runtime.Goexit
 	Forgets   uint64 // flights that Forget detached from their key
 	InFlight  uint64 // flights not yet complete
+	Abandons  uint64 // DoContext flights every caller gave up while fn ran
+	Cancels   uint64 // DoContext callers whose ctx ended before the flight
 }
 
 func (g *Group) c() *groupCore {
@@ -64,21 +66,49 @@ func LiveOutcomes() int64 {
 // Followers wait on a Go channel, holding no OS thread.  A call from inside
 // fn, on the goroutine running it, for fn's own key panics with an error
 // matching ErrDeadlock instead of waiting forever.
+//
+// A leader nobody joined crosses into C twice (sf_group_begin,
+// sf_call_finish_unshared) and allocates nothing: fn's results stay in Go,
+// and the outcome handle and channel exist only once someone joined.
 func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 	core := g.c()
 	epoch := core.beginEpoch()
 	call, leader := core.begin(key)
 	if leader {
-		o, shared := lead(core, call, key, epoch, fn)
-		return o.val, o.err, shared
+		return lead(core, call, key, epoch, fn)
 	}
-	if core.leadsItself(key) {
-		core.release(call)
-		panic(&deadlockError{key: key})
+	d, _ := core.follow(call, key, nil)
+	return deliveredOrExit[V](d)
+}
+
+// follow is a follower's wait: on a channel until its flight completes
+// (true), or until done is closed (false; nil never is), when the caller
+// gives up its interest.  Either way it then drops its call.  Holding the
+// call until then keeps the caller counted as interested, so a DoContext
+// flight is not abandoned while a Do caller still wants it.
+func (c *groupCore) follow(call *cCall, key string, done <-chan struct{}) (delivery, bool) {
+	if c.leadsItself(key) {
+		c.release(call)
+		panic(deadlock(key))
 	}
 	ch := make(doWaiter, 1)
-	core.follow(call, ch)
-	d := <-ch
+	c.onDone(call, ch)
+	select {
+	case d := <-ch:
+		c.release(call)
+		return d, true
+	case <-done:
+		// If the flight completes meanwhile its outcome is dropped: the
+		// caller asked to leave.
+		c.cancel(call)
+		c.release(call)
+		return delivery{}, false
+	}
+}
+
+// deliveredOrExit turns a completed flight into a follower's results, or
+// re-panics with the flight's panic, or ends the goroutine after a Goexit.
+func deliveredOrExit[V any](d delivery) (V, error, bool) {
 	switch d.status {
 	case statusOK:
 		o := outcomeFrom[V](d)
@@ -104,12 +134,12 @@ func DoChan[V any](g *Group, key string, fn func() (V, error), send func(V, erro
 		go func() {
 			// Nothing recovers a panic that lead re-raises here, so it
 			// crashes the process.
-			o, shared := lead(core, call, key, epoch, fn)
-			send(o.val, o.err, shared)
+			v, err, shared := lead(core, call, key, epoch, fn)
+			send(v, err, shared)
 		}()
 		return
 	}
-	core.follow(call, chanWaiter[V]{send: send})
+	core.onDone(call, chanWaiter[V]{send: send, core: core, call: call})
 }
 
 // outcome is what a leader's fn produced.  The leader writes it before it
@@ -146,18 +176,25 @@ type waiter interface {
 	deliver(d delivery)
 }
 
-// doWaiter hands the delivery to a Do caller parked on the channel; the buffer
+// doWaiter hands the delivery to a caller parked on the channel; the buffer
 // of one keeps the send from blocking.
 type doWaiter chan delivery
 
 func (w doWaiter) deliver(d delivery) { w <- d }
 
-// chanWaiter serves a DoChan follower without a goroutine of its own.
+// chanWaiter serves a DoChan follower without a goroutine of its own while
+// it waits.  It holds the follower's call (its interest in the flight) until
+// the outcome arrives.
 type chanWaiter[V any] struct {
 	send func(V, error, bool)
+	core *groupCore
+	call *cCall
 }
 
 func (w chanWaiter[V]) deliver(d delivery) {
+	// Released from a goroutine: deliver runs inside the library, which
+	// may still be using the call around this callback.
+	go w.core.release(w.call)
 	switch d.status {
 	case statusOK:
 		o := outcomeFrom[V](d)
@@ -169,55 +206,71 @@ func (w chanWaiter[V]) deliver(d delivery) {
 	}
 }
 
-// lead runs fn as the flight's leader and completes the flight.  It returns
-// fn's results and whether any follower shared them.  If fn panicked it
-// re-panics with the shared *panicError once the followers are released; if
-// fn called runtime.Goexit it abandons the flight so the followers exit too,
-// and the Goexit carries on.  It runs on the goroutine that runs fn, which
-// is recorded as key's leader meanwhile (epoch: see beginEpoch).
-func lead[V any](core *groupCore, call *cCall, key string, epoch beginMark, fn func() (V, error)) (*outcome[V], bool) {
-	o := &outcome[V]{}
-	normalReturn, recovered := false, false
+// fnOutcome is what running fn came to.
+type fnOutcome int
 
+const (
+	fnReturned fnOutcome = iota // including a *panicError returned (see lead)
+	fnPanicked                  // err holds the *panicError
+	fnExited                    // runtime.Goexit: nothing ran after fn
+)
+
+// runFn calls fn on this goroutine as the leader of key's flight, recording
+// it as such meanwhile (epoch: see beginEpoch), and recovers a panic into a
+// *panicError.  On Goexit it does not return: onExit runs, then the
+// goroutine goes on exiting.
+func runFn[V any](core *groupCore, key string, epoch beginMark, fn func() (V, error), onExit func()) (val V, err error, how fnOutcome) {
+	normalReturn, recovered := false, false
 	// Goexit is told apart from a panic by what recover can do: a panic is
 	// stopped by the inner deferred recover, so execution reaches the line
 	// after the inner function; Goexit cannot be stopped, only deferred calls
 	// run.
 	defer func() {
 		if !normalReturn && !recovered {
-			core.release(call)
+			onExit()
 		}
 	}()
 	if epoch.ok {
-		pushLead(core, key, epoch.epoch)
-		defer popLead()
+		defer popLead(pushLead(core, key, epoch.epoch))
 	}
-
 	func() {
 		defer func() {
 			if !normalReturn {
 				if r := recover(); r != nil {
-					o.err = newPanicError(r)
+					err = newPanicError(r)
 				}
 			}
 		}()
-		o.val, o.err = fn()
+		val, err = fn()
 		normalReturn = true
 	}()
 	if !normalReturn {
 		recovered = true
+		return val, err, fnPanicked
 	}
+	return val, err, fnReturned
+}
 
+// lead runs fn as the flight's leader and completes the flight.  It returns
+// fn's results and whether any follower shared them.  If fn panicked it
+// re-panics with the shared *panicError once the followers are released; if
+// fn called runtime.Goexit it releases the call unfinished so the followers
+// exit too, and the Goexit carries on.
+func lead[V any](core *groupCore, call *cCall, key string, epoch beginMark, fn func() (V, error)) (V, error, bool) {
+	val, err, _ := runFn(core, key, epoch, fn, func() { core.release(call) })
 	// x/sync treats any *panicError result as a panic, including one that fn
 	// recovered from a nested Do and returned; so does this binding.
-	pe, panicked := o.err.(*panicError)
+	pe, panicked := err.(*panicError)
+	if !panicked && core.finishUnshared(call) {
+		return val, err, false
+	}
 	msg := ""
 	if panicked {
 		msg = pe.message()
 	}
-	shared := core.complete(call, o, panicked, msg)
+	shared := core.complete(call, &outcome[V]{val: val, err: err}, panicked, msg)
 	if panicked {
 		panic(pe)
 	}
-	return o, shared
+	return val, err, shared
 }

@@ -55,3 +55,13 @@ func escalate() {
 		go panic(r)
 	}
 }
+
+// sfgoAbandon is the sf_abandon_fn of every DoContext flight: the last
+// caller has given up while fn runs, so fn's context is cancelled.  It runs
+// on that caller's goroutine, inside its sf_call_cancel or sf_call_release.
+//
+//export sfgoAbandon
+func sfgoAbandon(id C.uintptr_t) {
+	defer escalate()
+	abandoners.abandoned(uintptr(id))
+}

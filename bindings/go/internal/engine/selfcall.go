@@ -31,29 +31,82 @@ func (e *deadlockError) Error() string {
 
 func (e *deadlockError) Is(target error) bool { return target == ErrDeadlock }
 
+// deadlock is the panic value for key; the key is copied so that the
+// caller's string does not escape on Do's every path for this one.
+func deadlock(key string) error {
+	return &deadlockError{key: string([]byte(key))}
+}
+
 // leadRecord is one flight a goroutine is leading: between sf_group_begin
-// and the end of fn.
+// and the end of fn.  It holds a copy of the key, not the key: a record
+// outlives no lead, but storing the caller's string in a global would move
+// every Do's key to the heap, where Go 1.22's noescape leaves one the
+// caller built on its stack.  Keys up to the library's own inline size
+// are copied in place; longer ones, which the library allocates for too,
+// into a string of their own.
 type leadRecord struct {
-	id    goroutine.ID
-	core  *groupCore
-	key   string
-	epoch uint64 // core.forgetEpoch when the flight began
+	core   *groupCore
+	epoch  uint64 // core.forgetEpoch when the flight began
+	n      int
+	inline [leadInlineKey]byte
+	long   string // the copy of a key longer than inline
 }
 
-// leading holds every goroutine's records, in shards by goroutine so that
-// goroutines rarely share a lock.  A shard holds only the leads under way on
-// its goroutines (a handful), so a slice beats a map: no hashing, and no
-// allocation once it has grown.  Only a goroutine adds, removes or looks for
-// its own records; the lock is for the slice.
-var leading [64]struct {
-	mu      sync.Mutex
-	records []leadRecord
-	_       [32]byte // one shard per cache line
+const leadInlineKey = 48
+
+// set fills r in place: the record is written on every Do, and building
+// it elsewhere first would copy it twice.
+func (r *leadRecord) set(c *groupCore, key string, epoch uint64) {
+	r.core, r.epoch, r.n = c, epoch, len(key)
+	if len(key) <= leadInlineKey {
+		copy(r.inline[:], key)
+	} else {
+		r.long = string([]byte(key))
+	}
 }
 
-func leadingShard(id goroutine.ID) int {
+func (r *leadRecord) is(c *groupCore, key string, epoch uint64) bool {
+	if r.core != c || r.epoch != epoch || r.n != len(key) {
+		return false
+	}
+	if r.n <= leadInlineKey {
+		return string(r.inline[:r.n]) == key
+	}
+	return r.long == key
+}
+
+// Every Do records its lead, so the record costs two atomic operations
+// and no lock: a goroutine claims an entry of its shard (by goroutine) by
+// writing its ID into the entry's owner word, fills the record, and frees
+// the entry with a store.  Owner words are the only thing other goroutines
+// read; a record is read and written only by the goroutine that owns its
+// entry (IDs of live goroutines are unique), and the claim's and the free's
+// ordering carry it from one owner to the next.  Leads that find their
+// shard's entries all taken (more than leadWays goroutines of one shard
+// leading at once, or deep nesting) go to the shard's locked overflow
+// list.
+const (
+	leadShards = 64
+	leadWays   = 4
+)
+
+type leadShard struct {
+	owner    [leadWays]uintptr // goroutine.ID, or 0: free (atomic)
+	records  [leadWays]leadRecord
+	mu       sync.Mutex
+	overflow []overflowRecord
+}
+
+type overflowRecord struct {
+	id goroutine.ID
+	leadRecord
+}
+
+var leading [leadShards]leadShard
+
+func leadingShard(id goroutine.ID) *leadShard {
 	// IDs are addresses (or counters): mix the bits before taking six.
-	return int((uint64(id) * 0x9E3779B97F4A7C15) >> 58)
+	return &leading[(uint64(id)*0x9E3779B97F4A7C15)>>58]
 }
 
 // beginMark is read before sf_group_begin by every caller, since any of them
@@ -72,28 +125,47 @@ func (c *groupCore) beginEpoch() beginMark {
 	return beginMark{epoch: epoch, ok: atomic.LoadInt32(&c.forgetting) == 0}
 }
 
-// pushLead records that the calling goroutine leads key's flight on c, begun
-// at epoch; popLead removes the goroutine's innermost record.  Called by the
-// goroutine that runs fn, whose leads nest: the innermost ends first.
-func pushLead(c *groupCore, key string, epoch uint64) {
-	id := goroutine.Current()
-	s := &leading[leadingShard(id)]
-	s.mu.Lock()
-	s.records = append(s.records, leadRecord{id: id, core: c, key: key, epoch: epoch})
-	s.mu.Unlock()
+// leadTicket says where pushLead put a record, for popLead.
+type leadTicket struct {
+	s    *leadShard
+	slot int // an entry of s, or -1: s.overflow
+	id   goroutine.ID
 }
 
-func popLead() {
+// pushLead records that the calling goroutine leads key's flight on c, begun
+// at epoch; popLead removes that record.  Called by the goroutine that runs
+// fn.
+func pushLead(c *groupCore, key string, epoch uint64) leadTicket {
 	id := goroutine.Current()
-	s := &leading[leadingShard(id)]
+	s := leadingShard(id)
+	for i := range s.owner {
+		if atomic.LoadUintptr(&s.owner[i]) == 0 && atomic.CompareAndSwapUintptr(&s.owner[i], 0, uintptr(id)) {
+			s.records[i].set(c, key, epoch)
+			return leadTicket{s, i, id}
+		}
+	}
 	s.mu.Lock()
-	for i := len(s.records) - 1; i >= 0; i-- {
-		if s.records[i].id == id {
-			// Keep the order, so that the last record of a goroutine is
-			// always its innermost.
-			copy(s.records[i:], s.records[i+1:])
-			s.records[len(s.records)-1] = leadRecord{} // let the core and key go
-			s.records = s.records[:len(s.records)-1]
+	s.overflow = append(s.overflow, overflowRecord{id: id})
+	s.overflow[len(s.overflow)-1].set(c, key, epoch)
+	s.mu.Unlock()
+	return leadTicket{s, -1, id}
+}
+
+func popLead(t leadTicket) {
+	s := t.s
+	if t.slot >= 0 {
+		s.records[t.slot].core = nil // let the core go
+		s.records[t.slot].long = ""
+		atomic.StoreUintptr(&s.owner[t.slot], 0)
+		return
+	}
+	s.mu.Lock()
+	// A goroutine's leads nest: its last overflow record is its innermost.
+	for i := len(s.overflow) - 1; i >= 0; i-- {
+		if s.overflow[i].id == t.id {
+			copy(s.overflow[i:], s.overflow[i+1:])
+			s.overflow[len(s.overflow)-1] = overflowRecord{}
+			s.overflow = s.overflow[:len(s.overflow)-1]
 			break
 		}
 	}
@@ -107,12 +179,16 @@ func popLead() {
 func (c *groupCore) leadsItself(key string) bool {
 	epoch := atomic.LoadUint64(&c.forgetEpoch)
 	id := goroutine.Current()
-	s := &leading[leadingShard(id)]
+	s := leadingShard(id)
+	for i := range s.owner {
+		if atomic.LoadUintptr(&s.owner[i]) == uintptr(id) && s.records[i].is(c, key, epoch) {
+			return true
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.records {
-		r := &s.records[i]
-		if r.id == id && r.core == c && r.key == key && r.epoch == epoch {
+	for i := range s.overflow {
+		if s.overflow[i].id == id && s.overflow[i].is(c, key, epoch) {
 			return true
 		}
 	}
