@@ -6,12 +6,17 @@ import io.github.libsingleflight.internal.NativeStats;
 import io.github.libsingleflight.internal.singleflight_core;
 import io.github.libsingleflight.internal.singleflight_coreConstants;
 
+import java.lang.ref.Cleaner;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.Executor;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.function.Supplier;
 
 /**
  * Duplicate call suppression (Go's singleflight) backed by libsingleflight.
@@ -27,7 +32,8 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  *
  * <p>A follower waits inside the native library and does not respond to {@link
  * Thread#interrupt()}; bound the wait with {@link #execute(String, Duration, Callable)} where that
- * matters.
+ * matters, or use {@link #callAsync(String, Supplier)}, where nobody waits and every caller can
+ * give up on its own.
  */
 public final class Group implements AutoCloseable {
     static {
@@ -39,6 +45,17 @@ public final class Group implements AutoCloseable {
     // progress keeps the native group alive on its own.
     private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
     private NativeGroup group = new NativeGroup();
+
+    // callAsync's reference to the C group (sfjava_async.hpp), made by the
+    // first callAsync and dropped by close() or, for a group never closed,
+    // by the cleaner; the handles of calls in progress hold their own.
+    private final Object asyncInit = new Object();
+    private volatile long asyncGroup;
+    private Cleaner.Cleanable asyncCleanup;
+
+    private static final class AsyncCleaner {
+        static final Cleaner CLEANER = Cleaner.create();
+    }
 
     /** Creates an empty group. */
     public Group() {}
@@ -90,6 +107,83 @@ public final class Group implements AutoCloseable {
             ns = Long.MAX_VALUE;
         }
         return execute(utf8(key), fn, ns);
+    }
+
+    /**
+     * Coalesces concurrent callers of {@code key} onto one stage, without a thread waiting for it.
+     *
+     * <p>The first caller (the leader) calls {@code fn} on this thread; everyone who calls while
+     * its stage runs, here or through {@link #call(String, Callable)}, joins it. Each caller gets
+     * its own future, completed with the stage's value (the same object for every caller) or
+     * with its exception (the same {@code Throwable}, unwrapped from a {@code
+     * CompletionException}). Followers' futures are completed on the thread that completes the
+     * stage, as {@link CompletableFuture} dependents are; use the {@code *Async} methods to move
+     * work elsewhere.
+     *
+     * <p>Giving up: a caller that cancels its future (or completes it itself, as {@code
+     * orTimeout} does) stops waiting, and only that caller: the others still get the value. When
+     * every caller has given up while the stage runs, the stage is cancelled ({@code
+     * toCompletableFuture().cancel(true)}) on the thread of the last one to give up, and the key
+     * is free at once: the next caller starts afresh.
+     *
+     * @param key compared as its UTF-8 bytes; must not be null
+     * @param fn returns the stage doing the work; must not return null. What it throws, or a null
+     *     stage, fails the flight for every caller
+     * @return this caller's future; never completed by a thread waiting for it
+     * @throws IllegalStateException when the group is closed
+     */
+    public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn) {
+        return callAsync(utf8(key), fn, null);
+    }
+
+    /**
+     * As {@link #callAsync(String, Supplier)}, but the leader calls {@code fn} on {@code executor}
+     * instead of this thread (an executor that refuses the task fails the flight with its
+     * exception).
+     */
+    public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn,
+            Executor executor) {
+        return callAsync(utf8(key), fn, Objects.requireNonNull(executor, "executor"));
+    }
+
+    /** As {@link #callAsync(String, Supplier)}, for a key of arbitrary bytes (copied). */
+    public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn) {
+        return callAsync(key, fn, null);
+    }
+
+    /** As {@link #callAsync(String, Supplier, Executor)}, for a key of arbitrary bytes. */
+    public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn,
+            Executor executor) {
+        Objects.requireNonNull(key, "key");
+        Objects.requireNonNull(fn, "fn");
+        boolean leads;
+        AsyncCall<T> call;
+        lock.readLock().lock();
+        try {
+            call = new AsyncCall<>(asyncGroup());
+            leads = call.begin(key);
+        } finally {
+            lock.readLock().unlock();
+        }
+        if (leads) call.lead(fn, executor);
+        return call;
+    }
+
+    // Under the read lock.
+    private long asyncGroup() {
+        long ag = asyncGroup;
+        if (ag != 0) return ag;
+        NativeGroup g = open();
+        synchronized (asyncInit) {
+            ag = asyncGroup;
+            if (ag == 0) {
+                ag = singleflight_core.async_group_new(g);
+                final long drop = ag;
+                asyncCleanup = AsyncCleaner.CLEANER.register(this, () -> singleflight_core.async_group_drop(drop));
+                asyncGroup = ag;
+            }
+            return ag;
+        }
     }
 
     /**
@@ -161,6 +255,11 @@ public final class Group implements AutoCloseable {
                 group.delete();
                 group = null;
             }
+            synchronized (asyncInit) {
+                if (asyncCleanup != null) asyncCleanup.clean();
+                asyncCleanup = null;
+                asyncGroup = 0;
+            }
         } finally {
             lock.writeLock().unlock();
         }
@@ -209,7 +308,20 @@ public final class Group implements AutoCloseable {
                 lead(flight, fn);
                 status = flight.waitFor(0);
             } else {
-                status = flight.waitFor(timeoutNs);
+                long ns = timeoutNs;
+                if (ns < 0) {
+                    // Not -1: C refuses an endless wait on a flight begun on
+                    // this thread, but an async leader begun here finishes
+                    // on whichever thread completes its stage.  Only while
+                    // its fn runs here is waiting for it waiting for itself.
+                    long ag = asyncGroup;
+                    if (ag != 0 && AsyncCall.fnRunsHere(ag, key)) {
+                        throw new RuntimeException("singleflight: a call inside callAsync's fn asked for"
+                                + " its own key and would wait for itself (SF_EDEADLK)");
+                    }
+                    ns = Long.MAX_VALUE;
+                }
+                status = flight.waitFor(ns);
                 if (status == singleflight_coreConstants.ETIMEDOUT) {
                     throw new TimeoutException("singleflight: gave up waiting for the flight");
                 }
