@@ -1,18 +1,20 @@
 // sfjava_async.hpp - the native half of Group.callAsync (issue 12).
 //
-// No Java thread waits for a flight.  A follower's future is completed by
-// the C library's done callback, an upcall into AsyncCall.delivered on the
-// thread that completes the flight (in practice the Java thread whose stage
-// completed the leader; any other thread is attached for the upcall and
-// detached after it).  A leader's future is completed by that Java code
-// itself.  When every caller has given up, the C library's abandon callback
-// runs on the thread of the last one leaving and upcalls AsyncCall.abandoned,
-// which cancels the leader's stage.
+// The Java async callers of one key in one Group share one AsyncFlight, and
+// an AsyncFlight is one party of a C flight: one sf_call, a leader's or a
+// follower's.  No Java thread waits for it.  A follower flight is completed
+// by the C library's done callback, an upcall into AsyncFlight.delivered on
+// the thread that completes the C flight (in practice the Java thread whose
+// stage completed the leader; any other thread is attached for the upcall
+// and detached after it).  A leader flight is completed by its own Java code.
+// When every party has given up, the abandon callback runs on the thread of
+// the last one leaving and upcalls AsyncFlight.abandoned, which cancels the
+// leader's stage.
 //
 // Handles are passed to Java as longs.  Who may use one when is decided on
-// the Java side (AsyncCall), because a future can be cancelled at any
-// moment on any thread: a follower's handle is released by whoever claims
-// it first (the done callback or a cancel), a leader's only by the code that
+// the Java side (AsyncFlight), because callers give up at any moment on any
+// thread: a follower flight's handle is released by whoever claims it first
+// (the done callback or the give-up), a leader's only by the code that
 // finishes the flight.
 //
 // Everything here is called from the generated JNI wrappers, which catch
@@ -99,13 +101,13 @@ inline void delete_global(JNIEnv *env, jobject ref) noexcept {
     live_refs().fetch_sub(1, std::memory_order_relaxed);
 }
 
-// What the upcalls need, looked up once by async_init from AsyncCall's
-// static initializer (a Java thread, with AsyncCall's class loader: a
+// What the upcalls need, looked up once by async_init from AsyncFlight's
+// static initializer (a Java thread, with AsyncFlight's class loader: a
 // FindClass on a callback thread could see another loader, or none).
 struct Upcalls {
-    jclass cls = nullptr;            // AsyncCall, a global reference
-    jmethodID delivered = nullptr;   // static long delivered(AsyncCall, int, Object, String)
-    jmethodID abandoned = nullptr;   // static void abandoned(AsyncCall)
+    jclass cls = nullptr;            // AsyncFlight, a global reference
+    jmethodID delivered = nullptr;   // static long delivered(AsyncFlight, int, Object, String)
+    jmethodID abandoned = nullptr;   // static void abandoned(AsyncFlight)
     jfieldID handle = nullptr;       // long handle
     jfieldID abandon = nullptr;      // long abandonPayload
 };
@@ -140,7 +142,7 @@ inline void release_call(AsyncGroup *ag, sf_call *call) noexcept {
 // A follower's done callback payload: its future, held by a global reference
 // until the callback (which runs exactly once) has delivered to it.
 struct FollowerPayload {
-    jobject caller;
+    jobject flight;
     AsyncGroup *ag;
 };
 
@@ -148,18 +150,18 @@ struct FollowerPayload {
 // code finishing the flight, which learns after finishing whether the
 // callback will ever run (sf_call_abandoned) and if not drops both shares.
 struct LeaderPayload {
-    jobject caller;
+    jobject flight;
     std::atomic<int> owners{2};
 };
 
 inline void drop(LeaderPayload *lp, JNIEnv *env, int shares) noexcept {
     if (lp->owners.fetch_sub(shares, std::memory_order_acq_rel) != shares) return;
-    if (env) delete_global(env, lp->caller);
+    if (env) delete_global(env, lp->flight);
     delete lp;
 }
 
 // After an upcall: nothing may stay pending on a thread that returns into C
-// (or, in a callback, into an unrelated native frame).  AsyncCall catches
+// (or, in a callback, into an unrelated native frame).  AsyncFlight catches
 // everything itself, so only a VM error (a StackOverflowError) lands here.
 inline bool upcall_failed(JNIEnv *env) noexcept {
     if (!env->ExceptionCheck()) return false;
@@ -168,18 +170,18 @@ inline bool upcall_failed(JNIEnv *env) noexcept {
     return true;
 }
 
-// Gives payload (new, owned here) a global reference to caller and hands it
+// Gives payload (new, owned here) a global reference to flight and hands it
 // to a callback registration, which owns it from then on: for a follower the
 // callback may already have run and freed it when this returns.  On failure
 // nothing is left behind.
 template <class Payload, class Register>
-Payload *register_payload(JNIEnv *env, jobject caller, Payload *payload, const char *what,
+Payload *register_payload(JNIEnv *env, jobject flight, Payload *payload, const char *what,
                           Register reg) {
     std::unique_ptr<Payload> owned(payload);
-    owned->caller = new_global(env, caller);
+    owned->flight = new_global(env, flight);
     int rc = reg(owned.get());
     if (rc != SF_OK) {
-        delete_global(env, owned->caller);
+        delete_global(env, owned->flight);
         throw sfswig::Error(rc, what);
     }
     return owned.release();
@@ -189,8 +191,8 @@ inline void on_done(int status, sf_result *result, int /*shared*/, void *payload
     FollowerPayload *fp = static_cast<FollowerPayload *>(payload);
     Env guard;
     JNIEnv *env = guard.get();
-    // SF_ECANCELED: this caller gave up, through AsyncCall, which claimed
-    // the handle and completed its future before asking C to cancel.
+    // SF_ECANCELED: this flight gave up, through AsyncFlight, which claimed
+    // the handle before asking C to cancel, and has nobody left to serve.
     if (env && status != SF_ECANCELED) {
         const Upcalls &u = upcalls();
         // The value is the leader's global reference, valid on any thread;
@@ -202,13 +204,13 @@ inline void on_done(int status, sf_result *result, int /*shared*/, void *payload
             message = env->NewStringUTF(m ? m : "panic");
             if (!message) env->ExceptionClear();  // out of memory: a generic message
         }
-        jlong claimed = env->CallStaticLongMethod(u.cls, u.delivered, fp->caller,
+        jlong claimed = env->CallStaticLongMethod(u.cls, u.delivered, fp->flight,
                                                   static_cast<jint>(status), value, message);
         if (upcall_failed(env)) claimed = 0;
         if (message) env->DeleteLocalRef(message);
         if (claimed) release_call(fp->ag, as_call(claimed));
     }
-    if (env) delete_global(env, fp->caller);
+    if (env) delete_global(env, fp->flight);
     delete fp;
 }
 
@@ -217,7 +219,7 @@ inline void on_abandon(sf_call *, void *payload) noexcept {
     Env guard;
     JNIEnv *env = guard.get();
     if (env) {
-        env->CallStaticVoidMethod(upcalls().cls, upcalls().abandoned, lp->caller);
+        env->CallStaticVoidMethod(upcalls().cls, upcalls().abandoned, lp->flight);
         upcall_failed(env);
     }
     drop(lp, env, 1);
@@ -233,16 +235,16 @@ inline void destroy_value(void *value) {
 
 // ---- entry points (bound by SWIG into singleflight_core) -------------------
 
-// Called once, from AsyncCall's static initializer, with AsyncCall.class
+// Called once, from AsyncFlight's static initializer, with AsyncFlight.class
 // (a jobject: SWIG has no typemap for jclass).
 inline void async_init(JNIEnv *jenv_, jobject klass) {
     jclass cls = static_cast<jclass>(klass);
     remember_vm(jenv_);
     Upcalls u;
     u.delivered = jenv_->GetStaticMethodID(
-        cls, "delivered", "(Lio/github/libsingleflight/AsyncCall;ILjava/lang/Object;Ljava/lang/String;)J");
+        cls, "delivered", "(Lio/github/libsingleflight/AsyncFlight;ILjava/lang/Object;Ljava/lang/String;)J");
     if (!u.delivered) return;  // NoSuchMethodError is pending
-    u.abandoned = jenv_->GetStaticMethodID(cls, "abandoned", "(Lio/github/libsingleflight/AsyncCall;)V");
+    u.abandoned = jenv_->GetStaticMethodID(cls, "abandoned", "(Lio/github/libsingleflight/AsyncFlight;)V");
     if (!u.abandoned) return;
     u.handle = jenv_->GetFieldID(cls, "handle", "J");
     if (!u.handle) return;
@@ -264,35 +266,27 @@ inline void async_group_drop(long long ag) {
     if (ag) unref(as_group(ag));
 }
 
-// Starts or joins the key's flight for caller, an AsyncCall.  Stores the
-// handle in caller.handle; for a follower registers the done callback that
-// completes caller (possibly at once, on this thread), for a leader the
-// abandon callback (its payload in caller.abandonPayload).  Returns
+// Starts or joins the key's C flight for flight, an AsyncFlight.  Stores the
+// handle in flight.handle and, for a follower, registers the done callback
+// that completes flight (possibly at once, on this thread).  Returns
 // SF_LEADER or SF_FOLLOWER.
 inline int async_begin(JNIEnv *jenv_, long long agp, const char *akey, size_t akey_len,
-                       jobject caller) {
+                       jobject flight) {
     AsyncGroup *ag = as_group(agp);
     const Upcalls &u = upcalls();
     sf_call *call = nullptr;
     int role = sf_group_begin(ag->group.get(), akey, akey_len, &call);
     if (role != SF_LEADER && role != SF_FOLLOWER) throw sfswig::Error(role, "sf_group_begin");
     ag->refs.fetch_add(1, std::memory_order_relaxed);
-    jenv_->SetLongField(caller, u.handle, reinterpret_cast<jlong>(call));
+    jenv_->SetLongField(flight, u.handle, reinterpret_cast<jlong>(call));
+    // A leader needs no callback until it gives up (async_cancel).
+    if (role == SF_LEADER) return role;
     try {
-        if (role == SF_FOLLOWER) {
-            register_payload(jenv_, caller, new FollowerPayload{nullptr, ag}, "sf_call_on_done",
-                             [call](FollowerPayload *p) { return sf_call_on_done(call, on_done, p); });
-            return role;
-        }
-        LeaderPayload *lp =
-            register_payload(jenv_, caller, new LeaderPayload, "sf_call_on_abandon",
-                             [call](LeaderPayload *p) { return sf_call_on_abandon(call, on_abandon, p); });
-        jenv_->SetLongField(caller, u.abandon, reinterpret_cast<jlong>(lp));
+        register_payload(jenv_, flight, new FollowerPayload{nullptr, ag}, "sf_call_on_done",
+                         [call](FollowerPayload *p) { return sf_call_on_done(call, on_done, p); });
         return role;
     } catch (...) {
-        // A follower's handle has no callback yet; a leader's flight ends
-        // as a leader exit for anyone who joined meanwhile.
-        jenv_->SetLongField(caller, u.handle, 0);
+        jenv_->SetLongField(flight, u.handle, 0);
         release_call(ag, call);
         throw;
     }
@@ -300,18 +294,19 @@ inline int async_begin(JNIEnv *jenv_, long long agp, const char *akey, size_t ak
 
 // A leader's code: completes the flight with value (failed: a Throwable,
 // message its description), delivering to every follower on this thread,
-// and releases the handle.  Returns 1 when anyone joined, 0 when not (then
-// the value never left Java).
+// and releases the handle.  Returns 0 when nobody joined a successful
+// flight (then the value never left Java), else 1.
 inline int async_finish(JNIEnv *jenv_, long long agp, long long callp, long long payload,
                         jobject value, bool failed, const char *message) {
     sf_call *call = as_call(callp);
     LeaderPayload *lp = reinterpret_cast<LeaderPayload *>(payload);
-    // Nobody joined: finished and released in one step.  Such a flight was
-    // never abandoned (abandonment unpublishes it, which this refuses), so
-    // the abandon callback will never run.
-    int rc = sf_call_finish_unshared(call, 0);
+    // A value nobody joined for: finished and released in one step.  Such a
+    // flight was never abandoned (abandonment unpublishes it, which this
+    // refuses), so the abandon callback will never run.  A failure always
+    // goes the long way, so that the group's stats count it as a panic.
+    int rc = failed ? 1 : sf_call_finish_unshared(call, 0);
     if (rc == 0) {
-        drop(lp, jenv_, 2);
+        if (lp) drop(lp, jenv_, 2);
         unref(as_group(agp));
         return 0;
     }
@@ -333,20 +328,39 @@ inline int async_finish(JNIEnv *jenv_, long long agp, long long callp, long long
     // finishing, 0 means the callback never runs, 1 that it ran or runs.
     const bool abandoned = sf_call_abandoned(call) == 1;
     release_call(as_group(agp), call);
-    drop(lp, jenv_, abandoned ? 1 : 2);
+    if (lp) drop(lp, jenv_, abandoned ? 1 : 2);
     if (rc != SF_OK) throw sfswig::Error(rc, failed ? "sf_call_panic" : "sf_call_finish");
     return 1;
 }
 
-// The caller behind a claimed handle gives up (sf_call_cancel): its own
-// done callback runs now with SF_ECANCELED, and when it was the last one
-// interested the leader's abandon callback runs now, on this thread.  A
-// follower's handle is released too; a leader's stays with the code that
-// must still finish the flight.  Returns sf_call_cancel's result.
-inline int async_cancel(long long agp, long long callp, bool release) {
+// The flight behind a claimed handle gives up (sf_call_cancel).  A
+// follower's done callback runs now with SF_ECANCELED and its handle is
+// released.  A leader's handle stays with the code that must still finish
+// the flight; when the give-up abandoned the flight (returns 1) the caller
+// cancels the work itself, and when other parties are still interested
+// (returns 0) the abandon callback is registered now, to upcall
+// AsyncFlight.abandoned on the thread of the last of them to leave (at once,
+// here, if that already happened).  Its payload goes to flight.abandonPayload
+// for async_finish.  Returns sf_call_cancel's result.
+inline int async_cancel(JNIEnv *jenv_, long long agp, long long callp, jobject flight) {
     sf_call *call = as_call(callp);
-    int rc = sf_call_cancel(call);
-    if (release) release_call(as_group(agp), call);
+    const int rc = sf_call_cancel(call);
+    if (sf_call_role(call) == SF_FOLLOWER) {
+        release_call(as_group(agp), call);
+        return rc;
+    }
+    if (rc == 0) {
+        try {
+            LeaderPayload *lp =
+                register_payload(jenv_, flight, new LeaderPayload, "sf_call_on_abandon",
+                                 [call](LeaderPayload *p) { return sf_call_on_abandon(call, on_abandon, p); });
+            jenv_->SetLongField(flight, upcalls().abandon, reinterpret_cast<jlong>(lp));
+        } catch (...) {
+            // Out of memory: the work runs to its end if everyone leaves.
+            // Giving up itself has happened and must not fail.
+            jenv_->ExceptionClear();
+        }
+    }
     return rc;
 }
 

@@ -7,12 +7,17 @@ import io.github.libsingleflight.internal.singleflight_core;
 import io.github.libsingleflight.internal.singleflight_coreConstants;
 
 import java.lang.ref.Cleaner;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.Arrays;
 import java.util.Objects;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionStage;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -52,6 +57,12 @@ public final class Group implements AutoCloseable {
     private final Object asyncInit = new Object();
     private volatile long asyncGroup;
     private Cleaner.Cleanable asyncCleanup;
+    private volatile boolean closed;
+
+    // The open async flights by key (a String, or a ByteKey for byte[] keys):
+    // callers of a key join its flight here without crossing into C.  The
+    // same bytes in both forms make two flights, which C coalesces.
+    private final ConcurrentHashMap<Object, AsyncFlight<?>> flights = new ConcurrentHashMap<>();
 
     private static final class AsyncCleaner {
         static final Cleaner CLEANER = Cleaner.create();
@@ -133,7 +144,7 @@ public final class Group implements AutoCloseable {
      * @throws IllegalStateException when the group is closed
      */
     public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn) {
-        return callAsync(utf8(key), fn, null);
+        return callAsync(Objects.requireNonNull(key, "key"), null, fn, null);
     }
 
     /**
@@ -143,30 +154,53 @@ public final class Group implements AutoCloseable {
      */
     public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn,
             Executor executor) {
-        return callAsync(utf8(key), fn, Objects.requireNonNull(executor, "executor"));
+        return callAsync(Objects.requireNonNull(key, "key"), null, fn, Objects.requireNonNull(executor, "executor"));
     }
 
     /** As {@link #callAsync(String, Supplier)}, for a key of arbitrary bytes (copied). */
     public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn) {
-        return callAsync(key, fn, null);
+        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        return callAsync(k, k.bytes, fn, null);
     }
 
     /** As {@link #callAsync(String, Supplier, Executor)}, for a key of arbitrary bytes. */
     public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn,
             Executor executor) {
-        Objects.requireNonNull(key, "key");
+        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        return callAsync(k, k.bytes, fn, Objects.requireNonNull(executor, "executor"));
+    }
+
+    // mapKey: the String, or the ByteKey whose bytes are `bytes`.
+    @SuppressWarnings("unchecked")
+    private <T> CompletableFuture<T> callAsync(Object mapKey, byte[] bytes,
+            Supplier<? extends CompletionStage<T>> fn, Executor executor) {
         Objects.requireNonNull(fn, "fn");
-        boolean leads;
-        AsyncCall<T> call;
-        lock.readLock().lock();
-        try {
-            call = new AsyncCall<>(asyncGroup());
-            leads = call.begin(key);
-        } finally {
-            lock.readLock().unlock();
+        if (closed) throw new IllegalStateException("singleflight group is closed");
+        AsyncCaller<T> caller = new AsyncCaller<>();
+        for (;;) {
+            AsyncFlight<T> f = (AsyncFlight<T>) flights.get(mapKey);
+            if (f == null) {
+                AsyncFlight<T> mine = new AsyncFlight<>(flights, mapKey);
+                f = (AsyncFlight<T>) flights.putIfAbsent(mapKey, mine);
+                if (f == null) {
+                    mine.add(caller);
+                    boolean leads;
+                    lock.readLock().lock();
+                    try {
+                        leads = mine.begin(asyncGroup(), bytes != null ? bytes : utf8(mapKey.toString()));
+                    } catch (Throwable t) {
+                        mine.fail(t);
+                        throw t;
+                    } finally {
+                        lock.readLock().unlock();
+                    }
+                    if (leads) mine.lead(fn, executor);
+                    return caller;
+                }
+            }
+            if (f.join(caller)) return caller;
+            flights.remove(mapKey, f); // closed: make room for a new one
         }
-        if (leads) call.lead(fn, executor);
-        return call;
     }
 
     // Under the read lock.
@@ -201,6 +235,10 @@ public final class Group implements AutoCloseable {
         Objects.requireNonNull(key, "key");
         lock.readLock().lock();
         try {
+            // The async flights first: a caller arriving in between begins
+            // in C and joins the flight about to be forgotten, as it would
+            // have a moment earlier.
+            detachAsync(key);
             return open().forget(key);
         } finally {
             lock.readLock().unlock();
@@ -221,9 +259,59 @@ public final class Group implements AutoCloseable {
         Objects.requireNonNull(key, "key");
         lock.readLock().lock();
         try {
-            return open().forget_unshared(key);
+            // Async callers who joined in Java joined the flight too, though
+            // C sees their flight as one call.
+            for (Object k : asyncKeys(key)) {
+                AsyncFlight<?> f = flights.get(k);
+                if (f != null && f.waiting() > 1) return false;
+            }
+            boolean forgotten = open().forget_unshared(key);
+            if (forgotten) detachAsync(key);
+            return forgotten;
         } finally {
             lock.readLock().unlock();
+        }
+    }
+
+    // The map keys an async flight of these key bytes can have: the bytes,
+    // and the String they are the UTF-8 encoding of, if any.
+    private static Object[] asyncKeys(byte[] key) {
+        ByteKey bytes = new ByteKey(key);
+        try {
+            String s = StandardCharsets.UTF_8.newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(ByteBuffer.wrap(key)).toString();
+            return new Object[] {bytes, s};
+        } catch (CharacterCodingException notUtf8) {
+            return new Object[] {bytes};
+        }
+    }
+
+    // The next async caller of key starts from C again.
+    private void detachAsync(byte[] key) {
+        if (flights.isEmpty()) return;
+        for (Object k : asyncKeys(key)) flights.remove(k);
+    }
+
+    /** A byte[] key with value equality, for the map of async flights. */
+    private static final class ByteKey {
+        final byte[] bytes;
+        private final int hash;
+
+        ByteKey(byte[] bytes) {
+            this.bytes = bytes;
+            this.hash = Arrays.hashCode(bytes);
+        }
+
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof ByteKey && Arrays.equals(bytes, ((ByteKey) o).bytes);
+        }
+
+        @Override
+        public int hashCode() {
+            return hash;
         }
     }
 
@@ -255,6 +343,7 @@ public final class Group implements AutoCloseable {
                 group.delete();
                 group = null;
             }
+            closed = true;
             synchronized (asyncInit) {
                 if (asyncCleanup != null) asyncCleanup.clean();
                 asyncCleanup = null;
@@ -315,7 +404,7 @@ public final class Group implements AutoCloseable {
                     // on whichever thread completes its stage.  Only while
                     // its fn runs here is waiting for it waiting for itself.
                     long ag = asyncGroup;
-                    if (ag != 0 && AsyncCall.fnRunsHere(ag, key)) {
+                    if (ag != 0 && AsyncFlight.fnRunsHere(ag, key)) {
                         throw new RuntimeException("singleflight: a call inside callAsync's fn asked for"
                                 + " its own key and would wait for itself (SF_EDEADLK)");
                     }

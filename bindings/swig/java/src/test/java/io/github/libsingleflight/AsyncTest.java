@@ -50,7 +50,7 @@ class AsyncTest {
     @BeforeEach
     void setUp() {
         group = new Group();
-        refsBefore = AsyncCall.liveReferences();
+        refsBefore = AsyncFlight.liveReferences();
         valuesBefore = Group.liveNativeValues();
     }
 
@@ -59,7 +59,7 @@ class AsyncTest {
         assertEquals(0, group.stats().inFlight(), "a flight was left running");
         group.close();
         // Every test ends with every flight complete: all references back.
-        assertEquals(refsBefore, AsyncCall.liveReferences(), "JNI global references of the async path");
+        assertEquals(refsBefore, AsyncFlight.liveReferences(), "JNI global references of the async path");
         assertEquals(valuesBefore, Group.liveNativeValues(), "values held by the library");
     }
 
@@ -105,7 +105,8 @@ class AsyncTest {
         work.stage.complete(value);
         for (CompletableFuture<Object> f : callers) assertSame(value, f.getNow(null), "completed on this thread");
         assertEquals(1, work.runs.get(), "fn ran once");
-        assertEquals(new Stats(50, 1, 49, 0, 0, 0, 0, 0), group.stats());
+        assertEquals(new Stats(1, 1, 0, 0, 0, 0, 0, 0), group.stats(),
+                "the async callers of one key are one call into C");
     }
 
     @Test
@@ -251,8 +252,10 @@ class AsyncTest {
         leader.cancel(true);
         assertInstanceOf(TimeoutException.class, failureOf(follower));
         // orTimeout completed the follower's future from its timer thread:
-        // that was the last caller leaving, so the stage is cancelled.
+        // that was the last caller leaving, so the stage is cancelled, and
+        // the flight finishes on that thread.
         assertTrue(stageCancelled.await(DEADLINE_MS, TimeUnit.MILLISECONDS));
+        await(() -> group.stats().inFlight() == 0, "the flight to finish on the timer thread");
     }
 
     @Test
@@ -326,6 +329,105 @@ class AsyncTest {
         }));
         joiner.join();
         assertEquals("sync", async.get().get());
+    }
+
+    @Test
+    void asyncCallersWhoAllGiveUpLeaveABlockingLeadersFlightRunning() throws Exception {
+        CountDownLatch gaveUp = new CountDownLatch(1);
+        AtomicReference<List<CompletableFuture<String>>> quitters = new AtomicReference<>();
+        AtomicReference<CompletableFuture<String>> late = new AtomicReference<>();
+        Thread asyncSide = new Thread(() -> {
+            try {
+                await(() -> group.stats().leaders() == 1, "the blocking leader");
+            } catch (InterruptedException e) {
+                return;
+            }
+            List<CompletableFuture<String>> fs = new ArrayList<>();
+            for (int i = 0; i < 3; i++) fs.add(group.callAsync("k", () -> CompletableFuture.completedFuture("never")));
+            for (CompletableFuture<String> f : fs) f.cancel(true);
+            quitters.set(fs);
+            // The C flight goes on for the blocking leader: a new async
+            // caller joins it again, as a new party.
+            late.set(group.callAsync("k", () -> CompletableFuture.completedFuture("never")));
+            gaveUp.countDown();
+        });
+        asyncSide.start();
+        assertEquals("v", group.call("k", () -> {
+            assertTrue(gaveUp.await(DEADLINE_MS, TimeUnit.MILLISECONDS));
+            return "v";
+        }));
+        asyncSide.join();
+        for (CompletableFuture<String> f : quitters.get()) assertTrue(f.isCancelled());
+        assertEquals("v", late.get().get());
+        assertEquals(1, group.stats().leaders(), "one execution");
+    }
+
+    @Test
+    void anAsyncLeaderWhoseCallersAllGiveUpStillServesABlockingFollower() throws Exception {
+        Work<String> work = new Work<>();
+        CompletableFuture<String> leader = group.callAsync("k", work);
+        AtomicReference<Object> got = new AtomicReference<>();
+        Thread blocking = new Thread(() -> {
+            try {
+                got.set(group.call("k", () -> "never runs"));
+            } catch (Exception e) {
+                got.set(e);
+            }
+        });
+        blocking.start();
+        await(() -> group.stats().followers() == 1, "the blocking follower");
+        assertTrue(leader.cancel(true));
+        assertFalse(work.stage.isDone(), "a blocking caller still wants it");
+        work.stage.complete("v");
+        blocking.join();
+        assertEquals("v", got.get());
+    }
+
+    @Test
+    void theStageIsCancelledWhenAnotherPartyLeavesAfterTheLeader() throws Exception {
+        // The String and the byte[] form of a key make two async flights,
+        // two parties of one C flight: the second to give up abandons it.
+        Work<String> work = new Work<>();
+        CompletableFuture<String> byString = group.callAsync("k", work);
+        CompletableFuture<String> byBytes = group.callAsync(new byte[] {'k'}, work);
+        assertEquals(1, work.runs.get());
+        byString.cancel(true);
+        assertFalse(work.stage.isDone(), "the byte[] caller still wants it");
+        byBytes.cancel(true);
+        assertTrue(work.stage.isCancelled(), "cancelled on the thread of the last party leaving");
+    }
+
+    @Test
+    void forgetMakesTheNextAsyncCallerStartANewFlight() throws Exception {
+        Work<String> first = new Work<>();
+        CompletableFuture<String> a = group.callAsync("k", first);
+        CompletableFuture<String> b = group.callAsync("k".getBytes(java.nio.charset.StandardCharsets.UTF_8), first);
+        assertTrue(group.forget("k"));
+        Work<String> second = new Work<>();
+        CompletableFuture<String> c = group.callAsync("k", second);
+        assertEquals(1, second.runs.get(), "a new flight");
+        second.stage.complete("new");
+        first.stage.complete("old");
+        assertEquals("old", a.get(), "the forgotten flight still delivers to its callers");
+        assertEquals("old", b.get());
+        assertEquals("new", c.get());
+    }
+
+    @Test
+    void forgetUnsharedRefusesAFlightTwoAsyncCallersJoined() throws Exception {
+        Work<String> work = new Work<>();
+        CompletableFuture<String> a = group.callAsync("k", work);
+        CompletableFuture<String> b = group.callAsync("k", work);
+        assertFalse(group.forgetUnshared("k"), "two callers share it, though C sees one");
+        b.cancel(true);
+        assertTrue(group.forgetUnshared("k"), "one caller left");
+        Work<String> second = new Work<>();
+        CompletableFuture<String> c = group.callAsync("k", second);
+        assertEquals(1, second.runs.get());
+        work.stage.complete("old");
+        second.stage.complete("new");
+        assertEquals("old", a.get());
+        assertEquals("new", c.get());
     }
 
     @Test
