@@ -43,8 +43,8 @@ final class AsyncFlight<T> {
         singleflight_core.async_init(AsyncFlight.class);
     }
 
-    // joined: the number of interested waiters, or CLOSED once the flight
-    // takes none any more (it completed, or every waiter left).
+    // joined: the number of interested waiters; the CLOSED bit once the
+    // flight takes none any more (it completed, or every waiter left).
     private static final int CLOSED = Integer.MIN_VALUE;
 
     // leaderState bits.
@@ -109,7 +109,7 @@ final class AsyncFlight<T> {
     boolean join(AsyncCaller<T> caller) {
         for (;;) {
             int n = joined;
-            if (n == CLOSED) return false;
+            if (n < 0) return false; // CLOSED
             if (JOINED.compareAndSet(this, n, n + 1)) break;
         }
         add(caller);
@@ -162,7 +162,7 @@ final class AsyncFlight<T> {
     /** How many waiters are interested now (0 once it takes no more). */
     int waiting() {
         int n = joined;
-        return n == CLOSED ? 0 : n;
+        return n < 0 ? 0 : n;
     }
 
     /** Whether a leader flight of key in group is running its fn on this thread. */
@@ -274,7 +274,7 @@ final class AsyncFlight<T> {
     void leave() {
         for (;;) {
             int n = joined;
-            if (n == CLOSED) return; // served, or given up already
+            if (n < 0) return; // CLOSED: served, or given up already
             int next = n == 1 ? CLOSED : n - 1;
             if (JOINED.compareAndSet(this, n, next)) {
                 if (next == CLOSED) giveUp();

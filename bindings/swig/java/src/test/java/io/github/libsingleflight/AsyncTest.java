@@ -270,6 +270,22 @@ class AsyncTest {
     }
 
     @Test
+    void aCallerArrivingAfterCompletionStartsANewFlight() throws Exception {
+        Work<String> first = new Work<>();
+        CompletableFuture<String> a = group.callAsync("k", first);
+        CompletableFuture<String> b = group.callAsync("k", first);
+        first.stage.complete("old");
+        Work<String> second = new Work<>();
+        CompletableFuture<String> c = group.callAsync("k", second);
+        assertEquals(1, second.runs.get(), "not the completed flight");
+        second.stage.complete("new");
+        assertEquals("old", a.get());
+        assertEquals("old", b.get());
+        assertEquals("new", c.get());
+        assertFalse(b.cancel(true), "a served caller cannot leave");
+    }
+
+    @Test
     void cancellingAfterCompletionChangesNothing() throws Exception {
         Work<String> work = new Work<>();
         CompletableFuture<String> leader = group.callAsync("k", work);
