@@ -80,11 +80,13 @@ lua_valgrind() {
     timeout 300 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
         --error-exitcode=9 lua5.4 "$HERE/lua/tests/test_singleflight.lua"
 }
-# Several Lua states on several threads: one group shared, and a follower
-# that cannot yield timing out while another state leads.
+# Several Lua states on several threads: one group shared, a follower that
+# cannot yield timing out while another state leads, and a flight abandoned
+# by callers in two states.
 lua_threads() {
     timeout 120 "$B/lua/sf_lua_threads" 4 "$HERE/lua/tests/threads_shared_group.lua" &&
-    timeout 120 "$B/lua/sf_lua_threads" 2 "$HERE/lua/tests/threads_timeout.lua"
+    timeout 120 "$B/lua/sf_lua_threads" 2 "$HERE/lua/tests/threads_timeout.lua" &&
+    timeout 120 "$B/lua/sf_lua_threads" 2 "$HERE/lua/tests/threads_abandon.lua"
 }
 
 # ---- Java --------------------------------------------------------------------
