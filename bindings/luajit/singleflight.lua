@@ -510,25 +510,22 @@ end
 
 -- A follower gives up (why: ETIMEDOUT or ECANCELED): its call's interest
 -- goes (sf_call_cancel), and if it was the last one interested the flight
--- is abandoned and the handlers of this state run here.  A flight that
--- completed just before still wins: returns the wait's status.  A timeout
--- that did not come from a blocking wait (waited) first waits once more
--- with a real (1 ns) timeout, so the library counts it in stats().timeouts
--- (polls do not count).  A library that refuses any blocking wait on the
+-- is abandoned and the handlers of this state run here.  A timeout found by
+-- polling (not waited for in C) first waits once more with a real (1 ns)
+-- timeout, so the library counts it in stats().timeouts (polls do not
+-- count) and a flight that completed just before still wins (the wait's
+-- status is returned).  A library that refuses any blocking wait on the
 -- leader's OS thread says EDEADLK when the leader is another coroutine
 -- here; for a follower that polls, giving up is still just a timeout.
+-- Once a wait has said "timed out", or abort said to stop, the answer is
+-- why, even if the flight completes before the cancel: the caller gave up.
 local function give_up(self, call, res, shared, why, waited)
     if why == M.ETIMEDOUT and not waited then
         res[0] = nil
         local rc = lib.sf_call_wait(call, 1, res, shared)
         if rc ~= M.ETIMEDOUT and rc ~= M.EDEADLK then return rc end
     end
-    local rc = lib.sf_call_cancel(call)
-    if rc == 1 then abandoned_here(self) end
-    if rc < 0 then -- completed meanwhile
-        res[0] = nil
-        return lib.sf_call_wait(call, 0, res, shared)
-    end
+    if lib.sf_call_cancel(call) == 1 then abandoned_here(self) end
     return why
 end
 

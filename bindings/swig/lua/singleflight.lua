@@ -209,13 +209,16 @@ end
 
 -- A follower giving up (why: core.ETIMEDOUT or core.ECANCELED): the C call
 -- gives up its interest, and if it was the last one interested the flight
--- is abandoned and any abandon handlers of this state run here.  A flight
--- that completed just before still wins: returns its status.  A timeout
--- first waits once more with a real (1 ns) timeout, so the library counts
--- it in stats().timeouts (polls do not count); a library that refuses
--- blocking waits on the leader's OS thread answers SF_EDEADLK when the
--- leader is another coroutine here: for a caller that polls, that is still
--- only a timeout.  waited: the caller's own wait timed out (and counted).
+-- is abandoned and any abandon handlers of this state run here.  A timeout
+-- found by polling first waits once more with a real (1 ns) timeout, so
+-- the library counts it in stats().timeouts (polls do not count) and a
+-- flight that completed just before still wins (its status is returned); a
+-- library that refuses blocking waits on the leader's OS thread answers
+-- SF_EDEADLK when the leader is another coroutine here: for a caller that
+-- polls, that is still only a timeout.  waited: the caller's own blocking
+-- wait timed out (and counted).  Once a wait has said "timed out", or abort
+-- said to stop, the answer is why, even if the flight completes before the
+-- cancel below: the caller has given up.
 local function give_up(self, flight, why, waited)
     if why == core.ETIMEDOUT and not waited then
         local status = flight:wait_status(1)
@@ -226,9 +229,7 @@ local function give_up(self, flight, why, waited)
             return status
         end
     end
-    local rc = flight:cancel()
-    if rc == 1 then abandoned_here(self) end
-    if rc < 0 then return flight:wait_status(0) end -- completed meanwhile
+    if flight:cancel() == 1 then abandoned_here(self) end
     return why
 end
 
