@@ -26,10 +26,13 @@
 #include <jni.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 
 #include "sfswig.hpp"
 
@@ -366,6 +369,84 @@ inline int async_cancel(JNIEnv *jenv_, long long agp, long long callp, jobject f
 
 // Global references made by the async path and not yet deleted.
 inline long long async_live_refs() { return live_refs().load(); }
+
+// ---- for tests: a caller on a thread the JVM does not know ------------------
+
+#ifndef SWIG
+// One two-phase caller of a key on its own std::thread, which runs the
+// operations a test posts, one at a time: the done and abandon callbacks
+// of a flight it completes or leaves last then run on a thread that must be
+// attached for their upcalls.
+class TestParty {
+public:
+    TestParty(std::shared_ptr<sf_group> g, std::string key)
+        : group_(std::move(g)), key_(std::move(key)), thread_([this] { loop(); }) {}
+    ~TestParty() {
+        run(kStop);
+        thread_.join();
+    }
+
+    enum Op { kBegin = 1, kFinish = 2, kCancel = 3, kRelease = 4, kStop = 5 };
+
+    // Runs op on the party's thread and returns its status.
+    int run(int op) {
+        std::unique_lock<std::mutex> lock(mu_);
+        op_ = op;
+        cv_.notify_all();
+        cv_.wait(lock, [this] { return op_ == 0; });
+        return result_;
+    }
+
+private:
+    void loop() {
+        std::unique_lock<std::mutex> lock(mu_);
+        for (;;) {
+            cv_.wait(lock, [this] { return op_ != 0; });
+            const int op = op_;
+            result_ = apply(op);
+            op_ = 0;
+            cv_.notify_all();
+            if (op == kStop) return;
+        }
+    }
+
+    int apply(int op) {
+        switch (op) {
+        case kBegin: return sf_group_begin(group_.get(), key_.data(), key_.size(), &call_);
+        case kFinish: return sf_call_finish(call_, 0);
+        case kCancel: return sf_call_cancel(call_);
+        case kRelease:
+        case kStop:
+            sf_call_release(call_);
+            call_ = nullptr;
+            return SF_OK;
+        }
+        return SF_EINVAL;
+    }
+
+    std::shared_ptr<sf_group> group_;
+    std::string key_;
+    sf_call *call_ = nullptr;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int op_ = 0;
+    int result_ = 0;
+    std::thread thread_;  // last: starts once the rest is ready
+};
+#endif  // SWIG
+
+// A TestParty for key in g; delete it with test_party_delete.
+inline long long test_party_new(sfswig::Group *g, const char *akey, size_t akey_len) {
+    return reinterpret_cast<long long>(new TestParty(g->handle(), std::string(akey, akey_len)));
+}
+
+// Runs op (1 begin, 2 finish with no value, 3 cancel, 4 release) on the
+// party's thread; returns the C status.
+inline int test_party_run(long long party, int op) {
+    return reinterpret_cast<TestParty *>(party)->run(op);
+}
+
+inline void test_party_delete(long long party) { delete reinterpret_cast<TestParty *>(party); }
 
 }  // namespace sfjava
 

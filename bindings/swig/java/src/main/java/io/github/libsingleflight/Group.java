@@ -362,6 +362,16 @@ public final class Group implements AutoCloseable {
         return singleflight_core.live_values();
     }
 
+    /** Tests only: a native caller of key in this group (sfjava_async.hpp, TestParty). */
+    long testParty(String key) {
+        lock.readLock().lock();
+        try {
+            return singleflight_core.test_party_new(open(), utf8(key));
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
     /** The version of the loaded C library, e.g. "1.0.0". */
     public static String nativeVersion() {
         return singleflight_core.version_string();

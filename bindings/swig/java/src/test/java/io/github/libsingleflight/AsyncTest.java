@@ -413,6 +413,58 @@ class AsyncTest {
         assertTrue(work.stage.isCancelled(), "cancelled on the thread of the last party leaving");
     }
 
+    /** A two-phase caller of key on a thread the JVM does not know (native, for tests). */
+    private static final class NativeParty implements AutoCloseable {
+        private final long party;
+
+        NativeParty(Group g, String key) {
+            party = g.testParty(key);
+        }
+
+        int run(int op) {
+            return io.github.libsingleflight.internal.singleflight_core.test_party_run(party, op);
+        }
+
+        @Override
+        public void close() {
+            io.github.libsingleflight.internal.singleflight_core.test_party_delete(party);
+        }
+    }
+
+    private static final int BEGIN = 1, FINISH = 2, CANCEL = 3, RELEASE = 4;
+
+    @Test
+    void aFollowerFlightIsServedFromAThreadTheJvmDoesNotKnow() throws Exception {
+        try (NativeParty leader = new NativeParty(group, "k")) {
+            assertEquals(1, leader.run(BEGIN), "the native party leads");
+            CompletableFuture<String> f = group.callAsync("k", () -> CompletableFuture.completedFuture("never"));
+            assertFalse(f.isDone());
+            // Its finish runs the done callback on the native thread, which is
+            // attached for the upcall and detached after it.
+            assertEquals(0, leader.run(FINISH));
+            assertTrue(f.isDone());
+            assertEquals(null, f.get(), "the native leader stored no value");
+            leader.run(RELEASE);
+        }
+    }
+
+    @Test
+    void theLastPartyLeavingOnAThreadTheJvmDoesNotKnowCancelsTheStage() throws Exception {
+        Work<String> work = new Work<>();
+        AtomicReference<Thread> cancelledOn = new AtomicReference<>();
+        work.stage.whenComplete((v, e) -> cancelledOn.set(Thread.currentThread()));
+        CompletableFuture<String> leader = group.callAsync("k", work);
+        try (NativeParty follower = new NativeParty(group, "k")) {
+            assertEquals(2, follower.run(BEGIN), "the native party follows");
+            assertTrue(leader.cancel(true));
+            assertFalse(work.stage.isDone(), "the native follower still wants it");
+            assertEquals(1, follower.run(CANCEL), "its cancel abandons the flight");
+            assertTrue(work.stage.isCancelled(), "cancelled by the abandon callback's upcall");
+            assertNotSame(Thread.currentThread(), cancelledOn.get(), "on the native thread, attached");
+            follower.run(RELEASE);
+        }
+    }
+
     @Test
     void forgetMakesTheNextAsyncCallerStartANewFlight() throws Exception {
         Work<String> first = new Work<>();
