@@ -137,6 +137,9 @@ public final class Group implements AutoCloseable {
      * toCompletableFuture().cancel(true)}) on the thread of the last one to give up, and the key
      * is free at once: the next caller starts afresh.
      *
+     * <p>The async callers of one key share one call into the C library (they join in Java), so
+     * {@link #stats()} counts them as one call. Thread-safe, like every method here.
+     *
      * @param key compared as its UTF-8 bytes; must not be null
      * @param fn returns the stage doing the work; must not return null. What it throws, or a null
      *     stage, fails the flight for every caller
