@@ -13,6 +13,12 @@
 -- memory that the library frees after the last caller has read it.  Encode
 -- tables (cjson, etc.) before returning them.
 --
+-- Giving up (libsingleflight 1.1): a follower gives up when its timeout runs
+-- out or its abort function says so (sf_call_cancel: the others are
+-- unaffected).  When every caller has given up while fn runs, the flight is
+-- abandoned: fn receives the flight and can see it (flight:abandoned(),
+-- flight:on_abandon(handler)) and stop; the key's next caller starts afresh.
+--
 -- Thread rules: a group belongs to the Lua state that created it.  Every
 -- method is safe to call from any coroutine of that state.
 
@@ -65,6 +71,12 @@ void        sf_result_release(sf_result *r);
 int  sf_group_stats_get(const sf_group *g, sf_group_stats *out);
 ]]
 end
+-- Since 1.1 (SF_1.1).  Apart, and allowed to fail, because a copy of this
+-- module (or another one) may have declared them already.
+pcall(ffi.cdef, [[
+int sf_call_cancel(sf_call *call);
+int sf_call_abandoned(const sf_call *call);
+]])
 if not pcall(ffi.typeof, "sf_luajit_blob") then
     -- A string value as the leader stores it.  magic tells this binding's
     -- values apart from values other bindings stored in the same group.
@@ -73,6 +85,11 @@ if not pcall(ffi.typeof, "sf_luajit_blob") then
     -- parameter types, e.g. struct timespec *, which ours would not match.
     ffi.cdef [[
 typedef struct sf_luajit_blob { uint64_t magic; size_t len; char data[1]; } sf_luajit_blob;
+typedef struct sf_luajit_stats2 {
+    unsigned int version;
+    uint64_t calls, leaders, followers, panics, goexits, timeouts, forgets, in_flight;
+    uint64_t abandons, cancels;
+} sf_luajit_stats2;
 void *sf_luajit_malloc(size_t size) __asm__("malloc");
 void  sf_luajit_free(void *ptr) __asm__("free");
 int   sf_luajit_clock_gettime(int clock_id, void *tp) __asm__("clock_gettime");
@@ -85,8 +102,10 @@ local C_lib = ffi.C
 M.OK, M.LEADER, M.FOLLOWER = 0, 1, 2
 M.EINVAL, M.ENOMEM, M.EPANIC, M.EGOEXIT = -1, -2, -3, -4
 M.EDEADLK, M.ETIMEDOUT, M.EBUSY, M.ESTATE = -5, -6, -7, -8
+M.ECANCELED = -9
 
 local ABI_MAJOR = 1
+local MIN_VERSION = 10100 -- 1.1: sf_call_cancel, sf_call_abandoned
 local BLOB_MAGIC = 0x53464c4a424c4f42ULL -- "SFLJBLOB"
 local BLOB_HEADER = ffi.offsetof("sf_luajit_blob", "data")
 local CLOCK_MONOTONIC = 1
@@ -158,10 +177,15 @@ function M.load(path)
     for _, name in ipairs(path and { path } or candidates()) do
         local ok, l = pcall(ffi.load, name)
         if ok then
-            local major = math.floor(l.sf_version_number() / 10000)
+            local number = l.sf_version_number()
+            local major = math.floor(number / 10000)
             if major ~= ABI_MAJOR then
                 error(("singleflight: %s has ABI %d, this module needs %d")
                     :format(name, major, ABI_MAJOR), 2)
+            end
+            if number < MIN_VERSION then
+                error(("singleflight: %s is %s, this module needs 1.1 or newer")
+                    :format(name, ffi.string(l.sf_version_string())), 2)
             end
             lib = l
             return lib
@@ -289,9 +313,11 @@ function M.new(opts)
     return setmetatable({
         ptr = ffi.gc(out[0], collect_group),
         sleep = opts.sleep or default_sleep(),
-        -- key -> coroutine leading it in this state; weak so that an
-        -- abandoned leader can still be collected.
+        -- key -> the flight a coroutine of this state runs fn for; weak so
+        -- that an abandoned leader can still be collected.
         leading = setmetatable({}, { __mode = "v" }),
+        -- every flight whose fn runs in this state, for abandoned_here
+        flights = setmetatable({}, { __mode = "k" }),
     }, Group)
 end
 
@@ -340,11 +366,111 @@ local function settle(rc, res, shared)
     raise(rc, 3)
 end
 
+-- ---------------------------------------------------------------- the leader's flight
+
+-- What fn receives: the leader's view of its flight, to stop the work when
+-- nobody wants it any more.  Valid while fn runs, from any coroutine of
+-- this state.
+local Flight = {}
+Flight.__index = Flight
+
+-- A handler's error reaches nobody (it runs on whichever coroutine gave up
+-- last); it is logged.
+local function report(err)
+    local message = "singleflight: an on_abandon handler failed: " .. tostring(err)
+    local ngx = rawget(_G, "ngx")
+    if type(ngx) == "table" and type(ngx.log) == "function" then
+        pcall(ngx.log, ngx.ERR, message)
+    else
+        io.stderr:write(message, "\n")
+    end
+end
+
+-- Runs the abandon handlers, once.
+local function fire(flight)
+    if flight.fired then return end
+    flight.fired = true
+    for _, handler in ipairs(flight.handlers) do
+        local ok, err = pcall(handler, flight)
+        if not ok then report(err) end
+    end
+end
+
+-- True once every caller has given up while fn runs: nobody will get fn's
+-- result, and the key's next caller has started a new flight.  Cheap; poll
+-- it between steps of the work.  Runs the abandon handlers first if they
+-- have not run yet (when the last caller left without this module seeing
+-- it: a follower coroutine that was collected).
+function Flight:abandoned()
+    if self.fired then return true end
+    if self.call ~= nil and lib.sf_call_abandoned(self.call) == 1 then
+        fire(self)
+        return true
+    end
+    return false
+end
+
+-- Registers handler(flight) to run once when the flight is abandoned: at
+-- once if it is, else on the coroutine whose giving up abandons it (a
+-- follower's timeout or abort, or give_up), or at fn's next abandoned().
+-- Under OpenResty that coroutine may belong to another request: do not
+-- touch this request's cosockets there, wake it (an ngx.semaphore post)
+-- or set a flag fn checks.  Errors it raises are logged.
+function Flight:on_abandon(handler)
+    if type(handler) ~= "function" then
+        error(("bad argument #1 to 'on_abandon' (function expected, got %s)"):format(type(handler)), 2)
+    end
+    self.handlers[#self.handlers + 1] = handler
+    if self.fired then
+        local ok, err = pcall(handler, self)
+        if not ok then report(err) end
+    else
+        self:abandoned()
+    end
+end
+
+-- The leader's own caller gives up (its client went away): fn keeps
+-- running and must still return, for whoever else waits, but this caller's
+-- run raises an ECANCELED error once fn returns.  Returns true when that
+-- abandoned the flight (nobody else was waiting; the handlers have run).
+function Flight:give_up()
+    if self.gave_up or self.call == nil then return false end
+    self.gave_up = true
+    if lib.sf_call_cancel(self.call) == 1 then
+        fire(self)
+        return true
+    end
+    return false
+end
+
+-- Runs the handlers of any flight of this group that a give-up here has
+-- just abandoned.  sf_call_cancel says whether it did, not which flight's
+-- leader that was; each flight's own flag does.
+local function abandoned_here(self)
+    for flight in pairs(self.flights) do
+        if not flight.fired and flight.call ~= nil and lib.sf_call_abandoned(flight.call) == 1 then
+            fire(flight)
+        end
+    end
+end
+
+-- The flight a coroutine of this state leads for a key (see run), unless
+-- it was abandoned: then the key is free.
+local function leading(self, key)
+    local flight = self.leading[key]
+    if flight ~= nil and flight.call ~= nil and lib.sf_call_abandoned(flight.call) == 0 then
+        return flight
+    end
+    return nil
+end
+
 local function lead(self, call, key, fn)
-    local me = current_thread()
-    self.leading[key] = me
-    local ok, value = pcall(fn)
-    if self.leading[key] == me then self.leading[key] = nil end
+    local flight = setmetatable({ call = call, co = current_thread(), handlers = {} }, Flight)
+    self.leading[key] = flight
+    self.flights[flight] = true
+    local ok, value = pcall(fn, flight)
+    if self.leading[key] == flight then self.leading[key] = nil end
+    self.flights[flight] = nil
 
     if ok and value ~= nil and type(value) ~= "string" then
         ok, value = false, "singleflight: fn must return a string or nil, got " .. type(value)
@@ -370,22 +496,51 @@ local function lead(self, call, key, fn)
         rc = lib.sf_call_panic(call, sok and message or "panic")
     end
     -- The leader learns whether anyone joined (Go's shared) from its own
-    -- completed flight.
+    -- completed flight; a leader whose caller gave up learns nothing.
     local shared = int_out_t()
-    local wrc = rc == M.OK and lib.sf_call_wait(call, 0, nil, shared) or rc
+    local wrc = rc
+    if rc == M.OK and not flight.gave_up then wrc = lib.sf_call_wait(call, 0, nil, shared) end
+    flight.call = nil
     done_with_call(call)
+    if flight.gave_up then raise(M.ECANCELED, 3, "this caller gave up (flight:give_up)") end
     if not ok then error(value, 0) end
     if wrc ~= M.OK then raise(wrc, 3) end
     return value, shared[0] ~= 0
 end
 
-local function follow(self, call, timeout)
+-- A follower gives up (why: ETIMEDOUT or ECANCELED): its call's interest
+-- goes (sf_call_cancel), and if it was the last one interested the flight
+-- is abandoned and the handlers of this state run here.  A timeout found by
+-- polling (not waited for in C) first waits once more with a real (1 ns)
+-- timeout, so the library counts it in stats().timeouts (polls do not
+-- count) and a flight that completed just before still wins (the wait's
+-- status is returned).  A library that refuses any blocking wait on the
+-- leader's OS thread says EDEADLK when the leader is another coroutine
+-- here; for a follower that polls, giving up is still just a timeout.
+-- Once a wait has said "timed out", or abort said to stop, the answer is
+-- why, even if the flight completes before the cancel: the caller gave up.
+local function give_up(self, call, res, shared, why, waited)
+    if why == M.ETIMEDOUT and not waited then
+        res[0] = nil
+        local rc = lib.sf_call_wait(call, 1, res, shared)
+        if rc ~= M.ETIMEDOUT and rc ~= M.EDEADLK then return rc end
+    end
+    if lib.sf_call_cancel(call) == 1 then abandoned_here(self) end
+    return why
+end
+
+local function follow(self, call, timeout, abort)
     local res, shared = result_out_t(), int_out_t()
     local sleep = self.sleep
     local rc
     if current_thread() == MAIN then
-        local ns = timeout and math.floor(timeout * 1e9) or -1
-        rc = lib.sf_call_wait(call, ns, res, shared)
+        if abort and abort() then
+            rc = give_up(self, call, res, shared, M.ECANCELED)
+        else
+            local ns = timeout and math.floor(timeout * 1e9) or -1
+            rc = lib.sf_call_wait(call, ns, res, shared)
+            if rc == M.ETIMEDOUT then rc = give_up(self, call, res, shared, M.ETIMEDOUT, true) end
+        end
     else
         local deadline = timeout and monotonic() + timeout
         local polls = 0
@@ -393,25 +548,22 @@ local function follow(self, call, timeout)
             res[0] = nil
             rc = lib.sf_call_wait(call, 0, res, shared)
             if rc ~= M.ETIMEDOUT then break end
+            if abort and abort() then
+                rc = give_up(self, call, res, shared, M.ECANCELED)
+                break
+            end
             if deadline and monotonic() >= deadline then
-                -- Giving up: one last wait with a real (1 ns) timeout, so
-                -- the library counts this follower in stats().timeouts
-                -- (polls do not count) and a just-finished flight still wins.
-                res[0] = nil
-                rc = lib.sf_call_wait(call, 1, res, shared)
-                -- A library that refuses any blocking wait on the leader's
-                -- OS thread says EDEADLK when the leader is another
-                -- coroutine here; for a follower that polls, giving up is
-                -- still just a timeout (then not counted in stats).
-                if rc == M.EDEADLK then rc = M.ETIMEDOUT end
+                rc = give_up(self, call, res, shared, M.ETIMEDOUT)
                 break
             end
             polls = polls + 1
             if sleep then
                 -- A hook may refuse (ngx.sleep in a phase that cannot
-                -- yield): give the handle back now, not at collection.
+                -- yield): give up and the handle back now, not at
+                -- collection.
                 local ok, err = pcall(sleep, polls)
                 if not ok then
+                    if lib.sf_call_cancel(call) == 1 then abandoned_here(self) end
                     done_with_call(call)
                     error(err, 0)
                 end
@@ -424,10 +576,11 @@ local function follow(self, call, timeout)
     return settle(rc, res, shared)
 end
 
--- Go's Do.  Runs fn() once for all concurrent callers of key in this group;
--- the others wait and receive the same value.  Returns value, shared:
+-- Go's Do.  Runs fn(flight) once for all concurrent callers of key in this
+-- group; the others wait and receive the same value.  Returns value, shared:
 -- value is the string (or nil) fn returned, shared is true for every
--- follower and for a leader that anyone joined.
+-- follower and for a leader that anyone joined.  fn receives the leader's
+-- flight (abandoned, on_abandon, give_up; it may ignore it).
 --
 -- If fn raises, the leader re-raises fn's original error value and every
 -- follower raises its tostring() (the message crossed C as text).  Other
@@ -438,14 +591,19 @@ end
 --             suspended) coroutine of this state: blocking would keep that
 --             leader from ever finishing.  Raised at once, timeout or not.
 --   ETIMEDOUT opts.timeout seconds passed; the flight itself goes on
+--   ECANCELED opts.abort() said to give up (a follower), or the leader's
+--             caller gave up with flight:give_up()
 --
 -- Waiting: inside a coroutine a follower polls and yields between polls
 -- (see new's sleep); in the main coroutine it blocks the OS thread, so the
 -- leader must then be on another thread or state (else EDEADLK, above).  A
--- follower that gives up after opts.timeout counts once in stats().timeouts.
+-- follower that gives up after opts.timeout counts once in stats().timeouts;
+-- every give-up counts in stats().cancels.
 --
 -- key must be a string (any bytes); fn a function; opts an optional table
--- { timeout = seconds }.
+-- { timeout = seconds, abort = function }: abort is called before each
+-- wait (in the main coroutine: once, before blocking) and the follower gives
+-- up when it returns true.  The leader ignores both.
 function Group:run(key, fn, opts)
     check_group(self, "run")
     check_key(key, "run")
@@ -456,13 +614,17 @@ function Group:run(key, fn, opts)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
         error("bad option 'timeout' (non-negative number expected)", 2)
     end
+    local abort = opts and opts.abort
+    if abort ~= nil and type(abort) ~= "function" then
+        error("bad option 'abort' (function expected)", 2)
+    end
     -- Joining a flight whose leader can only progress after this caller
     -- returns would wait forever.  Known here, before the library is asked:
-    -- leading[key] is the coroutine of this state running key's fn.
-    local leader = self.leading[key]
-    if leader ~= nil then
+    -- leading(self, key) is the flight a coroutine of this state runs fn for.
+    local led = leading(self, key)
+    if led ~= nil then
         local me = current_thread()
-        if leader == me then
+        if led.co == me then
             raise(M.EDEADLK, 2, "fn runs its own key")
         end
         -- While the main coroutine runs, every other coroutine is suspended,
@@ -480,7 +642,7 @@ function Group:run(key, fn, opts)
     if rc == M.LEADER then
         return lead(self, call, key, fn)
     end
-    return follow(self, call, timeout)
+    return follow(self, call, timeout, abort)
 end
 
 -- Makes the next run of key start a new flight; the current flight still
@@ -505,18 +667,22 @@ function Group:forget_unshared(key)
 end
 
 -- A snapshot of the group's counters as a table of numbers: calls, leaders,
--- followers, panics, goexits, timeouts, forgets, in_flight.
+-- followers, panics, goexits, timeouts, forgets, in_flight, abandons
+-- (flights every caller gave up on), cancels (callers who gave up).
 function Group:stats()
     check_group(self, "stats")
-    local s = ffi.new("sf_group_stats")
-    s.version = 1
-    local rc = lib.sf_group_stats_get(self.ptr, s)
+    -- Version 2, in a struct of this module's own: another module may have
+    -- declared sf_group_stats as version 1.
+    local s = ffi.new("sf_luajit_stats2")
+    s.version = 2
+    local rc = lib.sf_group_stats_get(self.ptr, ffi.cast("sf_group_stats *", s))
     if rc ~= 0 then raise(rc, 2) end
     return {
         calls = tonumber(s.calls), leaders = tonumber(s.leaders),
         followers = tonumber(s.followers), panics = tonumber(s.panics),
         goexits = tonumber(s.goexits), timeouts = tonumber(s.timeouts),
         forgets = tonumber(s.forgets), in_flight = tonumber(s.in_flight),
+        abandons = tonumber(s.abandons), cancels = tonumber(s.cancels),
     }
 end
 

@@ -178,6 +178,12 @@ public:
         return rc == 1;
     }
 
+#ifndef SWIG
+    // The C group, shared: for language files that call the C API directly
+    // (Java's callAsync keeps its handles' group alive with it).
+    std::shared_ptr<sf_group> handle() const { return g_; }
+#endif
+
     // A snapshot of the group's counters.
     Stats stats() const {
         sf_group_stats s;
@@ -331,6 +337,10 @@ public:
     }
 
 #ifndef SWIG
+    // The C call, borrowed (NULL after release()): for language files that
+    // use the C API's newer calls directly (Lua's sf_call_cancel).
+    sf_call *handle() const { return call_; }
+
     // Records that the calling thread leads this flight (see
     // Group::begin_on_thread) until it finishes, panics or releases it.
     void mark_led(const char *key, std::size_t key_len) {

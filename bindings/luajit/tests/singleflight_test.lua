@@ -394,6 +394,166 @@ test("a waiting coroutine gives up after its timeout; the flight goes on", funct
     check(g:stats().timeouts >= 1, "timeouts not counted")
 end)
 
+test("a follower that gives up (abort) leaves the others their value", function()
+    local g = singleflight.new()
+    local got, quit = {}, nil
+    schedule({
+        function()
+            got[1] = g:run("k", function()
+                hold_until(function() return g:stats().cancels >= 1 end)
+                return "v"
+            end)
+        end,
+        function()
+            quit = select(2, pcall(g.run, g, "k", function() return "unused" end,
+                { abort = function() return g:stats().followers == 2 end }))
+        end,
+        function() got[3] = g:run("k", function() return "unused" end) end,
+    })
+    check(singleflight.is_error(quit), "the quitter got " .. tostring(quit))
+    eq(quit.code, singleflight.ECANCELED, "code")
+    eq(quit.name, "SF_ECANCELED", "name")
+    eq(got[1], "v", "leader")
+    eq(got[3], "v", "the follower who stayed")
+    local s = g:stats()
+    eq(s.cancels, 1, "cancels")
+    eq(s.abandons, 0, "abandons")
+end)
+
+test("a follower that times out has given up (a cancel) too", function()
+    local g = singleflight.new()
+    local release = false
+    schedule({
+        function()
+            g:run("k", function()
+                hold_until(function() return release end)
+                return "late"
+            end)
+        end,
+        function()
+            local err = select(2, pcall(g.run, g, "k", function() return "unused" end, { timeout = 0 }))
+            eq(err.code, singleflight.ETIMEDOUT, "code")
+            release = true
+        end,
+    })
+    eq(g:stats().cancels, 1, "cancels")
+    eq(g:stats().abandons, 0, "the leader still wanted it")
+end)
+
+test("the leader's caller giving up alone abandons the flight: fn sees it, the handler runs", function()
+    local g = singleflight.new()
+    local seen = {}
+    local err = expect_error_code(singleflight.ECANCELED, g.run, g, "k", function(flight)
+        flight:on_abandon(function(f) seen.handler_flight = f end)
+        seen.flight = flight
+        seen.gave_up = flight:give_up()
+        seen.abandoned = flight:abandoned()
+        seen.again = flight:give_up()
+        return "nobody gets this"
+    end)
+    check(tostring(err):find("give_up", 1, true), tostring(err))
+    eq(seen.gave_up, true, "give_up abandoned it")
+    eq(seen.handler_flight, seen.flight, "the handler ran, with the flight")
+    eq(seen.abandoned, true, "abandoned()")
+    eq(seen.again, false, "a second give_up")
+    local s = g:stats()
+    eq(s.abandons, 1, "abandons")
+    eq(s.in_flight, 0, "fn returned and finished the flight")
+end)
+
+test("a follower's give-up that abandons the flight runs the handler on its coroutine", function()
+    local g = singleflight.new()
+    local base = singleflight.live_calls()
+    local hold, quit = true, false
+    local seen = {}
+    local leader = coroutine.create(function()
+        seen.leader = { pcall(g.run, g, "k", function(flight)
+            flight:on_abandon(function() seen.handler_on = coroutine.running() end)
+            hold_until(function() return not hold end)
+            seen.gave_up = flight:give_up()
+            hold_until(function() return flight:abandoned() end)
+            return "nobody gets this"
+        end) }
+    end)
+    assert(coroutine.resume(leader))
+    local follower = coroutine.create(function()
+        seen.follower = { pcall(g.run, g, "k", function() return "unused" end,
+            { abort = function() return quit end }) }
+    end)
+    assert(coroutine.resume(follower))
+    hold = false
+    assert(coroutine.resume(leader)) -- gives up; the follower still waits
+    eq(seen.gave_up, false, "not abandoned while the follower waits")
+    quit = true
+    assert(coroutine.resume(follower)) -- gives up last
+    eq(coroutine.status(follower), "dead")
+    eq(seen.handler_on, follower, "the handler ran on the follower's coroutine")
+    eq(seen.follower[2].code, singleflight.ECANCELED, "follower code")
+    eq(g:stats().abandons, 1, "abandons")
+    eq(g:stats().cancels, 2, "cancels")
+    -- The key is free: even the main coroutine starts a new flight, though
+    -- the old leader coroutine is still suspended in fn.
+    eq(g:run("k", function() return "fresh" end), "fresh")
+    eq(g:stats().leaders, 2, "a new flight")
+    assert(coroutine.resume(leader))
+    eq(coroutine.status(leader), "dead")
+    eq(seen.leader[2].code, singleflight.ECANCELED, "leader code")
+    eq(singleflight.live_calls(), base, "live calls")
+end)
+
+test("a collected follower coroutine leaves; fn's next abandoned() runs the handler", function()
+    local g = singleflight.new()
+    local base = singleflight.live_calls()
+    local hold, handled = true, 0
+    local saw_it
+    local leader = coroutine.create(function()
+        return pcall(g.run, g, "k", function(flight)
+            flight:on_abandon(function() handled = handled + 1 end)
+            hold_until(function() return not hold end)
+            flight:give_up()
+            hold_until(function() return flight:abandoned() end)
+            saw_it = handled
+            return "x"
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local follower = coroutine.create(function() g:run("k", function() return "unused" end) end)
+    assert(coroutine.resume(follower))
+    hold = false
+    assert(coroutine.resume(leader))
+    eq(g:stats().abandons, 0, "the follower still waits")
+    follower = nil -- luacheck: ignore (an abandoned request's coroutine)
+    collectgarbage(); collectgarbage()
+    eq(g:stats().abandons, 1, "its collection left the flight")
+    eq(handled, 0, "no Lua runs from a finalizer")
+    assert(coroutine.resume(leader))
+    eq(saw_it, 1, "the handler ran at fn's abandoned()")
+    eq(singleflight.live_calls(), base, "live calls")
+end)
+
+test("a handler registered after the abandonment runs at once; handler errors are logged", function()
+    local logged = {}
+    rawset(_G, "ngx", { ERR = 4, log = function(level, msg) logged[#logged + 1] = { level, msg } end })
+    local ok, err = pcall(function()
+        local g = singleflight.new({ sleep = function() coroutine.yield() end })
+        expect_error_code(singleflight.ECANCELED, g.run, g, "k", function(flight)
+            flight:on_abandon(function() error("handler broke") end)
+            eq(flight:give_up(), true, "alone: abandoned at once")
+            local late = false
+            flight:on_abandon(function() late = true end)
+            eq(late, true, "ran at registration")
+            return "x"
+        end)
+        check(not pcall(g.run, g, "k", function(flight) flight:on_abandon(42) end), "on_abandon(42) accepted")
+        check(not pcall(g.run, g, "k", function() end, { abort = 5 }), "abort = 5 accepted")
+    end)
+    rawset(_G, "ngx", nil)
+    assert(ok, err)
+    eq(#logged, 1, "log lines")
+    eq(logged[1][1], 4, "ngx.ERR")
+    check(logged[1][2]:find("handler broke", 1, true), logged[1][2])
+end)
+
 -- The main coroutine cannot yield, so as a follower it blocks the OS thread
 -- in C; a leader that is a suspended coroutine of the same state could then
 -- never be resumed to finish.

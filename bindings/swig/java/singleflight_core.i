@@ -6,28 +6,7 @@
 %{
 #include <jni.h>
 #include "sfswig.hpp"
-
-/* The VM the global references belong to.  Set before the first reference is
- * made; a process has one JVM. */
-static JavaVM *sfjava_vm = nullptr;
-
-/* Runs once per value, on whichever thread drops the last reference: in
- * practice a Java thread inside a native method, but attach if it is not, so
- * a reference is never leaked for want of an env. */
-static void sfjava_destroy(void *value) {
-    sfswig::live_counter().fetch_sub(1);
-    if (!sfjava_vm) return;
-    JNIEnv *env = nullptr;
-    jint rc = sfjava_vm->GetEnv(reinterpret_cast<void **>(&env), JNI_VERSION_1_6);
-    if (rc == JNI_EDETACHED) {
-        if (sfjava_vm->AttachCurrentThread(reinterpret_cast<void **>(&env), nullptr) != JNI_OK)
-            return;
-        env->DeleteGlobalRef(static_cast<jobject>(value));
-        sfjava_vm->DetachCurrentThread();
-        return;
-    }
-    if (rc == JNI_OK) env->DeleteGlobalRef(static_cast<jobject>(value));
-}
+#include "sfjava_async.hpp"
 %}
 
 %rename(NativeGroup) sfswig::Group;
@@ -61,7 +40,7 @@ static void sfjava_destroy(void *value) {
     /* Leader only: stores obj (may be null) as the flight's value.  The
      * library owns a global reference to it until the last caller is done. */
     void set_object(JNIEnv *jenv_, jobject obj) {
-        if (!sfjava_vm) jenv_->GetJavaVM(&sfjava_vm);
+        sfjava::remember_vm(jenv_);
         if (!obj) {
             $self->set_value(nullptr, nullptr);
             return;
@@ -69,7 +48,7 @@ static void sfjava_destroy(void *value) {
         jobject ref = jenv_->NewGlobalRef(obj);
         if (!ref) throw std::bad_alloc();
         sfswig::live_counter().fetch_add(1);
-        $self->set_value(ref, sfjava_destroy);
+        $self->set_value(ref, sfjava::destroy_value);
     }
 
     /* After a completed wait(): the object the leader stored (the same
@@ -81,3 +60,31 @@ static void sfjava_destroy(void *value) {
 }
 
 %include "../singleflight.i"
+
+/* callAsync (sfjava_async.hpp).  Its keys are copied into a buffer on the
+ * stack instead of pinning the array: one JNI call, no allocation for keys
+ * up to 256 bytes. */
+%typemap(jni) (const char *akey, size_t akey_len) "jbyteArray"
+%typemap(jtype) (const char *akey, size_t akey_len) "byte[]"
+%typemap(jstype) (const char *akey, size_t akey_len) "byte[]"
+%typemap(javain) (const char *akey, size_t akey_len) "$javainput"
+%typemap(in) (const char *akey, size_t akey_len) (char kbuf_[256], std::string kheap_) {
+    if (!$input) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaNullPointerException, "singleflight key is null");
+        return $null;
+    }
+    $2 = (size_t)jenv->GetArrayLength($input);
+    if ($2 <= sizeof kbuf_) {
+        $1 = kbuf_;
+    } else {
+        try {
+            kheap_.resize($2);
+        } catch (...) {
+            SWIG_JavaThrowException(jenv, SWIG_JavaOutOfMemoryError, "singleflight: out of memory");
+            return $null;
+        }
+        $1 = &kheap_[0];
+    }
+    jenv->GetByteArrayRegion($input, 0, (jsize)$2, (jbyte *)$1);
+}
+%include "sfjava_async.hpp"

@@ -13,6 +13,14 @@
 -- key led by a coroutine of its own state is an SF_EDEADLK error for it.
 -- Errors raised in fn are raised in every caller.
 --
+-- Giving up: a follower gives up when its timeout runs out, when its abort
+-- function says so, or when its coroutine is closed while it waits; the
+-- others are unaffected.  When every caller has given up while fn runs
+-- (the leader's caller too, with flight:give_up()), the flight is abandoned:
+-- fn, which receives the flight, can see it (flight:abandoned(),
+-- flight:on_abandon(handler)) and stop, and the key's next caller starts
+-- afresh.
+--
 -- Keys and values are strings: values cross Lua states as bytes, so fn must
 -- return a string or nil.  Error values reach the callers as strings too.
 --
@@ -41,10 +49,17 @@ Group.__index = Group
 Group.__name = "singleflight.Group"
 
 local function wrap(native)
-    -- leading[co][key] is set while coroutine co runs fn for key: a call
-    -- for that key from inside fn would wait for itself.  Weak keys: a
-    -- coroutine abandoned mid-flight must not be kept alive by it.
-    return setmetatable({ native = native, leading = setmetatable({}, { __mode = "k" }) }, Group)
+    -- leading[co][key] is the Flight while coroutine co runs fn for key: a
+    -- call for that key from inside fn would wait for itself, unless the
+    -- flight was abandoned (then the key is free).  Weak keys: a coroutine
+    -- abandoned mid-flight must not be kept alive by it.
+    -- flights: the Flight of every fn running in this state (weak keys
+    -- too), whose abandon handlers a caller here that gives up may run.
+    return setmetatable({
+        native = native,
+        leading = setmetatable({}, { __mode = "k" }),
+        flights = setmetatable({}, { __mode = "k" }),
+    }, Group)
 end
 
 --- A new private group.  A group may be used by every coroutine of the
@@ -75,11 +90,88 @@ local function describe(err)
     return ok and text or ("(error object of type " .. type(err) .. ")")
 end
 
+-- ---------------------------------------------------------------- the leader's flight
+
+--- What fn receives: the leader's view of its flight, to stop the work when
+-- nobody wants it any more.  Use it while fn runs, from any coroutine of
+-- the state that runs fn.
+local Flight = {}
+Flight.__index = Flight
+Flight.__name = "singleflight.Flight"
+
+-- Runs the abandon handlers, once.  A handler's error reaches nobody (it
+-- runs on whichever coroutine gave up last): it is reported through warn.
+local function fire(flight)
+    if flight.fired then return end
+    flight.fired = true
+    for _, handler in ipairs(flight.handlers) do
+        local ok, err = pcall(handler, flight)
+        if not ok then warn("singleflight: an on_abandon handler failed: ", tostring(err)) end
+    end
+end
+
+--- True once every caller has given up while fn runs (the flight is
+-- abandoned: nobody will get fn's result, and the key's next caller has
+-- started afresh).  Cheap; poll it between steps of the work.  Runs the
+-- abandon handlers first if they have not run yet (when the last caller
+-- to leave was in another Lua state).
+function Flight:abandoned()
+    if self.fired then return true end
+    if self.native:abandoned() then
+        fire(self)
+        return true
+    end
+    return false
+end
+
+--- Registers handler(flight) to run once when the flight is abandoned: at
+-- once if it is, else on the coroutine of this state whose giving up
+-- abandons it (a follower's timeout, abort or close, or give_up), or, when
+-- the last caller to leave was in another Lua state, at fn's next
+-- flight:abandoned().  Stop the work there: close a socket, post a
+-- semaphore fn waits on.  Errors it raises are only warned about.
+function Flight:on_abandon(handler)
+    if not is_callable(handler) then
+        error(("singleflight: on_abandon needs a function, got %s"):format(type(handler)), 2)
+    end
+    self.handlers[#self.handlers + 1] = handler
+    if self.fired then
+        local ok, err = pcall(handler, self)
+        if not ok then warn("singleflight: an on_abandon handler failed: ", tostring(err)) end
+    else
+        self:abandoned()
+    end
+end
+
+--- The leader's own caller gives up (a client that went away): fn keeps
+-- running and must still return, for whoever else waits, but this caller
+-- no longer wants the result: its call raises an SF_ECANCELED error once
+-- fn returns.  Returns true when that abandoned the flight (nobody else was
+-- waiting; the handlers have run), false otherwise.
+function Flight:give_up()
+    if self.gave_up or self.finished then return false end
+    self.gave_up = true
+    if self.native:cancel() == 1 then
+        fire(self)
+        return true
+    end
+    return false
+end
+
+-- Runs the handlers of any flight of this state that a give-up here has
+-- just abandoned.  sf_call_cancel says whether it did, not which flight's
+-- leader that was; each flight's own flag does.
+local function abandoned_here(self)
+    for flight in pairs(self.flights) do
+        if not flight.fired and flight.native:abandoned() then fire(flight) end
+    end
+end
+
 -- Runs fn as the leader and completes the flight.  fn runs in protected mode
 -- so that an error, or a value that cannot cross states, still completes the
 -- flight: the followers must always be woken.
-local function lead(flight, fn)
-    local ok, value = pcall(fn)
+local function lead(flight, fn, view)
+    local ok, value = pcall(fn, view)
     if ok and value ~= nil and type(value) ~= "string" then
         ok, value = false, ("singleflight: fn must return a string or nil, got %s"):format(type(value))
     end
@@ -91,8 +183,9 @@ local function lead(flight, fn)
     end
 end
 
--- The timeout of opts (seconds), or nil for none.  level as for error().
-local function timeout_of(opts, level)
+-- The timeout (seconds) and abort function of opts, or nil for none.
+-- level as for error().
+local function opts_of(opts, level)
     if opts == nil then return nil end
     if type(opts) ~= "table" then
         error(("singleflight: opts must be a table, got %s"):format(type(opts)), level + 1)
@@ -101,7 +194,10 @@ local function timeout_of(opts, level)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
         error("singleflight: timeout must be a non-negative number of seconds", level + 1)
     end
-    return timeout
+    if opts.abort ~= nil and not is_callable(opts.abort) then
+        error(("singleflight: abort must be a function, got %s"):format(type(opts.abort)), level + 1)
+    end
+    return timeout, opts.abort
 end
 
 -- Nanoseconds for a blocking wait: -1 (forever) for no timeout, and for one
@@ -111,26 +207,43 @@ local function timeout_ns(timeout)
     return math.floor(timeout * 1e9)
 end
 
--- A follower coroutine giving up: one last wait with a real (1 ns) timeout,
--- so the library counts it in stats().timeouts (polls do not count) and a
--- just-finished flight still wins.  A library that refuses blocking waits
--- on the leader's OS thread answers SF_EDEADLK when the leader is another
--- coroutine here: for a caller that polls, that is still only a timeout.
-local function give_up(flight)
-    local status = flight:wait_status(1)
-    if status == core.EDEADLK then return core.ETIMEDOUT end
-    if status < 0 and status ~= core.ETIMEDOUT and status ~= core.EPANIC and status ~= core.EGOEXIT then
-        error(("singleflight: waiting failed (status %d)"):format(status), 0)
+-- A follower giving up (why: core.ETIMEDOUT or core.ECANCELED): the C call
+-- gives up its interest, and if it was the last one interested the flight
+-- is abandoned and any abandon handlers of this state run here.  A timeout
+-- found by polling first waits once more with a real (1 ns) timeout, so
+-- the library counts it in stats().timeouts (polls do not count) and a
+-- flight that completed just before still wins (its status is returned); a
+-- library that refuses blocking waits on the leader's OS thread answers
+-- SF_EDEADLK when the leader is another coroutine here: for a caller that
+-- polls, that is still only a timeout.  waited: the caller's own blocking
+-- wait timed out (and counted).  Once a wait has said "timed out", or abort
+-- said to stop, the answer is why, even if the flight completes before the
+-- cancel below: the caller has given up.
+local function give_up(self, flight, why, waited)
+    if why == core.ETIMEDOUT and not waited then
+        local status = flight:wait_status(1)
+        if status ~= core.ETIMEDOUT and status ~= core.EDEADLK then
+            if status < 0 and status ~= core.EPANIC and status ~= core.EGOEXIT then
+                error(("singleflight: waiting failed (status %d)"):format(status), 0)
+            end
+            return status
+        end
     end
-    return status
+    if flight:cancel() == 1 then abandoned_here(self) end
+    return why
+end
+
+local function aborted(abort)
+    return abort ~= nil and abort()
 end
 
 -- Waits for the flight: a leader has finished already; a follower in a
 -- yieldable coroutine polls and yields between polls, until timeout seconds
--- have passed; any other follower blocks its thread for up to timeout
--- (which only holds up the other coroutines of its own state, and it is not
--- in one).  Returns the wait's status, core.ETIMEDOUT included.
-local function settle(self, key, flight, fn, timeout)
+-- have passed or abort() returns true; any other follower blocks its
+-- thread for up to timeout (which only holds up the other coroutines of
+-- its own state, and it is not in one).  Returns the wait's status,
+-- core.ETIMEDOUT and core.ECANCELED included.
+local function settle(self, key, flight, fn, timeout, abort)
     if flight:is_leader() then
         local co = coroutine.running()
         local keys = self.leading[co]
@@ -138,27 +251,44 @@ local function settle(self, key, flight, fn, timeout)
             keys = {}
             self.leading[co] = keys
         end
-        keys[key] = true
-        local ok, err = pcall(lead, flight, fn)
+        local view = setmetatable({ native = flight, handlers = {} }, Flight)
+        keys[key] = view
+        self.flights[view] = true
+        local ok, err = pcall(lead, flight, fn, view)
         keys[key] = nil
+        self.flights[view] = nil
+        view.finished = true
         if not ok then error(err, 0) end
+        if view.gave_up then return core.ECANCELED end
         return flight:wait(0)
     end
+    if aborted(abort) then return give_up(self, flight, core.ECANCELED) end
     if coroutine.isyieldable() then
         local deadline = timeout and core.monotonic_seconds() + timeout
         while not flight:poll() do
-            if deadline and core.monotonic_seconds() >= deadline then return give_up(flight) end
+            if deadline and core.monotonic_seconds() >= deadline then
+                return give_up(self, flight, core.ETIMEDOUT)
+            end
             coroutine.yield(M.WAITING)
+            if aborted(abort) then return give_up(self, flight, core.ECANCELED) end
         end
         return flight:wait(0)
     end
-    return flight:wait(timeout_ns(timeout))
+    local status = flight:wait(timeout_ns(timeout))
+    if status == core.ETIMEDOUT then return give_up(self, flight, core.ETIMEDOUT, true) end
+    return status
+end
+
+-- Whether the flight a coroutine of this state leads (a Flight or nil) is
+-- still the key's.
+local function still_leads(view)
+    return view ~= nil and not view.native:abandoned()
 end
 
 -- Whether a coroutine of this state is running fn for key in this group.
 local function led_here(self, key)
     for _, keys in pairs(self.leading) do
-        if keys[key] then return true end
+        if still_leads(keys[key]) then return true end
     end
     return false
 end
@@ -169,27 +299,48 @@ local function forgotten(self, key)
     for _, keys in pairs(self.leading) do keys[key] = nil end
 end
 
-local RELEASE_ON_CLOSE = { __close = function(guard) guard.flight:release() end }
+-- However a call ends, its handle is released, and not by the collector:
+-- that drops our reference to the shared value and, for a leader that never
+-- finished, releases its followers at once.  A follower whose call did not
+-- end normally (its coroutine was closed while it waited, or an error) gives
+-- up first, so that abandon handlers of this state run now.
+local RELEASE_ON_CLOSE = {
+    __close = function(guard)
+        local flight = guard.flight
+        if not guard.settled and not flight:is_leader() and flight:cancel() == 1 then
+            abandoned_here(guard.group)
+        end
+        flight:release()
+    end,
+}
 
---- Runs fn() once for all concurrent callers of key.
+--- Runs fn(flight) once for all concurrent callers of key.
 -- Returns the string fn returned (or nil) and whether it went to more than
 -- one caller.  If fn raises an error, or returns something other than a
 -- string or nil, every caller raises the error (as a string, level 0).
--- key must be a string.  Also available as g["do"].
+-- key must be a string.  Also available as g["do"].  fn receives the
+-- leader's Flight (abandoned, on_abandon, give_up; fn may ignore it).
 --
--- opts is an optional table { timeout = seconds }: a follower that has
--- waited that long raises an error containing "SF_ETIMEDOUT" and counts
--- once in stats().timeouts, while the flight goes on for everyone else
--- (0 gives up at once unless the flight is done).  The leader ignores it,
--- since it is the one running fn.
+-- opts is an optional table:
+--   timeout  seconds: a follower that has waited that long gives up and
+--            raises an error containing "SF_ETIMEDOUT" (counted once in
+--            stats().timeouts), while the flight goes on for everyone
+--            else (0 gives up at once unless the flight is done)
+--   abort    a function: a follower in a coroutine calls it before waiting
+--            and after each yield, and gives up when it returns true,
+--            raising an error containing "SF_ECANCELED" (a caller that
+--            cannot yield calls it once, before blocking)
+-- Giving up (also: closing the follower's coroutine while it waits) counts
+-- in stats().cancels.  The leader ignores both options, since it is the one
+-- running fn; it gives up with flight:give_up().
 function Group:call(key, fn, opts)
     if not is_callable(fn) then
         error(("singleflight: fn must be callable, got %s"):format(type(fn)), 2)
     end
-    local timeout = timeout_of(opts, 2)
+    local timeout, abort = opts_of(opts, 2)
     if type(key) == "string" then
         local mine = self.leading[coroutine.running()]
-        if mine and mine[key] then
+        if mine and still_leads(mine[key]) then
             error("singleflight: a call inside fn asked for its own key (SF_EDEADLK)", 2)
         end
         -- A caller that cannot yield blocks its thread while it waits, and
@@ -200,14 +351,11 @@ function Group:call(key, fn, opts)
         end
     end
     local flight = self.native:begin(key)
-    -- Released however this call ends: normally, by an error, or by
-    -- coroutine.close() on a coroutine suspended in here.  Not waiting for
-    -- the collector matters: it drops our reference to the shared value and,
-    -- for a leader that never finished, releases its followers at once.
-    local guard <close> = setmetatable({ flight = flight }, RELEASE_ON_CLOSE)
-    local ok, status = pcall(settle, self, key, flight, fn, timeout)
+    local guard <close> = setmetatable({ flight = flight, group = self }, RELEASE_ON_CLOSE)
+    local ok, status = pcall(settle, self, key, flight, fn, timeout, abort)
+    guard.settled = ok
     local value, shared, message
-    if ok and status ~= core.ETIMEDOUT then
+    if ok and status ~= core.ETIMEDOUT and status ~= core.ECANCELED then
         value, shared, message = flight:get_string(), flight:shared(), flight:panic_message()
     end
     flight:release()
@@ -216,6 +364,9 @@ function Group:call(key, fn, opts)
     if status == core.EPANIC then error(message or "singleflight: panic", 0) end
     if status == core.ETIMEDOUT then
         error(("singleflight: gave up waiting for key %q after %g s (SF_ETIMEDOUT)"):format(key, timeout), 0)
+    end
+    if status == core.ECANCELED then
+        error(("singleflight: gave up on key %q (SF_ECANCELED)"):format(key), 0)
     end
     error("singleflight: the leader exited without producing a result", 0)
 end
@@ -239,7 +390,8 @@ function Group:forget_unshared(key)
 end
 
 --- A table of the group's counters: calls, leaders, followers, panics,
--- goexits, timeouts, forgets, in_flight.
+-- goexits, timeouts, forgets, in_flight, abandons (flights every caller
+-- gave up on), cancels (callers who gave up).
 function Group:stats()
     local s = self.native:stats()
     local int = math.tointeger
@@ -247,6 +399,7 @@ function Group:stats()
         calls = int(s.calls), leaders = int(s.leaders), followers = int(s.followers),
         panics = int(s.panics), goexits = int(s.goexits), timeouts = int(s.timeouts),
         forgets = int(s.forgets), in_flight = int(s.in_flight),
+        abandons = int(self.native:abandons()), cancels = int(self.native:cancels()),
     }
 end
 

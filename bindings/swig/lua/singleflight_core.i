@@ -16,6 +16,14 @@ struct LuaBytes {
 };
 }
 
+static sf_group_stats sflua_stats_v2(sfswig::Group *g) {
+    sf_group_stats s;
+    s.version = 2;
+    int rc = sf_group_stats_get(g->handle().get(), &s);
+    if (rc != SF_OK) throw sfswig::Error(rc, "sf_group_stats_get");
+    return s;
+}
+
 static void sflua_destroy(void *value) {
     delete static_cast<std::string *>(value);
     sfswig::live_counter().fetch_sub(1);
@@ -70,6 +78,17 @@ static void sflua_destroy(void *value) {
         }
     }
 
+    /* This caller gives up (sf_call_cancel): 1 when that abandoned the
+     * flight (nobody else was interested), 0 when others still are, a
+     * negative status when it could not: SF_ESTATE once the flight has
+     * completed (wait for its outcome instead) or the caller already gave
+     * up.  The handle must still be released. */
+    int cancel() { return sf_call_cancel($self->handle()); }
+
+    /* True once every caller gave up while the flight ran
+     * (sf_call_abandoned); false after release(). */
+    bool abandoned() { return $self->handle() && sf_call_abandoned($self->handle()) == 1; }
+
     /* After a completed wait(): the value as a Lua string (a fresh copy in
      * the calling state), or nil when the leader stored none. */
     sfswig::LuaBytes get_string() {
@@ -78,6 +97,15 @@ static void sflua_destroy(void *value) {
         return v;
     }
 }
+
+/* The counters stats version 2 added, until the shared Stats has them. */
+%extend sfswig::Group {
+    long long abandons() { return sflua_stats_v2($self).abandons; }
+    long long cancels() { return sflua_stats_v2($self).cancels; }
+}
+
+/* What a follower's wait returns after it gave up. */
+%constant int ECANCELED = SF_ECANCELED;
 
 %inline %{
 /* Seconds on a clock that never jumps (CLOCK_MONOTONIC), for the deadline of

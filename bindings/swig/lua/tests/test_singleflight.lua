@@ -256,6 +256,183 @@ test("a timeout that does not run out changes nothing", function()
     eq((g:call("plain", function() return "x" end, { timeout = 1 })), "x", "a lone caller")
 end)
 
+test("a follower that gives up leaves the others their value", function()
+    local g = sf.new()
+    local got, quit = {}, nil
+    local cos = {}
+    cos[1] = coroutine.create(function()
+        got[1] = g:call("k", function()
+            while g:stats().cancels < 1 do coroutine.yield() end
+            return "v"
+        end)
+    end)
+    cos[2] = coroutine.create(function()
+        local ok, err = pcall(g.call, g, "k", function() return "never runs" end,
+            { abort = function() return g:stats().followers == 2 end })
+        quit = ok and "no error" or err
+    end)
+    cos[3] = coroutine.create(function() got[3] = g:call("k", function() return "never runs" end) end)
+    run_all(cos)
+    assert(tostring(quit):find("SF_ECANCELED", 1, true), "the quitter got " .. tostring(quit))
+    eq(got[1], "v", "leader")
+    eq(got[3], "v", "the follower who stayed")
+    local s = g:stats()
+    eq(s.cancels, 1, "cancels")
+    eq(s.abandons, 0, "abandons")
+end)
+
+test("abort is asked before waiting: a follower can give up without yielding", function()
+    local g = sf.new()
+    local leader = coroutine.create(function() return g:call("k", function() coroutine.yield(); return "v" end) end)
+    assert(coroutine.resume(leader))
+    local follower = coroutine.create(function()
+        return pcall(g.call, g, "k", function() return "x" end, { abort = function() return true end })
+    end)
+    local ok, called, err = coroutine.resume(follower)
+    assert(ok and not called and tostring(err):find("SF_ECANCELED", 1, true), tostring(err))
+    eq(coroutine.status(follower), "dead", "it never yielded")
+    local lok, v = coroutine.resume(leader)
+    assert(lok and v == "v", "the flight went on")
+end)
+
+test("a follower coroutine that times out has given up (a cancel) too", function()
+    local g = sf.new()
+    local err = follower_with_timeout(g, { timeout = 0 })
+    assert(tostring(err):find("SF_ETIMEDOUT", 1, true), tostring(err))
+    eq(g:stats().cancels, 1, "cancels")
+    eq(g:stats().abandons, 0, "the leader still wanted it")
+end)
+
+-- A leader coroutine whose fn registers an abandon handler, gives up its
+-- own caller's interest, then yields until it sees the flight abandoned.
+-- Returns the leader coroutine (suspended in fn) and a table the handler
+-- and fn fill in.
+local function giving_up_leader(g, key)
+    local seen = {}
+    local leader = coroutine.create(function()
+        local ok, err = pcall(g.call, g, key, function(flight)
+            flight:on_abandon(function(f)
+                seen.handler_on = coroutine.running()
+                seen.handler_flight = f
+            end)
+            seen.flight = flight
+            seen.gave_up_abandoned = flight:give_up()
+            while not flight:abandoned() do coroutine.yield() end
+            seen.fn_saw_it = true
+            return "nobody gets this"
+        end)
+        seen.leader_err = ok and "no error" or err
+    end)
+    assert(coroutine.resume(leader))
+    return leader, seen
+end
+
+test("a leader's caller giving up alone abandons the flight: fn sees it, the handler runs", function()
+    local g = sf.new()
+    local leader, seen = giving_up_leader(g, "k")
+    -- The leader's caller gave up with nobody else there: abandoned at once.
+    eq(seen.gave_up_abandoned, true, "the leader's give_up abandoned the flight")
+    eq(g:stats().abandons, 1, "abandons")
+    eq(seen.handler_on, leader, "the handler ran inside give_up, on the leader's coroutine")
+    eq(seen.handler_flight, seen.flight, "the handler gets the flight")
+    eq(coroutine.status(leader), "dead", "fn saw it at once and returned")
+    eq(seen.fn_saw_it, true, "fn saw flight:abandoned()")
+    assert(tostring(seen.leader_err):find("SF_ECANCELED", 1, true), tostring(seen.leader_err))
+    eq(g:stats().in_flight, 0, "fn returned and finished the flight")
+end)
+
+test("a follower's give-up that abandons the flight runs the leader's handler on its coroutine", function()
+    local g = sf.new()
+    -- The follower joins first, so the leader's give_up does not abandon.
+    local hold = true
+    local seen = {}
+    local leader = coroutine.create(function()
+        seen.leader = { pcall(g.call, g, "k", function(flight)
+            flight:on_abandon(function() seen.handler_on = coroutine.running() end)
+            while hold do coroutine.yield() end
+            seen.gave_up_abandoned = flight:give_up()
+            while not flight:abandoned() do coroutine.yield() end
+            return "nobody gets this"
+        end) }
+    end)
+    assert(coroutine.resume(leader))
+    local quit = false
+    local follower = coroutine.create(function()
+        seen.follower = { pcall(g.call, g, "k", function() return "never runs" end,
+            { abort = function() return quit end }) }
+    end)
+    assert(coroutine.resume(follower)) -- waiting
+    hold = false
+    assert(coroutine.resume(leader)) -- gives up; the follower still waits
+    eq(seen.gave_up_abandoned, false, "not abandoned while the follower waits")
+    eq(g:stats().abandons, 0)
+    quit = true
+    assert(coroutine.resume(follower)) -- gives up last
+    eq(seen.handler_on, follower, "the handler ran on the follower's coroutine")
+    eq(g:stats().abandons, 1, "abandons")
+    eq(g:stats().cancels, 2, "cancels")
+    assert(tostring(seen.follower[2]):find("SF_ECANCELED", 1, true), tostring(seen.follower[2]))
+    -- A new caller does not join the abandoned flight.
+    eq((g:call("k", function() return "fresh" end)), "fresh")
+    eq(g:stats().leaders, 2, "a new flight")
+    assert(coroutine.resume(leader))
+    eq(coroutine.status(leader), "dead")
+    assert(tostring(seen.leader[2]):find("SF_ECANCELED", 1, true), tostring(seen.leader[2]))
+end)
+
+test("closing a waiting follower's coroutine gives it up, and may abandon the flight", function()
+    local g = sf.new()
+    local hold = true
+    local handled = 0
+    local leader = coroutine.create(function()
+        return pcall(g.call, g, "k", function(flight)
+            flight:on_abandon(function() handled = handled + 1 end)
+            while hold do coroutine.yield() end
+            flight:give_up()
+            while not flight:abandoned() do coroutine.yield() end
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local follower = coroutine.create(function() return g:call("k", function() return "x" end) end)
+    assert(coroutine.resume(follower))
+    hold = false
+    assert(coroutine.resume(leader))
+    eq(handled, 0)
+    assert(coroutine.close(follower))
+    eq(handled, 1, "the handler ran inside coroutine.close")
+    eq(g:stats().abandons, 1)
+    assert(coroutine.resume(leader))
+end)
+
+test("a handler registered after the abandonment runs at once; handler errors are warned about", function()
+    local g = sf.new()
+    local warned = {}
+    local real_warn = warn
+    warn = function(...) warned[#warned + 1] = table.concat({ ... }) end -- luacheck: ignore
+    local ok, err = pcall(function()
+        local v, e = pcall(g.call, g, "k", function(flight)
+            flight:on_abandon(function() error("handler broke") end)
+            eq(flight:give_up(), true, "alone: abandoned at once")
+            local late = false
+            flight:on_abandon(function() late = true end)
+            eq(late, true, "ran at registration")
+            eq(flight:give_up(), false, "a second give_up changes nothing")
+            return "x"
+        end)
+        assert(not v and tostring(e):find("SF_ECANCELED", 1, true), tostring(e))
+    end)
+    warn = real_warn -- luacheck: ignore
+    assert(ok, err)
+    eq(#warned, 1, "warnings")
+    assert(warned[1]:find("handler broke", 1, true), warned[1])
+end)
+
+test("on_abandon and abort want functions", function()
+    local g = sf.new()
+    raises("abort must be a function", g.call, g, "k", function() return "x" end, { abort = 5 })
+    raises("on_abandon needs a function", g.call, g, "k", function(flight) flight:on_abandon(42) end)
+end)
+
 test("opts must be a table and timeout a non-negative number", function()
     local g = sf.new()
     local fn = function() return "x" end

@@ -6,12 +6,8 @@ local sf = require "singleflight"
 
 assert(NTHREADS == 2, "this script wants exactly 2 threads")
 local g = sf.shared("cross-state-timeout")
-local deadline = os.time() + 20
-local function spin_until(what, cond)
-    while not cond() do
-        if os.time() > deadline then error(what .. " never happened") end
-    end
-end
+local util = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "threads_util.lua")
+local spin_until = util.spin_until
 
 if THREAD_ID == 1 then
     local value, shared = g:call("k", function()

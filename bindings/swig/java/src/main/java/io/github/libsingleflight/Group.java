@@ -6,12 +6,22 @@ import io.github.libsingleflight.internal.NativeStats;
 import io.github.libsingleflight.internal.singleflight_core;
 import io.github.libsingleflight.internal.singleflight_coreConstants;
 
+import java.lang.ref.Cleaner;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.Arrays;
 import java.util.Objects;
 import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Executor;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.function.Supplier;
 
 /**
  * Duplicate call suppression (Go's singleflight) backed by libsingleflight.
@@ -27,7 +37,8 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  *
  * <p>A follower waits inside the native library and does not respond to {@link
  * Thread#interrupt()}; bound the wait with {@link #execute(String, Duration, Callable)} where that
- * matters.
+ * matters, or use {@link #callAsync(String, Supplier)}, where nobody waits and every caller can
+ * give up on its own.
  */
 public final class Group implements AutoCloseable {
     static {
@@ -39,6 +50,23 @@ public final class Group implements AutoCloseable {
     // progress keeps the native group alive on its own.
     private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
     private NativeGroup group = new NativeGroup();
+
+    // callAsync's reference to the C group (sfjava_async.hpp), made by the
+    // first callAsync and dropped by close() or, for a group never closed,
+    // by the cleaner; the handles of calls in progress hold their own.
+    private final Object asyncInit = new Object();
+    private volatile long asyncGroup;
+    private Cleaner.Cleanable asyncCleanup;
+    private volatile boolean closed;
+
+    // The open async flights by key (a String, or a ByteKey for byte[] keys):
+    // callers of a key join its flight here without crossing into C.  The
+    // same bytes in both forms make two flights, which C coalesces.
+    private final ConcurrentHashMap<Object, AsyncFlight<?>> flights = new ConcurrentHashMap<>();
+
+    private static final class AsyncCleaner {
+        static final Cleaner CLEANER = Cleaner.create();
+    }
 
     /** Creates an empty group. */
     public Group() {}
@@ -93,6 +121,109 @@ public final class Group implements AutoCloseable {
     }
 
     /**
+     * Coalesces concurrent callers of {@code key} onto one stage, without a thread waiting for it.
+     *
+     * <p>The first caller (the leader) calls {@code fn} on this thread; everyone who calls while
+     * its stage runs, here or through {@link #call(String, Callable)}, joins it. Each caller gets
+     * its own future, completed with the stage's value (the same object for every caller) or
+     * with its exception (the same {@code Throwable}, unwrapped from a {@code
+     * CompletionException}). Followers' futures are completed on the thread that completes the
+     * stage, as {@link CompletableFuture} dependents are; use the {@code *Async} methods to move
+     * work elsewhere.
+     *
+     * <p>Giving up: a caller that cancels its future (or completes it itself, as {@code
+     * orTimeout} does) stops waiting, and only that caller: the others still get the value. When
+     * every caller has given up while the stage runs, the stage is cancelled ({@code
+     * toCompletableFuture().cancel(true)}) on the thread of the last one to give up, and the key
+     * is free at once: the next caller starts afresh.
+     *
+     * <p>The async callers of one key share one call into the C library (they join in Java), so
+     * {@link #stats()} counts them as one call. Thread-safe, like every method here.
+     *
+     * @param key compared as its UTF-8 bytes; must not be null
+     * @param fn returns the stage doing the work; must not return null. What it throws, or a null
+     *     stage, fails the flight for every caller
+     * @return this caller's future; never completed by a thread waiting for it
+     * @throws IllegalStateException when the group is closed
+     */
+    public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn) {
+        return callAsync(Objects.requireNonNull(key, "key"), null, fn, null);
+    }
+
+    /**
+     * As {@link #callAsync(String, Supplier)}, but the leader calls {@code fn} on {@code executor}
+     * instead of this thread (an executor that refuses the task fails the flight with its
+     * exception).
+     */
+    public <T> CompletableFuture<T> callAsync(String key, Supplier<? extends CompletionStage<T>> fn,
+            Executor executor) {
+        return callAsync(Objects.requireNonNull(key, "key"), null, fn, Objects.requireNonNull(executor, "executor"));
+    }
+
+    /** As {@link #callAsync(String, Supplier)}, for a key of arbitrary bytes (copied). */
+    public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn) {
+        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        return callAsync(k, k.bytes, fn, null);
+    }
+
+    /** As {@link #callAsync(String, Supplier, Executor)}, for a key of arbitrary bytes. */
+    public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn,
+            Executor executor) {
+        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        return callAsync(k, k.bytes, fn, Objects.requireNonNull(executor, "executor"));
+    }
+
+    // mapKey: the String, or the ByteKey whose bytes are `bytes`.
+    @SuppressWarnings("unchecked")
+    private <T> CompletableFuture<T> callAsync(Object mapKey, byte[] bytes,
+            Supplier<? extends CompletionStage<T>> fn, Executor executor) {
+        Objects.requireNonNull(fn, "fn");
+        if (closed) throw new IllegalStateException("singleflight group is closed");
+        AsyncCaller<T> caller = new AsyncCaller<>();
+        for (;;) {
+            AsyncFlight<T> f = (AsyncFlight<T>) flights.get(mapKey);
+            if (f == null) {
+                AsyncFlight<T> mine = new AsyncFlight<>(flights, mapKey);
+                f = (AsyncFlight<T>) flights.putIfAbsent(mapKey, mine);
+                if (f == null) {
+                    mine.add(caller);
+                    boolean leads;
+                    lock.readLock().lock();
+                    try {
+                        leads = mine.begin(asyncGroup(), bytes != null ? bytes : utf8(mapKey.toString()));
+                    } catch (Throwable t) {
+                        mine.fail(t);
+                        throw t;
+                    } finally {
+                        lock.readLock().unlock();
+                    }
+                    if (leads) mine.lead(fn, executor);
+                    return caller;
+                }
+            }
+            if (f.join(caller)) return caller;
+            flights.remove(mapKey, f); // closed: make room for a new one
+        }
+    }
+
+    // Under the read lock.
+    private long asyncGroup() {
+        long ag = asyncGroup;
+        if (ag != 0) return ag;
+        NativeGroup g = open();
+        synchronized (asyncInit) {
+            ag = asyncGroup;
+            if (ag == 0) {
+                ag = singleflight_core.async_group_new(g);
+                final long drop = ag;
+                asyncCleanup = AsyncCleaner.CLEANER.register(this, () -> singleflight_core.async_group_drop(drop));
+                asyncGroup = ag;
+            }
+            return ag;
+        }
+    }
+
+    /**
      * Makes the next call for {@code key} run its callable again instead of joining the flight
      * in progress, which still delivers to its own callers.
      *
@@ -107,6 +238,10 @@ public final class Group implements AutoCloseable {
         Objects.requireNonNull(key, "key");
         lock.readLock().lock();
         try {
+            // The async flights first: a caller arriving in between begins
+            // in C and joins the flight about to be forgotten, as it would
+            // have a moment earlier.
+            detachAsync(key);
             return open().forget(key);
         } finally {
             lock.readLock().unlock();
@@ -127,9 +262,59 @@ public final class Group implements AutoCloseable {
         Objects.requireNonNull(key, "key");
         lock.readLock().lock();
         try {
-            return open().forget_unshared(key);
+            // Async callers who joined in Java joined the flight too, though
+            // C sees their flight as one call.
+            for (Object k : asyncKeys(key)) {
+                AsyncFlight<?> f = flights.get(k);
+                if (f != null && f.waiting() > 1) return false;
+            }
+            boolean forgotten = open().forget_unshared(key);
+            if (forgotten) detachAsync(key);
+            return forgotten;
         } finally {
             lock.readLock().unlock();
+        }
+    }
+
+    // The map keys an async flight of these key bytes can have: the bytes,
+    // and the String they are the UTF-8 encoding of, if any.
+    private static Object[] asyncKeys(byte[] key) {
+        ByteKey bytes = new ByteKey(key);
+        try {
+            String s = StandardCharsets.UTF_8.newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(ByteBuffer.wrap(key)).toString();
+            return new Object[] {bytes, s};
+        } catch (CharacterCodingException notUtf8) {
+            return new Object[] {bytes};
+        }
+    }
+
+    // The next async caller of key starts from C again.
+    private void detachAsync(byte[] key) {
+        if (flights.isEmpty()) return;
+        for (Object k : asyncKeys(key)) flights.remove(k);
+    }
+
+    /** A byte[] key with value equality, for the map of async flights. */
+    private static final class ByteKey {
+        final byte[] bytes;
+        private final int hash;
+
+        ByteKey(byte[] bytes) {
+            this.bytes = bytes;
+            this.hash = Arrays.hashCode(bytes);
+        }
+
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof ByteKey && Arrays.equals(bytes, ((ByteKey) o).bytes);
+        }
+
+        @Override
+        public int hashCode() {
+            return hash;
         }
     }
 
@@ -161,6 +346,12 @@ public final class Group implements AutoCloseable {
                 group.delete();
                 group = null;
             }
+            closed = true;
+            synchronized (asyncInit) {
+                if (asyncCleanup != null) asyncCleanup.clean();
+                asyncCleanup = null;
+                asyncGroup = 0;
+            }
         } finally {
             lock.writeLock().unlock();
         }
@@ -172,6 +363,16 @@ public final class Group implements AutoCloseable {
      */
     public static long liveNativeValues() {
         return singleflight_core.live_values();
+    }
+
+    /** Tests only: a native caller of key in this group (sfjava_async.hpp, TestParty). */
+    long testParty(String key) {
+        lock.readLock().lock();
+        try {
+            return singleflight_core.test_party_new(open(), utf8(key));
+        } finally {
+            lock.readLock().unlock();
+        }
     }
 
     /** The version of the loaded C library, e.g. "1.0.0". */
@@ -209,7 +410,20 @@ public final class Group implements AutoCloseable {
                 lead(flight, fn);
                 status = flight.waitFor(0);
             } else {
-                status = flight.waitFor(timeoutNs);
+                long ns = timeoutNs;
+                if (ns < 0) {
+                    // Not -1: C refuses an endless wait on a flight begun on
+                    // this thread, but an async leader begun here finishes
+                    // on whichever thread completes its stage.  Only while
+                    // its fn runs here is waiting for it waiting for itself.
+                    long ag = asyncGroup;
+                    if (ag != 0 && AsyncFlight.fnRunsHere(ag, key)) {
+                        throw new RuntimeException("singleflight: a call inside callAsync's fn asked for"
+                                + " its own key and would wait for itself (SF_EDEADLK)");
+                    }
+                    ns = Long.MAX_VALUE;
+                }
+                status = flight.waitFor(ns);
                 if (status == singleflight_coreConstants.ETIMEDOUT) {
                     throw new TimeoutException("singleflight: gave up waiting for the flight");
                 }

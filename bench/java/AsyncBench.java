@@ -1,0 +1,224 @@
+import io.github.libsingleflight.Group;
+
+import java.lang.management.ManagementFactory;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Supplier;
+
+/**
+ * Group.callAsync against Java's own idiom for coalescing async work, measured side by side in
+ * one JVM (issue 12):
+ *
+ * <ul>
+ *   <li>stampede: 10,000 futures on one key, one execution, thread count before/while/after;
+ *   <li>coalesced: ns per call for N callers of one key plus the completion that reaches them
+ *       all, for callAsync, for ConcurrentHashMap.computeIfAbsent of a CompletableFuture
+ *       returned as is (every caller shares one future: one caller's cancel cancels everyone's),
+ *       and the same idiom returning {@code copy()} per caller (a cancel stays with its caller,
+ *       as with callAsync, though the work never learns that everyone left);
+ *   <li>lone: ns per call of one caller of a key whose stage is already complete;
+ *   <li>cancel latency: from the last caller's cancel() to the leader's stage seeing its
+ *       cancellation, p50/p99, within one Java flight and through C's abandon callback.
+ * </ul>
+ *
+ * Each run measures every variant once, interleaved, and the medians over runs are printed.
+ *
+ * <pre>
+ *   bench/java/run.sh [--runs R] [--callers N] [--cancel-rounds C]
+ * </pre>
+ */
+public final class AsyncBench {
+    interface Coalescer {
+        <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn);
+    }
+
+    /** The idiom: one shared future per key, removed from the map when it completes. */
+    static final class MapCoalescer implements Coalescer {
+        private final ConcurrentHashMap<String, CompletableFuture<?>> map = new ConcurrentHashMap<>();
+        private final boolean copyPerCaller;
+
+        MapCoalescer(boolean copyPerCaller) {
+            this.copyPerCaller = copyPerCaller;
+        }
+
+        @Override
+        @SuppressWarnings("unchecked")
+        public <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn) {
+            CompletableFuture<T> mine = new CompletableFuture<>();
+            CompletableFuture<T> shared = (CompletableFuture<T>) map.computeIfAbsent(key, k -> mine);
+            if (shared == mine) {
+                fn.get().whenComplete((v, e) -> {
+                    map.remove(key, mine);
+                    if (e != null) mine.completeExceptionally(e); else mine.complete(v);
+                });
+            }
+            return copyPerCaller ? shared.copy() : shared;
+        }
+    }
+
+    static final class OurCoalescer implements Coalescer {
+        final Group group = new Group();
+
+        @Override
+        public <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn) {
+            return group.callAsync(key, fn);
+        }
+    }
+
+    static final Object VALUE = new Object();
+
+    /** N callers on one key, then the stage completes; returns ns per call. */
+    static double coalesced(Coalescer c, int n, List<CompletableFuture<Object>> scratch) {
+        CompletableFuture<Object> stage = new CompletableFuture<>();
+        Supplier<CompletionStage<Object>> fn = () -> stage;
+        scratch.clear();
+        long t0 = System.nanoTime();
+        for (int i = 0; i < n; i++) scratch.add(c.call("hot", fn));
+        stage.complete(VALUE);
+        long t1 = System.nanoTime();
+        for (CompletableFuture<Object> f : scratch) {
+            if (f.getNow(null) != VALUE) throw new AssertionError("a caller did not get the value");
+        }
+        return (double) (t1 - t0) / n;
+    }
+
+    /** One caller per key, its stage already complete; returns ns per call. */
+    static double lone(Coalescer c, int n) {
+        CompletableFuture<Object> done = CompletableFuture.completedFuture(VALUE);
+        Supplier<CompletionStage<Object>> fn = () -> done;
+        long t0 = System.nanoTime();
+        for (int i = 0; i < n; i++) {
+            if (c.call("lone", fn).getNow(null) != VALUE) throw new AssertionError();
+        }
+        return (double) (System.nanoTime() - t0) / n;
+    }
+
+    /**
+     * Rounds of leader + follower; the follower leaves last. Returns sorted latencies in ns.
+     * viaCallback: the follower is a caller of the key's byte[] form, a second party in C, so the
+     * stage is cancelled by the C library's abandon callback (a JNI upcall) when it leaves; else
+     * both share one Java flight, whose last caller leaving gives up in C and cancels the stage
+     * itself.
+     */
+    static long[] cancelLatency(Group g, int rounds, boolean viaCallback) {
+        long[] lat = new long[rounds];
+        long[] seen = new long[1];
+        byte[] bytes = {'c'};
+        for (int r = 0; r < rounds; r++) {
+            CompletableFuture<Object> stage = new CompletableFuture<>();
+            stage.whenComplete((v, e) -> seen[0] = System.nanoTime());
+            CompletableFuture<Object> leader = g.callAsync("c", () -> stage);
+            CompletableFuture<Object> follower = viaCallback ? g.callAsync(bytes, () -> stage)
+                    : g.callAsync("c", () -> stage);
+            leader.cancel(true);
+            long t0 = System.nanoTime();
+            follower.cancel(true);
+            if (!stage.isCancelled()) throw new AssertionError("the stage was not cancelled");
+            lat[r] = seen[0] - t0;
+        }
+        Arrays.sort(lat);
+        return lat;
+    }
+
+    static double median(List<Double> xs) {
+        double[] a = xs.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+        return a.length % 2 == 1 ? a[a.length / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2;
+    }
+
+    static int threads() {
+        return ManagementFactory.getThreadMXBean().getThreadCount();
+    }
+
+    public static void main(String[] args) throws Exception {
+        int runs = 15, callers = 10_000, cancelRounds = 20_000;
+        for (int i = 0; i < args.length; i++) {
+            switch (args[i]) {
+                case "--runs": runs = Integer.parseInt(args[++i]); break;
+                case "--callers": callers = Integer.parseInt(args[++i]); break;
+                case "--cancel-rounds": cancelRounds = Integer.parseInt(args[++i]); break;
+                default: throw new IllegalArgumentException("unknown argument " + args[i]);
+            }
+        }
+        OurCoalescer ours = new OurCoalescer();
+        Coalescer[] all = {ours, new MapCoalescer(false), new MapCoalescer(true)};
+        String[] names = {"callAsync", "CHM idiom, shared future", "CHM idiom, copy() per caller"};
+        List<CompletableFuture<Object>> scratch = new ArrayList<>(callers);
+
+        // The stampede, once, on a fresh key.
+        coalesced(ours, 100, scratch); // loads and links everything first
+        int before = threads();
+        CompletableFuture<Object> stage = new CompletableFuture<>();
+        int[] executions = new int[1];
+        scratch.clear();
+        for (int i = 0; i < 10_000; i++) {
+            scratch.add(ours.group.callAsync("stampede", () -> {
+                executions[0]++;
+                return stage;
+            }));
+        }
+        int waiting = threads();
+        stage.complete(VALUE);
+        long completed = scratch.stream().filter(f -> f.getNow(null) == VALUE).count();
+        System.out.printf(Locale.ROOT, "stampede: 10000 futures on one key: %d execution(s), %d completed; "
+                + "JVM threads before %d, while 10000 wait %d, after %d%n",
+                executions[0], completed, before, waiting, threads());
+
+        // Warm-up: the JIT compiles every variant before anything counts.
+        for (int w = 0; w < 5; w++) {
+            for (Coalescer c : all) {
+                coalesced(c, callers, scratch);
+                lone(c, callers);
+            }
+            cancelLatency(ours.group, 2_000, false);
+            cancelLatency(ours.group, 2_000, true);
+        }
+
+        List<List<Double>> co = new ArrayList<>(), lo = new ArrayList<>();
+        for (int i = 0; i < all.length; i++) {
+            co.add(new ArrayList<>());
+            lo.add(new ArrayList<>());
+        }
+        List<Double> p50 = new ArrayList<>(), p99 = new ArrayList<>();
+        List<Double> cbP50 = new ArrayList<>(), cbP99 = new ArrayList<>();
+        for (int r = 0; r < runs; r++) {
+            for (int i = 0; i < all.length; i++) {
+                // Rotate the order so that no variant always runs first.
+                int k = (i + r) % all.length;
+                co.get(k).add(coalesced(all[k], callers, scratch));
+                lo.get(k).add(lone(all[k], callers));
+            }
+            long[] lat = cancelLatency(ours.group, cancelRounds, false);
+            p50.add((double) lat[lat.length / 2]);
+            p99.add((double) lat[(int) (lat.length * 0.99)]);
+            lat = cancelLatency(ours.group, cancelRounds, true);
+            cbP50.add((double) lat[lat.length / 2]);
+            cbP99.add((double) lat[(int) (lat.length * 0.99)]);
+        }
+
+        System.out.printf(Locale.ROOT, "coalesced: %d callers of one key, ns per call (median of %d interleaved runs)%n",
+                callers, runs);
+        double base = median(co.get(1)), baseCopy = median(co.get(2));
+        for (int i = 0; i < all.length; i++) {
+            double m = median(co.get(i));
+            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (x%.2f of shared, x%.2f of copy)%n", names[i], m,
+                    m / base, m / baseCopy);
+        }
+        System.out.printf(Locale.ROOT, "lone: one caller per key, stage already complete, ns per call%n");
+        double loneBase = median(lo.get(1));
+        for (int i = 0; i < all.length; i++) {
+            double m = median(lo.get(i));
+            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (x%.2f of shared)%n", names[i], m, m / loneBase);
+        }
+        System.out.printf(Locale.ROOT, "cancel latency: last caller's cancel() to the stage cancelled, "
+                + "%d rounds per run, median over runs:%n", cancelRounds);
+        System.out.printf(Locale.ROOT, "  one Java flight (gives up in C, cancels itself)  p50 %.2f us, p99 %.2f us%n",
+                median(p50) / 1e3, median(p99) / 1e3);
+        System.out.printf(Locale.ROOT, "  two C parties (C's abandon callback, an upcall)   p50 %.2f us, p99 %.2f us%n",
+                median(cbP50) / 1e3, median(cbP99) / 1e3);
+    }
+}
