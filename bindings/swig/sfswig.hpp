@@ -71,6 +71,8 @@ struct Stats {
     long long timeouts = 0;
     long long forgets = 0;
     long long in_flight = 0;
+    long long abandons = 0;  // flights every caller gave up on (stats v2)
+    long long cancels = 0;   // callers who gave up (stats v2)
 };
 
 #ifndef SWIG
@@ -199,6 +201,8 @@ public:
         out.timeouts = static_cast<long long>(s.timeouts);
         out.forgets = static_cast<long long>(s.forgets);
         out.in_flight = static_cast<long long>(s.in_flight);
+        out.abandons = static_cast<long long>(s.abandons);
+        out.cancels = static_cast<long long>(s.cancels);
         return out;
     }
 

@@ -74,9 +74,10 @@ print("installed:", libsingleflight.__file__, "library", libsingleflight.version
 # ---- Lua 5.4 -----------------------------------------------------------------
 export LUA_PATH_5_4="$B/lua/?.lua;;" LUA_CPATH_5_4="$B/lua/?.so;;"
 # The build tree's module finds the build tree's libsingleflight through its
-# RUNPATH.  LD_LIBRARY_PATH, set by ctest, names the test install instead,
-# which the install test deletes and rewrites while these may run: loading
-# a half-written library crashed them.  They run without it.
+# RUNPATH.  An LD_LIBRARY_PATH from the caller's shell would win over it and
+# could name another copy (the test install, which the install test rewrites
+# while these may run: loading a half-written library crashed them), so they
+# run without it.  ctest no longer sets it for tests like these.
 lua_env=(timeout 300 env -u LD_LIBRARY_PATH)
 lua_plain() { "${lua_env[@]}" lua5.4 "$HERE/lua/tests/test_singleflight.lua"; }
 # The same suite under valgrind: the C++ side of the Lua module (value copies,

@@ -399,7 +399,7 @@ function Group:stats()
         calls = int(s.calls), leaders = int(s.leaders), followers = int(s.followers),
         panics = int(s.panics), goexits = int(s.goexits), timeouts = int(s.timeouts),
         forgets = int(s.forgets), in_flight = int(s.in_flight),
-        abandons = int(self.native:abandons()), cancels = int(self.native:cancels()),
+        abandons = int(s.abandons), cancels = int(s.cancels),
     }
 end
 

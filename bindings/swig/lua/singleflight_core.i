@@ -16,14 +16,6 @@ struct LuaBytes {
 };
 }
 
-static sf_group_stats sflua_stats_v2(sfswig::Group *g) {
-    sf_group_stats s;
-    s.version = 2;
-    int rc = sf_group_stats_get(g->handle().get(), &s);
-    if (rc != SF_OK) throw sfswig::Error(rc, "sf_group_stats_get");
-    return s;
-}
-
 static void sflua_destroy(void *value) {
     delete static_cast<std::string *>(value);
     sfswig::live_counter().fetch_sub(1);
@@ -96,12 +88,6 @@ static void sflua_destroy(void *value) {
         v.bytes = static_cast<const std::string *>($self->value());
         return v;
     }
-}
-
-/* The counters stats version 2 added, until the shared Stats has them. */
-%extend sfswig::Group {
-    long long abandons() { return sflua_stats_v2($self).abandons; }
-    long long cancels() { return sflua_stats_v2($self).cancels; }
 }
 
 /* What a follower's wait returns after it gave up. */

@@ -325,7 +325,8 @@ public final class Group implements AutoCloseable {
             NativeStats s = open().stats();
             try {
                 return new Stats(s.getCalls(), s.getLeaders(), s.getFollowers(), s.getPanics(),
-                        s.getGoexits(), s.getTimeouts(), s.getForgets(), s.getIn_flight());
+                        s.getGoexits(), s.getTimeouts(), s.getForgets(), s.getIn_flight(),
+                        s.getAbandons(), s.getCancels());
             } finally {
                 s.delete();
             }

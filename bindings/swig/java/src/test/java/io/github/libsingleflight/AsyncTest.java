@@ -222,6 +222,7 @@ class AsyncTest {
             assertTrue(work.stage.isCancelled(), "cancelled on the thread of the last caller to leave");
         }
         assertEquals(3, group.stats().leaders());
+        assertEquals(3, group.stats().abandons(), "each flight counted abandoned once");
     }
 
     @Test
