@@ -383,6 +383,22 @@ def main():
                                "p99_ns": median([r["p99_ns"] for r in rs]),
                                "max_ns": median([r["max_ns"] for r in rs]),
                                "samples": sum(r["samples"] for r in rs), "reps": len(rs)}
+        # The floor under the hot-key cells: one cache line passed between
+        # two threads, no library (what a hot key on 2 threads pays at
+        # least once per call).  Informational: it says where the host put
+        # the two vCPUs, not how good the library is.
+        rs = []
+        for rep in range(wake_reps):
+            res, err = run_one(found["capi"][:1] + ["--handoff", "200000" if quick else "2000000"], timeout)
+            if res is None:
+                log("  handoff failed: %s" % err)
+                break
+            raw.append(res)
+            rs.append(res)
+        if rs:
+            extra["handoff"] = {"p10_ns": median([r["p10_ns"] for r in rs]),
+                                "p50_ns": median([r["p50_ns"] for r in rs]),
+                                "p90_ns": median([r["p90_ns"] for r in rs]), "reps": len(rs)}
 
     # ---- allocations by key length (steady state, single thread and contended)
     allocs = []
@@ -550,6 +566,12 @@ def report(data, outdir, check):
         lines.append("cancellation, C API: the last of 64 followers giving up to the abandon callback "
                      "running: p50 %s µs, p99 %s µs (median of %d runs; target p99 <= 50 µs) %s"
                      % (fmt_us(w["p50_ns"]), fmt_us(w["p99_ns"]), w["reps"], "MET" if ok else "MISSED"))
+    if "handoff" in extra:
+        w = extra["handoff"]
+        lines.append("core-to-core handoff (no library; one cache line written in turn by 2 threads): "
+                     "%s ns per one-way handoff (p10 %s, p90 %s; median of %d runs). Informational: the floor "
+                     "under a hot key on 2 threads, set by where the host placed the vCPUs"
+                     % (fmt_ns(w["p50_ns"]), fmt_ns(w["p10_ns"]), fmt_ns(w["p90_ns"]), w["reps"]))
     wake_rows = [[{"floor": "futex floor"}.get(n, n), "", "", fmt_us(w["p50_ns"]), fmt_us(w["p99_ns"]), fmt_us(w["max_ns"]), w["samples"], w["late"]]
                  for n, w in wake.items()]
     alloc_rows = []

@@ -209,6 +209,7 @@ struct Options {
     int wake = 0;    // >0: wake experiment with this many followers
     int wake_callbacks = 0;  // >0: the same with callback followers (capi)
     int cancel = 0;          // >0: cancellation latency with this many followers (capi)
+    int handoff = 0;         // >0: this many cache-line round trips between two threads
     int rounds = 20;
 };
 
@@ -238,6 +239,7 @@ Options parse(int argc, char **argv) {
         else if (a == "--wake") o.wake = std::atoi(val());
         else if (a == "--wake-callbacks") o.wake_callbacks = std::atoi(val());
         else if (a == "--cancel-latency") o.cancel = std::atoi(val());
+        else if (a == "--handoff") o.handoff = std::atoi(val());
         else if (a == "--rounds") o.rounds = std::atoi(val());
         else if (a == "--help" || a == "-h") {
             std::puts(
@@ -246,13 +248,14 @@ Options parse(int argc, char **argv) {
                 "sfbench --contender capi|naive|floor --wake N [--rounds R]\n"
                 "sfbench --wake-callbacks N [--rounds R]    (sf_call_on_done followers)\n"
                 "sfbench --cancel-latency N [--rounds R]    (last cancel to abandon callback)\n"
+                "sfbench --handoff N                        (one cache line between 2 threads)\n"
                 "Prints one JSON line.  SFBENCH_ALLOC_TRACE=N prints the stacks of the first N\n"
                 "allocations made inside the measured loop.");
             std::exit(0);
         } else die("unknown argument (try --help)");
     }
     if (o.threads < 1 || o.keys < 0 || o.duration_ms < 1 || o.warmup_ms < 0 || o.keylen < 0 ||
-        o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0)
+        o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0 || o.handoff < 0)
         die("bad option value");
     return o;
 }
@@ -593,12 +596,54 @@ void run_cancel_latency(int n, int rounds) {
     print_latency("cancel_latency", n, rounds, std::move(samples));
 }
 
+// ------------------------------------------------------ core-to-core handoff
+//
+// No library at all: two threads take turns writing one cache line (each
+// waits, spinning, for the other's write, then writes).  ns per one-way
+// handoff is the floor under any call that writes state the other core
+// wrote last, which is what a hot key on two threads does at least once
+// per call.  The figure depends on where the host placed the two vCPUs
+// (two hyperthreads of one core, two cores, two sockets), not on us.
+void run_handoff(int round_trips) {
+    alignas(64) static std::atomic<std::uint32_t> line{0};
+    line.store(0);
+    constexpr int kChunk = 1000;  // round trips per sample
+    const int chunks = std::max(1, round_trips / kChunk);
+    std::vector<std::uint32_t> samples;
+    samples.reserve(std::size_t(chunks));
+    std::thread other([&] {
+        for (std::uint32_t v = 1; v < std::uint32_t(2 * chunks * kChunk); v += 2) {
+            while (line.load(std::memory_order_acquire) != v) {
+            }
+            line.store(v + 1, std::memory_order_release);
+        }
+    });
+    std::uint32_t v = 0;
+    for (int c = 0; c < chunks; ++c) {
+        const std::uint64_t t0 = now_ns();
+        for (int i = 0; i < kChunk; ++i, v += 2) {
+            line.store(v + 1, std::memory_order_release);
+            while (line.load(std::memory_order_acquire) != v + 2) {
+            }
+        }
+        samples.push_back(std::uint32_t((now_ns() - t0) / (2 * kChunk)));
+    }
+    other.join();
+    samples = percentile_sort(std::move(samples));
+    std::printf("{\"kind\":\"handoff\",\"round_trips\":%d,\"samples\":%zu,"
+                "\"p10_ns\":%u,\"p50_ns\":%u,\"p90_ns\":%u}\n",
+                chunks * kChunk, samples.size(), samples[samples.size() / 10],
+                samples[samples.size() / 2], samples[samples.size() * 9 / 10]);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
     if (sf_version_number() != SF_VERSION_NUMBER) die("header/library version mismatch");
-    if (o.wake_callbacks > 0) {
+    if (o.handoff > 0) {
+        run_handoff(o.handoff);
+    } else if (o.wake_callbacks > 0) {
         run_wake_callbacks(o.wake_callbacks, o.rounds);
     } else if (o.cancel > 0) {
         run_cancel_latency(o.cancel, o.rounds);
