@@ -21,14 +21,24 @@ std::atomic<uint64_t> g_stripes_owned{1};
 // every new thread).  The library is linked with -z nodelete, so a dlclose
 // (a Lua state or a JVM unloading a binding) never unmaps the code a later
 // thread exit calls into.
-pthread_key_t g_exit_key;
+//
+// Both the key and the hooks are written by static initialisation, which a
+// dlopen on one thread runs while other threads may already be exiting
+// through an earlier load's key (the loader's lock orders them, but
+// ThreadSanitizer cannot see it): so they are published with release
+// stores and read with acquire loads, which cost nothing that matters at
+// a thread's start and exit.
+// -1 until created; stays -1 if the process has no key left
+// (PTHREAD_KEYS_MAX), and then threads exit without the hooks: their cached
+// blocks stay where they are instead of going back to the shared pool.
+std::atomic<long> g_exit_key{-1};
 
 // What the rooms above this one (the block caches) want done at a thread's
 // exit, registered during static initialisation: this room calls them
 // without depending on them.
 constexpr int kMaxExitHooks = 4;
 void (*g_exit_hooks[kMaxExitHooks])() noexcept;
-int g_exit_hook_count;
+std::atomic<int> g_exit_hook_count{0};
 
 void release_stripe(ThreadState &t) noexcept {
     uint32_t s = t.stripe;
@@ -44,17 +54,27 @@ void release_stripe(ThreadState &t) noexcept {
 void on_thread_exit(void *) noexcept {
     ThreadState &t = t_state;
     t.life = kDead;  // from here on (later TLS destructors) use shared paths
-    for (int i = 0; i < g_exit_hook_count; ++i) g_exit_hooks[i]();
+    const int hooks = g_exit_hook_count.load(std::memory_order_acquire);
+    for (int i = 0; i < hooks; ++i) g_exit_hooks[i]();
     release_stripe(t);
 }
 
 struct KeyInit {
-    KeyInit() noexcept { pthread_key_create(&g_exit_key, on_thread_exit); }
+    KeyInit() noexcept {
+        pthread_key_t key;
+        if (pthread_key_create(&key, on_thread_exit) == 0)
+            g_exit_key.store(long(key), std::memory_order_release);
+    }
 } g_key_init;
 }  // namespace
 
 void at_thread_exit(void (*hook)() noexcept) noexcept {
-    if (g_exit_hook_count < kMaxExitHooks) g_exit_hooks[g_exit_hook_count++] = hook;
+    // Static initialisation of this library: one thread, in order.
+    const int n = g_exit_hook_count.load(std::memory_order_relaxed);
+    if (n < kMaxExitHooks) {
+        g_exit_hooks[n] = hook;
+        g_exit_hook_count.store(n + 1, std::memory_order_release);
+    }
 }
 
 uint64_t assign_serial() noexcept {
@@ -68,7 +88,8 @@ void register_thread() noexcept {
     if (t.life != kNew) return;
     t.life = kActive;
     if (!t.serial) assign_serial();  // flight_new reads it without a check
-    pthread_setspecific(g_exit_key, &t);  // non-NULL: on_thread_exit runs at exit
+    const long key = g_exit_key.load(std::memory_order_acquire);
+    if (key >= 0) pthread_setspecific(pthread_key_t(key), &t);  // non-NULL: on_thread_exit runs at exit
 }
 
 uint32_t claim_stripe() noexcept {
