@@ -22,7 +22,7 @@ FNS = ["trivial", "spin", "sleep"]
 
 # Display order and labels; a contender appears only when its program exists.
 SHORT = {"capi": "capi", "naive": "naive", "xsync": "x/sync", "gobinding": "go-bind",
-         "rust": "rust", "python": "python"}
+         "rust": "rust", "python": "python", "apifloor": "api floor"}
 LABELS = {
     "capi": "libsf C API",
     "naive": "naive C++",
@@ -30,6 +30,9 @@ LABELS = {
     "gobinding": "Go binding",
     "rust": "Rust binding",
     "python": "Python binding",
+    # The same four C calls with nothing behind them (bench/apifloor.c), run
+    # in the trivial cells only: the floor under any library with this API.
+    "apifloor": "API floor",
 }
 
 
@@ -44,6 +47,7 @@ def discover(bdir, root):
     if os.access(sfb, os.X_OK):
         found["capi"] = [sfb, "--contender", "capi"]
         found["naive"] = [sfb, "--contender", "naive"]
+        found["apifloor"] = [sfb, "--contender", "apifloor"]
     else:
         missing["capi"] = missing["naive"] = "sfbench not built"
     gob = os.path.join(bdir, "bench", "gobench")
@@ -294,7 +298,7 @@ def main():
             # (or a busy) machine from its neighbour.
             rot = order[rep % len(order):] + order[:rep % len(order)]
             for n in rot:
-                if n in failures:
+                if n in failures or (n == "apifloor" and fn != "trivial"):
                     continue
                 res, err = run_one(found[n] + cell_args(n, t, k, fn, dur[fn], warm_fn[fn]), timeout)
                 if res is None:
@@ -327,6 +331,14 @@ def main():
                     ratios.append(b[0]["ns_per_op"] / a[0]["ns_per_op"])
             cell["xsync_over_capi"] = median(ratios)
             cell["xsync_over_capi_all"] = ratios
+        if per.get("apifloor") and "xsync" in per:
+            fr = []
+            for rep in range(n_reps):
+                a = [r for r in per["apifloor"] if r["rep"] == rep]
+                b = [r for r in per["xsync"] if r["rep"] == rep]
+                if a and b and a[0]["ns_per_op"] > 0:
+                    fr.append(b[0]["ns_per_op"] / a[0]["ns_per_op"])
+            cell["xsync_over_apifloor"] = median(fr)
             cratios = []
             for rep in range(n_reps):
                 a = [r for r in per["capi"] if r["rep"] == rep]
@@ -503,6 +515,11 @@ def report(data, outdir, check):
                             fmt_ns(c["contenders"]["capi"].get("cpu_ns_per_op")),
                             fmt_ns(c["contenders"]["xsync"].get("cpu_ns_per_op")),
                             "-" if xc is None else "%.2fx" % xc))
+            fl = c["contenders"].get("apifloor", {}).get("ns_per_op")
+            if fl and c.get("xsync_over_apifloor"):
+                lines[-1] += ("; the API floor (the same four calls, nothing behind them) %s ns/op: no library "
+                              "with this API can be more than %.2fx x/sync here"
+                              % (fmt_ns(fl), c["xsync_over_apifloor"]))
     c = cells.get((2, "1", "trivial"))
     x = c.get("xsync_over_capi") if c else None
     if x is None:
@@ -623,7 +640,7 @@ def report(data, outdir, check):
         f.write("\n".join("- " + l for l in lines) + "\n")
     with open(os.path.join(outdir, "targets.json"), "w") as f:
         json.dump(verdicts, f, indent=1)
-    svg_chart(cells, order, os.path.join(outdir, "chart.svg"),
+    svg_chart(cells, [n for n in order if n != "apifloor"], os.path.join(outdir, "chart.svg"),
               "libsingleflight vs Go x/sync: ns/op by workload (median of repeats)", fns, threads)
 
     if check:

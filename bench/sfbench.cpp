@@ -133,6 +133,37 @@ struct CapiContender {
     static constexpr bool knows_followers = true;
 };
 
+// The API's shape with nothing behind it (bench/apifloor.c): what four
+// calls into a shared library and a callback cost on this machine.
+extern "C" {
+struct floor_call;
+int floor_group_do(void *g, const void *key, std::size_t key_len, int (*fn)(floor_call *, void *),
+                   void *payload, floor_call **result, int *shared);
+void floor_call_set_value(floor_call *call, void *value, void (*destroy)(void *));
+void *floor_result_value(const floor_call *r);
+void floor_result_release(floor_call *r);
+}
+
+struct ApiFloorContender {
+    int group = 0;  // any non-null pointer
+    static int trampoline(floor_call *call, void *payload) {
+        auto *w = static_cast<const Work *>(payload);
+        std::uint64_t v = w->fn(w->ctx);
+        floor_call_set_value(call, reinterpret_cast<void *>(std::uintptr_t(v)), nullptr);
+        return 0;
+    }
+    std::uint64_t call(const char *key, std::size_t len, Work w) {
+        floor_call *r = nullptr;
+        int shared = 0;
+        if (floor_group_do(&group, key, len, &trampoline, &w, &r, &shared) != 0) die("floor_group_do");
+        auto v = std::uint64_t(reinterpret_cast<std::uintptr_t>(floor_result_value(r)));
+        floor_result_release(r);
+        return v;
+    }
+    std::uint64_t followers() const { return 0; }
+    static constexpr bool knows_followers = false;
+};
+
 // What a careful user writes by hand: correct, and no cleverer than needed.
 struct NaiveContender {
     std::mutex mu;
@@ -243,7 +274,7 @@ Options parse(int argc, char **argv) {
         else if (a == "--rounds") o.rounds = std::atoi(val());
         else if (a == "--help" || a == "-h") {
             std::puts(
-                "sfbench --contender capi|naive|floor --threads T --keys N|unique "
+                "sfbench --contender capi|naive|floor|apifloor --threads T --keys N|unique "
                 "--fn trivial|spin|sleep [--duration-ms D] [--warmup-ms W] [--keylen L]\n"
                 "sfbench --contender capi|naive|floor --wake N [--rounds R]\n"
                 "sfbench --wake-callbacks N [--rounds R]    (sf_call_on_done followers)\n"
@@ -653,11 +684,14 @@ int main(int argc, char **argv) {
     } else if (o.contender == "naive") {
         if (o.wake > 0) run_wake<NaiveContender>(o);
         else run_cell<NaiveContender>(o);
+    } else if (o.contender == "apifloor") {
+        if (o.wake > 0) die("--wake does not apply to apifloor");
+        run_cell<ApiFloorContender>(o);
     } else if (o.contender == "floor") {
         if (o.wake > 0) run_wake<FloorContender>(o);
         else run_cell<FloorContender>(o);
     } else {
-        die("unknown --contender (capi, naive, floor)");
+        die("unknown --contender (capi, naive, floor, apifloor)");
     }
     std::fflush(stdout);
     return 0;

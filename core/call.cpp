@@ -250,18 +250,28 @@ int call_finish_unshared(Call *c, int error) noexcept {
     // Out of the table only if nobody joined: one CAS, after which nobody
     // can join.
     if (!f->group->table().unpublish_if_unjoined(f)) return 1;
-    // The right to complete (a set_value in progress lands first; another
-    // thread's finish may have won: then it waits for kUnpublished).
-    if (!take_leader_bit(f, kFinished)) {
-        f->state.fetch_or(kUnpublished, std::memory_order_release);
-        return kBadState;
+    // From here nobody else can write the state word: no follower exists
+    // or can join, forget and abandonment need the flight in the table or
+    // a party other than the leader, and the leader's handle is ours alone
+    // (this call may release it, so, like sf_call_release, it must not race
+    // with another use of the handle).  So the completion is one plain
+    // release store, not two more read-modify-writes: this path is every
+    // uncontended Go and Python call.  A set_value or finish on another
+    // thread is such a race; it still gets the careful way below.
+    uint32_t old = f->state.load(std::memory_order_relaxed);
+    if (__builtin_expect(old & (kFinished | kWriting), 0)) {
+        if (!take_leader_bit(f, kFinished)) {
+            f->state.fetch_or(kUnpublished, std::memory_order_release);
+            return kBadState;
+        }
+        old = f->state.load(std::memory_order_relaxed);
     }
     Group *g = f->group;
     const Stats::Mine counts = g->stats().mine();
     g->stats().add(counts, kCompleted);
     f->status_ = int8_t(kOk);
     f->error = error;
-    const uint32_t old = f->state.fetch_or(kDone | kUnpublished, std::memory_order_acq_rel);
+    f->state.store(old | kFinished | kDone | kUnpublished, std::memory_order_release);
     if (old & kWaiters) detail::futex_wake_all(&f->state);
     if (old & kNotify) notify_completion(f);  // the leader's own registration
     // The release, which needs no Goexit: finished.

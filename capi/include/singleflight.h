@@ -319,7 +319,9 @@ SF_API int sf_call_panic(sf_call *call, const char *message);
  * keeps its value in the host language: the uncontended call crosses into C
  * twice (begin, this) and the value never leaves the host.  SF_ESTATE when
  * the call is not an unfinished two-phase leader; SF_EINVAL for NULL.
- * Thread rules as for sf_call_finish; on 0 the handle must not be used. */
+ * Since it may release the handle, it must not race with another use of
+ * the same handle (the rule of sf_call_release); on 0 the handle must not
+ * be used again. */
 SF_API int sf_call_finish_unshared(sf_call *call, int error);
 
 /* Waits for the flight to complete, for at most timeout_ns nanoseconds
