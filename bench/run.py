@@ -106,6 +106,17 @@ def cell_args(name, threads, keys, fn, dur, warm, keylen=0):
         ["--keylen", str(keylen)] if keylen else [])
 
 
+def paired_ratios(per, num, den, n_reps, field):
+    """num's field over den's, repeat by repeat (runs made seconds apart)."""
+    out = []
+    for rep in range(n_reps):
+        a = [r for r in per[den] if r["rep"] == rep]
+        b = [r for r in per[num] if r["rep"] == rep]
+        if a and b and a[0].get(field) and b[0].get(field):
+            out.append(b[0][field] / a[0][field])
+    return out
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -323,30 +334,14 @@ def main():
             }
         # Ratio per repeat (runs seconds apart), then the median of those.
         if "capi" in per and "xsync" in per:
-            ratios = []
-            for rep in range(n_reps):
-                a = [r for r in per["capi"] if r["rep"] == rep]
-                b = [r for r in per["xsync"] if r["rep"] == rep]
-                if a and b and a[0]["ns_per_op"] > 0:
-                    ratios.append(b[0]["ns_per_op"] / a[0]["ns_per_op"])
+            ratios = paired_ratios(per, "xsync", "capi", n_reps, "ns_per_op")
             cell["xsync_over_capi"] = median(ratios)
             cell["xsync_over_capi_all"] = ratios
-        if per.get("apifloor") and "xsync" in per:
-            fr = []
-            for rep in range(n_reps):
-                a = [r for r in per["apifloor"] if r["rep"] == rep]
-                b = [r for r in per["xsync"] if r["rep"] == rep]
-                if a and b and a[0]["ns_per_op"] > 0:
-                    fr.append(b[0]["ns_per_op"] / a[0]["ns_per_op"])
-            cell["xsync_over_apifloor"] = median(fr)
-            cratios = []
-            for rep in range(n_reps):
-                a = [r for r in per["capi"] if r["rep"] == rep]
-                b = [r for r in per["xsync"] if r["rep"] == rep]
-                if a and b and a[0].get("cpu_ns_per_op") and b[0].get("cpu_ns_per_op"):
-                    cratios.append(b[0]["cpu_ns_per_op"] / a[0]["cpu_ns_per_op"])
+            cratios = paired_ratios(per, "xsync", "capi", n_reps, "cpu_ns_per_op")
             cell["xsync_over_capi_cpu"] = median(cratios)
             cell["xsync_over_capi_cpu_all"] = cratios
+        if per.get("apifloor") and "xsync" in per:
+            cell["xsync_over_apifloor"] = median(paired_ratios(per, "xsync", "apifloor", n_reps, "ns_per_op"))
         cells[(t, k, fn)] = cell
 
     # ---- wake experiment: 64 followers on one key

@@ -180,21 +180,13 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
         return;
     }
     Flight *f = as_flight(c);
-    if (f->mode != kModeTwoPhase) {
-        // fn's call belongs to fn's thread (the header): no other thread
-        // writes the value, and completion comes after fn returns.
-        if (f->state.load(std::memory_order_relaxed) & kFinished) {
-            run_destroy(destroy, value);
-            return;
-        }
-        DestroyFn old_destroy = f->destroy;
-        void *old_value = f->value;
-        f->value = value;
-        f->destroy = destroy;
-        if (old_value != value) run_destroy(old_destroy, old_value);
-        return;
-    }
-    if (!take_leader_bit(f, kWriting)) {
+    // fn's call belongs to fn's thread (the header): no other thread writes
+    // the value, and completion comes after fn returns.  A two-phase
+    // leader's handle may be shared, so the store holds kWriting, which a
+    // completer waits out.
+    const bool two_phase = f->mode == kModeTwoPhase;
+    if (two_phase ? !take_leader_bit(f, kWriting)
+                  : (f->state.load(std::memory_order_relaxed) & kFinished) != 0) {
         run_destroy(destroy, value);
         return;
     }
@@ -202,7 +194,7 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     void *old_value = f->value;
     f->value = value;
     f->destroy = destroy;
-    f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
+    if (two_phase) f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
     if (old_value != value) run_destroy(old_destroy, old_value);
 }
 

@@ -254,6 +254,19 @@ TEST(Abandon, ADoFlightIsNeverAbandonedItsLeaderIsRunningFn) {
     EXPECT_EQ(stats2(g).abandons, 0u);
 }
 
+// A flight of key "race" whose leader's caller has given up, with one
+// follower left: that follower's leaving abandons it (ab counts the
+// callback's runs).
+struct OneFollowerLeft {
+    sf_call *l, *f;
+    Abandon ab;
+    explicit OneFollowerLeft(sf_group *g)
+        : l(begin(g, "race", SF_LEADER)), f(begin(g, "race", SF_FOLLOWER)) {
+        EXPECT_EQ(sf_call_on_abandon(l, on_abandon, &ab), SF_OK);
+        EXPECT_EQ(sf_call_cancel(l), 0);
+    }
+};
+
 // The last interested caller leaves at the instant fn completes: either the
 // flight completes first (no abandonment) or it is abandoned first (the
 // callback runs, the finish still succeeds); never both half-way, never a
@@ -262,11 +275,9 @@ TEST(AbandonRace, LastCallerLeavingAsTheLeaderFinishes) {
     GroupPtr g;
     int abandoned = 0, completed = 0;
     for (int round = 0; round < 1000; ++round) {
-        sf_call *l = begin(g, "race", SF_LEADER);
-        sf_call *f = begin(g, "race", SF_FOLLOWER);
-        Abandon ab;
-        ASSERT_EQ(sf_call_on_abandon(l, on_abandon, &ab), SF_OK);
-        ASSERT_EQ(sf_call_cancel(l), 0);
+        OneFollowerLeft x(g);
+        sf_call *l = x.l, *f = x.f;
+        Abandon &ab = x.ab;
         pthread_barrier_t go;
         pthread_barrier_init(&go, nullptr, 2);
         int finish_rc = 99, cancel_rc = 99;
@@ -312,11 +323,9 @@ TEST(AbandonRace, NewCallerJoiningAsTheLastOneLeaves) {
     GroupPtr g;
     int joined = 0, fresh = 0;
     for (int round = 0; round < 1000; ++round) {
-        sf_call *l = begin(g, "race", SF_LEADER);
-        sf_call *f = begin(g, "race", SF_FOLLOWER);
-        Abandon ab;
-        ASSERT_EQ(sf_call_on_abandon(l, on_abandon, &ab), SF_OK);
-        ASSERT_EQ(sf_call_cancel(l), 0);
+        OneFollowerLeft x(g);
+        sf_call *l = x.l, *f = x.f;
+        Abandon &ab = x.ab;
         std::atomic<bool> running{false};
         sf_call *n = nullptr;
         int role = 0;
