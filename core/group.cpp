@@ -10,6 +10,7 @@
 #include "core/cache.hpp"
 #include "core/notify.hpp"
 #include "core/pool.hpp"
+#include "core/testing.hpp"
 #include "core/thread.hpp"
 
 namespace sf {
@@ -115,6 +116,13 @@ Status submit_to(ExecutorFn executor, void *payload, Follower *task) noexcept {
 // lifecycle
 // ---------------------------------------------------------------------------
 
+#if defined(SF_TESTING_HOOKS)
+namespace {
+std::atomic<bool> g_fixed_seeds{false};
+}
+void testing::fix_group_seeds(bool on) noexcept { g_fixed_seeds.store(on, std::memory_order_relaxed); }
+#endif
+
 Group *Group::create(unsigned slots, ExecutorFn executor, void *executor_payload,
                      unsigned max_threads) noexcept {
     Group *g = detail::make<Group>();
@@ -125,6 +133,9 @@ Group *Group::create(unsigned slots, ExecutorFn executor, void *executor_payload
     }
     g->seed_ = detail::fold_mul(reinterpret_cast<uintptr_t>(g) ^ 0x243f6a8885a308d3ull,
                                 static_cast<uint64_t>(detail::now_ns()) | 1);
+#if defined(SF_TESTING_HOOKS)
+    if (g_fixed_seeds.load(std::memory_order_relaxed)) g->seed_ = 0x243f6a8885a308d3ull;
+#endif
     g->executor_ = executor;
     g->executor_payload_ = executor_payload;
     g->max_threads_ = max_threads;
