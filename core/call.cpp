@@ -249,7 +249,9 @@ int call_finish_unshared(Call *c, int error) noexcept {
     // with another use of the handle).  So the completion is one plain
     // release store, not two more read-modify-writes: this path is every
     // uncontended Go and Python call.  A set_value or finish on another
-    // thread is such a race; it still gets the careful way below.
+    // thread is such a race: one already under way when we look gets the
+    // careful way below; one that starts later is the caller's race, as
+    // with sf_call_release.
     uint32_t old = f->state.load(std::memory_order_relaxed);
     if (__builtin_expect(old & (kFinished | kWriting), 0)) {
         if (!take_leader_bit(f, kFinished)) {
