@@ -7,8 +7,36 @@
 #include "core/notify.hpp"
 #include "core/platform.hpp"
 #include "core/thread.hpp"
+#if defined(SF_TESTING_HOOKS)
+#include "core/testing.hpp"
+#endif
 
 namespace sf {
+
+#if defined(SF_TESTING_HOOKS)
+namespace {
+struct PauseHook {
+    std::atomic<void (*)(void *)> hook{nullptr};
+    std::atomic<void *> payload{nullptr};
+};
+PauseHook g_pauses[int(testing::Point::kCount)];
+
+void pause_at(testing::Point point) noexcept {
+    PauseHook &p = g_pauses[int(point)];
+    if (void (*hook)(void *) = p.hook.load(std::memory_order_acquire))
+        hook(p.payload.load(std::memory_order_relaxed));
+}
+}  // namespace
+
+void testing::set_pause(Point point, void (*hook)(void *), void *payload) noexcept {
+    PauseHook &p = g_pauses[int(point)];
+    p.payload.store(payload, std::memory_order_relaxed);
+    p.hook.store(hook, std::memory_order_release);
+}
+#define SF_PAUSE_POINT(point) pause_at(testing::Point::point)
+#else
+#define SF_PAUSE_POINT(point) ((void)0)
+#endif
 
 namespace {
 
@@ -19,9 +47,13 @@ bool orphaned(const Flight *f) noexcept {
 }
 
 // Someone else took f out of the table (forget, abandonment, a fork):
-// wait until their fold is visible.  They are between two instructions.
-void wait_unpublished(Flight *f) noexcept {
-    for (unsigned spins = 0; !(f->state.load(std::memory_order_acquire) & kUnpublished); ++spins) {
+// wait until their fold is visible, that is until one of `bits` (kUnpublished
+// at least) is set; returns the state seen.  They are between two
+// instructions.
+uint32_t wait_unpublished(Flight *f, uint32_t bits = kUnpublished) noexcept {
+    for (unsigned spins = 0;; ++spins) {
+        const uint32_t s = f->state.load(std::memory_order_acquire);
+        if (s & bits) return s;
         if (spins < 64) {
             detail::cpu_relax();
         } else {
@@ -98,6 +130,7 @@ bool check_abandoned(Flight *f) noexcept {
     uint32_t s = f->state.load(std::memory_order_seq_cst);
     if (s & (kFinished | kDone | kAbandoned)) return false;
     if (f->interest.load(std::memory_order_seq_cst) > 0) return false;
+    SF_PAUSE_POINT(kAbandonUnpublish);
     if (!(s & kUnpublished)) {
         // Joiners still in the slot are interested.  Without any, take the
         // flight out of the table, so nobody new joins work that stops.
@@ -105,10 +138,15 @@ bool check_abandoned(Flight *f) noexcept {
             f->state.fetch_or(kUnpublished, std::memory_order_release);
             return mark_abandoned(f);
         }
-        // Someone joined (they check again when they leave), or a forget
-        // took the flight out just now: then count again, exactly.
+        // Someone joined (they check again when they leave), or someone
+        // took the flight out just now.
         if (f->group->table().holds(f)) return false;
-        wait_unpublished(f);
+        // A forget, another leaving party or a fork sets kUnpublished after
+        // its fold: then count again, exactly.  The leader completing sets
+        // no such mark (nobody waits for its fold), but it claimed kFinished
+        // before it took the flight out, and a finished flight is never
+        // abandoned.  Waiting for kUnpublished alone spun forever there.
+        if (wait_unpublished(f, kUnpublished | kFinished) & kFinished) return false;
     }
     // Out of the table: every joiner is folded and the count is exact.
     return f->interest.load(std::memory_order_seq_cst) == 0 && mark_abandoned(f);

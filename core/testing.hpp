@@ -36,5 +36,20 @@ void reset_caches() noexcept;
 // under ASan).  Process-wide.
 void fix_group_seeds(bool on) noexcept;
 
+// Points inside the library where a test may hold a thread, to force an
+// interleaving that a race test meets only by chance.
+enum class Point : int {
+    // A party leaving a two-phase flight (cancel, or release before the
+    // end) has seen nobody interested and is about to take the flight out
+    // of the table to abandon it.
+    kAbandonUnpublish = 0,
+    kCount
+};
+
+// From now on, every thread reaching `point` calls hook(payload) there
+// (nullptr: nothing).  Process-wide; set it while no thread can be at the
+// point.
+void set_pause(Point point, void (*hook)(void *), void *payload) noexcept;
+
 }  // namespace testing
 }  // namespace sf
