@@ -1,0 +1,366 @@
+/*
+ * singleflight.h - duplicate call suppression for C and every language that
+ * can load a shared library.
+ *
+ * When many threads ask for the same key at once, exactly one of them (the
+ * leader) runs the work; the others (followers) wait and receive the very same
+ * result.  Semantics follow Go's golang.org/x/sync/singleflight; see
+ * docs/semantics.md for the full table and docs/ownership.md for the rules
+ * summarised here.
+ *
+ * General rules, true of every function unless its comment says otherwise:
+ *  - Every function is thread-safe, except sf_group_free, which must not run
+ *    concurrently with any other use of the same group.
+ *  - Functions returning int return SF_OK (0) or a positive role code on
+ *    success and a negative SF_E* code on failure.  They never abort, never
+ *    throw and never let a C++ exception or a forced unwind of their own cross
+ *    into the caller.
+ *  - Keys are arbitrary bytes: embedded NULs and length 0 are allowed.  A NULL
+ *    key with a non-zero length is SF_EINVAL.  The library copies the key; the
+ *    caller's buffer is not used after the call returns.
+ *  - Out-pointers are written only on success unless stated otherwise.
+ *
+ * This header is C89 and C++ clean.
+ */
+#ifndef SINGLEFLIGHT_H
+#define SINGLEFLIGHT_H
+
+#include <stddef.h>
+
+#if defined(_MSC_VER) && _MSC_VER < 1600
+typedef __int64 sf_i64;
+typedef unsigned __int64 sf_u64;
+#else
+#include <stdint.h>
+typedef int64_t sf_i64;
+typedef uint64_t sf_u64;
+#endif
+
+/* SF_API marks the exported functions.  The library is built with hidden
+ * visibility, so anything not marked stays private. */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#  if defined(SF_BUILDING_LIBRARY)
+#    define SF_API __declspec(dllexport)
+#  elif defined(SF_STATIC)
+#    define SF_API
+#  else
+#    define SF_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#  define SF_API __attribute__((visibility("default")))
+#else
+#  define SF_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Versions                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The version this header describes.  The major number is the ABI major and
+ * the SONAME (libsingleflight.so.SF_VERSION_MAJOR); see docs/abi.md. */
+#define SF_VERSION_MAJOR 1
+#define SF_VERSION_MINOR 0
+#define SF_VERSION_PATCH 0
+#define SF_VERSION_NUMBER \
+    (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
+#define SF_VERSION_STRING "1.0.0"
+
+/* The version of the library actually loaded, as SF_VERSION_NUMBER computes
+ * it.  Compare with SF_VERSION_NUMBER to detect a header/library mismatch.
+ * Thread-safe; no ownership involved. */
+SF_API int sf_version_number(void);
+
+/* The loaded library's version as "MAJOR.MINOR.PATCH".  The string is static:
+ * never free it.  Thread-safe. */
+SF_API const char *sf_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* One table gives the enum, sf_strerror and sf_err_name.  Values are part of
+ * the ABI: they are never renumbered and a retired value is never reused.
+ * X(name, value, description) */
+#define SF_STATUS_MAP(X)                                                       \
+    X(SF_OK,        0,  "success")                                            \
+    X(SF_LEADER,    1,  "this caller leads the flight and must finish it")    \
+    X(SF_FOLLOWER,  2,  "this caller joined a flight led by another caller")  \
+    X(SF_EINVAL,   -1,  "invalid argument")                                   \
+    X(SF_ENOMEM,   -2,  "out of memory")                                      \
+    X(SF_EPANIC,   -3,  "the flight's function panicked (threw)")             \
+    X(SF_EGOEXIT,  -4,  "the flight's leader exited without finishing")       \
+    X(SF_EDEADLK,  -5,  "the calling thread leads this key's flight")         \
+    X(SF_ETIMEDOUT,-6,  "timed out waiting for the flight")                   \
+    X(SF_EBUSY,    -7,  "resource busy")                                      \
+    X(SF_ESTATE,   -8,  "operation not valid in the call's current state")
+
+#define SF_STATUS_ENUM_ITEM_(name, value, text) name = value,
+typedef enum sf_status {
+    SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_)
+    SF_STATUS_LAST_ = -8 /* keeps the list comma-clean in C89 */
+} sf_status;
+#undef SF_STATUS_ENUM_ITEM_
+
+/* A human-readable description of code.  Never NULL, also for unknown codes
+ * ("unknown status").  The string is static.  Thread-safe. */
+SF_API const char *sf_strerror(int code);
+
+/* The symbolic name of code ("SF_EPANIC"), or "SF_UNKNOWN" for a value not in
+ * the table.  Never NULL; the string is static.  Thread-safe. */
+SF_API const char *sf_err_name(int code);
+
+/* ------------------------------------------------------------------------ */
+/* Handles and callbacks                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* A namespace of keys.  Owned by whoever called sf_group_new. */
+typedef struct sf_group sf_group;
+/* One caller's handle on one flight.  Owned by the caller that got it from
+ * sf_group_begin, until sf_call_release. */
+typedef struct sf_call sf_call;
+/* The shared outcome of one flight, reference counted.  Each caller owns the
+ * references it was given and drops them with sf_result_release. */
+typedef struct sf_result sf_result;
+
+/* Frees a value handed to sf_call_set_value.  Runs exactly once, on whichever
+ * thread drops the last reference to the result.  Must not throw. */
+typedef void (*sf_destroy_fn)(void *value);
+
+/* The work.  Runs on the leader's thread (sf_group_do) or on the executor
+ * (sf_group_do_async).  Stores its value with sf_call_set_value and returns 0
+ * or a user error code, which every caller reads with sf_result_error.  A C++
+ * exception thrown out of it, or sf_call_panic called inside it, makes the
+ * flight panic (SF_EPANIC for every caller).  `call` is valid only until fn
+ * returns. */
+typedef int (*sf_fn)(sf_call *call, void *payload);
+
+/* Completion callback.  status is SF_OK, SF_EPANIC or SF_EGOEXIT.  result is
+ * borrowed: valid during the callback only, sf_result_retain it to keep it.
+ * shared is as for sf_group_do. */
+typedef void (*sf_done_fn)(int status, sf_result *result, int shared,
+                           void *payload);
+
+/* A unit of work handed to an executor. */
+typedef void (*sf_task_fn)(void *arg);
+
+/* Runs task(arg) some time later, on any thread, exactly once.  Returns 0 when
+ * the task was accepted, anything else when it was refused. */
+typedef int (*sf_executor_fn)(sf_task_fn task, void *arg, void *payload);
+
+/* ------------------------------------------------------------------------ */
+/* Groups                                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define SF_GROUP_OPTIONS_VERSION 1
+
+typedef struct sf_group_options {
+    unsigned int   version;          /* SF_GROUP_OPTIONS_VERSION */
+    unsigned int   shards;           /* 0: chosen by the library; else rounded
+                                        up to a power of two, at most 4096 */
+    sf_executor_fn executor;         /* runs sf_group_do_async work; NULL: a
+                                        built-in pool owned by the group */
+    void          *executor_payload; /* passed to executor, not owned */
+} sf_group_options;
+
+#define SF_GROUP_OPTIONS_INIT { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL }
+
+/* Fills *opts with defaults for the given version.  SF_EINVAL when opts is
+ * NULL or version is not one this library knows.  No allocation. */
+SF_API int sf_group_options_init(sf_group_options *opts, unsigned int version);
+
+/* Creates a group.  opts may be NULL for the defaults; it is read during the
+ * call only.  On success *out owns a new group, to be freed with
+ * sf_group_free.  SF_EINVAL for a NULL out or an unknown opts->version,
+ * SF_ENOMEM when allocation fails.  Thread-safe. */
+SF_API int sf_group_new(sf_group **out, const sf_group_options *opts);
+
+/* Frees a group and its built-in pool.  SF_EBUSY (and nothing freed) while
+ * any flight of the group is in flight or any sf_call of it is unreleased,
+ * and when called on a thread of the group's own built-in pool (from fn or
+ * a done callback of sf_group_do_async): free it from another thread.
+ * Results obtained from the group stay valid after it is freed.  NULL is
+ * SF_EINVAL.  Not thread-safe: no other call may use g concurrently, and g
+ * must not be used after SF_OK. */
+SF_API int sf_group_free(sf_group *g);
+
+/* ------------------------------------------------------------------------ */
+/* Go's Do                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Runs fn once for all concurrent callers of the same key.  The leader runs fn
+ * on the calling thread; followers block until the flight completes.
+ *
+ * Returns SF_OK (fn returned; its error code is in sf_result_error),
+ * SF_EPANIC (fn threw or called sf_call_panic), SF_EGOEXIT (the leader's
+ * thread exited or was cancelled inside fn), SF_EDEADLK (the calling thread
+ * leads this key's flight: returned at once, nothing joined), SF_EINVAL or
+ * SF_ENOMEM.
+ *
+ * On SF_OK, SF_EPANIC and SF_EGOEXIT, *result (when result is not NULL)
+ * receives a new reference the caller must sf_result_release; otherwise it is
+ * set to NULL.  *shared (when not NULL) is 1 for followers and for a leader
+ * that any follower joined, else 0.
+ *
+ * If the leader's thread exits inside fn (pthread_exit, cancellation), the
+ * followers are released with SF_EGOEXIT and the unwind continues: this
+ * function does not return on that thread. */
+SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len,
+                       sf_fn fn, void *payload,
+                       sf_result **result, int *shared);
+
+/* Go's DoChan.  Starts or joins the key's flight and returns at once; fn runs
+ * on the group's executor when this caller leads.  done(status, result,
+ * shared, done_payload) then runs exactly once for this caller: on the thread
+ * that completes the flight, or at once on this thread when the flight
+ * completes during this call.  SF_OK means done will run.
+ *
+ * SF_EINVAL for bad arguments (fn and done are required), SF_ENOMEM, and
+ * SF_EBUSY when the executor refused the task: done will not run for this
+ * caller, and any caller that joined meanwhile gets SF_EPANIC with a message
+ * saying so.  payload and done_payload are not owned. */
+SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len,
+                             sf_fn fn, void *payload,
+                             sf_done_fn done, void *done_payload);
+
+/* ------------------------------------------------------------------------ */
+/* The two-phase form                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Starts or joins the key's flight without running anything.  On success
+ * *call owns a new handle (release it with sf_call_release) and the return
+ * value says the role: SF_LEADER (the caller must produce the result with
+ * sf_call_set_value and sf_call_finish or sf_call_panic) or SF_FOLLOWER
+ * (wait with sf_call_wait, sf_call_on_done or sf_call_fd).  SF_EINVAL,
+ * SF_ENOMEM on failure, with *call set to NULL.
+ *
+ * A handle may be used from any thread, but sf_call_release must not race
+ * with any other use of the same handle. */
+SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len,
+                          sf_call **call);
+
+/* SF_LEADER or SF_FOLLOWER for a valid call, SF_EINVAL for NULL. */
+SF_API int sf_call_role(const sf_call *call);
+
+/* Stores the flight's value; ownership of value passes to the library at
+ * once.  Only the leader, before the flight completes, can set it (from
+ * inside fn, or before sf_call_finish).  Setting again replaces the value and
+ * destroys the previous one.  When the call may not set a value (a follower,
+ * a finished flight, NULL call), the value is refused and destroy(value) runs
+ * at once so nothing leaks.  destroy may be NULL when the value needs no
+ * freeing. */
+SF_API void sf_call_set_value(sf_call *call, void *value,
+                              sf_destroy_fn destroy);
+
+/* Completes a two-phase flight with fn's error code (0 for success) and wakes
+ * every waiter.  SF_OK; SF_ESTATE when the call is a follower, the flight is
+ * already complete, or the call belongs to sf_group_do/do_async (there fn's
+ * return value finishes the flight); SF_EINVAL for NULL. */
+SF_API int sf_call_finish(sf_call *call, int error);
+
+/* Completes a two-phase flight as panicked: every caller gets SF_EPANIC and
+ * sf_result_panic_message returns a copy of message (NULL gives "panic").
+ * Inside an sf_group_do/do_async fn it marks the flight to panic when fn
+ * returns.  Same status codes as sf_call_finish. */
+SF_API int sf_call_panic(sf_call *call, const char *message);
+
+/* Waits for the flight to complete, for at most timeout_ns nanoseconds
+ * (negative: forever; 0: just poll).  Returns SF_OK, SF_EPANIC or SF_EGOEXIT
+ * with a new reference in *result (when result is not NULL) and *shared set;
+ * SF_ETIMEDOUT with *result set to NULL and the flight untouched (wait again,
+ * or release); SF_EDEADLK when a leader waits on its own unfinished flight;
+ * SF_EINVAL for NULL.  A leader may wait after finishing to read its result. */
+SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
+                        sf_result **result, int *shared);
+
+/* Registers done to run once when the flight completes: at once on this
+ * thread if it already has, otherwise on the completing thread after the
+ * result is published.  It runs even if the call is released first.  One
+ * callback per call: a second registration is SF_ESTATE, as is a call owned
+ * by sf_group_do/do_async.  SF_EINVAL for NULL call or done. */
+SF_API int sf_call_on_done(sf_call *call, sf_done_fn done, void *payload);
+
+/* A file descriptor (an eventfd) that becomes readable once the flight has
+ * completed, for poll/epoll loops.  Owned by the call: do not close it; it
+ * stays valid until sf_call_release.  The same fd is returned on every call.
+ * Negative status on failure: SF_EINVAL for NULL, SF_ESTATE for a call owned
+ * by sf_group_do/do_async, SF_EBUSY when the process is out of descriptors,
+ * SF_ENOMEM. */
+SF_API int sf_call_fd(sf_call *call);
+
+/* Drops the handle.  A leader that releases before finishing completes the
+ * flight as SF_EGOEXIT for every follower (Go's Goexit), so nobody hangs.
+ * NULL is a no-op.  The handle must not be used afterwards. */
+SF_API void sf_call_release(sf_call *call);
+
+/* ------------------------------------------------------------------------ */
+/* Forget                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Makes the next call for key start a new flight instead of joining the
+ * current one.  The current flight still completes and still delivers to its
+ * own callers.  Returns 1 when a flight was forgotten, 0 when none was in
+ * flight, SF_EINVAL for bad arguments. */
+SF_API int sf_group_forget(sf_group *g, const void *key, size_t key_len);
+
+/* Like sf_group_forget, but only when no follower has joined the flight.
+ * Returns 1 when forgotten, 0 when not (no flight, or shared). */
+SF_API int sf_group_forget_unshared(sf_group *g, const void *key,
+                                    size_t key_len);
+
+/* ------------------------------------------------------------------------ */
+/* Results                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* The value fn stored, or NULL.  Borrowed: valid while the caller holds a
+ * reference.  Every caller of a flight sees the same pointer.  NULL r gives
+ * NULL.  Thread-safe; the library never writes the value after completion. */
+SF_API void *sf_result_value(const sf_result *r);
+
+/* What fn returned or what sf_call_finish got; 0 for NULL r. */
+SF_API int sf_result_error(const sf_result *r);
+
+/* The panic message, or NULL unless the flight panicked.  Borrowed, valid
+ * while the reference is held. */
+SF_API const char *sf_result_panic_message(const sf_result *r);
+
+/* Takes another reference; returns r.  NULL gives NULL.  Thread-safe. */
+SF_API sf_result *sf_result_retain(sf_result *r);
+
+/* Drops a reference.  After the last one, destroy(value) runs exactly once,
+ * on this thread.  NULL is a no-op.  Thread-safe. */
+SF_API void sf_result_release(sf_result *r);
+
+/* ------------------------------------------------------------------------ */
+/* Stats                                                                     */
+/* ------------------------------------------------------------------------ */
+
+#define SF_GROUP_STATS_VERSION 1
+
+typedef struct sf_group_stats {
+    unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
+    sf_u64 calls;             /* leaders + followers; calls that returned an
+                                 error (a refused do_async too) not counted */
+    sf_u64 leaders;           /* calls that started a flight (= executions) */
+    sf_u64 followers;         /* calls that joined a flight */
+    sf_u64 panics;            /* flights completed as SF_EPANIC */
+    sf_u64 goexits;           /* flights completed as SF_EGOEXIT */
+    sf_u64 timeouts;          /* sf_call_wait calls with a timeout > 0 that
+                                 timed out (polls do not count) */
+    sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */
+    sf_u64 in_flight;         /* flights not yet completed */
+} sf_group_stats;
+
+/* Reads a consistent-per-shard snapshot of the counters into *out, whose
+ * version the caller sets first.  SF_EINVAL for NULL arguments or an unknown
+ * version.  Thread-safe. */
+SF_API int sf_group_stats_get(const sf_group *g, sf_group_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SINGLEFLIGHT_H */
