@@ -159,6 +159,10 @@ SF_API int sf_call_cancel(sf_call *call) { return call ? sf::call_cancel(core(ca
 
 SF_API int sf_call_disown(sf_call *call) { return call ? int(sf::call_disown(core(call))) : SF_EINVAL; }
 
+SF_API int sf_call_lead_here(sf_call *call) {
+    return call ? int(sf::call_lead_here(core(call))) : SF_EINVAL;
+}
+
 SF_API int sf_call_abandoned(const sf_call *call) {
     return call ? sf::call_abandoned(const_cast<sf::Call *>(core(call))) : 0;
 }

@@ -103,18 +103,25 @@ void uncount_handle(Flight *f, uint32_t epoch) noexcept {
 // ---------------------------------------------------------------------------
 
 // Runs the abandon callback once, if fn is still running.  true when this
-// call did.
+// call did.  kAbandoned is set under the flight's lock, where
+// sf_call_on_abandon stores the callback and looks at kAbandoned: of a
+// registration and an abandonment at the same time exactly one runs the
+// callback.  The CAS still fails if the leader claims kFinished meanwhile
+// (claim_finish takes no lock): then completion came first.
 bool mark_abandoned(Flight *f) noexcept {
+    flight_lock(f);
     uint32_t s = f->state.load(std::memory_order_relaxed);
     do {
-        if (s & (kFinished | kDone | kAbandoned)) return false;
+        if (s & (kFinished | kDone | kAbandoned)) {
+            flight_unlock(f);
+            return false;
+        }
     } while (!f->state.compare_exchange_weak(s, s | kAbandoned, std::memory_order_acq_rel,
                                              std::memory_order_relaxed));
-    if (!orphaned(f)) f->group->stats().add(kAbandons);
-    flight_lock(f);
     Ext *e = f->ext.load(std::memory_order_relaxed);
-    AbandonCallback cb = e ? e->abandon : AbandonCallback{nullptr, nullptr, nullptr};
+    const AbandonCallback cb = e ? e->abandon : AbandonCallback{nullptr, nullptr, nullptr};
     flight_unlock(f);
+    if (!orphaned(f)) f->group->stats().add(kAbandons);
     if (cb.invoke) {
         detail::NoCancel no_cancel;
         cb.invoke(cb.fn, cb.payload, f);
@@ -318,22 +325,38 @@ int call_finish_unshared(Call *c, int error) noexcept {
     return 0;
 }
 
+// A follower's wait that only the calling thread could end: the flight's
+// fn runs on this thread (we are inside it), or a two-phase flight whose
+// caller asked for the check (sf_call_lead_here).  A two-phase flight
+// begun here is not enough: its leader's handle may be finished by
+// another thread (the 1.0 rule).
+bool waits_for_itself(const Flight *f) noexcept {
+    const uint64_t t = f->leader_thread.load(std::memory_order_relaxed);
+    if ((t & ~kStrictLead) != detail::thread_serial()) return false;
+    return f->mode != kModeTwoPhase || (t & kStrictLead) != 0;
+}
+
 Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noexcept {
     Flight *f = flight_of(c);
     const bool leader = is_leader(c);
-    if (leader ? (f->state.load(std::memory_order_relaxed) & kLeaderLeft) != 0
-               : (as_follower(c)->flags.load(std::memory_order_relaxed) & kCancelled) != 0)
-        return kCanceled;
-    if (!f->done()) {
-        if (leader) return kDeadlock;  // waiting for itself
-        // A follower waiting forever on a flight its own thread leads.
-        if (timeout_ns < 0 &&
-            f->leader_thread.load(std::memory_order_relaxed) == detail::thread_serial())
-            return kDeadlock;
-        if (!flight_wait(f, timeout_ns)) {
-            // A poll (timeout 0) is a question, not a wait that gave up.
-            if (timeout_ns > 0 && !orphaned(f)) f->group->stats().add(kTimeouts);
-            return kTimedOut;
+    if (leader) {
+        if (f->state.load(std::memory_order_relaxed) & kLeaderLeft) return kCanceled;
+        if (!f->done()) return kDeadlock;  // waiting for itself
+    } else {
+        const std::atomic<uint8_t> &flags = as_follower(c)->flags;
+        // A caller that gave up hears nothing else, even once the flight
+        // completed: cancel succeeded only while it had not.
+        if (flags.load(std::memory_order_seq_cst) & kCancelled) return kCanceled;
+        if (timeout_ns < 0 && !f->done() && waits_for_itself(f)) return kDeadlock;
+        switch (flight_wait(f, timeout_ns, &flags)) {
+            case kWaitDone:
+                break;
+            case kWaitCancelled:
+                return kCanceled;
+            case kWaitTimedOut:
+                // A poll (timeout 0) is a question, not a wait that gave up.
+                if (timeout_ns > 0 && !orphaned(f)) f->group->stats().add(kTimeouts);
+                return kTimedOut;
         }
     }
     if (result) {
@@ -399,32 +422,61 @@ void call_release(Call *c) noexcept {
     follower_unref(fo);
 }
 
+// Giving up is decided under the flight's lock, where completion takes the
+// notify list: a cancel that sees the flight not done there wins (the
+// caller's done callback, its wait and its eventfd all say kCanceled), one
+// that comes after loses (kBadState, and the result reaches the caller).
+// The caller's done callback runs last, after this call has finished with
+// the flight: the callback may release the handle it is told about.
 int call_cancel(Call *c) noexcept {
+    Flight *f = flight_of(c);
+    Follower *fire = nullptr;
     if (is_leader(c)) {
-        Flight *f = as_flight(c);
         if (f->mode != kModeTwoPhase) return kBadState;  // fn's caller cannot give up
+        flight_lock(f);
         uint32_t s = f->state.load(std::memory_order_relaxed);
+        // The CAS (not an OR): a claim_finish, which takes no lock, makes
+        // it fail and is seen on the retry.
         do {
-            if (s & (kFinished | kDone | kLeaderLeft)) return kBadState;
+            if (s & (kFinished | kDone | kLeaderLeft)) {
+                flight_unlock(f);
+                return kBadState;
+            }
         } while (!f->state.compare_exchange_weak(s, s | kLeaderLeft, std::memory_order_acq_rel,
                                                  std::memory_order_relaxed));
-        if (!orphaned(f)) f->group->stats().add(kCancels);
         // The leader's own registration hears it now, as a follower would.
-        if (Ext *e = f->ext.load(std::memory_order_acquire)) {
-            if (Follower *reg = e->leader_reg) notify_cancel(reg);
+        Ext *e = f->ext.load(std::memory_order_relaxed);
+        if (Follower *reg = e ? e->leader_reg : nullptr) {
+            reg->flags.fetch_or(uint8_t(kLeft), std::memory_order_relaxed);
+            if (notify_cancel_locked(f, reg)) fire = reg;
         }
+        flight_unlock(f);
+        if (!orphaned(f)) f->group->stats().add(kCancels);
         // The leader keeps the right, and the duty, to finish.
         f->interest.fetch_sub(1, std::memory_order_seq_cst);
-        return check_abandoned(f) ? 1 : 0;
+    } else {
+        Follower *fo = as_follower(c);
+        flight_lock(f);
+        if ((f->state.load(std::memory_order_relaxed) & kDone) ||
+            (fo->flags.load(std::memory_order_relaxed) & (kCancelled | kLeft))) {
+            flight_unlock(f);
+            return kBadState;
+        }
+        // kLeft now, under the lock: a release from the done callback below
+        // finds the interest already given back and gives nothing twice.
+        fo->flags.fetch_or(uint8_t(kLeft), std::memory_order_relaxed);
+        if (notify_cancel_locked(f, fo)) fire = fo;
+        flight_unlock(f);
+        if (!orphaned(f)) f->group->stats().add(kCancels);
+        flight_wake_waiters(f);  // its own caller may be blocked in sf_call_wait
+        // The interest goes; the record keeps its reference until released.
+        const int abandoned = follower_leaves(f, true) ? 1 : 0;
+        if (fire) notify_run_cancelled(fire);
+        return abandoned;
     }
-    Follower *fo = as_follower(c);
-    Flight *f = fo->flight;
-    const Status rc = notify_cancel(fo);
-    if (rc != kOk) return rc;
-    if (!orphaned(f)) f->group->stats().add(kCancels);
-    // The record keeps its reference until it is released.
-    fo->flags.fetch_or(uint8_t(kLeft), std::memory_order_relaxed);
-    return follower_leaves(f, true) ? 1 : 0;
+    const int abandoned = check_abandoned(f) ? 1 : 0;
+    if (fire) notify_run_cancelled(fire);
+    return abandoned;
 }
 
 Status call_disown(Call *c) noexcept {
@@ -432,6 +484,14 @@ Status call_disown(Call *c) noexcept {
     Flight *f = as_flight(c);
     if (f->mode != kModeTwoPhase) return kBadState;
     f->leader_thread.store(0, std::memory_order_relaxed);
+    return kOk;
+}
+
+Status call_lead_here(Call *c) noexcept {
+    if (!is_leader(c)) return kBadState;
+    Flight *f = as_flight(c);
+    if (f->mode != kModeTwoPhase) return kBadState;
+    f->leader_thread.store(detail::thread_serial() | kStrictLead, std::memory_order_relaxed);
     return kOk;
 }
 

@@ -68,7 +68,8 @@ int call_finish_unshared(Call *c, int error) noexcept;
 
 // Waits for the outcome: kOk, kPanic, kGoexit with *result a new reference
 // (when result is not null) and *shared; kTimedOut; kDeadlock (see the
-// header); kCanceled after call_cancel.
+// header); kCanceled after call_cancel, also when the cancel comes from
+// another thread while this one waits.
 Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noexcept;
 
 // Registrations (two-phase handles only: kBadState otherwise).
@@ -81,8 +82,10 @@ int call_fd(Call *c) noexcept;
 void call_release(Call *c) noexcept;
 
 // SF_1.1: the caller gives up.  Its interest goes; its own wait returns
-// kCanceled from now on and its done callback runs now with kCanceled (if
-// it has not run); a leader keeps the right, and the duty, to finish.  When
+// kCanceled from now on (a wait under way on another thread is woken) and
+// its done callback runs now with kCanceled (if it has not run), last, so
+// that it may release the handle; a leader keeps the right, and the duty,
+// to finish.  When
 // no interested party is left while fn runs, the flight is abandoned: it
 // leaves the table (a new caller starts afresh) and its abandon callback
 // runs, on this thread.  Returns 1 when this call abandoned the flight, 0
@@ -94,6 +97,11 @@ int call_cancel(Call *c) noexcept;
 // work runs elsewhere), so no wait or do on its key is a deadlock of the
 // thread that began it.  kBadState for a follower or fn's call.
 Status call_disown(Call *c) noexcept;
+// SF_1.2: a two-phase leader's flight is led by the calling thread, whose
+// work runs there: a follower waiting forever on this thread is then a
+// deadlock (kDeadlock), and so is a do of the key here.  kBadState as for
+// call_disown.
+Status call_lead_here(Call *c) noexcept;
 
 // SF_1.1: 1 once the flight has been abandoned, else 0.
 int call_abandoned(Call *c) noexcept;

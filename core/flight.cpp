@@ -125,33 +125,53 @@ void run_destroy(DestroyFn destroy, void *value) noexcept {
     }
 }
 
-bool flight_wait(Flight *f, int64_t timeout_ns) noexcept {
-    if (f->done()) return true;
-    if (timeout_ns == 0) return false;
+namespace {
+bool gave_up(const std::atomic<uint8_t> *cancel_flags) noexcept {
+    // seq_cst, against the cancel's store and its kCancelGenOne add: a
+    // waiter that does not see kCancelled here read the state word before
+    // the add, so its futex wait fails or is woken (flight_wake_waiters).
+    return cancel_flags && (cancel_flags->load(std::memory_order_seq_cst) & kCancelled);
+}
+}  // namespace
+
+WaitEnd flight_wait(Flight *f, int64_t timeout_ns, const std::atomic<uint8_t> *cancel_flags) noexcept {
+    if (f->done()) return kWaitDone;
+    if (gave_up(cancel_flags)) return kWaitCancelled;
+    if (timeout_ns == 0) return kWaitTimedOut;
     for (int i = 0; i < kSpins; ++i) {
         detail::cpu_relax();
-        if (f->done()) return true;
+        if (f->done()) return kWaitDone;
     }
     for (int i = 0; i < kYields; ++i) {
         sched_yield();
-        if (f->done()) return true;
+        if (f->done()) return kWaitDone;
+        if (gave_up(cancel_flags)) return kWaitCancelled;
     }
     const int64_t deadline =
         timeout_ns > 0 ? detail::deadline_after(detail::now_ns(), timeout_ns) : 0;
     for (;;) {
-        uint32_t s = f->state.load(std::memory_order_acquire);
-        if (s & kDone) return true;
+        uint32_t s = f->state.load(std::memory_order_seq_cst);
+        if (s & kDone) return kWaitDone;
+        if (gave_up(cancel_flags)) return kWaitCancelled;
         if (!(s & kWaiters) &&
-            !f->state.compare_exchange_weak(s, s | kWaiters, std::memory_order_acq_rel)) {
+            !f->state.compare_exchange_weak(s, s | kWaiters, std::memory_order_seq_cst)) {
             continue;
         }
         int64_t left = -1;
         if (timeout_ns > 0) {
             left = deadline - detail::now_ns();
-            if (left <= 0) return f->done();
+            if (left <= 0) break;
         }
-        if (!detail::futex_wait(&f->state, s | kWaiters, left)) return f->done();
+        if (!detail::futex_wait(&f->state, s | kWaiters, left)) break;
     }
+    // Timed out; what happened meanwhile still counts.
+    if (f->done()) return kWaitDone;
+    return gave_up(cancel_flags) ? kWaitCancelled : kWaitTimedOut;
+}
+
+void flight_wake_waiters(Flight *f) noexcept {
+    const uint32_t old = f->state.fetch_add(kCancelGenOne, std::memory_order_seq_cst);
+    if (old & kWaiters) detail::futex_wake_all(&f->state);
 }
 
 }  // namespace sf

@@ -75,6 +75,12 @@ enum StateBit : uint32_t {
     kAbandoned = 1u << 8,    // every interested party left while fn ran
     kOrphaned = 1u << 9,     // made before a fork, in the child: touches no group
     kLeaderLeft = 1u << 10,  // the two-phase leader's caller gave up (SF_1.1)
+    // Bits 16-31 count the cancels of waiting callers (modulo 2^16): a
+    // cancel changes the word a waiter sleeps on, so the waiter's futex
+    // wait either sees the change or is woken by the cancel's wake; either
+    // way it looks at its own call again (flight_wait).  Every other update
+    // of the word is a bit operation or a CAS, which carry the count along.
+    kCancelGenOne = 1u << 16,
 };
 
 struct alignas(128) Flight {
@@ -105,8 +111,12 @@ struct alignas(128) Flight {
         unsigned char inline_key[kInlineKey];
         unsigned char *heap_key;  // keys longer than kInlineKey
     };
-    // thread_serial() of the thread running fn (0: none yet, a do_async
-    // task still queued): the one thread for which waiting would deadlock.
+    // thread_serial() of the thread that leads: the one running fn (a
+    // do_async task: 0 until it starts), or the one that began a two-phase
+    // flight (0 once disowned).  sf_group_do of the key on that thread is a
+    // deadlock; a follower waiting forever on it is one when fn runs there,
+    // and for a two-phase flight only with kStrictLead (sf_call_lead_here):
+    // the leader's handle may have been handed to another thread (1.0).
     std::atomic<uint64_t> leader_thread;
     std::atomic<Ext *> ext;  // nullptr until a rare field is needed
 
@@ -121,6 +131,13 @@ struct alignas(128) Flight {
 };
 static_assert(sizeof(Flight) == 128, "two cache lines, the hot one first");
 static_assert(offsetof(Flight, inline_key) == 64, "line 0 holds everything but the key");
+
+// leader_thread's top bit: a two-phase flight whose caller said its work
+// runs on the leading thread (sf_call_lead_here).  Serials never get there.
+constexpr uint64_t kStrictLead = uint64_t(1) << 63;
+inline uint64_t leader_serial(const Flight *f) noexcept {
+    return f->leader_thread.load(std::memory_order_relaxed) & ~kStrictLead;
+}
 
 // Rare fields, in a 64-byte block of their own, allocated the first time one
 // is needed (a panic message, an overflow chain, an abandon callback, the
@@ -206,9 +223,18 @@ void flight_fold(Flight *f, uint32_t joiners, bool unpublished) noexcept;
 // The message sf_result_panic_message returns for a panicked flight.
 const char *flight_panic_message(const Flight *f) noexcept;
 
-// Waits until f is done or the deadline passes (< 0: forever).  false on
-// timeout.  Spins briefly, then parks on the state word.
-bool flight_wait(Flight *f, int64_t timeout_ns) noexcept;
+// Waits until f is done, the deadline passes (< 0: forever) or, when
+// cancel_flags is given, kCancelled appears there (a follower's own record:
+// its caller gave up, flight_wake_waiters woke us).  Spins briefly, then
+// parks on the state word.
+enum WaitEnd { kWaitDone, kWaitTimedOut, kWaitCancelled };
+WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
+                    const std::atomic<uint8_t> *cancel_flags = nullptr) noexcept;
+
+// Wakes f's parked waiters so that each looks at its own call again: after
+// a caller gave up (its record's kCancelled is set, seq_cst).  Changes the
+// word they sleep on (kCancelGenOne), so none can miss it.
+void flight_wake_waiters(Flight *f) noexcept;
 
 // A heap copy of msg, or nullptr when out of memory.
 char *copy_message(const char *msg) noexcept;

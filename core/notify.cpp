@@ -99,17 +99,26 @@ void follower_unref(Follower *c) noexcept {
 Status notify_on_done(Follower *c, DoneCallback cb) noexcept {
     Flight *f = c->flight;
     flight_lock(f);
-    if (c->flags.load(std::memory_order_relaxed) & kDoneSet) {
+    const uint8_t flags = c->flags.load(std::memory_order_relaxed);
+    if (flags & kDoneSet) {
         flight_unlock(f);
         return kBadState;
     }
     c->flags.fetch_or(uint8_t(kDoneSet), std::memory_order_relaxed);
     c->done = cb;
-    const bool linked = link_locked(f, c);
+    // A caller that gave up hears of that, now, and never of the result:
+    // the result of a flight it left (or that every caller left) reaches
+    // it no other way either.
+    const bool cancelled = flags & kCancelled;
+    const bool linked = !cancelled && link_locked(f, c);
     flight_unlock(f);
     if (!linked) {
         detail::NoCancel no_cancel;  // done may reach cancellation points
-        invoke_done(c, cb);
+        if (cancelled) {
+            cb.invoke(cb.fn, cb.payload, kCanceled, nullptr, shared_for(c));
+        } else {
+            invoke_done(c, cb);
+        }
     }
     return kOk;
 }
@@ -127,7 +136,9 @@ int notify_fd(Follower *c) noexcept {
     have = c->efd;
     if (have < 0) {
         c->efd = efd;
-        if (!link_locked(f, c)) signal_fd(efd);  // done already: readable now
+        // Given up, or done already: readable now.
+        if ((c->flags.load(std::memory_order_relaxed) & kCancelled) || !link_locked(f, c))
+            signal_fd(efd);
     }
     flight_unlock(f);
     if (have >= 0) {  // another thread won the race; keep its fd
@@ -161,6 +172,10 @@ Follower *leader_registration(Flight *f) noexcept {
     if (e && !reg) {
         reg = follower_new(f, kRoleLeader);
         e->leader_reg = reg;
+        // Made after the leader's caller gave up (sf_call_cancel sets
+        // kLeaderLeft under this lock): it has given up too.
+        if (reg && (f->state.load(std::memory_order_relaxed) & kLeaderLeft))
+            reg->flags.fetch_or(uint8_t(kCancelled | kLeft), std::memory_order_seq_cst);
     }
     flight_unlock(f);
     return reg;
@@ -187,25 +202,21 @@ void notify_completion(Flight *f) noexcept {
     }
 }
 
-Status notify_cancel(Follower *c) noexcept {
-    Flight *f = c->flight;
-    detail::NoCancel no_cancel;  // the eventfd write, the callback
-    flight_lock(f);
-    const uint8_t flags = c->flags.load(std::memory_order_relaxed);
-    if ((f->state.load(std::memory_order_relaxed) & kDone) || (flags & (kCancelled | kLeft))) {
-        flight_unlock(f);
-        return kBadState;
-    }
-    c->flags.fetch_or(uint8_t(kCancelled), std::memory_order_relaxed);
+bool notify_cancel_locked(Flight *f, Follower *c) noexcept {
+    const uint8_t flags = c->flags.fetch_or(uint8_t(kCancelled), std::memory_order_seq_cst);
     const bool fire = (flags & kDoneSet) && (flags & kLinked);
     if (fire) unlink_locked(f, c);  // its notification reference is ours now
+    detail::NoCancel no_cancel;     // write is a cancellation point
     signal_fd(c->efd);
-    flight_unlock(f);
-    if (fire) {
-        c->done.invoke(c->done.fn, c->done.payload, kCanceled, nullptr, c->role != kRoleLeader);
-        follower_unref(c);
+    return fire;
+}
+
+void notify_run_cancelled(Follower *c) noexcept {
+    {
+        detail::NoCancel no_cancel;  // done may reach cancellation points
+        c->done.invoke(c->done.fn, c->done.payload, kCanceled, nullptr, shared_for(c));
     }
-    return kOk;
+    follower_unref(c);
 }
 
 namespace {

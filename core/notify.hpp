@@ -21,11 +21,13 @@ Follower *follower_new(Flight *f, uint8_t role) noexcept;
 void follower_unref(Follower *c) noexcept;
 
 // Registers cb to run once when c's flight completes, or runs it now on
-// this thread if it already has.  kBadState for a second registration.
+// this thread if it already has, or with kCanceled and no result if c's
+// caller gave up.  kBadState for a second registration.
 Status notify_on_done(Follower *c, DoneCallback cb) noexcept;
 
 // The record's eventfd (made on first use), readable once the flight is
-// done.  A negative Status when no descriptor could be had.
+// done or c's caller gave up.  A negative Status when no descriptor could
+// be had.
 int notify_fd(Follower *c) noexcept;
 
 // The record's owner lets go: its eventfd is closed now, and a record
@@ -34,8 +36,8 @@ int notify_fd(Follower *c) noexcept;
 void notify_drop(Follower *c) noexcept;
 
 // The leader's own registration on its flight (the two-phase leader handle
-// may use on_done and fd too), created on first use.  nullptr when out of
-// memory.
+// may use on_done and fd too), created on first use (already given up when
+// the leader's caller gave up before).  nullptr when out of memory.
 Follower *leader_registration(Flight *f) noexcept;
 
 // Stores the outcome and wakes everyone: kDone, then futex waiters, then
@@ -48,11 +50,17 @@ void flight_complete_slow(Flight *f, Status status, int error, const char *messa
 // Completion's part: called once kDone is set, when kNotify was.
 void notify_completion(Flight *f) noexcept;
 
-// The record's caller gives up (sf_call_cancel): marks it kCancelled, makes
-// its eventfd readable, and takes its done callback off the list to run now
-// with kCanceled (outside any lock), unless completion took it first.
-// kBadState when the flight is done or the record already gave up.
-Status notify_cancel(Follower *c) noexcept;
+// The record's caller gives up (sf_call_cancel).  Caller holds the
+// flight's lock and has checked that the flight is not done: marks c
+// kCancelled (seq_cst: waiters read it), makes its eventfd readable, and
+// takes its done callback off the list.  Returns true when that callback
+// is now the caller's to run, with notify_run_cancelled, after the lock
+// and after it has finished with the flight: the callback may release the
+// very handle it is told about.
+bool notify_cancel_locked(Flight *f, Follower *c) noexcept;
+// Runs c's done callback with kCanceled and no result, then drops the
+// notification's reference to c (which kept c alive through the callback).
+void notify_run_cancelled(Follower *c) noexcept;
 
 // ---------------------------------------------------------------------------
 // The uncontended completion, inline

@@ -20,7 +20,7 @@ unsigned round_up_pow2(unsigned n) noexcept {
 // The flight is led by the calling thread (its fn runs here, or it began
 // this two-phase flight): waiting would be waiting for oneself.
 bool f_led_here(const Flight *f) noexcept {
-    return f->leader_thread.load(std::memory_order_relaxed) == detail::thread_serial();
+    return leader_serial(f) == detail::thread_serial();
 }
 }  // namespace
 
@@ -92,8 +92,7 @@ Status Table::acquire(Group *g, FlightMode mode, Key key, uint64_t ident, bool d
         // below fails unless the slot still names this incarnation.
         if (f->ident.load(std::memory_order_relaxed) != ident) break;  // another key
         if (C::joiners(w) == C::kMaxJoiners) break;
-        if (deadlock_check && f->leader_thread.load(std::memory_order_relaxed) ==
-                                  detail::thread_serial())
+        if (deadlock_check && leader_serial(f) == detail::thread_serial())
             break;  // probably our own flight: decide precisely under the lock
         if (s->compare_exchange_weak(w, w + C::kJoinerOne, std::memory_order_acq_rel,
                                      std::memory_order_acquire)) {

@@ -499,9 +499,12 @@ static int waiting_inside_fn_on_its_own_key_is_edeadlk(void) {
     REQUIRE(s.forever_rc == SF_EDEADLK);
     REQUIRE(s.timed_rc == SF_ETIMEDOUT); /* bounded: it ends, by timing out */
     REQUIRE(s.poll_rc == SF_ETIMEDOUT); /* a poll never blocks: not a deadlock */
-    /* The same for a two-phase flight this thread leads. */
+    /* The same for a two-phase flight this thread leads, when its caller
+     * says its work runs here (sf_call_lead_here; merely beginning it here
+     * is not enough, as in 1.0: tests/deadlock_test.cpp). */
     REQUIRE(sf_group_begin(s.g, "tp", 2, &leader) == SF_LEADER);
     REQUIRE(sf_group_begin(s.g, "tp", 2, &f) == SF_FOLLOWER);
+    REQUIRE(sf_call_lead_here(leader) == SF_OK);
     REQUIRE(sf_call_wait(f, -1, NULL, NULL) == SF_EDEADLK);
     REQUIRE(sf_call_finish(leader, 0) == SF_OK);
     REQUIRE(sf_call_wait(f, -1, NULL, NULL) == SF_OK); /* done: nothing to wait for */

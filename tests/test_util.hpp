@@ -1,6 +1,7 @@
 // Helpers shared by the GoogleTest suites: handshakes instead of sleeps.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -22,6 +23,21 @@ inline sf_group_stats stats_of(const sf_group *g) {
 // makes "the followers joined before the leader finished" certain.
 inline void wait_followers(const sf_group *g, uint64_t n) {
     while (stats_of(g).followers < n) std::this_thread::yield();
+}
+
+// What a done callback (sf_done_fn) was told, for tests that register
+// record_done with a Done as its payload.
+struct Done {
+    std::atomic<int> runs{0};
+    std::atomic<int> status{99};
+    std::atomic<bool> had_result{false};
+};
+
+inline void record_done(int status, sf_result *r, int, void *payload) {
+    auto *d = static_cast<Done *>(payload);
+    d->status = status;
+    d->had_result = r != nullptr;
+    d->runs++;
 }
 
 // A one-shot event.

@@ -329,12 +329,17 @@ SF_API int sf_call_finish_unshared(sf_call *call, int error);
  * included: deadlines saturate instead of overflowing).  Returns SF_OK,
  * SF_EPANIC or SF_EGOEXIT with a new reference in *result (when result is
  * not NULL) and *shared set; SF_ETIMEDOUT with *result set to NULL and the
- * flight untouched (wait again, or release); SF_EDEADLK when the wait could
- * only end by the calling thread's own doing: a leader waiting on its own
- * unfinished flight, or a follower waiting forever (timeout_ns < 0) on an
- * unfinished flight that the calling thread leads (inside fn, or a two-phase
- * flight begun on this thread); SF_EINVAL for NULL.  A leader may
- * wait after finishing to read its result.  Not a cancellation point: a
+ * flight untouched (wait again, or release); SF_ECANCELED (since 1.1) once
+ * the call gave up with sf_call_cancel, also when the cancel comes from
+ * another thread during the wait, which it then ends at once; SF_EDEADLK
+ * when the wait could only end by the calling thread's own doing: a leader
+ * waiting on its own unfinished flight, or (since 1.1) a follower waiting
+ * forever (timeout_ns < 0) on an unfinished flight whose fn runs on the
+ * calling thread (a wait inside fn on fn's own key), or on a two-phase
+ * flight the calling thread leads by sf_call_lead_here; SF_EINVAL for NULL.
+ * A two-phase flight merely begun on this thread is no deadlock: its
+ * leader's handle may be finished by another thread (as in 1.0).  A leader
+ * may wait after finishing to read its result.  Not a cancellation point: a
  * thread that must stay cancellable waits with a timeout, or polls
  * sf_call_fd. */
 SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
@@ -342,13 +347,18 @@ SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
 
 /* Registers done to run once when the flight completes: at once on this
  * thread if it already has, otherwise on the completing thread after the
- * result is published.  It runs even if the call is released first.  One
+ * result is published.  It runs even if the call is released first.  A call
+ * that gave up (sf_call_cancel) gets SF_ECANCELED and a NULL result instead,
+ * once: at the cancel when registered before it, at once on this thread when
+ * registered after (since 1.2; 1.1 delivered the result later).  One
  * callback per call: a second registration is SF_ESTATE, as is a call owned
- * by sf_group_do/do_async.  SF_EINVAL for NULL call or done. */
+ * by sf_group_do/do_async.  SF_EINVAL for NULL call or done.  done may
+ * release the call's handle (the last thing it does with it). */
 SF_API int sf_call_on_done(sf_call *call, sf_done_fn done, void *payload);
 
 /* A file descriptor (an eventfd) that becomes readable once the flight has
- * completed, for poll/epoll loops.  Owned by the call: do not close it; it
+ * completed or the call gave up (sf_call_cancel, before or after the fd was
+ * made), for poll/epoll loops.  Owned by the call: do not close it; it
  * stays valid until sf_call_release.  The same fd is returned on every call.
  * Negative status on failure: SF_EINVAL for NULL, SF_ESTATE for a call owned
  * by sf_group_do/do_async, SF_EBUSY when the process is out of descriptors,
@@ -385,26 +395,50 @@ SF_API void sf_call_release(sf_call *call);
 typedef void (*sf_abandon_fn)(sf_call *call, void *payload);
 
 /* This caller gives up: its interest goes, the others are unaffected.
- * From now on its sf_call_wait returns SF_ECANCELED, its eventfd (if any)
- * is readable, and its done callback, if registered and not yet run, runs
- * now on this thread with SF_ECANCELED and a NULL result (so a done
- * callback runs exactly once either way).  A leader keeps the right, and
- * the duty, to finish its flight.  The handle must still be released.
+ * From now on its sf_call_wait returns SF_ECANCELED (a wait blocked on
+ * another thread returns it at once), its eventfd is readable (one made
+ * later too), and its done callback runs with SF_ECANCELED and a NULL
+ * result: now, on this thread, if registered and not yet run, or at its
+ * registration (so a done callback runs exactly once either way).  The
+ * result never reaches this call.  A leader keeps the right, and the duty,
+ * to finish its flight.
+ *
+ * Cancel and completion are ordered: a cancel that returns 0 or 1 came
+ * first, and every way the call hears of its flight says SF_ECANCELED; a
+ * cancel that returns SF_ESTATE came after, and the call gets the result.
+ * The done callback run by this cancel runs last, after the abandon
+ * callback if this call abandoned the flight, and may release the handle
+ * (its last use of it).  Otherwise the handle must still be released.
+ *
  * Returns 1 when this call abandoned the flight (its abandon callback has
- * run), 0 otherwise; SF_ESTATE when the flight already completed (wait for
- * its result instead), the handle already gave up or was released, or it
- * is the call passed to fn; SF_EINVAL for NULL.  Thread rules as for
+ * run), 0 otherwise; SF_ESTATE when the flight already completed (or its
+ * leader claimed the finish: wait for its result instead), the handle
+ * already gave up, or it is the call passed to fn; SF_EINVAL for NULL.  A
+ * released handle must not be used at all.  Thread rules as for
  * sf_call_wait. */
 SF_API int sf_call_cancel(sf_call *call);
 
 /* Since 1.1.  The two-phase leader's flight is no longer led by the thread
- * that called sf_group_begin: the work runs elsewhere (an executor, an
- * event loop, another language's scheduler).  From now on a follower
- * waiting forever on that thread is not refused with SF_EDEADLK, and
- * sf_group_do on the key from that thread joins the flight instead of
- * failing.  SF_OK; SF_ESTATE for a follower's handle or the call passed to
- * fn (fn runs on its thread); SF_EINVAL for NULL.  Thread-safe. */
+ * that called sf_group_begin (or sf_call_lead_here): the work runs
+ * elsewhere (an executor, an event loop, another language's scheduler).
+ * From now on sf_group_do on the key from that thread joins the flight
+ * instead of failing with SF_EDEADLK, and a follower waiting forever there
+ * is not refused either.  SF_OK; SF_ESTATE for a follower's handle or the
+ * call passed to fn (fn runs on its thread); SF_EINVAL for NULL.
+ * Thread-safe. */
 SF_API int sf_call_disown(sf_call *call);
+
+/* Since 1.2 (SF_1.2).  The two-phase leader's work runs on the calling
+ * thread (an event loop, a coroutine scheduler), so a blocking wait for it
+ * there could only wait for itself: from now on a follower waiting forever
+ * (timeout_ns < 0) on this thread gets SF_EDEADLK at once, and so does
+ * sf_group_do on the key from this thread.  Bounded waits and polls are
+ * unaffected.  Without it (the default, as in 1.0) only sf_group_do is
+ * refused on the thread that began the flight.  Undone by sf_call_disown;
+ * a later sf_call_lead_here moves the lead to its own thread.  SF_OK;
+ * SF_ESTATE for a follower's handle or the call passed to fn; SF_EINVAL
+ * for NULL.  Thread-safe. */
+SF_API int sf_call_lead_here(sf_call *call);
 
 /* 1 once the flight has been abandoned, else 0 (also for NULL).  A cheap
  * poll for the code producing the result (fn, or a two-phase leader).
