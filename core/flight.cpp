@@ -67,8 +67,6 @@ Ext *flight_ext(Flight *f) noexcept {
     e = static_cast<Ext *>(detail::ext_cache().get());
     if (!e) return nullptr;
     e->message = nullptr;
-    e->chain_word.store(0, std::memory_order_relaxed);
-    e->chain_next = nullptr;
     e->leader_reg = nullptr;
     e->abandon = AbandonCallback{nullptr, nullptr, nullptr};
     f->ext.store(e, std::memory_order_release);

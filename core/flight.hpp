@@ -49,7 +49,7 @@ enum FlightMode : uint8_t {
 // Flight::flags: written before the flight is published, read by anyone
 // who found it.
 enum FlightFlag : uint8_t {
-    kInChain = 1,  // published in an overflow chain (its slot word is ext->chain_word)
+    kInOverflow = 1,  // published in the overflow table, not in its home slot
 };
 
 // Flight::lflags: the leader's own, written only by whoever holds the right
@@ -140,14 +140,12 @@ inline uint64_t leader_serial(const Flight *f) noexcept {
 }
 
 // Rare fields, in a 64-byte block of their own, allocated the first time one
-// is needed (a panic message, an overflow chain, an abandon callback, the
-// leader's own registration) and recycled with the flight.
+// is needed (a panic message, an abandon callback, the leader's own
+// registration) and recycled with the flight.
 struct alignas(64) Ext {
-    const char *message;                  // the panic message (kMessageOwned: a heap copy)
-    std::atomic<uint64_t> chain_word;     // kInChain: the slot word (flight | joiners)
-    Flight *chain_next;                   // the overflow chain, under its lock
-    Follower *leader_reg;                 // the leader handle's on_done/fd registration
-    AbandonCallback abandon;              // SF_1.1: runs once when abandoned
+    const char *message;      // the panic message (kMessageOwned: a heap copy)
+    Follower *leader_reg;     // the leader handle's on_done/fd registration
+    AbandonCallback abandon;  // SF_1.1: runs once when abandoned
 };
 static_assert(sizeof(Ext) == 64, "one cache line");
 

@@ -106,7 +106,7 @@ private:
 // the flight still alone in its home slot) is one CAS out of the table, a
 // count and a store; everything else goes through complete_leader.
 inline void complete_ok(Flight *f, int error) noexcept {
-    if (!(f->flags & kInChain)) {
+    if (!(f->flags & kInOverflow)) {
         std::atomic<uint64_t> *home = f->group->table().home(f->ident.load(std::memory_order_relaxed));
         uint64_t expect = SlotCodec::encode(f);
         // Success also means f is no orphan of a fork: the child's table

@@ -1,13 +1,14 @@
 // The table of flights in flight: publish, join, unpublish, forget.
 //
-// An open-addressing array of slot words, indexed by the key's hash.  A slot
+// Home slots.  An array of slot words, indexed by the key's hash.  A slot
 // word holds a flight reference, the count of followers that joined it
-// through the slot (a split reference count: the leader folds it into the
-// flight when the flight leaves the table), and an overflow bit:
+// through the slot (a split reference count: whoever takes the flight out
+// of the table folds the count into the flight), and an overflow bit:
 //
 //   bit 0       kOverflow: some key whose home is this slot lives in the
-//               slot's overflow chain; every operation on the slot then
-//               takes the slot's chain lock
+//               overflow table, or a thread holds the home's lock to read
+//               the slot's flight; every operation that takes a flight out
+//               of the slot then takes that lock
 //   bits 1-6    the flight's incarnation tag (an ABA guard: a recycled block
 //               published again in the same slot has another tag)
 //   bits 7-47   the flight's address (flights are 128-byte aligned)
@@ -17,9 +18,17 @@
 // unpublish (flight with no joiner -> 0).  A follower joins with one CAS
 // (+1 joiner) after comparing the flight's ident, which it reads
 // speculatively (the block may be recycled meanwhile); the join pins the
-// flight, and the follower checks the key again before using it.  A key
-// whose home holds another key's flight goes to the overflow chain (rare:
-// the table only holds flights in flight).
+// flight, and the follower checks the key again before using it.
+//
+// The overflow table.  A key whose home holds another key's flight goes to
+// an open-addressing table of (slot word, ident) entries, one per lock
+// stripe (homes share a stripe by their low bits), touched only under the
+// stripe's lock.  It grows and shrinks with what it holds, moving its
+// entries a few at a time with every operation (two arrays while it
+// moves), so no call ever pays for rehashing a whole table, and a call
+// costs the same with a thousand or a million keys in flight.  Entries are
+// compared by ident before a flight is read, so a lookup reads one flight
+// (the match) and a few entries.
 //
 // How a slot names a flight is one codec (SlotCodec below): a table in
 // shared memory would store offsets instead of addresses there and nowhere
@@ -67,7 +76,9 @@ public:
     static constexpr unsigned kMaxSlots = 1u << 20;
     static constexpr unsigned kDefaultSlots = 1024;
 
-    // slots: 0 for the default, else rounded up to a power of two.
+    // slots: 0 for the default, else rounded up to a power of two (at most
+    // kMaxSlots).  It is the number of home slots; keys beyond them live in
+    // the overflow tables, so it bounds nothing.
     bool init(unsigned slots) noexcept;
     void destroy() noexcept;
 
@@ -92,7 +103,7 @@ public:
     // unpublished by this call (joiners were 0).
     bool unpublish_if_unjoined(Flight *f) noexcept;
 
-    // Whether f's slot word still names f (it is in the table).
+    // Whether f is still in the table.
     bool holds(Flight *f) noexcept;
 
     // A joiner that will not use f after all (wrong key, deadlock, a caller
@@ -111,30 +122,42 @@ public:
 
     std::atomic<uint64_t> *home(uint64_t ident) noexcept { return &slots_[ident & mask_]; }
 
+    // Entries the overflow tables hold, and the slots they have, summed
+    // over the stripes (for tests and the benchmark; takes every lock).
+    struct OverflowSize {
+        uint64_t entries, capacity;
+    };
+    OverflowSize overflow_size() noexcept;
+
+    struct Overflow;  // one stripe's overflow table (table.cpp)
+
 private:
+    static constexpr unsigned kLocks = 64;
+
     // Every ident with the same home takes the same lock: the lock is a
     // function of the home index, not of the ident.
-    detail::SpinLock &lock_of(uint64_t ident) noexcept {
-        return locks_[(ident & mask_) & (kLocks - 1)];
+    unsigned stripe_of(uint64_t ident) const noexcept {
+        return unsigned((ident & mask_) & (kLocks - 1));
     }
-    Flight **chain_of(uint64_t ident) noexcept;
     Status acquire_locked(Group *g, FlightMode mode, Key key, uint64_t ident,
                           bool deadlock_check, Flight *fresh, Flight **out) noexcept;
-    Status join_pinned(std::atomic<uint64_t> *slot, Flight *f, Flight **out) noexcept;
+    Status join_home_pinned(Flight *f, Flight **out) noexcept;
     void leave_joined(Flight *f) noexcept;
-    void unlink_chain_locked(Flight *f) noexcept;
     void clear_overflow_if_empty(uint64_t ident) noexcept;
+    bool count_overflow(uint64_t ident, int delta) noexcept;
     template <class Want>
     int64_t take_slot(Flight *f, Want want) noexcept;
+    template <class Want>
+    int64_t take_overflowed(Flight *f, Want want) noexcept;
     bool empty_slot(std::atomic<uint64_t> *s, uint64_t &w, uint64_t to, Flight *f) noexcept;
-
-    static constexpr unsigned kLocks = 64;
 
     std::atomic<uint64_t> *slots_ = nullptr;
     uint64_t mask_ = 0;
-    // Overflow chains, one per slot, allocated on the first overflow.
-    std::atomic<Flight **> chains_{nullptr};
+    // Per home: how many of its keys the overflow table holds (under the
+    // home's lock); made on the first overflow.
+    std::atomic<uint32_t *> overflow_counts_{nullptr};
     detail::SpinLock locks_[kLocks];
+    Overflow *overflow_ = nullptr;  // kLocks of them, made with the table
 };
 
 }  // namespace sf

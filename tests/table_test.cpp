@@ -1,12 +1,15 @@
 // The flight table's rare paths, forced: a table of one home slot (every
-// key but one waits in the overflow chain), keys that share a home, a
-// joiner count past its 16 bits, forget of chained flights, and many
-// threads racing on a tiny table.  Through the public API, as users see it.
+// key but one waits in the overflow table), keys that share a home, a
+// joiner count past its 16 bits, forget of overflowed flights, the overflow
+// table growing, moving and shrinking under a seeded mix checked against a
+// model, and many threads racing on a tiny table.  Through the public API,
+// as users see it.
 #include <gtest/gtest.h>
 #include <pthread.h>
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -194,6 +197,116 @@ TEST(Table, ThreadsRacingOnATinyTableNeverRunAKeyTwiceAtOnce) {
     EXPECT_EQ(st.in_flight, 0u);
     EXPECT_EQ(st.calls, uint64_t(kThreads) * kIters);
     EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+// A seeded mix of begins (new keys, and keys in flight: those must join),
+// finishes, forgets and early releases over thousands of keys that share one
+// or two home slots, so that the overflow table grows, moves its entries
+// between its two arrays a few at a time, and shrinks again, while every
+// operation is checked against a model of what is in flight.
+void churn(unsigned slots, uint32_t seed) {
+    sf_group *g = tiny_group(slots);
+    ASSERT_NE(g, nullptr);
+    std::mt19937 rng(seed);
+    struct InFlight {
+        sf_call *leader;
+        std::vector<sf_call *> followers;
+    };
+    std::map<int, InFlight> model;  // key -> its flight's handles
+    std::vector<sf_call *> forgotten;  // leaders of forgotten flights, still to finish
+    int next_key = 0;
+    uint64_t ops = 0;
+    auto pick = [&]() { return std::next(model.begin(), long(rng() % model.size())); };
+    // Grow to about `target` keys in flight, then drain; three waves.
+    for (int wave = 0; wave < 3; ++wave) {
+        const size_t target = 2000 + size_t(wave) * 3000;
+        for (int phase = 0; phase < 2; ++phase) {
+            while (phase == 0 ? model.size() < target : !model.empty()) {
+                ++ops;
+                const unsigned r = rng() % 100;
+                const bool grow = phase == 0 ? r < 70 : r < 20;
+                if (grow || model.empty()) {
+                    // A new key (it must lead), or sometimes a key in flight
+                    // (it must join that flight).
+                    const bool again = !model.empty() && rng() % 4 == 0;
+                    const int k = again ? pick()->first : next_key++;
+                    const std::string ks = key(k);
+                    sf_call *c = nullptr;
+                    const int rc = sf_group_begin(g, ks.data(), ks.size(), &c);
+                    if (again) {
+                        ASSERT_EQ(rc, SF_FOLLOWER) << ks << " is in flight (op " << ops << ")";
+                        model[k].followers.push_back(c);
+                    } else {
+                        ASSERT_EQ(rc, SF_LEADER) << ks << " is new (op " << ops << ")";
+                        model[k] = InFlight{c, {}};
+                    }
+                    continue;
+                }
+                auto it = pick();
+                const std::string ks = key(it->first);
+                if (r % 10 == 0) {
+                    // Forget: the next caller leads afresh; the old flight
+                    // still finishes for its own callers.
+                    ASSERT_EQ(sf_group_forget(g, ks.data(), ks.size()), 1) << ks;
+                    sf_call *again = nullptr;
+                    ASSERT_EQ(sf_group_begin(g, ks.data(), ks.size(), &again), SF_LEADER) << ks;
+                    for (sf_call *f : it->second.followers) sf_call_release(f);
+                    forgotten.push_back(it->second.leader);
+                    it->second = InFlight{again, {}};
+                    continue;
+                }
+                if (r % 10 == 1 && !it->second.followers.empty()) {
+                    // A follower leaves early; the flight goes on.
+                    sf_call_release(it->second.followers.back());
+                    it->second.followers.pop_back();
+                    continue;
+                }
+                sf_call_set_value(it->second.leader, reinterpret_cast<void *>(uintptr_t(it->first + 1)),
+                                  nullptr);
+                ASSERT_EQ(sf_call_finish(it->second.leader, 0), SF_OK) << ks;
+                for (sf_call *f : it->second.followers) {
+                    sf_result *res = nullptr;
+                    ASSERT_EQ(sf_call_wait(f, 0, &res, nullptr), SF_OK) << ks;
+                    EXPECT_EQ(sf_result_value(res), reinterpret_cast<void *>(uintptr_t(it->first + 1)));
+                    sf_result_release(res);
+                    sf_call_release(f);
+                }
+                sf_call_release(it->second.leader);
+                model.erase(it);
+                // Nothing of the key is left in the table: it leads afresh.
+                sf_call *fresh = nullptr;
+                ASSERT_EQ(sf_group_begin(g, ks.data(), ks.size(), &fresh), SF_LEADER) << ks;
+                ASSERT_EQ(sf_call_finish(fresh, 0), SF_OK);
+                sf_call_release(fresh);
+            }
+        }
+    }
+    for (sf_call *l : forgotten) {
+        ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+        sf_call_release(l);
+    }
+    sf_group_stats st = stats_of(g);
+    EXPECT_EQ(st.in_flight, 0u);
+    EXPECT_GT(ops, 20000u);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+TEST(Table, OverflowGrowsMovesAndShrinksUnderASeededMixOneHome) { churn(1, 1); }
+TEST(Table, OverflowGrowsMovesAndShrinksUnderASeededMixTwoHomes) { churn(2, 2); }
+TEST(Table, OverflowGrowsMovesAndShrinksUnderASeededMixManyHomes) { churn(64, 3); }
+
+// A request above 2^31 slots used to loop forever in the rounding; the
+// header caps the table at 2^20 home slots.
+TEST(Table, AHugeShardsRequestIsCappedNotAHang) {
+    for (unsigned shards : {0x80000001u, 0xffffffffu, (1u << 20) + 1}) {
+        sf_group *g = group_with(shards, 0);
+        ASSERT_NE(g, nullptr) << shards;
+        sf_call *c = nullptr;
+        ASSERT_EQ(sf_group_begin(g, "k", 1, &c), SF_LEADER);
+        ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+        sf_call_release(c);
+        EXPECT_EQ(sf_group_free(g), SF_OK);
+    }
 }
 
 }  // namespace
