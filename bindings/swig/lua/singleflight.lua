@@ -237,13 +237,31 @@ local function aborted(abort)
     return abort ~= nil and abort()
 end
 
+-- The leader's bookkeeping ends: key is no longer led by coroutine co
+-- with view (unless a call after a forget leads it now), and view's flight
+-- is no longer one whose handlers a give-up here may run.  Idempotent.
+-- closing: co's call is being unwound (coroutine.close), so drop its table
+-- if that was its last key, now rather than when the coroutine is
+-- collected (a server may keep it a while); a call that ends normally
+-- keeps it for the coroutine's next call.
+local function unlead(self, co, keys, key, view, closing)
+    if keys[key] == view then keys[key] = nil end
+    self.flights[view] = nil
+    view.finished = true
+    if closing and next(keys) == nil and self.leading[co] == keys then
+        self.leading[co] = nil
+    end
+end
+
 -- Waits for the flight: a leader has finished already; a follower in a
 -- yieldable coroutine polls and yields between polls, until timeout seconds
 -- have passed or abort() returns true; any other follower blocks its
 -- thread for up to timeout (which only holds up the other coroutines of
 -- its own state, and it is not in one).  Returns the wait's status,
--- core.ETIMEDOUT and core.ECANCELED included.
-local function settle(self, key, flight, fn, timeout, abort)
+-- core.ETIMEDOUT and core.ECANCELED included.  guard: the call's
+-- to-be-closed guard, which a leader tells what to undo if its coroutine
+-- is closed while fn runs (then nothing after fn's yield runs here).
+local function settle(self, key, flight, fn, timeout, abort, guard)
     if flight:is_leader() then
         local co = coroutine.running()
         local keys = self.leading[co]
@@ -252,12 +270,11 @@ local function settle(self, key, flight, fn, timeout, abort)
             self.leading[co] = keys
         end
         local view = setmetatable({ native = flight, handlers = {} }, Flight)
+        guard.co, guard.keys, guard.view = co, keys, view
         keys[key] = view
         self.flights[view] = true
         local ok, err = pcall(lead, flight, fn, view)
-        keys[key] = nil
-        self.flights[view] = nil
-        view.finished = true
+        unlead(self, co, keys, key, view)
         if not ok then error(err, 0) end
         if view.gave_up then return core.ECANCELED end
         return flight:wait(0)
@@ -301,14 +318,21 @@ end
 
 -- However a call ends, its handle is released, and not by the collector:
 -- that drops our reference to the shared value and, for a leader that never
--- finished, releases its followers at once.  A follower whose call did not
--- end normally (its coroutine was closed while it waited, or an error) gives
--- up first, so that abandon handlers of this state run now.
+-- finished, releases its followers at once (they see SF_EGOEXIT).  A
+-- follower whose call did not end normally (its coroutine was closed while
+-- it waited, or an error) gives up first, so that abandon handlers of this
+-- state run now.  A leader whose coroutine was closed inside fn no longer
+-- leads its key here: else the key's next caller that cannot yield would
+-- be refused (SF_EDEADLK) for a flight nobody runs.
 local RELEASE_ON_CLOSE = {
     __close = function(guard)
         local flight = guard.flight
-        if not guard.settled and not flight:is_leader() and flight:cancel() == 1 then
-            abandoned_here(guard.group)
+        if not guard.settled then
+            if guard.view then
+                unlead(guard.group, guard.co, guard.keys, guard.key, guard.view, true)
+            elseif not flight:is_leader() and flight:cancel() == 1 then
+                abandoned_here(guard.group)
+            end
         end
         flight:release()
     end,
@@ -351,8 +375,8 @@ function Group:call(key, fn, opts)
         end
     end
     local flight = self.native:begin(key)
-    local guard <close> = setmetatable({ flight = flight, group = self }, RELEASE_ON_CLOSE)
-    local ok, status = pcall(settle, self, key, flight, fn, timeout, abort)
+    local guard <close> = setmetatable({ flight = flight, group = self, key = key }, RELEASE_ON_CLOSE)
+    local ok, status = pcall(settle, self, key, flight, fn, timeout, abort, guard)
     guard.settled = ok
     local value, shared, message
     if ok and status ~= core.ETIMEDOUT and status ~= core.ECANCELED then
