@@ -99,6 +99,23 @@ local Flight = {}
 Flight.__index = Flight
 Flight.__name = "singleflight.Flight"
 
+-- A Flight reaches its C call only weakly: the call belongs to the leader's
+-- coroutine (its guard and locals).  fn may keep its Flight past the call
+-- (a server's abort handler); if the leader's coroutine is then dropped and
+-- collected, its call must still be collected and release the followers
+-- (SF_EGOEXIT) instead of being kept, unfinished, by the Flight.
+local WEAK_VALUES = { __mode = "v" }
+
+-- The leader's C call, or nil once it is gone: its call ended (unlead) or
+-- was collected with a dropped leader coroutine.
+local function native(flight)
+    return flight.weak.native
+end
+
+local function new_flight(call)
+    return setmetatable({ weak = setmetatable({ native = call }, WEAK_VALUES), handlers = {} }, Flight)
+end
+
 -- Runs the abandon handlers, once.  A handler's error reaches nobody (it
 -- runs on whichever coroutine gave up last): it is reported through warn.
 local function fire(flight)
@@ -117,7 +134,8 @@ end
 -- to leave was in another Lua state).
 function Flight:abandoned()
     if self.fired then return true end
-    if self.native:abandoned() then
+    local call = native(self)
+    if call ~= nil and call:abandoned() then
         fire(self)
         return true
     end
@@ -149,9 +167,10 @@ end
 -- fn returns.  Returns true when that abandoned the flight (nobody else was
 -- waiting; the handlers have run), false otherwise.
 function Flight:give_up()
-    if self.gave_up or self.finished then return false end
+    local call = native(self)
+    if self.gave_up or self.finished or call == nil then return false end
     self.gave_up = true
-    if self.native:cancel() == 1 then
+    if call:cancel() == 1 then
         fire(self)
         return true
     end
@@ -163,7 +182,8 @@ end
 -- leader that was; each flight's own flag does.
 local function abandoned_here(self)
     for flight in pairs(self.flights) do
-        if not flight.fired and flight.native:abandoned() then fire(flight) end
+        local call = native(flight)
+        if not flight.fired and call ~= nil and call:abandoned() then fire(flight) end
     end
 end
 
@@ -248,6 +268,7 @@ local function unlead(self, co, keys, key, view, closing)
     if keys[key] == view then keys[key] = nil end
     self.flights[view] = nil
     view.finished = true
+    view.weak.native = nil
     if closing and next(keys) == nil and self.leading[co] == keys then
         self.leading[co] = nil
     end
@@ -269,7 +290,7 @@ local function settle(self, key, flight, fn, timeout, abort, guard)
             keys = {}
             self.leading[co] = keys
         end
-        local view = setmetatable({ native = flight, handlers = {} }, Flight)
+        local view = new_flight(flight)
         guard.co, guard.keys, guard.view = co, keys, view
         keys[key] = view
         self.flights[view] = true
@@ -297,9 +318,12 @@ local function settle(self, key, flight, fn, timeout, abort, guard)
 end
 
 -- Whether the flight a coroutine of this state leads (a Flight or nil) is
--- still the key's.
+-- still the key's: not abandoned, and its call not collected with the
+-- leader's coroutine (which the record, weak, does not keep either).
 local function still_leads(view)
-    return view ~= nil and not view.native:abandoned()
+    if view == nil then return false end
+    local call = native(view)
+    return call ~= nil and not call:abandoned()
 end
 
 -- Whether a coroutine of this state is running fn for key in this group.

@@ -655,6 +655,27 @@ test("a dropped leader coroutine, once collected, frees its key and releases its
     eq(core.live_values(), values, "values still held by the library")
 end)
 
+test("a dropped leader coroutine whose Flight is kept elsewhere is still collected and released", function()
+    -- A server may keep fn's Flight past the request (to give_up from an
+    -- abort handler): that must not keep the dropped leader's C call, so
+    -- its followers would wait, and a caller that cannot yield would block,
+    -- forever.
+    local g = sf.new()
+    local kept = {}
+    local leader = suspended_leader(g, "K", function(flight) kept.flight = flight end)
+    local follower, got = waiting_follower(g, "K")
+    leader = nil -- luacheck: ignore
+    collectgarbage("collect")
+    collectgarbage("collect")
+    run_all({ follower }, 100)
+    assert(tostring(got.err):find("leader exited", 1, true), tostring(got.err))
+    eq(g:stats().goexits, 1, "goexits")
+    eq(g:stats().in_flight, 0, "in_flight")
+    main_leads_fresh(g, "K", "after the leader was collected")
+    eq(kept.flight:abandoned(), false, "the kept flight was not abandoned")
+    eq(kept.flight:give_up(), false, "the kept flight cannot be given up")
+end)
+
 test("no values or memory leak over thousands of calls", function()
     local g = sf.new()
     local big = string.rep("x", 1000)
