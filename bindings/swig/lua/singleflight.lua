@@ -19,7 +19,9 @@
 -- (the leader's caller too, with flight:give_up()), the flight is abandoned:
 -- fn, which receives the flight, can see it (flight:abandoned(),
 -- flight:on_abandon(handler)) and stop, and the key's next caller starts
--- afresh.
+-- afresh.  A leader coroutine closed while fn runs (coroutine.close), or
+-- dropped and collected, ends its flight: its followers raise "leader
+-- exited" (SF_EGOEXIT) and the key is free.
 --
 -- Keys and values are strings: values cross Lua states as bytes, so fn must
 -- return a string or nil.  Error values reach the callers as strings too.
