@@ -372,6 +372,67 @@ test("an abandoned leader coroutine releases its followers with EGOEXIT", functi
     eq(g:run("k", function() return "again" end), "again", "key usable again")
 end)
 
+-- Issue 16.  LuaJIT has no coroutine.close: a server ends an aborted
+-- request's coroutine by dropping it (OpenResty finalizes the request and
+-- unreferences its coroutines).  Once the leader's coroutine is collected,
+-- its key must be free for every caller, the main coroutine included (it
+-- is the one EDEADLK refuses while a suspended coroutine leads the key),
+-- and its followers must see EGOEXIT.
+local function dropped_leader_frees_the_key(keep_flight)
+    local g = singleflight.new()
+    local base = singleflight.live_calls()
+    local kept = {}
+    local leader = coroutine.create(function()
+        return g:run("k", function(flight)
+            if keep_flight then kept.flight = flight end
+            while true do coroutine.yield() end
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local follower_err
+    local follower = coroutine.create(function()
+        local ok, err = pcall(g.run, g, "k", function() return "unused" end)
+        check(not ok, "follower succeeded")
+        follower_err = err
+    end)
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "suspended", "follower state")
+    -- Still suspended, the leader could be resumed: the key is its.
+    expect_error_code(singleflight.EDEADLK, g.run, g, "k", function() return "refused" end)
+
+    leader = nil -- luacheck: ignore (dropping the only reference is the point)
+    collectgarbage()
+    collectgarbage()
+    eq(singleflight.live_calls(), base + 1, "the leader's call was not collected")
+    -- Before the follower runs again: a new flight, led by the main coroutine.
+    local leaders = g:stats().leaders
+    local v, shared = g:run("k", function() return "fresh" end)
+    eq(v, "fresh", "the main coroutine's value")
+    eq(shared, false, "shared")
+    eq(g:stats().leaders, leaders + 1, "a new flight")
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "dead", "follower state")
+    check(singleflight.is_error(follower_err), "follower got " .. tostring(follower_err))
+    eq(follower_err.code, singleflight.EGOEXIT, "follower error code")
+    eq(g:stats().goexits, 1, "goexits")
+    eq(g:stats().in_flight, 0, "in_flight")
+    eq(singleflight.live_calls(), base, "live calls after")
+    if keep_flight then
+        eq(kept.flight:abandoned(), false, "the kept flight was not abandoned")
+        eq(kept.flight:give_up(), false, "the kept flight cannot be given up")
+    end
+end
+
+test("a dropped leader coroutine, once collected, frees its key for the main coroutine", function()
+    dropped_leader_frees_the_key(false)
+end)
+
+test("a dropped leader coroutine whose flight is kept elsewhere is still collected", function()
+    -- A request may keep fn's flight (ngx.ctx, a table of requests to give
+    -- up on abort) longer than its coroutine lives.
+    dropped_leader_frees_the_key(true)
+end)
+
 test("a waiting coroutine gives up after its timeout; the flight goes on", function()
     local g = singleflight.new()
     local err, leader_value

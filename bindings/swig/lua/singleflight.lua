@@ -19,7 +19,9 @@
 -- (the leader's caller too, with flight:give_up()), the flight is abandoned:
 -- fn, which receives the flight, can see it (flight:abandoned(),
 -- flight:on_abandon(handler)) and stop, and the key's next caller starts
--- afresh.
+-- afresh.  A leader coroutine closed while fn runs (coroutine.close), or
+-- dropped and collected, ends its flight: its followers raise "leader
+-- exited" (SF_EGOEXIT) and the key is free.
 --
 -- Keys and values are strings: values cross Lua states as bytes, so fn must
 -- return a string or nil.  Error values reach the callers as strings too.
@@ -99,6 +101,31 @@ local Flight = {}
 Flight.__index = Flight
 Flight.__name = "singleflight.Flight"
 
+-- A Flight reaches its C call only weakly, through this table (weak keys
+-- and values, one for the module): the call belongs to the leader's
+-- coroutine (its guard and locals).  fn may keep its Flight past the call
+-- (a server's abort handler); if the leader's coroutine is then dropped and
+-- collected, its call must still be collected and release the followers
+-- (SF_EGOEXIT) instead of being kept, unfinished, by the Flight.  One
+-- shared table, not a weak table per Flight, which cost an uncontended
+-- call about 4% more instructions.
+local CALLS = setmetatable({}, { __mode = "kv" })
+
+-- The leader's C call, or nil once it is gone: its call ended (unlead) or
+-- was collected with a dropped leader coroutine.
+local function native(flight)
+    return CALLS[flight]
+end
+
+-- The Flight of a leader's call, recorded in keys (the leading coroutine's
+-- table) under key.  It keeps no reference to that coroutine either: a
+-- kept Flight must not keep it, or its call, alive.
+local function new_flight(call, keys, key)
+    local flight = setmetatable({ handlers = {}, keys = keys, key = key }, Flight)
+    CALLS[flight] = call
+    return flight
+end
+
 -- Runs the abandon handlers, once.  A handler's error reaches nobody (it
 -- runs on whichever coroutine gave up last): it is reported through warn.
 local function fire(flight)
@@ -117,7 +144,8 @@ end
 -- to leave was in another Lua state).
 function Flight:abandoned()
     if self.fired then return true end
-    if self.native:abandoned() then
+    local call = native(self)
+    if call ~= nil and call:abandoned() then
         fire(self)
         return true
     end
@@ -149,9 +177,10 @@ end
 -- fn returns.  Returns true when that abandoned the flight (nobody else was
 -- waiting; the handlers have run), false otherwise.
 function Flight:give_up()
-    if self.gave_up or self.finished then return false end
+    local call = native(self)
+    if self.gave_up or self.finished or call == nil then return false end
     self.gave_up = true
-    if self.native:cancel() == 1 then
+    if call:cancel() == 1 then
         fire(self)
         return true
     end
@@ -163,7 +192,8 @@ end
 -- leader that was; each flight's own flag does.
 local function abandoned_here(self)
     for flight in pairs(self.flights) do
-        if not flight.fired and flight.native:abandoned() then fire(flight) end
+        local call = native(flight)
+        if not flight.fired and call ~= nil and call:abandoned() then fire(flight) end
     end
 end
 
@@ -237,13 +267,38 @@ local function aborted(abort)
     return abort ~= nil and abort()
 end
 
+-- The leader's bookkeeping ends: view's key is no longer led by its
+-- coroutine with it (unless a call after a forget leads it now), and its
+-- flight is no longer one whose handlers a give-up here may run.
+-- Idempotent.  closing: the call is being unwound (coroutine.close), so
+-- drop the coroutine's table if that was its last key, now rather than
+-- when the coroutine is collected (a server may keep it a while); a call
+-- that ends normally keeps it for the coroutine's next call.
+local function unlead(self, view, closing)
+    local keys = view.keys
+    if keys[view.key] == view then keys[view.key] = nil end
+    self.flights[view] = nil
+    CALLS[view] = nil
+    view.finished = true
+    if closing and next(keys) == nil then
+        for co, its in pairs(self.leading) do
+            if its == keys then
+                self.leading[co] = nil
+                break
+            end
+        end
+    end
+end
+
 -- Waits for the flight: a leader has finished already; a follower in a
 -- yieldable coroutine polls and yields between polls, until timeout seconds
 -- have passed or abort() returns true; any other follower blocks its
 -- thread for up to timeout (which only holds up the other coroutines of
 -- its own state, and it is not in one).  Returns the wait's status,
--- core.ETIMEDOUT and core.ECANCELED included.
-local function settle(self, key, flight, fn, timeout, abort)
+-- core.ETIMEDOUT and core.ECANCELED included.  guard: the call's
+-- to-be-closed guard, which a leader tells what to undo if its coroutine
+-- is closed while fn runs (then nothing after fn's yield runs here).
+local function settle(self, key, flight, fn, timeout, abort, guard)
     if flight:is_leader() then
         local co = coroutine.running()
         local keys = self.leading[co]
@@ -251,13 +306,12 @@ local function settle(self, key, flight, fn, timeout, abort)
             keys = {}
             self.leading[co] = keys
         end
-        local view = setmetatable({ native = flight, handlers = {} }, Flight)
+        local view = new_flight(flight, keys, key)
+        guard.view = view
         keys[key] = view
         self.flights[view] = true
         local ok, err = pcall(lead, flight, fn, view)
-        keys[key] = nil
-        self.flights[view] = nil
-        view.finished = true
+        unlead(self, view)
         if not ok then error(err, 0) end
         if view.gave_up then return core.ECANCELED end
         return flight:wait(0)
@@ -280,9 +334,12 @@ local function settle(self, key, flight, fn, timeout, abort)
 end
 
 -- Whether the flight a coroutine of this state leads (a Flight or nil) is
--- still the key's.
+-- still the key's: not abandoned, and its call not collected with the
+-- leader's coroutine (which the record, weak, does not keep either).
 local function still_leads(view)
-    return view ~= nil and not view.native:abandoned()
+    if view == nil then return false end
+    local call = native(view)
+    return call ~= nil and not call:abandoned()
 end
 
 -- Whether a coroutine of this state is running fn for key in this group.
@@ -301,14 +358,21 @@ end
 
 -- However a call ends, its handle is released, and not by the collector:
 -- that drops our reference to the shared value and, for a leader that never
--- finished, releases its followers at once.  A follower whose call did not
--- end normally (its coroutine was closed while it waited, or an error) gives
--- up first, so that abandon handlers of this state run now.
+-- finished, releases its followers at once (they see SF_EGOEXIT).  A
+-- follower whose call did not end normally (its coroutine was closed while
+-- it waited, or an error) gives up first, so that abandon handlers of this
+-- state run now.  A leader whose coroutine was closed inside fn no longer
+-- leads its key here: else the key's next caller that cannot yield would
+-- be refused (SF_EDEADLK) for a flight nobody runs.
 local RELEASE_ON_CLOSE = {
     __close = function(guard)
         local flight = guard.flight
-        if not guard.settled and not flight:is_leader() and flight:cancel() == 1 then
-            abandoned_here(guard.group)
+        if not guard.settled then
+            if guard.view then
+                unlead(guard.group, guard.view, true)
+            elseif not flight:is_leader() and flight:cancel() == 1 then
+                abandoned_here(guard.group)
+            end
         end
         flight:release()
     end,
@@ -351,8 +415,10 @@ function Group:call(key, fn, opts)
         end
     end
     local flight = self.native:begin(key)
-    local guard <close> = setmetatable({ flight = flight, group = self }, RELEASE_ON_CLOSE)
-    local ok, status = pcall(settle, self, key, flight, fn, timeout, abort)
+    -- view: set by a leader; named here so that the table is made big
+    -- enough at once (growing it cost every call a rehash).
+    local guard <close> = setmetatable({ flight = flight, group = self, view = false }, RELEASE_ON_CLOSE)
+    local ok, status = pcall(settle, self, key, flight, fn, timeout, abort, guard)
     guard.settled = ok
     local value, shared, message
     if ok and status ~= core.ETIMEDOUT and status ~= core.ECANCELED then

@@ -521,6 +521,161 @@ test("a leader coroutine that is abandoned and collected releases its followers"
     eq(g:stats().goexits, 1, "goexits")
 end)
 
+-- Issue 16: a leader coroutine that is closed (what a server does to an
+-- aborted request) or dropped must not leave its key marked as led by a
+-- coroutine of this state: the key's next caller that cannot yield would
+-- get SF_EDEADLK for a flight that no longer exists.
+local function suspended_leader(g, key, on_flight)
+    local co = coroutine.create(function()
+        return g:call(key, function(flight)
+            if on_flight then on_flight(flight) end
+            coroutine.yield()
+            return "never"
+        end)
+    end)
+    assert(coroutine.resume(co))
+    eq(coroutine.status(co), "suspended", "the leader waits inside fn")
+    return co
+end
+
+local function waiting_follower(g, key)
+    local got = {}
+    local co = coroutine.create(function()
+        got.ok, got.err = pcall(g.call, g, key, function() return "follower led" end)
+    end)
+    local ok, yielded = coroutine.resume(co)
+    assert(ok and yielded == sf.WAITING, "the follower joined the flight and waits")
+    return co, got
+end
+
+-- The key's next caller, from the main coroutine (it cannot yield, so it
+-- blocks and is the one SF_EDEADLK refuses), leads a fresh flight.
+local function main_leads_fresh(g, key, what)
+    assert(not coroutine.isyieldable())
+    local leaders = g:stats().leaders
+    local ok, v, shared = pcall(g.call, g, key, function() return "fresh" end)
+    assert(ok, what .. ": " .. tostring(v))
+    eq(v, "fresh", what .. ": value")
+    eq(shared, false, what .. ": shared")
+    eq(g:stats().leaders, leaders + 1, what .. ": a new flight")
+    eq(g:stats().in_flight, 0, what .. ": in_flight")
+end
+
+test("a closed leader coroutine frees its key for a caller that cannot yield", function()
+    local g = sf.new()
+    local values = core.live_values()
+    local leader = suspended_leader(g, "K")
+    assert(coroutine.close(leader))
+    eq(coroutine.status(leader), "dead")
+    -- The leader is still referenced (a server's request table): nothing of
+    -- its flight may stay behind in the group's bookkeeping.
+    eq(g.leading[leader], nil, "the group's record of what the closed coroutine leads")
+    eq(next(g.flights), nil, "the group's record of the flights running fn")
+    main_leads_fresh(g, "K", "right after the close")
+    main_leads_fresh(g, "K", "a second time")
+    collectgarbage("collect")
+    main_leads_fresh(g, "K", "after a full collection")
+    eq(g:stats().goexits, 1, "the closed leader's flight ended as a goexit")
+    eq(core.live_values(), values, "values still held by the library")
+end)
+
+test("a closed leader coroutine with a waiting follower: the follower sees it exit, the key is free", function()
+    local g = sf.new()
+    local leader = suspended_leader(g, "K")
+    local follower, got = waiting_follower(g, "K")
+    assert(coroutine.close(leader))
+    -- Before the follower runs again: the key is no longer the closed
+    -- leader's, whatever its follower still has to read.
+    main_leads_fresh(g, "K", "with the follower still suspended")
+    assert(coroutine.resume(follower))
+    eq(coroutine.status(follower), "dead", "the follower finished on its next resume")
+    eq(got.ok, false, "the follower's call failed")
+    assert(tostring(got.err):find("leader exited", 1, true), tostring(got.err))
+    eq(g:stats().goexits, 1, "goexits")
+    collectgarbage("collect")
+    main_leads_fresh(g, "K", "after a full collection")
+end)
+
+test("a closed leader coroutine frees its key after a follower left, and after collection", function()
+    local g = sf.new()
+    local leader = suspended_leader(g, "K")
+    local follower, got = waiting_follower(g, "K")
+    assert(coroutine.close(leader))
+    assert(coroutine.resume(follower))
+    assert(tostring(got.err):find("leader exited", 1, true), tostring(got.err))
+    collectgarbage("collect")
+    collectgarbage("collect")
+    main_leads_fresh(g, "K", "after the follower left and a full collection")
+    -- A coroutine caller leads afresh too, and the closed leader's Flight,
+    -- kept by its fn, says nothing is wrong and refuses to give up.
+    local kept
+    leader = suspended_leader(g, "K", function(flight) kept = flight end)
+    assert(coroutine.close(leader))
+    eq(kept:abandoned(), false, "a closed leader's flight was not abandoned")
+    eq(kept:give_up(), false, "a closed leader's flight cannot be given up")
+    local co = coroutine.create(function() return g:call("K", function() return "again" end) end)
+    local ok, v = coroutine.resume(co)
+    assert(ok, v)
+    eq(v, "again")
+end)
+
+test("closing a leader coroutine that leads two keys, one inside the other's fn, frees both", function()
+    local g = sf.new()
+    local leader = coroutine.create(function()
+        return g:call("outer", function()
+            return g:call("inner", function() coroutine.yield(); return "never" end)
+        end)
+    end)
+    assert(coroutine.resume(leader))
+    local fo, fo_got = waiting_follower(g, "outer")
+    local fi, fi_got = waiting_follower(g, "inner")
+    assert(coroutine.close(leader))
+    main_leads_fresh(g, "inner", "inner")
+    main_leads_fresh(g, "outer", "outer")
+    run_all({ fo, fi })
+    assert(tostring(fo_got.err):find("leader exited", 1, true), tostring(fo_got.err))
+    assert(tostring(fi_got.err):find("leader exited", 1, true), tostring(fi_got.err))
+    eq(g:stats().goexits, 2, "goexits")
+end)
+
+test("a dropped leader coroutine, once collected, frees its key and releases its followers", function()
+    local g = sf.new()
+    local values = core.live_values()
+    local leader = suspended_leader(g, "K")
+    local follower, got = waiting_follower(g, "K")
+    -- Still suspended, it could be resumed: the key is its until collected.
+    raises("SF_EDEADLK", g.call, g, "K", function() return "refused" end)
+    leader = nil -- luacheck: ignore
+    collectgarbage("collect")
+    collectgarbage("collect")
+    main_leads_fresh(g, "K", "after the leader was collected")
+    run_all({ follower })
+    assert(tostring(got.err):find("leader exited", 1, true), tostring(got.err))
+    eq(g:stats().goexits, 1, "goexits")
+    eq(core.live_values(), values, "values still held by the library")
+end)
+
+test("a dropped leader coroutine whose Flight is kept elsewhere is still collected and released", function()
+    -- A server may keep fn's Flight past the request (to give_up from an
+    -- abort handler): that must not keep the dropped leader's C call, so
+    -- its followers would wait, and a caller that cannot yield would block,
+    -- forever.
+    local g = sf.new()
+    local kept = {}
+    local leader = suspended_leader(g, "K", function(flight) kept.flight = flight end)
+    local follower, got = waiting_follower(g, "K")
+    leader = nil -- luacheck: ignore
+    collectgarbage("collect")
+    collectgarbage("collect")
+    run_all({ follower }, 100)
+    assert(tostring(got.err):find("leader exited", 1, true), tostring(got.err))
+    eq(g:stats().goexits, 1, "goexits")
+    eq(g:stats().in_flight, 0, "in_flight")
+    main_leads_fresh(g, "K", "after the leader was collected")
+    eq(kept.flight:abandoned(), false, "the kept flight was not abandoned")
+    eq(kept.flight:give_up(), false, "the kept flight cannot be given up")
+end)
+
 test("no values or memory leak over thousands of calls", function()
     local g = sf.new()
     local big = string.rep("x", 1000)
