@@ -153,6 +153,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -194,8 +195,19 @@ type groupCore struct {
 	// Forget may have detached that flight.  First, so that 32-bit
 	// platforms align it for atomic access.
 	forgetEpoch uint64
+	// Followers that joined a flight in Go (join.go) and callers that gave
+	// up there: the C library never sees them, so Stats adds them.
+	goFollowers uint64
+	goCancels   uint64
 	forgetting  int32
 	g           *C.sf_group
+
+	// The goFlights Go callers can join, by key (join.go).  nListed is
+	// len(flights), read without the lock so that a group with no Go
+	// followers pays one atomic load per call for the table.
+	nListed   int32
+	flightsMu sync.RWMutex
+	flights   map[string]*goFlight
 }
 
 // freedGroups counts C groups released by finalizers; tests read it to prove
@@ -207,7 +219,7 @@ func newGroupCore() *groupCore {
 	if rc := int(C.sf_group_new(&g, nil)); rc != statusOK {
 		panic(&coreError{"sf_group_new", rc})
 	}
-	c := &groupCore{g: g}
+	c := &groupCore{g: g, flights: make(map[string]*goFlight)}
 	runtime.SetFinalizer(c, (*groupCore).free)
 	return c
 }
@@ -363,6 +375,11 @@ func (c *groupCore) forget(key string) {
 	C.sf_group_forget(c.g, unsafe.Pointer(p), n)
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(c)
+	// The key's goFlight goes after the C flight: a Go caller arriving in
+	// between may still join the forgotten flight, as a call concurrent
+	// with Forget may.  A goFlight its first follower lists meanwhile is
+	// refused (list checks forgetting and the epoch).
+	c.delistKey(key)
 	atomic.AddInt32(&c.forgetting, -1)
 }
 
@@ -373,16 +390,17 @@ func (c *groupCore) stats() Stats {
 		panic(&coreError{"sf_group_stats_get", rc})
 	}
 	runtime.KeepAlive(c)
+	goFollowers := atomic.LoadUint64(&c.goFollowers)
 	return Stats{
-		Calls:     uint64(s.calls),
+		Calls:     uint64(s.calls) + goFollowers,
 		Leaders:   uint64(s.leaders),
-		Followers: uint64(s.followers),
+		Followers: uint64(s.followers) + goFollowers,
 		Panics:    uint64(s.panics),
 		Goexits:   uint64(s.goexits),
 		Forgets:   uint64(s.forgets),
 		InFlight:  uint64(s.in_flight),
 		Abandons:  uint64(s.abandons),
-		Cancels:   uint64(s.cancels),
+		Cancels:   uint64(s.cancels) + atomic.LoadUint64(&c.goCancels),
 	}
 }
 
