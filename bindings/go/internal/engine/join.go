@@ -30,7 +30,7 @@ const flightDone = int64(1) << 62
 type goFlight struct {
 	core *groupCore
 	key  string // a copy of the key, to take the goFlight out of the table
-	call *cCall  // the C follower handle; released by whoever leaves last
+	call *cCall // the C follower handle; released by whoever leaves last
 
 	// state is flightDone | the number of Go callers still interested
 	// (goroutines waiting in Do or DoContext, DoChan sends not yet made).
