@@ -383,24 +383,35 @@ func (c *groupCore) forget(key string) {
 	atomic.AddInt32(&c.forgetting, -1)
 }
 
+// stats is the C library's counters plus what only Go saw: followers that
+// joined in Go, and callers that gave up there.
 func (c *groupCore) stats() Stats {
+	s := c.cStats()
+	goFollowers := atomic.LoadUint64(&c.goFollowers)
+	s.Calls += goFollowers
+	s.Followers += goFollowers
+	s.Cancels += atomic.LoadUint64(&c.goCancels)
+	return s
+}
+
+// cStats is the C library's own counters: what crossed into C.
+func (c *groupCore) cStats() Stats {
 	var s C.sf_group_stats
 	s.version = C.SF_GROUP_STATS_VERSION
 	if rc := int(C.sf_group_stats_get(c.g, &s)); rc != statusOK {
 		panic(&coreError{"sf_group_stats_get", rc})
 	}
 	runtime.KeepAlive(c)
-	goFollowers := atomic.LoadUint64(&c.goFollowers)
 	return Stats{
-		Calls:     uint64(s.calls) + goFollowers,
+		Calls:     uint64(s.calls),
 		Leaders:   uint64(s.leaders),
-		Followers: uint64(s.followers) + goFollowers,
+		Followers: uint64(s.followers),
 		Panics:    uint64(s.panics),
 		Goexits:   uint64(s.goexits),
 		Forgets:   uint64(s.forgets),
 		InFlight:  uint64(s.in_flight),
 		Abandons:  uint64(s.abandons),
-		Cancels:   uint64(s.cancels) + atomic.LoadUint64(&c.goCancels),
+		Cancels:   uint64(s.cancels),
 	}
 }
 
