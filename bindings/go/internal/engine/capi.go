@@ -208,6 +208,9 @@ type groupCore struct {
 	nListed   int32
 	flightsMu sync.RWMutex
 	flights   map[string]*goFlight
+
+	// DoContext's flight records, reused (context.go).
+	ctxPool sync.Pool
 }
 
 // freedGroups counts C groups released by finalizers; tests read it to prove

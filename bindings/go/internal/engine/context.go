@@ -29,12 +29,17 @@ import (
 // flight cannot be abandoned while its starting caller still holds its
 // interest, so the abandon callback is registered only then.
 func DoContext[V any](g *Group, ctx context.Context, key string, fn func(context.Context) (V, error)) (V, error, bool) {
-	if err := ctx.Err(); err != nil {
-		var zero V
-		return zero, err, false
+	// A receive that cannot block is cheaper than ctx.Err(), which locks.
+	cancel := ctx.Done()
+	if cancel != nil {
+		select {
+		case <-cancel:
+			var zero V
+			return zero, ctx.Err(), false
+		default:
+		}
 	}
 	core := g.c()
-	cancel := ctx.Done()
 	if f := core.joinListedToWait(key); f != nil {
 		return awaitContext[V](ctx, f, cancel)
 	}
@@ -75,9 +80,11 @@ func leadInline[V any](core *groupCore, ctx context.Context, call *cCall, key st
 // goroutine (which completes the flight with it).  The library lets those
 // overlap but not a release with either, so every use of call is under
 // mu, and whichever of the two is last releases it (fn's goroutine
-// releases it at once when nobody joined, and on Goexit).
+// releases it at once when nobody joined, and on Goexit).  A caller that
+// got its results back puts f in its group's pool: nothing else refers to
+// it then.
 type ctxFlight[V any] struct {
-	fc    fnContext
+	fc    *fnContext
 	core  *groupCore
 	fn    func(context.Context) (V, error)
 	epoch beginMark
@@ -95,7 +102,8 @@ type ctxFlight[V any] struct {
 	fnDone     bool
 	abandonID  uintptr // the abandoners entry, once the caller gave up
 
-	// fn's goroutine writes these before closing done.
+	// fn's goroutine writes these, then sends on done (buffered: it never
+	// blocks, and the caller that receives leaves it empty for reuse).
 	val    V
 	err    error
 	shared bool
@@ -107,8 +115,15 @@ type ctxFlight[V any] struct {
 // waits for it or for ctx.
 func leadContext[V any](core *groupCore, ctx context.Context, call *cCall, key string, epoch beginMark,
 	fn func(context.Context) (V, error)) (V, error, bool) {
-	f := &ctxFlight[V]{core: core, fn: fn, epoch: epoch, call: call, done: make(chan struct{})}
-	f.fc.parent = ctx
+	// A group's flights all have one V (typed.Group[V], or interface{}),
+	// so its pool holds one type; the check costs nothing.
+	f, _ := core.ctxPool.Get().(*ctxFlight[V])
+	if f == nil {
+		f = &ctxFlight[V]{done: make(chan struct{}, 1)}
+	}
+	f.core, f.fn, f.epoch, f.call = core, fn, epoch, call
+	// fn may keep its context after it returns, so that is never reused.
+	f.fc = &fnContext{parent: ctx}
 	f.keyLen = len(key)
 	if len(key) <= leadInlineKey {
 		copy(f.keyBuf[:], key)
@@ -119,19 +134,24 @@ func leadContext[V any](core *groupCore, ctx context.Context, call *cCall, key s
 
 	select {
 	case <-f.done:
-		f.mu.Lock()
-		f.callerLeft = true
+		// fn's goroutine is done with f (sending on done was its last
+		// act), and this caller never gives up now: no lock needed.  A
+		// call it left is this caller's to release.
 		if f.call != nil {
 			f.releaseLocked()
 		}
-		f.mu.Unlock()
 		switch f.how {
 		case fnPanicked:
 			panic(f.err)
 		case fnExited:
 			runtime.Goexit()
 		}
-		return f.val, f.err, f.shared
+		val, err, shared := f.val, f.err, f.shared
+		// Nobody else refers to f now (fn's context is not part of it),
+		// and done is empty again: f serves the group's next flight.
+		*f = ctxFlight[V]{done: f.done}
+		core.ctxPool.Put(f)
+		return val, err, shared
 	case <-ctx.Done():
 		f.giveUp()
 		var zero V
@@ -182,7 +202,7 @@ func (f *ctxFlight[V]) giveUp() {
 
 // run is fn's goroutine.
 func (f *ctxFlight[V]) run() {
-	val, err, how := runFn(f.core, f.key(), f.epoch, func() (V, error) { return f.fn(&f.fc) }, f.exited)
+	val, err, how := runFn(f.core, f.key(), f.epoch, func() (V, error) { return f.fn(f.fc) }, f.exited)
 	pe, panicked := err.(*panicError)
 	if panicked {
 		how = fnPanicked
@@ -210,7 +230,7 @@ func (f *ctxFlight[V]) run() {
 	f.mu.Unlock()
 	f.finish(id)
 	f.val, f.err, f.shared, f.how = val, err, shared, how
-	close(f.done)
+	f.done <- struct{}{}
 }
 
 // exited runs when fn called runtime.Goexit: the flight is released
@@ -224,7 +244,7 @@ func (f *ctxFlight[V]) exited() {
 	f.mu.Unlock()
 	f.finish(id)
 	f.how = fnExited
-	close(f.done)
+	f.done <- struct{}{}
 }
 
 // finish ends fn's context now that fn has returned, and takes out its
@@ -250,7 +270,7 @@ func (f *ctxFlight[V]) releaseLocked() {
 type fnContext struct {
 	parent context.Context
 
-	mu    sync.Mutex // orders making real with cancel
+	mu    sync.Mutex // one maker of real
 	ended uint32     // atomic: 1 once cancelled
 	real  atomic.Pointer[cancelPair]
 }
@@ -297,22 +317,22 @@ func (c *fnContext) made() *cancelPair {
 		return p
 	}
 	ctx, cancel := context.WithCancel(detached{c.parent})
+	p := &cancelPair{ctx, cancel}
+	c.real.Store(p)
+	// After the store: a cancel that missed p has set ended before this
+	// load (both are sequentially consistent), so one of the two cancels.
 	if atomic.LoadUint32(&c.ended) != 0 {
 		cancel()
 	}
-	p := &cancelPair{ctx, cancel}
-	c.real.Store(p)
 	return p
 }
 
 // cancel ends fn's context; safe to call more than once, from any
-// goroutine, and from the library's abandon callback.
+// goroutine, and from the library's abandon callback.  Two atomic
+// operations when fn never asked for Done.
 func (c *fnContext) cancel() {
-	c.mu.Lock()
 	atomic.StoreUint32(&c.ended, 1)
-	p := c.real.Load()
-	c.mu.Unlock()
-	if p != nil {
+	if p := c.real.Load(); p != nil {
 		p.cancel()
 	}
 }
