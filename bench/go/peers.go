@@ -216,7 +216,7 @@ func runHerd(_, callers int) {
 			"execs_median": medianF(res[i].execs), "execs_max": maxF(res[i].execs), "execs_by_rep": res[i].execsByRep,
 			"over_median_ms": medianF(res[i].med), "over_last_ms": medianF(res[i].last),
 			"over_last_by_rep_ms": res[i].lastByRep,
-			"gomaxprocs": runtime.GOMAXPROCS(0),
+			"gomaxprocs":          runtime.GOMAXPROCS(0),
 		})
 	}
 	// Ratios of the last caller's time over the sleep, per repeat (runs
