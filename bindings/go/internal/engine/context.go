@@ -40,27 +40,38 @@ func DoContext[V any](g *Group, ctx context.Context, key string, fn func(context
 		}
 	}
 	core := g.c()
-	if f := core.joinListedToWait(key); f != nil {
-		return awaitContext[V](ctx, f, cancel)
-	}
-	epoch := core.beginEpoch()
-	call, leader := core.begin(key)
-	if leader {
-		if cancel == nil {
-			return leadInline(core, ctx, call, key, epoch, fn)
+	f := core.joinListedToWait(key)
+	if f == nil {
+		epoch := core.beginEpoch()
+		call, leader := core.begin(key)
+		if leader {
+			if cancel == nil {
+				return leadInline(core, ctx, call, key, epoch, fn)
+			}
+			return leadContext(core, ctx, call, key, epoch, fn)
 		}
-		return leadContext(core, ctx, call, key, epoch, fn)
+		f = core.follow(call, key, epoch)
 	}
-	return awaitContext[V](ctx, core.follow(call, key, epoch), cancel)
-}
-
-// awaitContext is a DoContext follower's wait on its goFlight.
-func awaitContext[V any](ctx context.Context, f *goFlight, cancel <-chan struct{}) (V, error, bool) {
-	if d, ok := f.await(cancel); ok {
+	// The wait is here rather than in a helper, as in Do: a shallow stack
+	// at the park.
+	if cancel == nil {
+		<-f.done
+		d := f.d
+		f.leave(false)
 		return deliveredOrExit[V](d)
 	}
-	var zero V
-	return zero, ctx.Err(), false
+	select {
+	case <-f.done:
+		d := f.d
+		f.leave(false)
+		return deliveredOrExit[V](d)
+	case <-cancel:
+		// If the flight completes meanwhile its outcome is dropped: the
+		// caller asked to leave.
+		f.leave(true)
+		var zero V
+		return zero, ctx.Err(), false
+	}
 }
 
 // leadInline runs fn on the caller's goroutine for a caller whose ctx can

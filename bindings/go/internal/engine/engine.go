@@ -74,16 +74,21 @@ func LiveOutcomes() int64 {
 // follower's goFlight without crossing into C (join.go).
 func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 	core := g.c()
-	if f := core.joinListedToWait(key); f != nil {
-		d, _ := f.await(nil)
-		return deliveredOrExit[V](d)
+	f := core.joinListedToWait(key)
+	if f == nil {
+		epoch := core.beginEpoch()
+		call, leader := core.begin(key)
+		if leader {
+			return lead(core, call, key, epoch, fn)
+		}
+		f = core.follow(call, key, epoch)
 	}
-	epoch := core.beginEpoch()
-	call, leader := core.begin(key)
-	if leader {
-		return lead(core, call, key, epoch, fn)
-	}
-	d, _ := core.follow(call, key, epoch).await(nil)
+	// Parked here, not in a helper: a follower's stack at the park is as
+	// shallow as can be, so that a fresh goroutine (a herd of them) need
+	// not grow its stack to wait.
+	<-f.done
+	d := f.d
+	f.leave(false)
 	return deliveredOrExit[V](d)
 }
 

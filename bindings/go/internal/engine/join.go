@@ -138,28 +138,6 @@ func (f *goFlight) addSend(send func(delivery)) {
 	f.leave(false)
 }
 
-// await waits for f's outcome (true), or until cancel is closed (false;
-// nil never is), and leaves f either way.
-func (f *goFlight) await(cancel <-chan struct{}) (delivery, bool) {
-	if cancel == nil {
-		<-f.done
-		d := f.d
-		f.leave(false)
-		return d, true
-	}
-	select {
-	case <-f.done:
-		d := f.d
-		f.leave(false)
-		return d, true
-	case <-cancel:
-		// If the flight completes meanwhile its outcome is dropped: the
-		// caller asked to leave.
-		f.leave(true)
-		return delivery{}, false
-	}
-}
-
 // joinListed joins the goFlight listed for key, if there is one that can
 // still be joined, without crossing into C.  The check of c.nListed keeps
 // this to one atomic load when no flight of the group has a Go follower.

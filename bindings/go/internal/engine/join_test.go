@@ -564,8 +564,10 @@ func TestARacingFirstFollowerStaysUnlisted(t *testing.T) {
 	}
 	close(b.release)
 	for i, f := range []*goFlight{f1, f2} {
-		d, ok := f.await(nil)
-		if o, _ := d.value.(*outcome[string]); !ok || d.status != statusOK || o == nil || o.val != "v" {
+		<-f.done
+		d := f.d
+		f.leave(false)
+		if o, _ := d.value.(*outcome[string]); d.status != statusOK || o == nil || o.val != "v" {
 			t.Fatalf("goFlight %d delivered %+v", i, d)
 		}
 	}
