@@ -16,7 +16,9 @@ type Group struct {
 	core *groupCore
 }
 
-// Stats is a snapshot of a Group's counters, taken from the C library.
+// Stats is a snapshot of a Group's counters: the C library's, plus the
+// followers that joined a flight in Go and the callers that gave up there
+// (join.go), which the C library never sees.
 type Stats struct {
 	Calls     uint64 // Leaders + Followers
 	Leaders   uint64 // calls that ran fn
