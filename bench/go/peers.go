@@ -142,9 +142,11 @@ func medianF(xs []float64) float64 {
 // ---- herd ------------------------------------------------------------------
 
 // herdOnce releases n goroutines at once on one key whose fn sleeps, and
-// reports how many times fn ran and, over the sleep, when the median and
-// the last caller got their result.
-func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, medOver, lastOver float64) {
+// reports how many times fn ran, when the last caller entered the call
+// (goroutines run in turn, so that is the time the others took to join),
+// and, over the sleep, when the median and the last caller got their
+// result.
+func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, lastEnter, medOver, lastOver float64) {
 	c := row.mk()
 	fn := func(context.Context) (interface{}, error) {
 		atomic.AddInt32(&execs, 1)
@@ -154,6 +156,7 @@ func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, medOver, 
 	start := make(chan struct{})
 	var ready, done sync.WaitGroup
 	ends := make([]int64, n)
+	enters := make([]int64, n)
 	for i := 0; i < n; i++ {
 		ready.Add(1)
 		done.Add(1)
@@ -167,6 +170,7 @@ func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, medOver, 
 			}
 			ready.Done()
 			<-start
+			enters[i] = now()
 			if _, err := c.Call(ctx, "herd", fn); err != nil {
 				panic(err)
 			}
@@ -183,7 +187,13 @@ func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, medOver, 
 		over[i] = float64(e-t0-sleep.Nanoseconds()) / 1e6
 	}
 	sort.Float64s(over)
-	return execs, over[n/2], over[n-1]
+	var last int64
+	for _, e := range enters {
+		if e > last {
+			last = e
+		}
+	}
+	return execs, float64(last-t0) / 1e6, over[n/2], over[n-1]
 }
 
 // runHerd: -callers goroutines (10,000) on one key, fn sleeping -sleep-ms,
@@ -193,6 +203,7 @@ func runHerd(_, callers int) {
 	sleep := time.Duration(*sleepMs) * time.Millisecond
 	type acc struct {
 		execs      []float64
+		enter      []float64
 		med, last  []float64
 		lastByRep  []float64
 		execsByRep []int32
@@ -201,8 +212,9 @@ func runHerd(_, callers int) {
 	for rep := 0; rep < *repsFlag; rep++ {
 		for j := range rows {
 			i := (j + rep) % len(rows)
-			e, med, last := herdOnce(rows[i], callers, sleep)
+			e, enter, med, last := herdOnce(rows[i], callers, sleep)
 			res[i].execs = append(res[i].execs, float64(e))
+			res[i].enter = append(res[i].enter, enter)
 			res[i].med = append(res[i].med, med)
 			res[i].last = append(res[i].last, last)
 			res[i].lastByRep = append(res[i].lastByRep, last)
@@ -214,6 +226,7 @@ func runHerd(_, callers int) {
 			"kind": "herd", "contender": r.name, "label": r.label, "callers": callers,
 			"sleep_ms": *sleepMs, "reps": *repsFlag,
 			"execs_median": medianF(res[i].execs), "execs_max": maxF(res[i].execs), "execs_by_rep": res[i].execsByRep,
+			"last_enter_ms":  medianF(res[i].enter),
 			"over_median_ms": medianF(res[i].med), "over_last_ms": medianF(res[i].last),
 			"over_last_by_rep_ms": res[i].lastByRep,
 			"gomaxprocs":          runtime.GOMAXPROCS(0),
