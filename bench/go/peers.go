@@ -146,7 +146,7 @@ func medianF(xs []float64) float64 {
 // (goroutines run in turn, so that is the time the others took to join),
 // and, over the sleep, when the median and the last caller got their
 // result.
-func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, lastEnter, medOver, lastOver float64) {
+func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, lastEnter, medOver, lastOver, cpuPerCall float64) {
 	c := row.mk()
 	fn := func(context.Context) (interface{}, error) {
 		atomic.AddInt32(&execs, 1)
@@ -179,9 +179,11 @@ func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, lastEnter
 	}
 	ready.Wait()
 	runtime.GC()
+	c0 := cpuNs()
 	t0 := now()
 	close(start)
 	done.Wait()
+	cpu := cpuNs() - c0
 	over := make([]float64, n)
 	for i, e := range ends {
 		over[i] = float64(e-t0-sleep.Nanoseconds()) / 1e6
@@ -193,7 +195,7 @@ func herdOnce(row callerRow, n int, sleep time.Duration) (execs int32, lastEnter
 			last = e
 		}
 	}
-	return execs, float64(last-t0) / 1e6, over[n/2], over[n-1]
+	return execs, float64(last-t0) / 1e6, over[n/2], over[n-1], float64(cpu) / float64(n)
 }
 
 // runHerd: -callers goroutines (10,000) on one key, fn sleeping -sleep-ms,
@@ -204,6 +206,7 @@ func runHerd(_, callers int) {
 	type acc struct {
 		execs      []float64
 		enter      []float64
+		cpu        []float64
 		med, last  []float64
 		lastByRep  []float64
 		execsByRep []int32
@@ -212,7 +215,8 @@ func runHerd(_, callers int) {
 	for rep := 0; rep < *repsFlag; rep++ {
 		for j := range rows {
 			i := (j + rep) % len(rows)
-			e, enter, med, last := herdOnce(rows[i], callers, sleep)
+			e, enter, med, last, cpu := herdOnce(rows[i], callers, sleep)
+			res[i].cpu = append(res[i].cpu, cpu)
 			res[i].execs = append(res[i].execs, float64(e))
 			res[i].enter = append(res[i].enter, enter)
 			res[i].med = append(res[i].med, med)
@@ -226,8 +230,12 @@ func runHerd(_, callers int) {
 			"kind": "herd", "contender": r.name, "label": r.label, "callers": callers,
 			"sleep_ms": *sleepMs, "reps": *repsFlag,
 			"execs_median": medianF(res[i].execs), "execs_max": maxF(res[i].execs), "execs_by_rep": res[i].execsByRep,
-			"last_enter_ms":  medianF(res[i].enter),
-			"over_median_ms": medianF(res[i].med), "over_last_ms": medianF(res[i].last),
+			"last_enter_ms": medianF(res[i].enter),
+			// Process CPU time from the release until every caller has its
+			// result, per caller: the herd's cost, whatever else the
+			// machine runs meanwhile.
+			"cpu_per_caller_ns": medianF(res[i].cpu),
+			"over_median_ms":    medianF(res[i].med), "over_last_ms": medianF(res[i].last),
 			"over_last_by_rep_ms": res[i].lastByRep,
 			"gomaxprocs":          runtime.GOMAXPROCS(0),
 		})
