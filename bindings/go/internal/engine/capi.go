@@ -190,24 +190,31 @@ type cCall = C.sf_call
 // method keeps the core reachable until its C calls have returned, because
 // sf_group_free must not run concurrently with any other use of the group.
 type groupCore struct {
+	// goFollowers counts the followers that joined a flight in Go
+	// (join.go), which the C library never sees; striped by goroutine so
+	// that a herd joining one flight does not queue on one cache line.
+	// First, so that 32-bit platforms align the counters.
+	goFollowers [followerStripes]stripe
+
 	// forgetEpoch counts Forgets begun and forgetting those under way: a
 	// leader's record of its flight (selfcall.go) is trusted only while no
 	// Forget may have detached that flight.  First, so that 32-bit
 	// platforms align it for atomic access.
 	forgetEpoch uint64
-	// Followers that joined a flight in Go (join.go) and callers that gave
-	// up there: the C library never sees them, so Stats adds them.
-	goFollowers uint64
-	goCancels   uint64
-	forgetting  int32
-	g           *C.sf_group
+	// Callers that gave up in Go (join.go): the C library never sees
+	// them, so Stats adds them.
+	goCancels  uint64
+	forgetting int32
+	g          *C.sf_group
 
 	// The goFlights Go callers can join, by key (join.go).  nListed is
 	// len(flights), read without the lock so that a group with no Go
-	// followers pays one atomic load per call for the table.
+	// followers pays one atomic load per call for the table; hot is the
+	// flight listed last, which a herd on one key finds without the lock.
 	nListed   int32
 	flightsMu sync.RWMutex
 	flights   map[string]*goFlight
+	hot       atomic.Pointer[goFlight]
 
 	// DoContext's flight records, reused (context.go).
 	ctxPool sync.Pool
@@ -390,7 +397,10 @@ func (c *groupCore) forget(key string) {
 // joined in Go, and callers that gave up there.
 func (c *groupCore) stats() Stats {
 	s := c.cStats()
-	goFollowers := atomic.LoadUint64(&c.goFollowers)
+	var goFollowers uint64
+	for i := range c.goFollowers {
+		goFollowers += atomic.LoadUint64(&c.goFollowers[i].n)
+	}
 	s.Calls += goFollowers
 	s.Followers += goFollowers
 	s.Cancels += atomic.LoadUint64(&c.goCancels)

@@ -3,6 +3,8 @@ package engine
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/libsingleflight/libsingleflight/bindings/go/internal/goroutine"
 )
 
 // Followers in this process join in Go.  The first Go follower of a flight
@@ -145,14 +147,29 @@ func (c *groupCore) joinListed(key string) *goFlight {
 	if atomic.LoadInt32(&c.nListed) == 0 {
 		return nil
 	}
-	c.flightsMu.RLock()
-	f := c.flights[key]
-	c.flightsMu.RUnlock()
+	f := c.hot.Load()
+	if f == nil || f.key != key {
+		c.flightsMu.RLock()
+		f = c.flights[key]
+		c.flightsMu.RUnlock()
+	}
 	if f == nil || !f.join() {
 		return nil
 	}
-	atomic.AddUint64(&c.goFollowers, 1)
+	atomic.AddUint64(&c.goFollowers[stripeOf(goroutine.Current())].n, 1)
 	return f
+}
+
+// followerStripes counters for goFollowers, each on a cache line of its own.
+const followerStripes = 16
+
+type stripe struct {
+	n uint64
+	_ [56]byte
+}
+
+func stripeOf(id goroutine.ID) int {
+	return int((uint64(id) * 0x9E3779B97F4A7C15) >> 60)
 }
 
 // joinListedToWait is joinListed for a caller that will wait on the flight
@@ -209,31 +226,38 @@ func (c *groupCore) list(f *goFlight, mark beginMark) {
 			// stays unlisted with its own handle.
 			return
 		}
-		old.listed = false
+		old.listed = false // and hot becomes f below
 	} else {
 		atomic.AddInt32(&c.nListed, 1)
 	}
 	c.flights[f.key] = f
 	f.listed = true
+	c.hot.Store(f)
 }
 
 func (c *groupCore) delist(f *goFlight) {
 	c.flightsMu.Lock()
 	if f.listed {
-		f.listed = false
-		delete(c.flights, f.key)
-		atomic.AddInt32(&c.nListed, -1)
+		c.unlistLocked(f)
 	}
 	c.flightsMu.Unlock()
+}
+
+// unlistLocked takes a listed f out of the table; under flightsMu.
+func (c *groupCore) unlistLocked(f *goFlight) {
+	f.listed = false
+	delete(c.flights, f.key)
+	atomic.AddInt32(&c.nListed, -1)
+	if c.hot.Load() == f {
+		c.hot.Store(nil)
+	}
 }
 
 // delistKey takes key's goFlight out of the table, for Forget.
 func (c *groupCore) delistKey(key string) {
 	c.flightsMu.Lock()
 	if f := c.flights[key]; f != nil {
-		f.listed = false
-		delete(c.flights, key)
-		atomic.AddInt32(&c.nListed, -1)
+		c.unlistLocked(f)
 	}
 	c.flightsMu.Unlock()
 }
