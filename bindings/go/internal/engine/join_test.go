@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 func listed(g *Group) int32 { return atomic.LoadInt32(&g.c().nListed) }
+
+func newRand(seed int64) *rand.Rand { return rand.New(rand.NewSource(seed)) }
 
 // blocked is a fn that reports its context once running and returns "v"
 // when released, or ctx.Err() when its context ends first.
@@ -623,5 +626,77 @@ func TestGoFlightCallersLeavingAsFnCompletes(t *testing.T) {
 	waitUntil(t, "nothing listed or in flight, every goroutine gone, every outcome destroyed", func() bool {
 		return listed(&g) == 0 && g.Stats().InFlight == 0 && runtime.NumGoroutine() <= baseline && LiveOutcomes() == outcomes
 	})
+	t.Logf("stats: %+v; C saw %+v", g.Stats(), cStats(&g))
+}
+
+// Do, DoContext and DoChan callers of a few keys, some giving up, with
+// Forgets in between: every caller gets a value of its key's flights (or,
+// when it gave up, ctx.Err()), and afterwards nothing is listed, in flight
+// or alive.  The plan comes from a fixed seed; the schedule is the
+// runtime's.
+func TestMixedCallersGiveUpAndForgetAcrossKeys(t *testing.T) {
+	var g Group
+	baseline := runtime.NumGoroutine()
+	outcomes := LiveOutcomes()
+	rng := newRand(17)
+	keys := []string{"a", "b", "c"}
+	for round := 0; round < 150; round++ {
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			key := keys[rng.Intn(len(keys))]
+			want := "v:" + key
+			fn := func(ctx context.Context) (string, error) {
+				runtime.Gosched()
+				return want, nil
+			}
+			kind, spins := rng.Intn(4), rng.Intn(8)
+			wg.Add(1)
+			switch kind {
+			case 0:
+				go func() {
+					defer wg.Done()
+					if v, err, _ := Do(&g, key, func() (string, error) { return fn(nil) }); v != want || err != nil {
+						t.Errorf("Do(%q) = %q, %v", key, v, err)
+					}
+				}()
+			case 1:
+				DoChan(&g, key, func() (string, error) { return fn(nil) }, func(v string, err error, _ bool) {
+					if v != want || err != nil {
+						t.Errorf("DoChan(%q) sent %q, %v", key, v, err)
+					}
+					wg.Done()
+				})
+			default:
+				giveUp := kind == 3
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithCancel(context.Background())
+					defer cancel()
+					if giveUp {
+						go func() {
+							for j := 0; j < spins; j++ {
+								runtime.Gosched()
+							}
+							cancel()
+						}()
+					}
+					v, err, _ := DoContext(&g, ctx, key, fn)
+					if !(v == want && err == nil) && !(giveUp && v == "" && errors.Is(err, context.Canceled)) {
+						t.Errorf("DoContext(%q) (gives up: %v) = %q, %v", key, giveUp, v, err)
+					}
+				}()
+			}
+			if rng.Intn(8) == 0 {
+				g.Forget(keys[rng.Intn(len(keys))])
+			}
+		}
+		wg.Wait()
+	}
+	waitUntil(t, "nothing listed or in flight, every goroutine gone, every outcome destroyed", func() bool {
+		return listed(&g) == 0 && g.Stats().InFlight == 0 && runtime.NumGoroutine() <= baseline && LiveOutcomes() == outcomes
+	})
+	if g.c().hot.Load() != nil {
+		t.Fatal("a flight is still the table's hot entry")
+	}
 	t.Logf("stats: %+v; C saw %+v", g.Stats(), cStats(&g))
 }
