@@ -260,7 +260,7 @@ func runHerd(_, callers int) {
 			ratios = append(ratios, res[a].lastByRep[k]/res[b].lastByRep[k])
 		}
 		emit(map[string]interface{}{
-			"kind": "herd-ratio", "contender": pair[0], "against": pair[1],
+			"kind": "herd-ratio", "contender": pair[0], "against": pair[1], "sleep_ms": *sleepMs,
 			"last_over_ratio_median": medianF(ratios), "ratios": ratios,
 		})
 	}
