@@ -83,9 +83,13 @@ func (f *goFlight) leave(gaveUp bool) {
 	}
 	if s&flightDone == 0 {
 		// Only a caller that gave up can be last before completion:
-		// the others wake after it.
-		f.core.delist(f)
+		// the others wake after it.  Nobody can join f now (its count
+		// is zero), so it leaves the table after the cancel, which is
+		// what ends fn's context if this was the flight's last interest.
 		f.core.cancel(f.call)
+		f.core.release(f.call)
+		f.core.delist(f)
+		return
 	}
 	f.core.release(f.call)
 }
@@ -96,6 +100,17 @@ func (f *goFlight) leave(gaveUp bool) {
 // It must not block on other callers and must not release the handle,
 // which the library may still be using around the callback.
 func (f *goFlight) deliver(d delivery) {
+	if d.status == statusCanceled {
+		// The last Go caller gave up (leave, on this goroutine, inside
+		// its sf_call_cancel): nobody waits, nobody can join, and the
+		// leaver takes f out of the table.
+		for {
+			s := atomic.LoadInt64(&f.state)
+			if atomic.CompareAndSwapInt64(&f.state, s, s|flightDone) {
+				return
+			}
+		}
+	}
 	f.d = d
 	for {
 		s := atomic.LoadInt64(&f.state)
