@@ -5,23 +5,29 @@
 #   bench/run.sh [--quick] [--check] [--build-dir DIR] [--no-bindings]
 #                [--only capi,xsync,...] [--threads 1,2] [--fns trivial] [--reps N]
 #   bench/run.sh [--build-dir DIR] --render DIR/bench-results/results.json
+#   bench/run.sh [--build-dir DIR] --go-peers
 #
 # --quick: 30-40 ms per cell and one repeat (about a minute); --check: exit 1
 # unless exec/call <= 1 everywhere (a behaviour check, never a timing one).
 # Each binding row is included when that binding exists and builds, and is
-# listed as "not available" with the reason otherwise.
+# listed as "not available" with the reason otherwise.  --go-peers: instead
+# of the matrix, the Go binding against Go's other singleflights (a herd of
+# 10,000 goroutines, an uncontended call that can give up, the cancellation
+# cases; about 2 minutes), written to bench-results/go-peers.{jsonl,md}.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/../scripts/lib.sh"
 
 build_dir=${SF_BENCH_BUILD_DIR:-$SF_ROOT/build-bench}
 bindings=1
+go_peers=0
 pass=()
 while [ $# -gt 0 ]; do
     case $1 in
         --build-dir) build_dir=$2; shift 2 ;;
         --build-dir=*) build_dir=${1#*=}; shift ;;
         --no-bindings) bindings=0; shift ;;
+        --go-peers) go_peers=1; shift ;;
         --quick|--check) pass+=("$1"); shift ;;
         --only|--threads|--fns|--reps) pass+=("$1" "$2"); shift 2 ;;
         --render)
@@ -29,7 +35,7 @@ while [ $# -gt 0 ]; do
             # saved results.json.
             mkdir -p "$build_dir"
             exec python3 "$here/run.py" --build-dir "$build_dir" --root "$SF_ROOT" --render "$2" ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) sf_die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -135,6 +141,23 @@ if [ "$bindings" = 1 ]; then
     fi
 else
     for n in gobinding rust python; do unavailable $n "skipped (--no-bindings)"; done
+fi
+
+if [ "$go_peers" = 1 ]; then
+    # The peers' rows are in gobench too; the binding's need gobench-binding.
+    gb=$bb/gobench-binding
+    [ -x "$gb" ] || gb=$bb/gobench
+    [ -x "$gb" ] || sf_die "gobench did not build (see above)"
+    res=$build_dir/bench-results
+    mkdir -p "$res"
+    sf_log "Go against its peers with $(basename "$gb"), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    { "$gb" -experiment herd -callers 10000 -sleep-ms 10 -reps 9
+      "$gb" -experiment herd -callers 10000 -sleep-ms 100 -reps 9
+      "$gb" -experiment ctxcost -rounds 200000 -reps 9
+      "$gb" -experiment semantics; } >"$res/go-peers.jsonl"
+    python3 "$here/go/peers.py" <"$res/go-peers.jsonl" | tee "$res/go-peers.md"
+    sf_log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exit 0
 fi
 
 if [ -f "$bb/python.ok" ]; then

@@ -38,6 +38,14 @@ var experiments = map[string]func(rounds, callers int){}
 
 var base = time.Now()
 
+// Flags of the experiments in peers.go.
+var (
+	sleepMs  = flag.Int("sleep-ms", 10, "herd: how long fn sleeps")
+	repsFlag = flag.Int("reps", 9, "herd, ctxcost: repeats (rows interleaved within each)")
+	onlyFlag = flag.String("only", "", "herd, ctxcost, semantics: comma-separated rows (default all)")
+	caseFlag = flag.String("case", "", "semchild: panic or goexit")
+)
+
 // monotonic nanoseconds since start: every goroutine reads the same clock.
 func now() int64 { return int64(time.Since(base)) }
 
@@ -317,7 +325,9 @@ func main() {
 	keylen := flag.Int("keylen", 0, "pad or cut keys to this length (0: natural)")
 	wake := flag.Int("wake", 0, "run the wake experiment with this many followers")
 	rounds := flag.Int("rounds", 20, "wake experiment rounds")
-	experiment := flag.String("experiment", "", "run a registered experiment (cancel: DoContext cancellation latency, -rounds, -callers)")
+	experiment := flag.String("experiment", "", "run a registered experiment: cancel (DoContext cancellation latency, -rounds, -callers), "+
+		"herd (-callers goroutines on one key, fn sleeping -sleep-ms, -reps), ctxcost (uncontended calls that can give up, -rounds, -reps), "+
+		"semantics (the cancellation cases of every Go singleflight); -only picks rows")
 	callers := flag.Int("callers", 1, "callers per round of an experiment")
 	flag.Parse()
 

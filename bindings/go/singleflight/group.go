@@ -38,7 +38,8 @@ type Result struct {
 	Shared bool
 }
 
-// Stats is a snapshot of a Group's counters, read from the C library.
+// Stats is a snapshot of a Group's counters: the C library's, with the
+// followers that joined a flight in Go and the callers that gave up there.
 type Stats = engine.Stats
 
 // ErrDeadlock matches (errors.Is) what Do panics with when fn, on the
@@ -67,9 +68,11 @@ func (g *Group) Do(key string, fn func() (interface{}, error)) (v interface{}, e
 // false at once, while the flight goes on for the others; a caller whose
 // ctx has already ended returns so without starting or joining anything.
 //
-// fn runs on a goroutine of its own, with a context that carries the values
-// of the ctx that started the flight but not its deadline or cancellation.
-// That context is cancelled when every caller has gone before fn returned
+// fn gets a context that carries the values of the ctx that started the
+// flight but not its deadline or cancellation.  It runs on a goroutine of
+// its own, so that its starter can leave, unless the starter's ctx can never
+// end (ctx.Done() == nil): then it runs on the caller's goroutine, as in Do.
+// fn's context is cancelled when every caller has gone before fn returned
 // (Do and DoChan callers of the key count as callers that never go), so fn
 // can stop its work; the next caller for key then starts a new flight.  It
 // is also cancelled once fn has returned, as with context.WithCancel.

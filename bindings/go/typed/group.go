@@ -24,7 +24,8 @@ type Result[V any] struct {
 	Shared bool
 }
 
-// Stats is a snapshot of a Group's counters, read from the C library.
+// Stats is a snapshot of a Group's counters: the C library's, with the
+// followers that joined a flight in Go and the callers that gave up there.
 type Stats = engine.Stats
 
 // ErrDeadlock matches (errors.Is) what Do panics with when fn, on the
@@ -46,8 +47,9 @@ func (g *Group[V]) Do(key string, fn func() (V, error)) (v V, err error, shared 
 // before the flight does returns the zero V, ctx.Err() and false at once,
 // and the flight goes on for the others; a caller whose ctx has already
 // ended returns so without starting or joining anything.  fn runs on a
-// goroutine of its own with a context that carries the values of the ctx
-// that started the flight but not its deadline or cancellation: it is
+// goroutine of its own (on the caller's, as in Do, when the starter's ctx
+// can never end: ctx.Done() == nil) with a context that carries the values
+// of the ctx that started the flight but not its deadline or cancellation: it is
 // cancelled only when every caller has gone before fn returned (Do and
 // DoChan callers never go), so fn can stop its work, and the next caller
 // for key starts a new flight meanwhile.  Values, panics and Goexit reach

@@ -153,6 +153,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -189,13 +190,34 @@ type cCall = C.sf_call
 // method keeps the core reachable until its C calls have returned, because
 // sf_group_free must not run concurrently with any other use of the group.
 type groupCore struct {
+	// goFollowers counts the followers that joined a flight in Go
+	// (join.go), which the C library never sees; striped by goroutine so
+	// that a herd joining one flight does not queue on one cache line.
+	// First, so that 32-bit platforms align the counters.
+	goFollowers [followerStripes]stripe
+
 	// forgetEpoch counts Forgets begun and forgetting those under way: a
 	// leader's record of its flight (selfcall.go) is trusted only while no
 	// Forget may have detached that flight.  First, so that 32-bit
 	// platforms align it for atomic access.
 	forgetEpoch uint64
-	forgetting  int32
-	g           *C.sf_group
+	// Callers that gave up in Go (join.go): the C library never sees
+	// them, so Stats adds them.
+	goCancels  uint64
+	forgetting int32
+	g          *C.sf_group
+
+	// The goFlights Go callers can join, by key (join.go).  nListed is
+	// len(flights), read without the lock so that a group with no Go
+	// followers pays one atomic load per call for the table; hot is the
+	// flight listed last, which a herd on one key finds without the lock.
+	nListed   int32
+	flightsMu sync.RWMutex
+	flights   map[string]*goFlight
+	hot       atomic.Pointer[goFlight]
+
+	// DoContext's flight records, reused (context.go).
+	ctxPool sync.Pool
 }
 
 // freedGroups counts C groups released by finalizers; tests read it to prove
@@ -207,7 +229,7 @@ func newGroupCore() *groupCore {
 	if rc := int(C.sf_group_new(&g, nil)); rc != statusOK {
 		panic(&coreError{"sf_group_new", rc})
 	}
-	c := &groupCore{g: g}
+	c := &groupCore{g: g, flights: make(map[string]*goFlight)}
 	runtime.SetFinalizer(c, (*groupCore).free)
 	return c
 }
@@ -363,10 +385,30 @@ func (c *groupCore) forget(key string) {
 	C.sf_group_forget(c.g, unsafe.Pointer(p), n)
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(c)
+	// The key's goFlight goes after the C flight: a Go caller arriving in
+	// between may still join the forgotten flight, as a call concurrent
+	// with Forget may.  A goFlight its first follower lists meanwhile is
+	// refused (list checks forgetting and the epoch).
+	c.delistKey(key)
 	atomic.AddInt32(&c.forgetting, -1)
 }
 
+// stats is the C library's counters plus what only Go saw: followers that
+// joined in Go, and callers that gave up there.
 func (c *groupCore) stats() Stats {
+	s := c.cStats()
+	var goFollowers uint64
+	for i := range c.goFollowers {
+		goFollowers += atomic.LoadUint64(&c.goFollowers[i].n)
+	}
+	s.Calls += goFollowers
+	s.Followers += goFollowers
+	s.Cancels += atomic.LoadUint64(&c.goCancels)
+	return s
+}
+
+// cStats is the C library's own counters: what crossed into C.
+func (c *groupCore) cStats() Stats {
 	var s C.sf_group_stats
 	s.version = C.SF_GROUP_STATS_VERSION
 	if rc := int(C.sf_group_stats_get(c.g, &s)); rc != statusOK {

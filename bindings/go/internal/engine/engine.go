@@ -16,7 +16,9 @@ type Group struct {
 	core *groupCore
 }
 
-// Stats is a snapshot of a Group's counters, taken from the C library.
+// Stats is a snapshot of a Group's counters: the C library's, plus the
+// followers that joined a flight in Go and the callers that gave up there
+// (join.go), which the C library never sees.
 type Stats struct {
 	Calls     uint64 // Leaders + Followers
 	Leaders   uint64 // calls that ran fn
@@ -69,41 +71,39 @@ func LiveOutcomes() int64 {
 //
 // A leader nobody joined crosses into C twice (sf_group_begin,
 // sf_call_finish_unshared) and allocates nothing: fn's results stay in Go,
-// and the outcome handle and channel exist only once someone joined.
+// and the outcome handle exists only once someone joined.  The first Go
+// follower of a flight joins it in C; the Go callers after it join that
+// follower's goFlight without crossing into C (join.go).
 func Do[V any](g *Group, key string, fn func() (V, error)) (V, error, bool) {
 	core := g.c()
-	epoch := core.beginEpoch()
-	call, leader := core.begin(key)
-	if leader {
-		return lead(core, call, key, epoch, fn)
+	f := core.joinListedToWait(key)
+	if f == nil {
+		epoch := core.beginEpoch()
+		call, leader := core.begin(key)
+		if leader {
+			return lead(core, call, key, epoch, fn)
+		}
+		f = core.follow(call, key, epoch)
 	}
-	d, _ := core.follow(call, key, nil)
+	// Parked here, not in a helper: a follower's stack at the park is as
+	// shallow as can be, so that a fresh goroutine (a herd of them) need
+	// not grow its stack to wait.
+	<-f.done
+	d := f.d
+	f.leave(false)
 	return deliveredOrExit[V](d)
 }
 
-// follow is a follower's wait: on a channel until its flight completes
-// (true), or until done is closed (false; nil never is), when the caller
-// gives up its interest.  Either way it then drops its call.  Holding the
-// call until then keeps the caller counted as interested, so a DoContext
-// flight is not abandoned while a Do caller still wants it.
-func (c *groupCore) follow(call *cCall, key string, done <-chan struct{}) (delivery, bool) {
+// follow turns the follower's call that begin just returned into a
+// goFlight the caller has joined, after checking that the caller is not
+// the flight's own leader (then it panics with ErrDeadlock, and the call
+// is dropped).
+func (c *groupCore) follow(call *cCall, key string, mark beginMark) *goFlight {
 	if c.leadsItself(key) {
 		c.release(call)
 		panic(deadlock(key))
 	}
-	ch := make(doWaiter, 1)
-	c.onDone(call, ch)
-	select {
-	case d := <-ch:
-		c.release(call)
-		return d, true
-	case <-done:
-		// If the flight completes meanwhile its outcome is dropped: the
-		// caller asked to leave.
-		c.cancel(call)
-		c.release(call)
-		return delivery{}, false
-	}
+	return c.followInGo(call, key, mark)
 }
 
 // deliveredOrExit turns a completed flight into a follower's results, or
@@ -128,6 +128,10 @@ func deliveredOrExit[V any](d delivery) (V, error, bool) {
 // x/sync does for DoChan.  The leader's fn runs on a new goroutine.
 func DoChan[V any](g *Group, key string, fn func() (V, error), send func(V, error, bool)) {
 	core := g.c()
+	if f := core.joinListed(key); f != nil {
+		f.addSend(func(d delivery) { sendDelivery(d, send) })
+		return
+	}
 	epoch := core.beginEpoch()
 	call, leader := core.begin(key)
 	if leader {
@@ -139,7 +143,23 @@ func DoChan[V any](g *Group, key string, fn func() (V, error), send func(V, erro
 		}()
 		return
 	}
-	core.onDone(call, chanWaiter[V]{send: send, core: core, call: call})
+	// A DoChan caller does not wait, so it cannot wait for itself: no
+	// deadlock check.
+	core.followInGo(call, key, epoch).addSend(func(d delivery) { sendDelivery(d, send) })
+}
+
+// sendDelivery hands a DoChan follower its flight's outcome.  It may run
+// inside a C callback, so it never blocks.
+func sendDelivery[V any](d delivery, send func(V, error, bool)) {
+	switch d.status {
+	case statusOK:
+		o := outcomeFrom[V](d)
+		send(o.val, o.err, d.shared)
+	case statusPanic:
+		// A fresh goroutine has no recover, so this crashes the process
+		// with the shared panic value, as x/sync does.
+		go panic(outcomeFrom[V](d).err)
+	}
 }
 
 // outcome is what a leader's fn produced.  The leader writes it before it
@@ -170,40 +190,11 @@ func outcomeFrom[V any](d delivery) *outcome[V] {
 	return &outcome[V]{}
 }
 
-// waiter receives a follower's delivery.  deliver runs inside a cgo callback,
-// so it must neither block nor panic.
+// waiter receives a follower's delivery (goFlight is the one).  deliver
+// runs inside a cgo callback, so it must neither block on other callers
+// nor panic.
 type waiter interface {
 	deliver(d delivery)
-}
-
-// doWaiter hands the delivery to a caller parked on the channel; the buffer
-// of one keeps the send from blocking.
-type doWaiter chan delivery
-
-func (w doWaiter) deliver(d delivery) { w <- d }
-
-// chanWaiter serves a DoChan follower without a goroutine of its own while
-// it waits.  It holds the follower's call (its interest in the flight) until
-// the outcome arrives.
-type chanWaiter[V any] struct {
-	send func(V, error, bool)
-	core *groupCore
-	call *cCall
-}
-
-func (w chanWaiter[V]) deliver(d delivery) {
-	// Released from a goroutine: deliver runs inside the library, which
-	// may still be using the call around this callback.
-	go w.core.release(w.call)
-	switch d.status {
-	case statusOK:
-		o := outcomeFrom[V](d)
-		w.send(o.val, o.err, d.shared)
-	case statusPanic:
-		// A fresh goroutine has no recover, so this crashes the process
-		// with the shared panic value, as x/sync does.
-		go panic(outcomeFrom[V](d).err)
-	}
 }
 
 // fnOutcome is what running fn came to.

@@ -95,6 +95,10 @@ type leadShard struct {
 	records  [leadWays]leadRecord
 	mu       sync.Mutex
 	overflow []overflowRecord
+	// nOverflow is len(overflow), read without mu: a goroutine looking
+	// for its own records sees its own pushes, so when it reads 0 it has
+	// none there and need not lock.
+	nOverflow int32
 }
 
 type overflowRecord struct {
@@ -147,6 +151,7 @@ func pushLead(c *groupCore, key string, epoch uint64) leadTicket {
 	s.mu.Lock()
 	s.overflow = append(s.overflow, overflowRecord{id: id})
 	s.overflow[len(s.overflow)-1].set(c, key, epoch)
+	atomic.StoreInt32(&s.nOverflow, int32(len(s.overflow)))
 	s.mu.Unlock()
 	return leadTicket{s, -1, id}
 }
@@ -166,6 +171,7 @@ func popLead(t leadTicket) {
 			copy(s.overflow[i:], s.overflow[i+1:])
 			s.overflow[len(s.overflow)-1] = overflowRecord{}
 			s.overflow = s.overflow[:len(s.overflow)-1]
+			atomic.StoreInt32(&s.nOverflow, int32(len(s.overflow)))
 			break
 		}
 	}
@@ -184,6 +190,9 @@ func (c *groupCore) leadsItself(key string) bool {
 		if atomic.LoadUintptr(&s.owner[i]) == uintptr(id) && s.records[i].is(c, key, epoch) {
 			return true
 		}
+	}
+	if atomic.LoadInt32(&s.nOverflow) == 0 {
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
