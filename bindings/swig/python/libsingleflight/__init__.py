@@ -83,18 +83,16 @@ def _describe(exc: BaseException) -> str:
     return (name + (": " + text if text else "")).replace("\0", "\\0")
 
 
-# Run by the library's callbacks on an event loop's own thread (sfpy.hpp):
-# a do_async caller's outcome, and the cancellation of abandoned work.
-def _set_outcome(fut, outcome) -> None:
-    if not fut.done():  # this caller gave up first
-        fut.set_result(outcome)
+# Run by the library's abandon callback on an event loop's own thread
+# (sfpy.hpp): the cancellation of abandoned work, whose task it holds
+# weakly.
+def _cancel_task(task_ref) -> None:
+    task = task_ref()
+    if task is not None:
+        task.cancel()
 
 
-def _cancel_task(task) -> None:
-    task.cancel()
-
-
-_native._init(PanicError, LeaderExitedError, _describe, _set_outcome, _cancel_task)
+_native._init(PanicError, LeaderExitedError, _describe, _cancel_task)
 # Followers on the thread Python runs signal handlers on wait interruptibly;
 # after a fork that is the thread that forked.
 _native._set_main_thread(threading.main_thread().ident)

@@ -334,21 +334,22 @@ def test_cancelling_every_caller_cancels_the_work_and_the_next_caller_starts_afr
 
 
 def test_a_leader_task_cancelled_before_its_first_step_fails_the_callers_with_leader_exited(run):
-    # What a loop shutting down does to a leader's task that has not run yet:
-    # the CancelledError is thrown in before the task's first line.
+    # What a loop shutting down does to the work's task that has not run
+    # yet: the CancelledError is thrown in before the task's first step.  The
+    # work started inline and is waiting: the cancellation reaches it.
     g = libsingleflight.Group()
     work = Work()
 
     async def main():
         caller = asyncio.ensure_future(g.do_async("k", work))
-        await asyncio.sleep(0)  # the caller runs once: it leads, its work is queued
+        await asyncio.sleep(0)  # the caller runs once: it leads, the work suspends, its task is queued
         [leader_task] = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_lead"]
         leader_task.cancel()
         with pytest.raises(libsingleflight.LeaderExitedError):
             await caller
 
     run(main())
-    assert work.runs == 0
+    assert (work.runs, work.cancelled) == (1, 1)
     s = g.stats()
     assert (s.panics, s.abandons, s.in_flight) == (1, 0, 0)
 
@@ -420,6 +421,8 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self):
+        if self.loop.is_closed():  # a test closed it already
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(DEADLINE)
         self.loop.close()
@@ -588,34 +591,43 @@ def test_no_reference_leaks_over_thousands_of_async_calls(run):
     assert g.stats().in_flight == 0
 
 
-def test_a_leaders_handle_released_unfinished_fails_its_follower_and_frees_the_abandon_hook(run):
-    # The error path of the native _Call (the leader's task never ran): the
-    # abandon callback's payload holds the loop and the task, and must be
-    # freed exactly once, here, since the flight can no longer be abandoned.
+def test_a_work_task_destroyed_unfinished_fails_the_other_callers_and_is_freed(loops):
+    # The leader's loop goes away with the work suspended and its task never
+    # cancelled (stopped and closed, not run to the end as asyncio.run
+    # does).  Nothing holds the task but its own cycle (task, coroutine,
+    # flight): the collector frees it, the work's coroutine is closed, and the
+    # caller of another loop still waiting gets LeaderExitedError instead of
+    # hanging.  Nothing outside the collector's sight (the abandon callback's
+    # payload, the library's registrations) may keep the task alive.
     import weakref
 
-    from libsingleflight import _aio
-
     g = libsingleflight.Group()
+    a, b = loops(), loops()
+    started, closed = threading.Event(), threading.Event()
+    task_ref = []
 
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        call, _ = _aio._begin(g._h, "k", loop)
-        assert call.leader
-        never = loop.create_future()
-        task = loop.create_task(asyncio.wait([never]))
-        gone = weakref.ref(task)
-        call.on_abandon(loop, task)
-        follower = asyncio.ensure_future(g.do_async("k", Work()))
-        await until(lambda: g.stats().calls == 2, "the follower to join")
-        call.release()
-        with pytest.raises(libsingleflight.PanicError, match="released before its work finished"):
-            await follower
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return gone
+    async def work():
+        task_ref.append(weakref.ref(asyncio.current_task()))
+        started.set()
+        try:
+            await asyncio.get_running_loop().create_future()  # never resolved
+        finally:
+            closed.set()  # GeneratorExit, thrown in by the collector
 
-    gone = run(scenario())
+    async def leader():
+        await g.do_async("k", work)
+
+    a.loop.set_exception_handler(lambda loop, ctx: None)  # "Task was destroyed but it is pending!"
+    a.submit(leader())  # its concurrent future is dropped: it would hold the caller's task
+    assert started.wait(DEADLINE)
+    follower = b.submit(g.do_async("k", work))
+    wait_until(lambda: g.stats().calls == 2, "the follower in loop B")
+    a.close()  # stops and closes loop A: the work is left suspended
+    del a
     gc.collect()
-    assert gone() is None, "the abandon callback's payload still holds the task"
-    assert g.stats().in_flight == 0
+    assert closed.wait(DEADLINE), "the work's coroutine was not closed"
+    assert task_ref[0]() is None, "something outside the collector's sight keeps the work's task"
+    with pytest.raises(libsingleflight.LeaderExitedError):
+        follower.result(DEADLINE)
+    wait_until(lambda: g.stats().in_flight == 0, "the flight to end")
+    assert g.stats().abandons == 0
