@@ -53,6 +53,39 @@
 #define SFPY_FINALIZING() _Py_IsFinalizing()
 #endif
 
+// What 3.9 and 3.10 added that this file uses, for 3.8 and 3.9 (the package
+// supports 3.8 and later).  Before 3.10 do_async starts the work as a task
+// (_aio.py), so PyIter_Send only serves to prime _lead there.
+#if PY_VERSION_HEX < 0x03090000
+static inline PyObject *PyObject_CallNoArgs(PyObject *f) { return _PyObject_Vectorcall(f, nullptr, 0, nullptr); }
+static inline PyObject *PyObject_CallOneArg(PyObject *f, PyObject *a) { return _PyObject_Vectorcall(f, &a, 1, nullptr); }
+#define PyObject_Vectorcall _PyObject_Vectorcall
+static inline PyObject *PyObject_VectorcallMethod(PyObject *name, PyObject *const *args, size_t nargsf,
+                                                  PyObject *kwnames) {
+    PyObject *m = PyObject_GetAttr(args[0], name);
+    if (!m) return nullptr;
+    PyObject *r = _PyObject_Vectorcall(m, args + 1, PyVectorcall_NARGS(nargsf) - 1, kwnames);
+    Py_DECREF(m);
+    return r;
+}
+#endif
+#if PY_VERSION_HEX < 0x030A0000
+typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult;
+static PySendResult PyIter_Send(PyObject *iter, PyObject *arg, PyObject **presult) {
+    *presult = PyObject_CallMethod(iter, "send", "O", arg);
+    if (*presult) return PYGEN_NEXT;
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return PYGEN_ERROR;
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    *presult = exc ? PyObject_GetAttrString(exc, "value") : (Py_INCREF(Py_None), Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    return *presult ? PYGEN_RETURN : PYGEN_ERROR;
+}
+#endif
+
 namespace sfpy {
 
 // ---------------------------------------------------------------------------
@@ -102,6 +135,14 @@ struct Module {
     PyObject *led_var = nullptr;            // ContextVar: the flights the current task leads
     bool task_takes_context = false;        // Task(..., context=) and create_task(..., context=): 3.11+
     PyObject *wake = nullptr;               // _wake, the module function
+    PyObject *future_type = nullptr;        // asyncio.Future
+    PyObject *invalid_state_error = nullptr;  // asyncio.InvalidStateError
+    PyObject *base_create_future = nullptr; // asyncio.BaseEventLoop.create_future
+    PyObject *plain_loop_type = nullptr;    // the last loop type that does not override it
+    PyObject *own_loop_type = nullptr;      // the last one that does
+    PyObject *future_kwargs = nullptr;      // {"loop": the last loop create_future made a future for}
+    PyObject *future_kwargs_loop = nullptr; // that loop (borrowed: the dict holds it)
+    PyObject *future_set_result = nullptr;  // asyncio.Future.set_result
     PyObject *call_soon_threadsafe = nullptr;  // interned method names
     PyObject *done = nullptr;
     PyObject *set_result = nullptr;
@@ -115,6 +156,8 @@ struct Module {
     PyObject *kw_loop_context = nullptr;
     PyObject *kw_loop_context_eager = nullptr;
     PyObject *empty_tuple = nullptr;
+    PyObject *running_loop_key = nullptr;   // asyncio's key in the thread's dict (3.10, 3.11)
+    PyObject *loop_cache_key = nullptr;     // ours beside it
     // The thread Python runs signal handlers on: a follower there waits in
     // poll() so that Ctrl-C interrupts it.  Reset after fork (__init__.py).
     unsigned long main_thread = 0;
@@ -834,16 +877,19 @@ static void release_handle(FlightObject *f) {
     f->call = nullptr;
 }
 
-// fut.set_result(out) unless fut is done (its caller gave up first).  A
-// closed loop has nobody left to resume.  Never raises.
+// fut.set_result(out) unless fut is done (its caller gave up first: its
+// task was cancelled, or its timer fired, and it has not left yet).  One
+// call: the rare done future answers with InvalidStateError.  A closed loop
+// has nobody left to resume.  Never raises.
 static void resolve(PyObject *fut, PyObject *out) {
-    PyObject *done = call_method(fut, M.done, nullptr);
-    PyObject *r = done == Py_False ? call_method(fut, M.set_result, out) : done;
-    if (done == Py_False) Py_DECREF(done);
+    PyObject *args[2] = {fut, out};
+    PyObject *r = Py_TYPE(fut) == reinterpret_cast<PyTypeObject *>(M.future_type)
+                      ? PyObject_Vectorcall(M.future_set_result, args, 2, nullptr)  // no method lookup
+                      : call_method(fut, M.set_result, out);
     if (r) {
         Py_DECREF(r);
-    } else if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
-        PyErr_Clear();  // the loop is closed
+    } else if (PyErr_ExceptionMatches(M.invalid_state_error) || PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        PyErr_Clear();
     } else {
         PyErr_WriteUnraisable(fut);
     }
@@ -1031,7 +1077,70 @@ static void on_abandon(sf_call *, void *payload) {
     PyGILState_Release(st);
 }
 
-static PyObject *create_future(PyObject *loop) { return call_method(loop, M.create_future, nullptr); }
+// The running loop, as asyncio.get_running_loop() gives it.  On 3.10 and
+// 3.11 that function makes a getpid() system call every time (its check
+// for a forked child), about 250 ns of an uncontended do_async's 1.5 us.
+// There the loop is kept in the thread's state dict beside the object
+// asyncio keeps the running loop in (a holder it replaces whenever the
+// running loop changes), and reused while that object is the same; the
+// holder is held, so its address cannot be reused by a new one.  After a
+// fork the child drops it (_set_main_thread), since the child runs no loop
+// of its parent's.  The thread's dict goes with the thread.
+static PyObject *running_loop() {
+#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030C0000
+    PyObject *d = PyThreadState_GetDict();  // borrowed
+    if (d) {
+        PyObject *h = PyDict_GetItemWithError(d, M.running_loop_key);  // borrowed
+        PyObject *c = h ? PyDict_GetItemWithError(d, M.loop_cache_key) : nullptr;
+        if (c && PyTuple_CheckExact(c) && PyTuple_GET_SIZE(c) == 2 && PyTuple_GET_ITEM(c, 0) == h) {
+            PyObject *loop = PyTuple_GET_ITEM(c, 1);
+            Py_INCREF(loop);
+            return loop;
+        }
+        PyErr_Clear();
+        PyObject *loop = PyObject_CallNoArgs(M.get_running_loop);
+        if (loop && h) {
+            PyObject *t = PyTuple_Pack(2, h, loop);
+            if (!t || PyDict_SetItem(d, M.loop_cache_key, t) < 0) PyErr_Clear();
+            Py_XDECREF(t);
+        }
+        return loop;
+    }
+#endif
+    return PyObject_CallNoArgs(M.get_running_loop);
+}
+
+// loop.create_future().  asyncio's own loops make an asyncio.Future(loop=
+// loop) in a Python method, and uvloop's in a Cython one: made here
+// directly, a future costs about half.  Any other loop makes its own.
+static PyObject *create_future(PyObject *loop) {
+    PyObject *t = reinterpret_cast<PyObject *>(Py_TYPE(loop));
+    if (t == M.own_loop_type) return call_method(loop, M.create_future, nullptr);
+    if (t != M.plain_loop_type) {
+        PyObject *m = M.base_create_future ? PyObject_GetAttr(t, M.create_future) : nullptr;
+        // uvloop.Loop.create_future is asyncio.Future(loop=self) too (its
+        // _new_future), through a Cython keyword call; a subclass of it has
+        // another name and keeps its own.
+        const bool plain = m && (m == M.base_create_future || std::strcmp(Py_TYPE(loop)->tp_name, "uvloop.Loop") == 0);
+        Py_XDECREF(m);
+        PyErr_Clear();
+        Py_INCREF(t);
+        Py_XSETREF(plain ? M.plain_loop_type : M.own_loop_type, t);
+        if (!plain) return call_method(loop, M.create_future, nullptr);
+    }
+    // Future(loop=loop) as the type's own slots run it, with a keyword dict
+    // kept for the last loop: a call with keywords would build one each time.
+    if (M.future_kwargs_loop != loop) {
+        PyObject *kw = Py_BuildValue("{sO}", "loop", loop);
+        if (!kw) return nullptr;
+        Py_XSETREF(M.future_kwargs, kw);
+        M.future_kwargs_loop = loop;  // borrowed: the dict holds it
+    }
+    auto *type = reinterpret_cast<PyTypeObject *>(M.future_type);
+    PyObject *fut = type->tp_new(type, M.empty_tuple, nullptr);
+    if (fut && type->tp_init(fut, M.empty_tuple, M.future_kwargs) < 0) Py_CLEAR(fut);
+    return fut;
+}
 
 // A caller of f's loop starts waiting on it: [flight, future].
 // by_library: the library counted this caller (it made the registration).
@@ -1556,7 +1665,7 @@ static PyObject *py_enter(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
         return PyErr_Format(PyExc_RuntimeError,
                             "singleflight: do_async inside coro_fn asked for its own key %R: "
                             "it would wait for itself (SF_EDEADLK)", args[1]);
-    PyObject *loop = PyObject_CallNoArgs(M.get_running_loop);
+    PyObject *loop = running_loop();
     if (!loop) return nullptr;
     // Only exact str and bytes keys go in the table: their hash and equality
     // run no Python code.
@@ -1770,6 +1879,14 @@ static PyObject *py_stats(PyObject *, PyObject *group) {
                          (unsigned long long)s.abandons, (unsigned long long)(s.cancels + st->left));
 }
 
+// _local_stats(group) -> (joins, left): the do_async callers the library
+// did not see, as stats() adds them (for tests).
+static PyObject *py_local_stats(PyObject *, PyObject *group) {
+    GroupState *st = state_of(group);
+    if (!st) return nullptr;
+    return Py_BuildValue("(KK)", (unsigned long long)st->joins, (unsigned long long)st->left);
+}
+
 static void set_ref(PyObject **slot, PyObject *v) {
     Py_INCREF(v);
     Py_XSETREF(*slot, v);
@@ -1789,11 +1906,12 @@ static PyObject *py_init(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
 }
 
 // _aio_init(start, get_running_loop, _lead, _await, _WorkTask, Task,
-//           current_tasks, CancelledError, led_var, task_takes_context):
+//           current_tasks, CancelledError, led_var, task_takes_context,
+//           Future, BaseEventLoop.create_future, InvalidStateError):
 // the asyncio half's pieces (libsingleflight/_aio.py).
 static PyObject *py_aio_init(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "_aio_init: ten arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "_aio_init: thirteen arguments");
         return nullptr;
     }
     const long start = PyLong_AsLong(args[0]);
@@ -1822,14 +1940,33 @@ static PyObject *py_aio_init(PyObject *, PyObject *const *args, Py_ssize_t nargs
     set_ref(&M.cancelled_error, args[7]);
     set_ref(&M.led_var, args[8]);
     M.task_takes_context = PyObject_IsTrue(args[9]) == 1;
+    set_ref(&M.future_type, args[10]);
+    if (!PyType_Check(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "_aio_init: Future must be a type");
+        return nullptr;
+    }
+    PyObject *sr = PyObject_GetAttr(args[10], M.set_result);
+    if (!sr) return nullptr;
+    Py_XSETREF(M.future_set_result, sr);
+    Py_CLEAR(M.future_kwargs);
+    M.future_kwargs_loop = nullptr;
+    set_ref(&M.base_create_future, args[11]);
+    set_ref(&M.invalid_state_error, args[12]);
+    Py_CLEAR(M.plain_loop_type);
+    Py_CLEAR(M.own_loop_type);
     Py_RETURN_NONE;
 }
 
-// _set_main_thread(ident): the thread signal handlers run on.
+// _set_main_thread(ident): the thread signal handlers run on; called at
+// import and in a child after fork, which also forgets the running loop
+// running_loop() kept for this thread (a loop of the parent's).
 static PyObject *py_set_main_thread(PyObject *, PyObject *ident) {
     const unsigned long t = PyLong_AsUnsignedLong(ident);
     if (t == static_cast<unsigned long>(-1) && PyErr_Occurred()) return nullptr;
     M.main_thread = t;
+    if (PyObject *d = PyThreadState_GetDict()) {
+        if (PyDict_DelItem(d, M.loop_cache_key) < 0) PyErr_Clear();
+    }
     Py_RETURN_NONE;
 }
 
@@ -1847,6 +1984,7 @@ static PyMethodDef module_methods[] = {
     {"_forget_unshared", SFPY_FASTCALL(py_forget<sf_group_forget_unshared>), METH_FASTCALL,
      "_forget_unshared(group, key) -> bool."},
     {"_stats", py_stats, METH_O, "_stats(group) -> tuple of the ten counters."},
+    {"_local_stats", py_local_stats, METH_O, "_local_stats(group) -> (joins, left): callers the library did not see."},
     {"_init", SFPY_FASTCALL(py_init), METH_FASTCALL, "_init(...): the Python half's helpers."},
     {"_aio_init", SFPY_FASTCALL(py_aio_init), METH_FASTCALL, "_aio_init(...): the asyncio half's helpers."},
     {"_set_main_thread", py_set_main_thread, METH_O, "_set_main_thread(ident)."},
@@ -1892,9 +2030,11 @@ static int init_module(PyObject *m) {
     M.kw_loop_context = names({"loop", "context"});
     M.kw_loop_context_eager = names({"loop", "context", "eager_start"});
     M.empty_tuple = PyTuple_New(0);
+    M.running_loop_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
+    M.loop_cache_key = PyUnicode_InternFromString("__libsingleflight_running_loop__");
     if (!M.call_soon_threadsafe || !M.done || !M.set_result || !M.create_future || !M.create_task ||
         !M.get_task_factory || !M.cancelling || !M.cancel || !M.kw_loop || !M.kw_context || !M.kw_loop_context ||
-        !M.kw_loop_context_eager || !M.empty_tuple || PyModule_AddFunctions(m, module_methods) < 0)
+        !M.kw_loop_context_eager || !M.empty_tuple || !M.running_loop_key || !M.loop_cache_key || PyModule_AddFunctions(m, module_methods) < 0)
         return -1;
     FlightType = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&flight_spec));
     if (!FlightType) return -1;

@@ -28,6 +28,7 @@ _enter = _native._enter
 _raise_outcome = _native._raise_outcome
 _CancelledError = asyncio.CancelledError
 _CoroutineType = types.CoroutineType
+_isfuture = asyncio.isfuture
 
 _TIMEOUT = object()  # what a caller's future gets when its timer fires first
 
@@ -110,23 +111,39 @@ def _resume(coro_fn, coro, pending):
         if coro.__class__ is not _CoroutineType:
             coro = _await(coro)
         return (yield from coro)
-    primed = False
+    thrown = None
+    try:
+        yield  # primed up to here; the task's first step goes on
+    except GeneratorExit:
+        coro.close()
+        raise
+    except BaseException as exc:  # noqa: B902 - thrown in by the task: the work's
+        thrown = exc
+    else:
+        if pending is None or (_isfuture(pending) and pending.done()):
+            # A bare yield (asyncio.sleep(0)) asks to go on at the next
+            # iteration of the loop, which this first step of the task is;
+            # a future done meanwhile (by a callback of the same iteration)
+            # need not be waited for either.
+            return (yield from coro)
     while True:
-        try:
-            if not primed:
-                primed = True
-                yield  # primed up to here; the task's first step goes on
-            yield pending  # the task waits for what the first step waited for
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # noqa: B902 - thrown in by the task: the work's
+        if thrown is not None:
+            exc, thrown = thrown, None
             try:
                 pending = coro.throw(exc)
             except StopIteration as stop:
                 return stop.value
-            continue
-        return (yield from coro)
+            finally:
+                del exc
+        try:
+            yield pending  # the task waits for what the work waits for
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: B902 - thrown in by the task: the work's
+            thrown = exc
+        else:
+            return (yield from coro)
 
 
 async def _await(awaitable):
@@ -177,19 +194,34 @@ def _start_mode():
     return 0, None
 
 
-_mode, _current = _start_mode()
-_native._aio_init(
-    _mode,
-    asyncio.get_running_loop,
-    _lead,
-    _await,
-    _WorkTask,
-    asyncio.Task,
-    _current,
-    _CancelledError,
-    # The flights led by the current task and the tasks it started, as
-    # (group, key, flight): awaiting one's own key from inside coro_fn would
-    # wait for itself forever.
-    contextvars.ContextVar("libsingleflight_led", default=()),
-    sys.version_info >= (3, 11),
-)
+# The flights led by the current task and the tasks it started, as (group,
+# key, flight): awaiting one's own key from inside coro_fn would wait for
+# itself forever.
+_led = contextvars.ContextVar("libsingleflight_led", default=())
+
+
+def _configure(mode=None):
+    """Hands the C half its pieces, with the start mode this Python allows
+    (or mode: the tests try the others where they work)."""
+    global _mode
+    best, current = _start_mode()
+    _mode = best if mode is None else mode
+    _native._aio_init(
+        _mode,
+        asyncio.get_running_loop,
+        _lead,
+        _await,
+        _WorkTask,
+        asyncio.Task,
+        current,
+        _CancelledError,
+        _led,
+        sys.version_info >= (3, 11),
+        asyncio.Future,
+        asyncio.BaseEventLoop.create_future,
+        asyncio.InvalidStateError,
+    )
+
+
+_mode = 0
+_configure()
