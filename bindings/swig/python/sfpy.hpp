@@ -752,6 +752,7 @@ struct FlightObject {
     char closed;           // nobody may join it any more (complete, or every caller left)
     char complete;         // its outcome is known here
     char loop_led;         // has a g_loop_led entry
+    char keep_outcome;     // someone will read outcome after completing it here
 };
 
 static PyTypeObject *FlightType = nullptr;
@@ -925,8 +926,9 @@ enum class End { kValue, kFailed, kAbandoned };
 // value (kFailed), or was cancelled because every caller had gone
 // (kAbandoned).  Finishes the library's flight, for the other loops' and
 // languages' callers, and wakes this loop's.  Returns the leader's caller's
-// outcome (a new reference; also kept in outcome): (value, shared), or
-// [SF_EPANIC, exc, None].  Nothing of the flight is left to join after it.
+// outcome (a new reference; also kept in outcome if keep_outcome): (value,
+// shared), or [SF_EPANIC, exc, None].  Nothing of the flight is left to
+// join after it.
 static PyObject *leader_complete(FlightObject *f, End end, PyObject *value) {
     f->closed = 1;
     f->complete = 1;
@@ -990,8 +992,10 @@ static PyObject *leader_complete(FlightObject *f, End end, PyObject *value) {
     deliver(f, leader_out, out);
     Py_DECREF(out);
     Py_CLEAR(f->task);  // the task and its coroutine hold f: break the cycle
-    Py_INCREF(leader_out);
-    Py_XSETREF(f->outcome, leader_out);
+    if (f->keep_outcome) {
+        Py_INCREF(leader_out);
+        Py_XSETREF(f->outcome, leader_out);
+    }
     return leader_out;
 }
 
@@ -1033,6 +1037,7 @@ static void on_flight_done(int status, sf_result *r, int shared, void *payload) 
             PyErr_WriteUnraisable(reinterpret_cast<PyObject *>(f));
         } else if (PyThread_get_thread_ident() == f->thread) {
             deliver(f, f->outcome, f->outcome);
+            if (!f->keep_outcome) Py_CLEAR(f->outcome);
         } else if (f->live > 0) {
             PyObject *res =
                 PyObject_CallMethodObjArgs(f->loop, M.call_soon_threadsafe, M.wake, reinterpret_cast<PyObject *>(f), nullptr);
@@ -1058,6 +1063,7 @@ static PyObject *py_wake(PyObject *, PyObject *arg) {
     }
     auto *f = reinterpret_cast<FlightObject *>(arg);
     if (f->outcome) deliver(f, f->outcome, f->outcome);
+    Py_CLEAR(f->outcome);
     if (f->call) {
         sf_call_release(f->call);
         f->call = nullptr;
@@ -1130,15 +1136,21 @@ static PyObject *create_future(PyObject *loop) {
     }
     // Future(loop=loop) as the type's own slots run it, with a keyword dict
     // kept for the last loop: a call with keywords would build one each time.
-    if (M.future_kwargs_loop != loop) {
-        PyObject *kw = Py_BuildValue("{sO}", "loop", loop);
-        if (!kw) return nullptr;
-        Py_XSETREF(M.future_kwargs, kw);
+    // (Held here: initialising runs Python code, during which another
+    // thread may replace the kept dict.)
+    PyObject *kw = M.future_kwargs;
+    if (M.future_kwargs_loop == loop) {
+        Py_INCREF(kw);
+    } else {
+        if (!(kw = Py_BuildValue("{sO}", "loop", loop))) return nullptr;
+        Py_INCREF(kw);
         M.future_kwargs_loop = loop;  // borrowed: the dict holds it
+        Py_XSETREF(M.future_kwargs, kw);
     }
     auto *type = reinterpret_cast<PyTypeObject *>(M.future_type);
     PyObject *fut = type->tp_new(type, M.empty_tuple, nullptr);
-    if (fut && type->tp_init(fut, M.empty_tuple, M.future_kwargs) < 0) Py_CLEAR(fut);
+    if (fut && type->tp_init(fut, M.empty_tuple, kw) < 0) Py_CLEAR(fut);
+    Py_DECREF(kw);
     return fut;
 }
 
@@ -1147,6 +1159,16 @@ static PyObject *create_future(PyObject *loop) {
 static PyObject *wait_on(FlightObject *f, bool by_library) {
     PyObject *fut = create_future(f->loop);
     if (!fut) return nullptr;
+    // Making the future ran Python code, so another thread may have taken
+    // the GIL and completed a follower's flight meanwhile: with no future of
+    // ours to resolve, it posted no wake.  From here to the insertion no
+    // Python code runs.
+    if (f->complete) {
+        Py_DECREF(fut);
+        if (!f->outcome) return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
+        Py_INCREF(f->outcome);
+        return return_outcome(f->outcome, f->key);
+    }
     if (!f->waiters && !(f->waiters = PyDict_New())) {
         Py_DECREF(fut);
         return nullptr;
@@ -1553,6 +1575,7 @@ static PyObject *lead_task(FlightObject *f, PyObject *coro_fn, PyObject *ctx, bo
     PyObject *lead = primed_lead(f, coro_fn, Py_None, Py_None);
     if (!lead) return nullptr;  // f's release ends the flight (SF_EGOEXIT)
     PyObject *task;
+    f->keep_outcome = 1;  // an eager task may complete the flight before it returns
     if (eager) {
         GroupState *st = flight_state(f);
         const bool pushed = led_push(st->g, k);
@@ -1570,16 +1593,20 @@ static PyObject *lead_task(FlightObject *f, PyObject *coro_fn, PyObject *ctx, bo
     } else {
         task = nullptr;
     }
+    f->keep_outcome = 0;
     if (!task) {
         if (!f->complete) close_lead(lead);  // no task took it
         Py_DECREF(lead);
+        Py_CLEAR(f->outcome);
         return nullptr;
     }
     Py_DECREF(lead);
     if (f->complete) {  // an eager task that ran to its end
         Py_DECREF(task);
-        Py_INCREF(f->outcome);
-        return return_outcome(f->outcome, f->key);
+        PyObject *out = f->outcome;
+        f->outcome = nullptr;
+        if (!out) return status_error(SF_ESTATE, "singleflight: the work's task ended without an outcome");
+        return return_outcome(out, f->key);
     }
     PyObject *out = attach_task(f, task);
     Py_DECREF(task);
@@ -1607,14 +1634,18 @@ static PyObject *lead_async(FlightObject *f, PyObject *coro_fn, Key k) {
 // for all of them.
 static PyObject *follow_async(FlightObject *f, bool tabled) {
     Py_INCREF(f);  // the registration's; on_flight_done drops it
+    f->keep_outcome = 1;  // the flight may have completed: then on_flight_done runs here, now
     const int rc = sf_call_on_done(f->call, on_flight_done, f);
+    f->keep_outcome = 0;
     if (rc != SF_OK) {
         Py_DECREF(f);
         return status_error(rc, "sf_call_on_done");
     }
     if (f->complete) {  // it had completed: on_flight_done ran here already
-        Py_INCREF(f->outcome);
-        return return_outcome(f->outcome, f->key);
+        PyObject *out = f->outcome;
+        f->outcome = nullptr;
+        if (!out) return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
+        return return_outcome(out, f->key);
     }
     if (tabled) table_publish(f);
     return wait_on(f, true);
@@ -1636,7 +1667,7 @@ static FlightObject *flight_new(PyObject *group, PyObject *key, PyObject *loop, 
     f->epoch = epoch;
     f->live = f->joined = 0;
     f->thread = PyThread_get_thread_ident();
-    f->leader = f->published = f->closed = f->complete = f->loop_led = 0;
+    f->leader = f->published = f->closed = f->complete = f->loop_led = f->keep_outcome = 0;
     PyObject_GC_Track(f);
     return f;
 }
@@ -1673,7 +1704,10 @@ static PyObject *py_enter(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     if (tabled) {
         if (FlightObject *f = table_find(st, args[1], loop)) {
             Py_DECREF(loop);
-            return wait_on(f, false);
+            Py_INCREF(f);  // the table's pointer is borrowed
+            PyObject *out = wait_on(f, false);
+            Py_DECREF(f);
+            return out;
         }
         if (PyErr_Occurred()) {
             Py_DECREF(loop);
