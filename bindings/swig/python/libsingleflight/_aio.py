@@ -166,6 +166,13 @@ class _WorkTask(asyncio.Task):
     def get_coro(self):
         return super().get_coro() if self._loop is not None else None
 
+    def __repr__(self):
+        # Task's repr reads fields an uninitialised future refuses (anyio
+        # formats the current task when a deadline passes).
+        if self._loop is None:
+            return "<%s pending: the work's first step, inline in its caller>" % type(self).__name__
+        return super().__repr__()
+
     if hasattr(asyncio.Task, "get_context"):  # 3.12+
 
         def get_context(self):

@@ -314,6 +314,7 @@ def test_a_work_that_completes_without_suspending_never_touches_the_loop(run_inl
 
     async def work():
         seen["task"] = asyncio.current_task()
+        seen["repr"] = repr(seen["task"])  # anyio formats it when a deadline passes
         return "value"
 
     async def failing():
@@ -331,6 +332,7 @@ def test_a_work_that_completes_without_suspending_never_touches_the_loop(run_inl
         # never initialised: no task was made.
         assert seen["task"] is not asyncio.current_task() and isinstance(seen["task"], asyncio.Task)
         assert seen["task"] not in asyncio.all_tasks() and seen["task"].get_coro() is None
+        assert "first step" in seen["repr"]
         coro = g.do_async("e", failing)
         with pytest.raises(KeyError, match="first step"):
             coro.send(None)
