@@ -43,7 +43,7 @@ async def do_async(h, key, coro_fn, timeout):
     if timeout is not None and not timeout >= 0:  # negative or NaN
         raise ValueError("timeout must be None or a non-negative number of seconds")
     r = _enter(h, key, coro_fn)
-    if r.__class__ is tuple:  # (value, shared): the work completed inline
+    if type(r) is tuple:  # (value, shared): the work completed inline
         return r
     flight, fut = r  # wait for this loop's wake; leave alone if we go
     if timeout is None:
@@ -64,7 +64,7 @@ async def do_async(h, key, coro_fn, timeout):
         if out is _TIMEOUT:
             flight.leave(fut)
             raise TimeoutError("singleflight: gave up waiting for key %r" % (key,))
-    if out.__class__ is tuple:  # (value, shared): what we return
+    if type(out) is tuple:  # (value, shared): what we return
         return out
     status, value, message = out  # [status, value, message]: what we raise
     try:
