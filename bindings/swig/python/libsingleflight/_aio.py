@@ -166,6 +166,16 @@ class _WorkTask(asyncio.Task):
     def get_coro(self):
         return super().get_coro() if self._loop is not None else None
 
+    def add_done_callback(self, fn, *, context=None):
+        if self._loop is None:
+            # It has no loop yet, and it may never run (a work that completes
+            # without suspending never becomes a task).
+            raise RuntimeError(
+                "singleflight: the work's task cannot take done callbacks in the work's first "
+                "step, before the work first suspends (do_async starts it inline)"
+            )
+        return super().add_done_callback(fn, context=context)
+
     def __repr__(self):
         # Task's repr reads fields an uninitialised future refuses (anyio
         # formats the current task when a deadline passes).

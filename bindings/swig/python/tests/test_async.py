@@ -315,6 +315,8 @@ def test_a_work_that_completes_without_suspending_never_touches_the_loop(run_inl
     async def work():
         seen["task"] = asyncio.current_task()
         seen["repr"] = repr(seen["task"])  # anyio formats it when a deadline passes
+        with pytest.raises(RuntimeError, match="first step"):
+            seen["task"].add_done_callback(print)  # it may never run: said plainly
         return "value"
 
     async def failing():
