@@ -180,21 +180,21 @@ async def overhead(n, rounds):
 _abandon_at = []
 
 
-def _timed_cancel_task(task):
+def _timed_cancel_task(task_ref):
     _abandon_at.append(now())
-    task.cancel()
+    libsingleflight._cancel_task(task_ref)
 
 
 def timestamp_abandonment():
     """Re-registers the package's callbacks with a _cancel_task that notes
     when the abandon callback runs."""
     _native._init(libsingleflight.PanicError, libsingleflight.LeaderExitedError,
-                  libsingleflight._describe, libsingleflight._set_outcome, _timed_cancel_task)
+                  libsingleflight._describe, _timed_cancel_task)
 
 
 def untimestamp_abandonment():
     _native._init(libsingleflight.PanicError, libsingleflight.LeaderExitedError,
-                  libsingleflight._describe, libsingleflight._set_outcome, libsingleflight._cancel_task)
+                  libsingleflight._describe, libsingleflight._cancel_task)
 
 
 class Blocked:

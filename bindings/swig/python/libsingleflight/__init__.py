@@ -83,18 +83,16 @@ def _describe(exc: BaseException) -> str:
     return (name + (": " + text if text else "")).replace("\0", "\\0")
 
 
-# Run by the library's callbacks on an event loop's own thread (sfpy.hpp):
-# a do_async caller's outcome, and the cancellation of abandoned work.
-def _set_outcome(fut, outcome) -> None:
-    if not fut.done():  # this caller gave up first
-        fut.set_result(outcome)
+# Run by the library's abandon callback on an event loop's own thread
+# (sfpy.hpp): the cancellation of abandoned work, whose task it holds
+# weakly.
+def _cancel_task(task_ref) -> None:
+    task = task_ref()
+    if task is not None:
+        task.cancel()
 
 
-def _cancel_task(task) -> None:
-    task.cancel()
-
-
-_native._init(PanicError, LeaderExitedError, _describe, _set_outcome, _cancel_task)
+_native._init(PanicError, LeaderExitedError, _describe, _cancel_task)
 # Followers on the thread Python runs signal handlers on wait interruptibly;
 # after a fork that is the thread that forked.
 _native._set_main_thread(threading.main_thread().ident)
@@ -155,20 +153,27 @@ class Group:
         any task, event loop or thread of the process (and together with
         ``do`` callers of the same key), and returns ``(value, shared)`` as
         ``do`` does; an exception raised by the coroutine is raised in every
-        caller.  Nobody waits in a thread: a caller's task sleeps until the
-        library's completion callback wakes it through its own loop.
+        caller.  Nobody waits in a thread: a caller's task sleeps on a future
+        of its own loop.
 
-        The leader's coroutine runs as a task of its own in the first
-        caller's loop, so that caller can leave like any other.  A caller
-        that is cancelled raises ``CancelledError`` and the others go on;
-        when every caller has been cancelled (or timed out) the flight is
-        abandoned: its task is cancelled, and the next caller starts afresh.
-        ``timeout`` (seconds) gives up this caller only, with
-        ``TimeoutError``, the leader's caller included.
+        The leader's coroutine starts inline, in its caller, as an eager task
+        would (Python 3.12's ``eager_start``): a coroutine that completes
+        without suspending never touches the loop.  If it suspends, it goes
+        on as a task of its own in the caller's loop (the task that
+        ``asyncio.current_task()`` already was during the first step), so
+        that caller can leave like any other.  The callers of one loop share
+        one registration with the library per flight and are woken together.
+        A caller that is cancelled raises ``CancelledError`` and the others
+        go on; when every caller has been cancelled (or timed out), in every
+        loop, the flight is abandoned: its task is cancelled, and the next
+        caller starts afresh.  ``timeout`` (seconds) gives up this caller
+        only, with ``TimeoutError``, the leader's caller included.
 
-        Returns a coroutine; must be awaited in a running event loop
-        (asyncio, or uvloop).  Awaiting ``do_async`` for the same key from
-        inside ``coro_fn`` raises ``RuntimeError`` (it would wait for itself).
+        Thread rules: call it from a coroutine running in an event loop
+        (asyncio, or uvloop), on that loop's thread.  Awaiting ``do_async``
+        for the same key from inside ``coro_fn`` raises ``RuntimeError`` (it
+        would wait for itself).  Ownership: the value is the coroutine's
+        return value itself, shared by every caller.
         """
         return (_async or _load_async()).do_async(self._h, key, coro_fn, timeout)
 
