@@ -9,7 +9,7 @@
 # difference over N: the instructions of one sf_group_do (trivial fn that
 # stores a value, 1024 rotating 8-byte keys) with its sf_result_value and
 # sf_result_release, the caller's loop and the fn included, start-up and
-# warm-up cancelled out.  Fails above BOUND (default 250, issue 11).  The
+# warm-up cancelled out.  Fails above BOUND (default 250, the target in docs/performance.md).  The
 # same for the two-phase pair sf_group_begin + sf_call_finish_unshared is
 # printed, not gated.
 set -euo pipefail

@@ -82,8 +82,10 @@ struct Floor {
     }
     Block *begin(const char *k, std::size_t n) {
         Block *b = free;
-        if (b) free = b->next;
-        else b = new Block;
+        if (b)
+            free = b->next;
+        else
+            b = new Block;
         b->hash = hash_key(k, n);
         std::memcpy(b->key, k, n);
         for (std::uint64_t i = b->hash;; ++i) {
@@ -113,12 +115,18 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value");
             return argv[++i];
         };
-        if (!std::strcmp(argv[i], "--keys")) keys = std::atol(val());
-        else if (!std::strcmp(argv[i], "--shards")) shards = unsigned(std::strtoul(val(), nullptr, 10));
-        else if (!std::strcmp(argv[i], "--rounds")) rounds = std::atol(val());
-        else if (!std::strcmp(argv[i], "--keylen")) keylen = std::atoi(val());
-        else if (!std::strcmp(argv[i], "--contender")) contender = val();
-        else die("usage: inflight --keys N [--shards S] [--rounds R] [--keylen L] [--contender C]");
+        if (!std::strcmp(argv[i], "--keys"))
+            keys = std::atol(val());
+        else if (!std::strcmp(argv[i], "--shards"))
+            shards = unsigned(std::strtoul(val(), nullptr, 10));
+        else if (!std::strcmp(argv[i], "--rounds"))
+            rounds = std::atol(val());
+        else if (!std::strcmp(argv[i], "--keylen"))
+            keylen = std::atoi(val());
+        else if (!std::strcmp(argv[i], "--contender"))
+            contender = val();
+        else
+            die("usage: inflight --keys N [--shards S] [--rounds R] [--keylen L] [--contender C]");
     }
     if (keys < 1 || rounds < 1 || keylen < 8 || keylen > 48) die("bad argument");
 
@@ -160,7 +168,8 @@ int main(int argc, char **argv) {
                 sf_call_release(calls[std::size_t(k)]);
             }
         } else if (contender == "floor") {
-            for (long k = 0; k < keys; ++k) blocks[std::size_t(k)] = floor.begin(key(k), std::size_t(keylen));
+            for (long k = 0; k < keys; ++k)
+                blocks[std::size_t(k)] = floor.begin(key(k), std::size_t(keylen));
             for (long k = 0; k < keys; ++k) floor.finish(blocks[std::size_t(k)]);
         } else if (contender == "umap") {
             for (long k = 0; k < keys; ++k) {
@@ -190,10 +199,12 @@ int main(int argc, char **argv) {
     std::sort(cpu_round.begin(), cpu_round.end());
     const double median = per_round[per_round.size() / 2];
     const double cpu_median = cpu_round[cpu_round.size() / 2];
-    std::printf("{\"kind\":\"inflight\",\"contender\":\"%s\",\"keys\":%ld,\"shards\":%u,"
-                "\"rounds\":%ld,\"ns_per_key\":%.1f,\"min\":%.1f,\"max\":%.1f,\"first_round\":%.1f,"
-                "\"cpu_ns_per_key\":%.1f,\"first_round_cpu\":%.1f}\n",
-                contender.c_str(), keys, shards, rounds, median, per_round.front(), per_round.back(), warm, cpu_median, warm_cpu);
+    std::printf(
+        "{\"kind\":\"inflight\",\"contender\":\"%s\",\"keys\":%ld,\"shards\":%u,"
+        "\"rounds\":%ld,\"ns_per_key\":%.1f,\"min\":%.1f,\"max\":%.1f,\"first_round\":%.1f,"
+        "\"cpu_ns_per_key\":%.1f,\"first_round_cpu\":%.1f}\n",
+        contender.c_str(), keys, shards, rounds, median, per_round.front(), per_round.back(), warm,
+        cpu_median, warm_cpu);
     if (sf_group_free(g) != SF_OK) die("sf_group_free");
     return 0;
 }

@@ -40,7 +40,9 @@ namespace {
 std::uint64_t cpu_ns() {
     rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    auto tv = [](const timeval &t) { return std::uint64_t(t.tv_sec) * 1000000000u + std::uint64_t(t.tv_usec) * 1000u; };
+    auto tv = [](const timeval &t) {
+        return std::uint64_t(t.tv_sec) * 1000000000u + std::uint64_t(t.tv_usec) * 1000u;
+    };
     return tv(ru.ru_utime) + tv(ru.ru_stime);
 }
 
@@ -72,8 +74,7 @@ std::uint64_t run_work(void *ctx) {
         case Fn::spin: {
             std::uint64_t t0 = now_ns();
             std::uint64_t t;
-            while ((t = now_ns()) - t0 < 1000) {
-            }
+            while ((t = now_ns()) - t0 < 1000) {}
             return t;
         }
         case Fn::sleep: {
@@ -155,7 +156,8 @@ struct ApiFloorContender {
     std::uint64_t call(const char *key, std::size_t len, Work w) {
         floor_call *r = nullptr;
         int shared = 0;
-        if (floor_group_do(&group, key, len, &trampoline, &w, &r, &shared) != 0) die("floor_group_do");
+        if (floor_group_do(&group, key, len, &trampoline, &w, &r, &shared) != 0)
+            die("floor_group_do");
         auto v = std::uint64_t(reinterpret_cast<std::uintptr_t>(floor_result_value(r)));
         floor_result_release(r);
         return v;
@@ -213,8 +215,8 @@ struct FloorContender {
             value.store(v);
             busy.store(0);
             gen.fetch_add(1, std::memory_order_release);
-            syscall(SYS_futex, reinterpret_cast<std::uint32_t *>(&gen), FUTEX_WAKE_PRIVATE, INT32_MAX,
-                    nullptr, nullptr, 0);
+            syscall(SYS_futex, reinterpret_cast<std::uint32_t *>(&gen), FUTEX_WAKE_PRIVATE,
+                    INT32_MAX, nullptr, nullptr, 0);
             return v;
         }
         while (gen.load(std::memory_order_acquire) == g0)
@@ -236,8 +238,8 @@ struct Options {
     std::string fn_name = "trivial";
     int duration_ms = 200;
     int warmup_ms = 50;
-    int keylen = 0;  // 0: natural "key:NNNN" keys
-    int wake = 0;    // >0: wake experiment with this many followers
+    int keylen = 0;          // 0: natural "key:NNNN" keys
+    int wake = 0;            // >0: wake experiment with this many followers
     int wake_callbacks = 0;  // >0: the same with callback followers (capi)
     int cancel = 0;          // >0: cancellation latency with this many followers (capi)
     int handoff = 0;         // >0: this many cache-line round trips between two threads
@@ -252,26 +254,40 @@ Options parse(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value");
             return argv[++i];
         };
-        if (a == "--contender") o.contender = val();
-        else if (a == "--threads") o.threads = std::atoi(val());
+        if (a == "--contender")
+            o.contender = val();
+        else if (a == "--threads")
+            o.threads = std::atoi(val());
         else if (a == "--keys") {
             std::string_view v = val();
             o.keys = v == "unique" ? 0 : std::atol(v.data());
             if (v != "unique" && o.keys < 1) die("--keys takes a positive count or unique");
         } else if (a == "--fn") {
             o.fn_name = val();
-            if (o.fn_name == "trivial") o.fn = Fn::trivial;
-            else if (o.fn_name == "spin") o.fn = Fn::spin;
-            else if (o.fn_name == "sleep") o.fn = Fn::sleep;
-            else die("unknown --fn");
-        } else if (a == "--duration-ms") o.duration_ms = std::atoi(val());
-        else if (a == "--warmup-ms") o.warmup_ms = std::atoi(val());
-        else if (a == "--keylen") o.keylen = std::atoi(val());
-        else if (a == "--wake") o.wake = std::atoi(val());
-        else if (a == "--wake-callbacks") o.wake_callbacks = std::atoi(val());
-        else if (a == "--cancel-latency") o.cancel = std::atoi(val());
-        else if (a == "--handoff") o.handoff = std::atoi(val());
-        else if (a == "--rounds") o.rounds = std::atoi(val());
+            if (o.fn_name == "trivial")
+                o.fn = Fn::trivial;
+            else if (o.fn_name == "spin")
+                o.fn = Fn::spin;
+            else if (o.fn_name == "sleep")
+                o.fn = Fn::sleep;
+            else
+                die("unknown --fn");
+        } else if (a == "--duration-ms")
+            o.duration_ms = std::atoi(val());
+        else if (a == "--warmup-ms")
+            o.warmup_ms = std::atoi(val());
+        else if (a == "--keylen")
+            o.keylen = std::atoi(val());
+        else if (a == "--wake")
+            o.wake = std::atoi(val());
+        else if (a == "--wake-callbacks")
+            o.wake_callbacks = std::atoi(val());
+        else if (a == "--cancel-latency")
+            o.cancel = std::atoi(val());
+        else if (a == "--handoff")
+            o.handoff = std::atoi(val());
+        else if (a == "--rounds")
+            o.rounds = std::atoi(val());
         else if (a == "--help" || a == "-h") {
             std::puts(
                 "sfbench --contender capi|naive|floor|apifloor --threads T --keys N|unique "
@@ -283,10 +299,12 @@ Options parse(int argc, char **argv) {
                 "Prints one JSON line.  SFBENCH_ALLOC_TRACE=N prints the stacks of the first N\n"
                 "allocations made inside the measured loop.");
             std::exit(0);
-        } else die("unknown argument (try --help)");
+        } else
+            die("unknown argument (try --help)");
     }
     if (o.threads < 1 || o.keys < 0 || o.duration_ms < 1 || o.warmup_ms < 0 || o.keylen < 0 ||
-        o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0 || o.handoff < 0)
+        o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0 ||
+        o.handoff < 0)
         die("bad option value");
     return o;
 }
@@ -346,7 +364,8 @@ void run_cell(const Options &o) {
         shared_keys = make_keys(std::size_t(o.keys), "key:", o.keylen);
     } else {
         for (int t = 0; t < o.threads; ++t)
-            own_keys.push_back(make_keys(kUniquePerThread, "u:" + std::to_string(t) + ":", o.keylen));
+            own_keys.push_back(
+                make_keys(kUniquePerThread, "u:" + std::to_string(t) + ":", o.keylen));
     }
     const bool timed = o.fn != Fn::trivial;
 
@@ -426,8 +445,8 @@ void run_cell(const Options &o) {
         o.contender.c_str(), o.threads, o.keys ? std::to_string(o.keys).c_str() : "unique",
         o.fn_name.c_str(), o.keylen, (unsigned long long)ops, (unsigned long long)wall,
         ops ? double(wall) / double(ops) : 0.0, ops ? double(cpu) / double(ops) : 0.0,
-        ops ? double(execs) / double(ops) : 0.0,
-        ops ? double(allocs) / double(ops) : 0.0, wake.size(), p50, p99);
+        ops ? double(execs) / double(ops) : 0.0, ops ? double(allocs) / double(ops) : 0.0,
+        wake.size(), p50, p99);
 }
 
 // ---------------------------------------------------------------- wake
@@ -474,8 +493,10 @@ void run_wake(const Options &o) {
                 std::uint64_t v = c.call(key, sizeof key - 1, follower_work);
                 std::uint64_t t = now_ns();
                 std::lock_guard<std::mutex> lk(mu);
-                if (tl_execs != e0) late.fetch_add(1);
-                else samples.push_back(std::uint32_t(std::min<std::uint64_t>(t - v, UINT32_MAX)));
+                if (tl_execs != e0)
+                    late.fetch_add(1);
+                else
+                    samples.push_back(std::uint32_t(std::min<std::uint64_t>(t - v, UINT32_MAX)));
                 if (++done == n) cv.notify_all();
             }
         });
@@ -568,9 +589,10 @@ void print_latency(const char *kind, int n, int rounds, std::vector<std::uint32_
     auto pct = [&](double p) -> double {
         return samples.empty() ? -1 : double(samples[std::size_t(p * double(samples.size() - 1))]);
     };
-    std::printf("{\"kind\":\"%s\",\"contender\":\"capi\",\"followers\":%d,\"rounds\":%d,"
-                "\"samples\":%zu,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"max_ns\":%.0f}\n",
-                kind, n, rounds, samples.size(), pct(0.5), pct(0.99), pct(1.0));
+    std::printf(
+        "{\"kind\":\"%s\",\"contender\":\"capi\",\"followers\":%d,\"rounds\":%d,"
+        "\"samples\":%zu,\"p50_ns\":%.0f,\"p99_ns\":%.0f,\"max_ns\":%.0f}\n",
+        kind, n, rounds, samples.size(), pct(0.5), pct(0.99), pct(1.0));
 }
 
 void run_wake_callbacks(int n, int rounds) {
@@ -601,7 +623,9 @@ void run_wake_callbacks(int n, int rounds) {
 // The time from the last interested caller giving up (sf_call_cancel on the
 // last follower, the leader's caller having given up already) to the
 // abandon callback running: what a binding's "stop the work" waits for.
-void on_abandon_stamp(sf_call *, void *payload) { *static_cast<std::uint64_t *>(payload) = now_ns(); }
+void on_abandon_stamp(sf_call *, void *payload) {
+    *static_cast<std::uint64_t *>(payload) = now_ns();
+}
 
 void run_cancel_latency(int n, int rounds) {
     CapiContender c;
@@ -611,14 +635,16 @@ void run_cancel_latency(int n, int rounds) {
         sf_call *leader = nullptr;
         if (sf_group_begin(c.g, "cx", 2, &leader) != SF_LEADER) die("cancel: no leader");
         std::uint64_t stamped = 0;
-        if (sf_call_on_abandon(leader, on_abandon_stamp, &stamped) != SF_OK) die("cancel: on_abandon");
+        if (sf_call_on_abandon(leader, on_abandon_stamp, &stamped) != SF_OK)
+            die("cancel: on_abandon");
         for (auto &f : calls)
             if (sf_group_begin(c.g, "cx", 2, &f) != SF_FOLLOWER) die("cancel: no follower");
         if (sf_call_cancel(leader) != 0) die("cancel: abandoned too early");
         for (int i = 0; i + 1 < n; ++i)
             if (sf_call_cancel(calls[std::size_t(i)]) != 0) die("cancel: abandoned too early");
         std::uint64_t t0 = now_ns();
-        if (sf_call_cancel(calls[std::size_t(n - 1)]) != 1) die("cancel: the last one did not abandon");
+        if (sf_call_cancel(calls[std::size_t(n - 1)]) != 1)
+            die("cancel: the last one did not abandon");
         if (r >= 10) samples.push_back(std::uint32_t(stamped - t0));
         sf_call_finish(leader, 0);
         for (auto *f : calls) sf_call_release(f);
@@ -644,8 +670,7 @@ void run_handoff(int round_trips) {
     samples.reserve(std::size_t(chunks));
     std::thread other([&] {
         for (std::uint32_t v = 1; v < std::uint32_t(2 * chunks * kChunk); v += 2) {
-            while (line.load(std::memory_order_acquire) != v) {
-            }
+            while (line.load(std::memory_order_acquire) != v) {}
             line.store(v + 1, std::memory_order_release);
         }
     });
@@ -654,17 +679,17 @@ void run_handoff(int round_trips) {
         const std::uint64_t t0 = now_ns();
         for (int i = 0; i < kChunk; ++i, v += 2) {
             line.store(v + 1, std::memory_order_release);
-            while (line.load(std::memory_order_acquire) != v + 2) {
-            }
+            while (line.load(std::memory_order_acquire) != v + 2) {}
         }
         samples.push_back(std::uint32_t((now_ns() - t0) / (2 * kChunk)));
     }
     other.join();
     samples = percentile_sort(std::move(samples));
-    std::printf("{\"kind\":\"handoff\",\"round_trips\":%d,\"samples\":%zu,"
-                "\"p10_ns\":%u,\"p50_ns\":%u,\"p90_ns\":%u}\n",
-                chunks * kChunk, samples.size(), samples[samples.size() / 10],
-                samples[samples.size() / 2], samples[samples.size() * 9 / 10]);
+    std::printf(
+        "{\"kind\":\"handoff\",\"round_trips\":%d,\"samples\":%zu,"
+        "\"p10_ns\":%u,\"p50_ns\":%u,\"p90_ns\":%u}\n",
+        chunks * kChunk, samples.size(), samples[samples.size() / 10], samples[samples.size() / 2],
+        samples[samples.size() * 9 / 10]);
 }
 
 }  // namespace
@@ -679,17 +704,23 @@ int main(int argc, char **argv) {
     } else if (o.cancel > 0) {
         run_cancel_latency(o.cancel, o.rounds);
     } else if (o.contender == "capi") {
-        if (o.wake > 0) run_wake<CapiContender>(o);
-        else run_cell<CapiContender>(o);
+        if (o.wake > 0)
+            run_wake<CapiContender>(o);
+        else
+            run_cell<CapiContender>(o);
     } else if (o.contender == "naive") {
-        if (o.wake > 0) run_wake<NaiveContender>(o);
-        else run_cell<NaiveContender>(o);
+        if (o.wake > 0)
+            run_wake<NaiveContender>(o);
+        else
+            run_cell<NaiveContender>(o);
     } else if (o.contender == "apifloor") {
         if (o.wake > 0) die("--wake does not apply to apifloor");
         run_cell<ApiFloorContender>(o);
     } else if (o.contender == "floor") {
-        if (o.wake > 0) run_wake<FloorContender>(o);
-        else run_cell<FloorContender>(o);
+        if (o.wake > 0)
+            run_wake<FloorContender>(o);
+        else
+            run_cell<FloorContender>(o);
     } else {
         die("unknown --contender (capi, naive, floor, apifloor)");
     }

@@ -22,14 +22,12 @@ inline sf_call *handle(sf::Call *c) { return reinterpret_cast<sf_call *>(c); }
 inline sf_call *handle(sf::Flight *f) { return handle(sf::as_call(f)); }
 
 inline sf::Flight *core(sf_result *r) { return reinterpret_cast<sf::Flight *>(r); }
-inline const sf::Flight *core(const sf_result *r) { return reinterpret_cast<const sf::Flight *>(r); }
+inline const sf::Flight *core(const sf_result *r) {
+    return reinterpret_cast<const sf::Flight *>(r);
+}
 inline sf_result *result(sf::Flight *f) { return reinterpret_cast<sf_result *>(f); }
 
 // The core's status values are the ABI's.
-#define SFC_SAME_STATUS_(name, value, text) \
-    static_assert(int(value) == (name), "status table");
-SF_STATUS_MAP(SFC_SAME_STATUS_)
-#undef SFC_SAME_STATUS_
 static_assert(int(sf::kOk) == SF_OK && int(sf::kLeader) == SF_LEADER &&
                   int(sf::kFollower) == SF_FOLLOWER && int(sf::kInvalid) == SF_EINVAL &&
                   int(sf::kNoMemory) == SF_ENOMEM && int(sf::kPanic) == SF_EPANIC &&
@@ -56,15 +54,14 @@ inline sf::DoneCallback done_callback(sf_done_fn done, void *payload) {
 }
 
 inline sf::AbandonCallback abandon_callback(sf_abandon_fn fn, void *payload) {
-    return sf::AbandonCallback{
-        [](void *f, void *p, sf::Flight *call) noexcept {
-            try {
-                reinterpret_cast<sf_abandon_fn>(f)(handle(call), p);
-            } catch (...) {
-                // must not throw (header): the boundary stays shut
-            }
-        },
-        reinterpret_cast<void *>(fn), payload};
+    return sf::AbandonCallback{[](void *f, void *p, sf::Flight *call) noexcept {
+                                   try {
+                                       reinterpret_cast<sf_abandon_fn>(f)(handle(call), p);
+                                   } catch (...) {
+                                       // must not throw (header): the boundary stays shut
+                                   }
+                               },
+                               reinterpret_cast<void *>(fn), payload};
 }
 
 inline sf::WorkCallback work_callback(sf_fn fn, void *payload) {

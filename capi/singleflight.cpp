@@ -83,8 +83,8 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, v
         sf::Flight *r = nullptr;
         bool is_shared = false;
         const sf::Status st = core(g)->run(
-            sf::Key{key, key_len}, [&](sf::Flight *call) { return fn(handle(call), payload); },
-            &r, &is_shared);
+            sf::Key{key, key_len}, [&](sf::Flight *call) { return fn(handle(call), payload); }, &r,
+            &is_shared);
         if (__builtin_expect(st < 0 && st != sf::kPanic && st != sf::kGoexit, 0)) {
             clear_out(result, shared);
             return st;
@@ -99,8 +99,8 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, v
     }
 }
 
-SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn fn,
-                             void *payload, sf_done_fn done, void *done_payload) {
+SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
+                             sf_done_fn done, void *done_payload) {
     if (!g || !fn || !done || bad_key(key, key_len)) return SF_EINVAL;
     return core(g)->run_async(sf::Key{key, key_len}, sfc::work_callback(fn, payload),
                               sfc::done_callback(done, done_payload));
@@ -157,7 +157,9 @@ SF_API int sf_call_fd(sf_call *call) { return call ? int(sf::call_fd(core(call))
 
 SF_API int sf_call_cancel(sf_call *call) { return call ? sf::call_cancel(core(call)) : SF_EINVAL; }
 
-SF_API int sf_call_disown(sf_call *call) { return call ? int(sf::call_disown(core(call))) : SF_EINVAL; }
+SF_API int sf_call_disown(sf_call *call) {
+    return call ? int(sf::call_disown(core(call))) : SF_EINVAL;
+}
 
 SF_API int sf_call_lead_here(sf_call *call) {
     return call ? int(sf::call_lead_here(core(call))) : SF_EINVAL;
@@ -209,7 +211,7 @@ SF_API int sf_group_stats_get(const sf_group *g, sf_group_stats *out) {
     // Field by field: a version-1 caller's struct ends after in_flight.
     out->leaders = c.leaders;
     out->followers = c.followers;
-    out->calls = c.leaders + c.followers;  // by definition (DESIGN.md)
+    out->calls = c.leaders + c.followers;  // the header defines it so
     out->panics = c.panics;
     out->goexits = c.goexits;
     out->timeouts = c.timeouts;

@@ -16,8 +16,8 @@ SF_API const char *sf_strerror(int code) {
         return text;
         SF_STATUS_MAP(SF_STRERROR_CASE_)
 #undef SF_STRERROR_CASE_
-    default:
-        return "unknown status";
+        default:
+            return "unknown status";
     }
 }
 
@@ -28,8 +28,8 @@ SF_API const char *sf_err_name(int code) {
         return #name;
         SF_STATUS_MAP(SF_ERR_NAME_CASE_)
 #undef SF_ERR_NAME_CASE_
-    default:
-        return "SF_UNKNOWN";
+        default:
+            return "SF_UNKNOWN";
     }
 }
 

@@ -21,7 +21,8 @@ namespace detail {
 
 class BlockCache {
 public:
-    static constexpr int kLocalMax = 16;  // blocks a thread keeps (few: a hoarding follower starves leaders)
+    static constexpr int kLocalMax =
+        16;  // blocks a thread keeps (few: a hoarding follower starves leaders)
 
     // constexpr: the caches are constant-initialised, never written during
     // start-up (a dlopen on one thread, use on another).

@@ -64,7 +64,7 @@ uint32_t wait_unpublished(Flight *f, uint32_t bits = kUnpublished) noexcept {
 
 // Two-phase leaders: the right to write the value and to complete are one
 // state word's kWriting and kFinished bits, so a set_value on one thread and
-// a finish on another never interleave (issue 10).  Sets `bit` once no
+// a finish on another never interleave.  Sets `bit` once no
 // value is being stored; false when the flight is already finished.  *seen
 // receives the state before.
 bool take_leader_bit(Flight *f, uint32_t bit, uint32_t *seen = nullptr) noexcept {
@@ -413,8 +413,10 @@ void call_release(Call *c) noexcept {
     flight_lock(f);
     const bool leaving = !(f->state.load(std::memory_order_relaxed) & kDone) &&
                          !(fo->flags.load(std::memory_order_relaxed) & kLeft);
-    const bool callback_pending = (fo->flags.load(std::memory_order_relaxed) & kDoneSet) && (fo->flags.load(std::memory_order_relaxed) & kLinked);
-    fo->flags.fetch_or(uint8_t(kLeft | (leaving && !callback_pending ? kNoRef : 0)), std::memory_order_relaxed);
+    const bool callback_pending = (fo->flags.load(std::memory_order_relaxed) & kDoneSet) &&
+                                  (fo->flags.load(std::memory_order_relaxed) & kLinked);
+    fo->flags.fetch_or(uint8_t(kLeft | (leaving && !callback_pending ? kNoRef : 0)),
+                       std::memory_order_relaxed);
     flight_unlock(f);
     // Leaving before the end: the interest goes now; the reference stays
     // with the record while its done callback is still to run.

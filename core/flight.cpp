@@ -102,7 +102,8 @@ char *copy_message(const char *msg) noexcept {
 void flight_fold(Flight *f, uint32_t joiners, bool unpublished) noexcept {
     // Their references were added before they left the slot (Table).
     if (joiners) f->interest.fetch_add(int32_t(joiners), std::memory_order_seq_cst);
-    uint32_t bits = (joiners ? uint32_t(kShared) : 0u) | (unpublished ? uint32_t(kUnpublished) : 0u);
+    uint32_t bits =
+        (joiners ? uint32_t(kShared) : 0u) | (unpublished ? uint32_t(kUnpublished) : 0u);
     // Release: a leader that sees kUnpublished sees the fold.
     if (bits) f->state.fetch_or(bits, std::memory_order_release);
 }
@@ -132,7 +133,8 @@ bool gave_up(const std::atomic<uint8_t> *cancel_flags) noexcept {
 }
 }  // namespace
 
-WaitEnd flight_wait(Flight *f, int64_t timeout_ns, const std::atomic<uint8_t> *cancel_flags) noexcept {
+WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
+                    const std::atomic<uint8_t> *cancel_flags) noexcept {
     if (f->done()) return kWaitDone;
     if (gave_up(cancel_flags)) return kWaitCancelled;
     if (timeout_ns == 0) return kWaitTimedOut;

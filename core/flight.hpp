@@ -56,10 +56,10 @@ enum FlightFlag : uint8_t {
 // to complete (fn's thread, or the two-phase claimant), read by it and by
 // the last release.
 enum LeaderFlag : uint8_t {
-    kUncounted = 1,      // a refused do_async: counted in no stat
-    kPanicPending = 2,   // sf_call_panic inside fn: panic when fn returns
-    kMessageOwned = 4,   // ext->message is a heap copy
-    kMessageLost = 8,    // a pending panic's message could not be kept
+    kUncounted = 1,     // a refused do_async: counted in no stat
+    kPanicPending = 2,  // sf_call_panic inside fn: panic when fn returns
+    kMessageOwned = 4,  // ext->message is a heap copy
+    kMessageLost = 8,   // a pending panic's message could not be kept
 };
 
 // Flight::state bits.  The word is also the futex followers park on.
@@ -151,30 +151,30 @@ static_assert(sizeof(Ext) == 64, "one cache line");
 
 // Follower::flags
 enum FollowerFlag : uint8_t {
-    kLinked = 1,      // on the flight's notify list (holds a reference)
-    kCounted = 2,     // counted as an open handle in the stats
-    kDoneSet = 4,     // a done callback is registered
-    kCancelled = 8,   // the caller gave up (SF_1.1)
-    kLeft = 16,       // its interest was given back
-    kNoRef = 32,      // its flight reference was given back with its interest
+    kLinked = 1,     // on the flight's notify list (holds a reference)
+    kCounted = 2,    // counted as an open handle in the stats
+    kDoneSet = 4,    // a done callback is registered
+    kCancelled = 8,  // the caller gave up (SF_1.1)
+    kLeft = 16,      // its interest was given back
+    kNoRef = 32,     // its flight reference was given back with its interest
 };
 
 // A follower's handle (sf_group_begin), a do_async follower's pending
 // notification, or the leader's own registration on its two-phase flight.
 struct alignas(64) Follower {
-    uint8_t role;   // kRoleFollower, or kRoleAsyncLeader for a do_async task
-    uint8_t mode;   // the flight's mode
+    uint8_t role;  // kRoleFollower, or kRoleAsyncLeader for a do_async task
+    uint8_t mode;  // the flight's mode
     // FollowerFlag.  Atomic (relaxed): the owner and a completing thread
     // both touch it; what must agree is decided under the flight's lock.
     std::atomic<uint8_t> flags;
-    uint8_t firing; // written by completion only: deliver this one's done
+    uint8_t firing;              // written by completion only: deliver this one's done
     std::atomic<uint32_t> refs;  // the owner + a pending notification
     Flight *flight;
-    Follower *next, *prev;       // the flight's notify list
+    Follower *next, *prev;  // the flight's notify list
     DoneCallback done;
-    int efd;                     // sf_call_fd's eventfd, or -1
-    uint32_t epoch;              // detail::fork_generation() when counted as a handle
-    WorkCallback work;           // kRoleAsyncLeader: the fn to run
+    int efd;            // sf_call_fd's eventfd, or -1
+    uint32_t epoch;     // detail::fork_generation() when counted as a handle
+    WorkCallback work;  // kRoleAsyncLeader: the fn to run
 };
 static_assert(sizeof(Follower) == 128, "two cache lines");
 
@@ -287,8 +287,7 @@ SF_HOT Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) no
     // and ext are null in every block the cache hands out (fresh blocks
     // are zeroed; the last release resets them).
     const uint64_t header = uint64_t(kRoleLeader) | uint64_t(mode) << 8 |
-                            uint64_t(uint8_t(f->tag + 1)) << 16 |
-                            uint64_t(current_epoch()) << 48;
+                            uint64_t(uint8_t(f->tag + 1)) << 16 | uint64_t(current_epoch()) << 48;
     static_assert(offsetof(Flight, epoch) == 6 && offsetof(Flight, tag) == 2, "header layout");
     __builtin_memcpy(&f->role, &header, sizeof header);
     f->ident.store(ident, std::memory_order_relaxed);
@@ -321,7 +320,8 @@ SF_HOT void flight_release(Flight *f) noexcept {
     // freed before that is a reference counted twice somewhere.
     if (!(f->state.load(std::memory_order_relaxed) & kDone)) __builtin_trap();
 #endif
-    if (__builtin_expect(f->destroy != nullptr || f->ext.load(std::memory_order_relaxed) != nullptr ||
+    if (__builtin_expect(f->destroy != nullptr ||
+                             f->ext.load(std::memory_order_relaxed) != nullptr ||
                              f->key_len() > kInlineKey,
                          0))
         return flight_free_slow(f);

@@ -39,6 +39,7 @@ void fork_parent() noexcept {
     g_registry_mu.unlock();
 }
 void fork_child() noexcept {
+    detail::note_fork_in_child();  // first: everything below is the parent's from here on
     detail::caches_fork_child();
     new (&g_registry_mu) std::mutex();  // its holder, this thread, is the only one left
     detail::threads_after_fork_child();
@@ -57,7 +58,10 @@ void register_group(Group *g) noexcept {
 
 void unregister_group(Group *g) noexcept {
     std::lock_guard<std::mutex> lock(g_registry_mu);
-    if (g->reg_prev_) g->reg_prev_->reg_next_ = g->reg_next_; else g_registry = g->reg_next_;
+    if (g->reg_prev_)
+        g->reg_prev_->reg_next_ = g->reg_next_;
+    else
+        g_registry = g->reg_next_;
     if (g->reg_next_) g->reg_next_->reg_prev_ = g->reg_prev_;
 }
 
@@ -120,7 +124,9 @@ Status submit_to(ExecutorFn executor, void *payload, Follower *task) noexcept {
 namespace {
 std::atomic<bool> g_fixed_seeds{false};
 }
-void testing::fix_group_seeds(bool on) noexcept { g_fixed_seeds.store(on, std::memory_order_relaxed); }
+void testing::fix_group_seeds(bool on) noexcept {
+    g_fixed_seeds.store(on, std::memory_order_relaxed);
+}
 #endif
 
 Group *Group::create(unsigned slots, ExecutorFn executor, void *executor_payload,

@@ -68,8 +68,7 @@ public:
     // on_ok(f, error) completes f when fn returned normally (and asked for
     // no panic); complete_ok by default.
     template <class Fn, class OnOk>
-    static Status execute(Flight *f, Fn &&fn, OnOk &&on_ok, void (*on_unwind)(void *),
-                          void *arg);
+    static Status execute(Flight *f, Fn &&fn, OnOk &&on_ok, void (*on_unwind)(void *), void *arg);
     template <class Fn>
     static Status execute(Flight *f, Fn &&fn, void (*on_unwind)(void *) = nullptr,
                           void *arg = nullptr) {
@@ -107,7 +106,8 @@ private:
 // count and a store; everything else goes through complete_leader.
 inline void complete_ok(Flight *f, int error) noexcept {
     if (!(f->flags & kInOverflow)) {
-        std::atomic<uint64_t> *home = f->group->table().home(f->ident.load(std::memory_order_relaxed));
+        std::atomic<uint64_t> *home =
+            f->group->table().home(f->ident.load(std::memory_order_relaxed));
         uint64_t expect = SlotCodec::encode(f);
         // Success also means f is no orphan of a fork: the child's table
         // starts empty.

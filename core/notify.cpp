@@ -24,8 +24,7 @@ void signal_fd(int efd) noexcept {
 // What a registration's done callback receives as `shared`: 1 for a
 // follower, and for the leader's own registration whether anyone joined.
 bool shared_for(const Follower *c) noexcept {
-    return c->role != kRoleLeader ||
-           (c->flight->state.load(std::memory_order_acquire) & kShared);
+    return c->role != kRoleLeader || (c->flight->state.load(std::memory_order_acquire) & kShared);
 }
 
 void invoke_done(const Follower *c, const DoneCallback &cb) noexcept {
@@ -56,7 +55,10 @@ bool link_locked(Flight *f, Follower *c) noexcept {
 }
 
 void unlink_locked(Flight *f, Follower *c) noexcept {
-    if (c->prev) c->prev->next = c->next; else f->notify_head = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        f->notify_head = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = nullptr;
     c->flags.fetch_and(uint8_t(~kLinked), std::memory_order_relaxed);
@@ -91,7 +93,8 @@ void follower_unref(Follower *c) noexcept {
     Flight *f = c->flight;
     // The leader's registration uses its handle's reference; a follower that
     // left gave its reference back already.
-    const bool owns_flight_ref = c->role != kRoleLeader && !(c->flags.load(std::memory_order_relaxed) & kNoRef);
+    const bool owns_flight_ref =
+        c->role != kRoleLeader && !(c->flags.load(std::memory_order_relaxed) & kNoRef);
     detail::call_cache().put(c);
     if (owns_flight_ref) flight_release(f);
 }
@@ -155,7 +158,8 @@ void notify_drop(Follower *c) noexcept {
     c->efd = -1;
     // Still on the list (completion has not taken it) and there only for
     // its eventfd: nothing is left to deliver.
-    const bool unlink = (c->flags.load(std::memory_order_relaxed) & kLinked) && !(c->flags.load(std::memory_order_relaxed) & kDoneSet);
+    const bool unlink = (c->flags.load(std::memory_order_relaxed) & kLinked) &&
+                        !(c->flags.load(std::memory_order_relaxed) & kDoneSet);
     if (unlink) unlink_locked(f, c);
     flight_unlock(f);
     if (unlink) c->refs.fetch_sub(1, std::memory_order_relaxed);  // the owner's keeps c

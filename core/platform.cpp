@@ -13,23 +13,9 @@ namespace detail {
 
 std::atomic<uint32_t> g_fork_generation{0};
 
-namespace {
+void note_fork_in_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
-void on_fork_child() noexcept {
-    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-}
-
-// Registered once when the library is loaded, so a group can tell that it
-// lives in a forked child without a getpid() system call on every operation.
-struct ForkHandlerRegistration {
-    ForkHandlerRegistration() noexcept { pthread_atfork(nullptr, nullptr, on_fork_child); }
-} g_fork_registration;
-
-__attribute__((tls_model("initial-exec"))) thread_local char t_identity;
-}  // namespace
-
-bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected,
-                int64_t timeout_ns) noexcept {
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns) noexcept {
     struct timespec ts;
     struct timespec *tsp = nullptr;
     if (timeout_ns >= 0) {
@@ -39,14 +25,14 @@ bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected,
     }
     // std::atomic<uint32_t> is layout-compatible with uint32_t on every
     // platform we build for; the kernel only compares and sleeps on it.
-    long rc = syscall(SYS_futex, reinterpret_cast<uint32_t *>(word),
-                      FUTEX_WAIT_PRIVATE, expected, tsp, nullptr, 0);
+    long rc = syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected,
+                      tsp, nullptr, 0);
     return !(rc == -1 && errno == ETIMEDOUT);
 }
 
 void futex_wake_all(std::atomic<uint32_t> *word) noexcept {
-    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE,
-            INT_MAX, nullptr, nullptr, 0);
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+            nullptr, 0);
 }
 
 int64_t now_ns() noexcept {
@@ -54,8 +40,6 @@ int64_t now_ns() noexcept {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
-
-const void *this_thread_id() noexcept { return &t_identity; }
 
 }  // namespace detail
 }  // namespace sf

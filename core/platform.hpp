@@ -40,18 +40,13 @@ inline void cpu_relax() noexcept {
 
 // Sleeps while *word == expected, for at most timeout_ns (< 0: forever).
 // Returns false only on timeout; spurious wakeups return true, callers loop.
-bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected,
-                int64_t timeout_ns) noexcept;
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns) noexcept;
 
 // Wakes every thread parked on word.
 void futex_wake_all(std::atomic<uint32_t> *word) noexcept;
 
 // CLOCK_MONOTONIC in nanoseconds.
 int64_t now_ns() noexcept;
-
-// An address unique to the calling thread while it lives.  Cheaper than
-// pthread_self() comparisons and never reused while the thread runs.
-const void *this_thread_id() noexcept;
 
 // Disables thread cancellation for its lifetime.  Wraps every place where the
 // library itself reaches a cancellation point (an eventfd write or close) or
@@ -98,9 +93,12 @@ inline int64_t deadline_after(int64_t now, int64_t timeout_ns) noexcept {
     return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
 }
 
-// Incremented in the child after every fork(); objects that hold locks compare
-// it with the value they saw last to know they must reinitialise.
+// Incremented in the child after every fork() (note_fork_in_child, from the
+// library's fork handler in group.cpp, before anything else there), so that
+// flights and handles made before the fork can tell they are the parent's
+// without a getpid() system call on every operation.
 extern std::atomic<uint32_t> g_fork_generation;
+void note_fork_in_child() noexcept;
 inline uint32_t fork_generation() noexcept {
     return g_fork_generation.load(std::memory_order_relaxed);
 }

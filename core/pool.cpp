@@ -91,7 +91,10 @@ Status Pool::submit(TaskFn task, void *arg) noexcept {
         detail::dealloc(t);
         return kNoMemory;  // no thread at all would ever run it
     }
-    if (tail_) tail_->next = t; else head_ = t;
+    if (tail_)
+        tail_->next = t;
+    else
+        head_ = t;
     tail_ = t;
     ++queued_;
     pthread_cond_signal(&cv_);
@@ -128,8 +131,7 @@ void *Pool::worker_main(void *self) {
         static_cast<Pool *>(self)->worker_loop();
     } catch (abi::__forced_unwind &) {
         throw;
-    } catch (...) {
-    }
+    } catch (...) {}
     return nullptr;
 }
 

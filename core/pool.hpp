@@ -23,7 +23,7 @@ public:
 
     // nullptr when out of memory.  max_threads: the cap, 0 for the default.
     static Pool *create(unsigned max_threads) noexcept;
-    static void destroy(Pool *p) noexcept;       // stops and joins every worker
+    static void destroy(Pool *p) noexcept;  // stops and joins every worker
     // kOk, or kNoMemory when neither a queue node nor a thread could be had.
     Status submit(TaskFn task, void *arg) noexcept;
     // True when called on one of this pool's worker threads (a task or a

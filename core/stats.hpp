@@ -21,9 +21,9 @@ enum Counter : unsigned {
     kGoexits,
     kTimeouts,
     kForgets,
-    kHandles,    // two-phase handles opened minus released (wraps below zero per stripe)
-    kAbandons,   // flights abandoned by every interested party (SF_1.1)
-    kCancels,    // callers that gave up (SF_1.1)
+    kHandles,   // two-phase handles opened minus released (wraps below zero per stripe)
+    kAbandons,  // flights abandoned by every interested party (SF_1.1)
+    kCancels,   // callers that gave up (SF_1.1)
     kCounters
 };
 
@@ -55,7 +55,8 @@ public:
             if (detail::t_state.stripe_off == 0) return Mine{nullptr};
         }
         return Mine{reinterpret_cast<Stripe *>(reinterpret_cast<char *>(stripes_) +
-                                               detail::t_state.stripe_off)->v};
+                                               detail::t_state.stripe_off)
+                        ->v};
     }
     __attribute__((always_inline)) void add(Mine m, Counter c, uint64_t n = 1) noexcept {
         if (__builtin_expect(m.v != nullptr, 1)) {

@@ -61,7 +61,8 @@ struct Table::Overflow {
     // The entry of the flight with this ident whose key is key, or null.
     // The flights read here are pinned: taking one out needs this lock.
     Entry *find(uint64_t ident, Key key) noexcept {
-        Entry *e = find_in(cur, cap, ident, [&](uint64_t w) { return flight_key_equals(C::flight(w), key); });
+        Entry *e = find_in(cur, cap, ident,
+                           [&](uint64_t w) { return flight_key_equals(C::flight(w), key); });
         return e ? e : find_in(old, old_cap, ident, [&](uint64_t w) {
             return flight_key_equals(C::flight(w), key);
         });

@@ -139,8 +139,8 @@ private:
     unsigned stripe_of(uint64_t ident) const noexcept {
         return unsigned((ident & mask_) & (kLocks - 1));
     }
-    Status acquire_locked(Group *g, FlightMode mode, Key key, uint64_t ident,
-                          bool deadlock_check, Flight *fresh, Flight **out) noexcept;
+    Status acquire_locked(Group *g, FlightMode mode, Key key, uint64_t ident, bool deadlock_check,
+                          Flight *fresh, Flight **out) noexcept;
     Status join_home_pinned(Flight *f, Flight **out) noexcept;
     void leave_joined(Flight *f) noexcept;
     void clear_overflow_if_empty(uint64_t ident) noexcept;

@@ -89,7 +89,8 @@ void register_thread() noexcept {
     t.life = kActive;
     if (!t.serial) assign_serial();  // flight_new reads it without a check
     const long key = g_exit_key.load(std::memory_order_acquire);
-    if (key >= 0) pthread_setspecific(pthread_key_t(key), &t);  // non-NULL: on_thread_exit runs at exit
+    if (key >= 0)
+        pthread_setspecific(pthread_key_t(key), &t);  // non-NULL: on_thread_exit runs at exit
 }
 
 uint32_t claim_stripe() noexcept {

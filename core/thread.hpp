@@ -23,10 +23,10 @@ struct LocalStack {
 
 struct ThreadState {
     LocalStack stacks[kCaches];
-    uint64_t serial;  // 0 until first asked for
+    uint64_t serial;      // 0 until first asked for
     uint32_t stripe;      // 0 until assigned; then the stripe index, or kSharedStripe
     uint32_t stripe_off;  // an owned stripe's byte offset (never 0), else 0
-    uint8_t life;     // ThreadLife
+    uint8_t life;         // ThreadLife
 };
 
 enum ThreadLife : uint8_t {

@@ -34,8 +34,8 @@ struct Key {
 
 // The counters sf_group_stats reports, summed over the stats stripes.
 struct Counts {
-    uint64_t leaders, followers, completed, panics, goexits, timeouts, forgets, handles,
-        abandons, cancels;
+    uint64_t leaders, followers, completed, panics, goexits, timeouts, forgets, handles, abandons,
+        cancels;
 };
 
 struct Flight;
@@ -59,7 +59,7 @@ struct WorkCallback {
     void *payload;
 };
 
-// Runs once when a flight is abandoned (SF_1.1; issue 12).
+// Runs once when a flight is abandoned (SF_1.1).
 struct AbandonCallback {
     void (*invoke)(void *fn, void *payload, Flight *call) noexcept;
     void *fn;

@@ -35,8 +35,7 @@
 namespace {
 
 [[noreturn]] void die(const char *what, int line, long a, long b) {
-    std::fprintf(stderr, "fuzz_capi: check failed at line %d: %s (%ld vs %ld)\n", line,
-                 what, a, b);
+    std::fprintf(stderr, "fuzz_capi: check failed at line %d: %s (%ld vs %ld)\n", line, what, a, b);
     std::fflush(stderr);
     std::abort();
 }
@@ -56,14 +55,14 @@ void trace(const char *fmt, ...) {
     std::fputc('\n', stderr);
 }
 
-#define EXPECT_EQ(a, b)                                                          \
-    do {                                                                         \
-        long a_ = long(a), b_ = long(b);                                         \
-        if (a_ != b_) die(#a " == " #b, __LINE__, a_, b_);                       \
+#define EXPECT_EQ(a, b)                                    \
+    do {                                                   \
+        long a_ = long(a), b_ = long(b);                   \
+        if (a_ != b_) die(#a " == " #b, __LINE__, a_, b_); \
     } while (0)
-#define EXPECT(c)                                                                \
-    do {                                                                         \
-        if (!(c)) die(#c, __LINE__, 0, 0);                                       \
+#define EXPECT(c)                          \
+    do {                                   \
+        if (!(c)) die(#c, __LINE__, 0, 0); \
     } while (0)
 
 // Whether fd is readable now: 1 or 0, as poll(2) with a zero timeout says.
@@ -102,7 +101,7 @@ struct Input {
     }
     std::string bytes(size_t max) {
         size_t len = byte();
-        if (len == 255) len = 255 + size_t(byte()) * 4; // occasionally long
+        if (len == 255) len = 255 + size_t(byte()) * 4;  // occasionally long
         if (len > max) len = max;
         if (len > n) len = n;
         std::string s(reinterpret_cast<const char *>(p), len);
@@ -141,12 +140,12 @@ Val *new_val() {
 struct MFlight {
     std::string key;
     bool done = false;
-    int status = 0; // SF_OK, SF_EPANIC, SF_EGOEXIT once done
+    int status = 0;  // SF_OK, SF_EPANIC, SF_EGOEXIT once done
     int err = 0;
     const Val *value = nullptr;
-    std::string msg;   // expected panic message
-    bool msg_any = false; // library chooses the text (non-std exception, OOM)
-    int joined = 0;       // followers that ever joined
+    std::string msg;       // expected panic message
+    bool msg_any = false;  // library chooses the text (non-std exception, OOM)
+    int joined = 0;        // followers that ever joined
 };
 using FlightP = std::shared_ptr<MFlight>;
 
@@ -162,11 +161,11 @@ struct Task {
 
 struct MGroup {
     sf_group *g = nullptr;
-    int executor = 0; // 0 deferred queue, 1 inline, 2 refusing
+    int executor = 0;  // 0 deferred queue, 1 inline, 2 refusing
     std::map<std::string, FlightP> table;
     MStats st;
-    std::deque<Task> queue; // deferred executor
-    bool stats_exact = true; // false once something the model cannot count happened
+    std::deque<Task> queue;   // deferred executor
+    bool stats_exact = true;  // false once something the model cannot count happened
 };
 
 struct Handle {
@@ -189,8 +188,8 @@ struct State {
     MGroup groups[2];
     Handle handles[8];
     ResultRef results[8];
-    long oom_after = -1; // the hook's setting, mirrored
-    int depth = 0;       // nesting of fn calls
+    long oom_after = -1;  // the hook's setting, mirrored
+    int depth = 0;        // nesting of fn calls
     long callbacks_pending = 0;
 };
 
@@ -201,7 +200,7 @@ bool oom_active() { return S->oom_after >= 0; }
 bool is_enomem(int rc) { return rc == SF_ENOMEM && oom_active(); }
 
 void check_stats(MGroup &m) {
-    if (!m.g) return; // re-creation after op_free failed under allocation failure
+    if (!m.g) return;  // re-creation after op_free failed under allocation failure
     sf_group_stats s;
     std::memset(&s, 0xab, sizeof s);
     s.version = SF_GROUP_STATS_VERSION;
@@ -237,8 +236,10 @@ void check_result(const MFlight &f, int rc, sf_result *r, int shared, bool follo
     } else {
         EXPECT(sf_result_panic_message(r) == nullptr);
     }
-    if (follower) EXPECT_EQ(shared, 1);
-    else EXPECT_EQ(shared, f.joined > 0 ? 1 : 0);
+    if (follower)
+        EXPECT_EQ(shared, 1);
+    else
+        EXPECT_EQ(shared, f.joined > 0 ? 1 : 0);
 }
 
 // Completes flight f in the model (before the library call that completes it,
@@ -319,34 +320,34 @@ int fuzz_fn(sf_call *call, void *payload) {
     // flight (and runs callbacks, which check the model) right after.
     MGroup &m = *fc->m;
     switch ((how >> 1) & 7) {
-    case 0: {
-        std::string msg = S->in.bytes(64);
-        fc->f->msg = msg.c_str(); // what the C string carries
-        fc->f->msg_any = oom_active(); // the copy may fail
-        EXPECT_EQ(sf_call_panic(call, msg.c_str()), SF_OK);
-        model_complete(m, fc->f, SF_EPANIC, 0);
-        return err;
-    }
-    case 1: {
-        std::string msg = S->in.bytes(64);
-        fc->f->msg = msg.c_str();
-        fc->f->msg_any = oom_active();
-        model_complete(m, fc->f, SF_EPANIC, 0);
-        throw std::runtime_error(msg);
-    }
-    case 2:
-        fc->f->msg_any = true; // the library names a non-std exception
-        model_complete(m, fc->f, SF_EPANIC, 0);
-        throw 42;
-    case 3:
-        fc->f->msg = "panic";
-        fc->f->msg_any = oom_active(); // even the default text is a copy
-        EXPECT_EQ(sf_call_panic(call, nullptr), SF_OK);
-        model_complete(m, fc->f, SF_EPANIC, 0);
-        return 0;
-    default:
-        model_complete(m, fc->f, SF_OK, err);
-        return err;
+        case 0: {
+            std::string msg = S->in.bytes(64);
+            fc->f->msg = msg.c_str();       // what the C string carries
+            fc->f->msg_any = oom_active();  // the copy may fail
+            EXPECT_EQ(sf_call_panic(call, msg.c_str()), SF_OK);
+            model_complete(m, fc->f, SF_EPANIC, 0);
+            return err;
+        }
+        case 1: {
+            std::string msg = S->in.bytes(64);
+            fc->f->msg = msg.c_str();
+            fc->f->msg_any = oom_active();
+            model_complete(m, fc->f, SF_EPANIC, 0);
+            throw std::runtime_error(msg);
+        }
+        case 2:
+            fc->f->msg_any = true;  // the library names a non-std exception
+            model_complete(m, fc->f, SF_EPANIC, 0);
+            throw 42;
+        case 3:
+            fc->f->msg = "panic";
+            fc->f->msg_any = oom_active();  // even the default text is a copy
+            EXPECT_EQ(sf_call_panic(call, nullptr), SF_OK);
+            model_complete(m, fc->f, SF_EPANIC, 0);
+            return 0;
+        default:
+            model_complete(m, fc->f, SF_OK, err);
+            return err;
     }
 }
 
@@ -426,10 +427,10 @@ void keep_result(sf_result *r) {
 
 void op_do(MGroup &m, FnCtx *outer) {
     std::string key = read_key();
-    bool own_key = outer && outer->m == &m && outer->f->key == key &&
-                   m.table.count(key) && m.table[key] == outer->f;
+    bool own_key = outer && outer->m == &m && outer->f->key == key && m.table.count(key) &&
+                   m.table[key] == outer->f;
     auto it = m.table.find(key);
-    if (it != m.table.end() && !own_key) return; // would wait forever on this thread
+    if (it != m.table.end() && !own_key) return;  // would wait forever on this thread
     FnCtx fc{&m, std::make_shared<MFlight>()};
     fc.f->key = key;
     uint8_t flags = S->in.byte();
@@ -442,8 +443,8 @@ void op_do(MGroup &m, FnCtx *outer) {
     }
     int rc;
     try {
-        rc = sf_group_do(m.g, key.data(), key.size(), fuzz_fn, &fc,
-                         (flags & 1) ? nullptr : &r, (flags & 2) ? nullptr : &shared);
+        rc = sf_group_do(m.g, key.data(), key.size(), fuzz_fn, &fc, (flags & 1) ? nullptr : &r,
+                         (flags & 2) ? nullptr : &shared);
     } catch (...) {
         die("an exception crossed the C boundary", __LINE__, 0, 0);
     }
@@ -510,7 +511,7 @@ void op_async(MGroup &m) {
         delete cb;
         m.table.erase(key);
         model_lead(m, true);
-        m.stats_exact = false; // whether a refused flight counts is the library's choice
+        m.stats_exact = false;  // whether a refused flight counts is the library's choice
         return;
     }
     EXPECT_EQ(rc, SF_OK);
@@ -520,7 +521,7 @@ void op_async(MGroup &m) {
         return;
     }
     if (inline_exec) {
-        EXPECT(fc->ran); // the inline executor ran fn inside the call
+        EXPECT(fc->ran);  // the inline executor ran fn inside the call
         EXPECT(f->done);
         return;
     }
@@ -531,7 +532,7 @@ void op_async(MGroup &m) {
 void op_begin(MGroup &m, FnCtx *outer) {
     std::string key = read_key();
     Handle *h = free_slot(S->in.byte());
-    (void)outer; // inside fn too: a handle may follow fn's own flight
+    (void)outer;  // inside fn too: a handle may follow fn's own flight
     release_handle(*h);
     auto it = m.table.find(key);
     bool joins = it != m.table.end();
@@ -563,119 +564,119 @@ void op_begin(MGroup &m, FnCtx *outer) {
 
 void op_handle(uint8_t what) {
     Handle &h = S->handles[S->in.byte() % 8];
-    sf_call *c = h.call; // may be NULL: every verb must accept that
-    static const char *const verbs[] = {"set_value", "finish", "panic", "wait",
+    sf_call *c = h.call;  // may be NULL: every verb must accept that
+    static const char *const verbs[] = {"set_value", "finish", "panic",   "wait",
                                         "on_done",   "fd",     "release", "role"};
     trace("  %s on %s handle", verbs[what % 8], !c ? "no" : h.leader ? "a leader" : "a follower");
     switch (what % 8) {
-    case 0: { // set_value
-        Val *v = new_val();
-        long before = g_values_live;
-        sf_call_set_value(c, v, destroy_val);
-        if (c && h.leader && !h.f->done) {
-            // Replacing destroys the previous value at once.
-            EXPECT_EQ(g_values_live, before - (h.f->value ? 1 : 0));
-            h.f->value = v;
-        } else {
-            EXPECT_EQ(g_values_live, before - 1); // refused: destroyed at once
-        }
-        break;
-    }
-    case 1: { // finish
-        int err = int(S->in.byte()) - 128;
-        if (!c) {
-            EXPECT_EQ(sf_call_finish(c, err), SF_EINVAL);
-            break;
-        }
-        bool can = h.leader && !h.f->done;
-        if (can) model_complete(*h.grp, h.f, SF_OK, err);
-        EXPECT_EQ(sf_call_finish(c, err), can ? SF_OK : SF_ESTATE);
-        break;
-    }
-    case 2: { // panic
-        std::string msg = S->in.bytes(300);
-        bool null_msg = msg.empty() && (S->in.byte() & 1);
-        if (!c) {
-            EXPECT_EQ(sf_call_panic(c, null_msg ? nullptr : msg.c_str()), SF_EINVAL);
-            break;
-        }
-        bool can = h.leader && !h.f->done;
-        if (can) {
-            h.f->msg = null_msg ? "panic" : msg.c_str();
-            if (oom_active()) h.f->msg_any = true;
-            model_complete(*h.grp, h.f, SF_EPANIC, 0);
-        }
-        EXPECT_EQ(sf_call_panic(c, null_msg ? nullptr : msg.c_str()), can ? SF_OK : SF_ESTATE);
-        break;
-    }
-    case 3: { // wait, never blocking
-        sf_result *r = reinterpret_cast<sf_result *>(0x30);
-        int shared = -1;
-        int64_t to = (S->in.byte() & 1) ? 0 : 1000;
-        int rc = sf_call_wait(c, to, &r, &shared);
-        if (!c) {
-            EXPECT_EQ(rc, SF_EINVAL);
-            break;
-        }
-        if (!h.f->done) {
-            if (h.leader) {
-                EXPECT_EQ(rc, SF_EDEADLK);
+        case 0: {  // set_value
+            Val *v = new_val();
+            long before = g_values_live;
+            sf_call_set_value(c, v, destroy_val);
+            if (c && h.leader && !h.f->done) {
+                // Replacing destroys the previous value at once.
+                EXPECT_EQ(g_values_live, before - (h.f->value ? 1 : 0));
+                h.f->value = v;
             } else {
-                EXPECT_EQ(rc, SF_ETIMEDOUT);
-                if (to > 0) h.grp->st.timeouts++; // a poll (0) is not counted
+                EXPECT_EQ(g_values_live, before - 1);  // refused: destroyed at once
             }
-            EXPECT(r == nullptr);
             break;
         }
-        check_result(*h.f, rc, r, shared, !h.leader);
-        keep_result(r);
-        break;
-    }
-    case 4: { // on_done
-        if (!c) {
-            EXPECT_EQ(sf_call_on_done(c, done_cb, nullptr), SF_EINVAL);
+        case 1: {  // finish
+            int err = int(S->in.byte()) - 128;
+            if (!c) {
+                EXPECT_EQ(sf_call_finish(c, err), SF_EINVAL);
+                break;
+            }
+            bool can = h.leader && !h.f->done;
+            if (can) model_complete(*h.grp, h.f, SF_OK, err);
+            EXPECT_EQ(sf_call_finish(c, err), can ? SF_OK : SF_ESTATE);
             break;
         }
-        if (S->in.byte() & 1) {
-            EXPECT_EQ(sf_call_on_done(c, nullptr, nullptr), SF_EINVAL);
+        case 2: {  // panic
+            std::string msg = S->in.bytes(300);
+            bool null_msg = msg.empty() && (S->in.byte() & 1);
+            if (!c) {
+                EXPECT_EQ(sf_call_panic(c, null_msg ? nullptr : msg.c_str()), SF_EINVAL);
+                break;
+            }
+            bool can = h.leader && !h.f->done;
+            if (can) {
+                h.f->msg = null_msg ? "panic" : msg.c_str();
+                if (oom_active()) h.f->msg_any = true;
+                model_complete(*h.grp, h.f, SF_EPANIC, 0);
+            }
+            EXPECT_EQ(sf_call_panic(c, null_msg ? nullptr : msg.c_str()), can ? SF_OK : SF_ESTATE);
             break;
         }
-        auto *cb = new CbCtx{h.f, !h.leader};
-        S->callbacks_pending++;
-        int rc = sf_call_on_done(c, done_cb, cb);
-        if (h.on_done) {
-            EXPECT_EQ(rc, SF_ESTATE);
-        } else if (is_enomem(rc)) {
-            // nothing registered
-        } else {
-            EXPECT_EQ(rc, SF_OK);
-            h.on_done = true;
+        case 3: {  // wait, never blocking
+            sf_result *r = reinterpret_cast<sf_result *>(0x30);
+            int shared = -1;
+            int64_t to = (S->in.byte() & 1) ? 0 : 1000;
+            int rc = sf_call_wait(c, to, &r, &shared);
+            if (!c) {
+                EXPECT_EQ(rc, SF_EINVAL);
+                break;
+            }
+            if (!h.f->done) {
+                if (h.leader) {
+                    EXPECT_EQ(rc, SF_EDEADLK);
+                } else {
+                    EXPECT_EQ(rc, SF_ETIMEDOUT);
+                    if (to > 0) h.grp->st.timeouts++;  // a poll (0) is not counted
+                }
+                EXPECT(r == nullptr);
+                break;
+            }
+            check_result(*h.f, rc, r, shared, !h.leader);
+            keep_result(r);
             break;
         }
-        S->callbacks_pending--;
-        delete cb;
-        break;
-    }
-    case 5: { // fd
-        int fd = sf_call_fd(c);
-        if (!c) {
-            EXPECT_EQ(fd, SF_EINVAL);
+        case 4: {  // on_done
+            if (!c) {
+                EXPECT_EQ(sf_call_on_done(c, done_cb, nullptr), SF_EINVAL);
+                break;
+            }
+            if (S->in.byte() & 1) {
+                EXPECT_EQ(sf_call_on_done(c, nullptr, nullptr), SF_EINVAL);
+                break;
+            }
+            auto *cb = new CbCtx{h.f, !h.leader};
+            S->callbacks_pending++;
+            int rc = sf_call_on_done(c, done_cb, cb);
+            if (h.on_done) {
+                EXPECT_EQ(rc, SF_ESTATE);
+            } else if (is_enomem(rc)) {
+                // nothing registered
+            } else {
+                EXPECT_EQ(rc, SF_OK);
+                h.on_done = true;
+                break;
+            }
+            S->callbacks_pending--;
+            delete cb;
             break;
         }
-        if (fd < 0) {
-            EXPECT(fd == SF_EBUSY || is_enomem(fd));
+        case 5: {  // fd
+            int fd = sf_call_fd(c);
+            if (!c) {
+                EXPECT_EQ(fd, SF_EINVAL);
+                break;
+            }
+            if (fd < 0) {
+                EXPECT(fd == SF_EBUSY || is_enomem(fd));
+                break;
+            }
+            EXPECT_EQ(sf_call_fd(c), fd);
+            EXPECT_EQ(readable_now(fd), h.f->done ? 1 : 0);
             break;
         }
-        EXPECT_EQ(sf_call_fd(c), fd);
-        EXPECT_EQ(readable_now(fd), h.f->done ? 1 : 0);
-        break;
-    }
-    case 6:
-        release_handle(h);
-        break;
-    default:
-        EXPECT_EQ(sf_call_role(c), c ? (h.leader ? SF_LEADER : SF_FOLLOWER) : SF_EINVAL);
-        break;
+        case 6:
+            release_handle(h);
+            break;
+        default:
+            EXPECT_EQ(sf_call_role(c), c ? (h.leader ? SF_LEADER : SF_FOLLOWER) : SF_EINVAL);
+            break;
     }
 }
 
@@ -698,27 +699,27 @@ void op_forget(MGroup &m) {
 void op_results() {
     ResultRef &slot = S->results[S->in.byte() % 8];
     switch (S->in.byte() % 3) {
-    case 0:
-        release_result(slot);
-        break;
-    case 1:
-        if (slot.r) {
-            sf_result *again = sf_result_retain(slot.r);
-            EXPECT(again == slot.r);
-            keep_result(again);
-        }
-        break;
-    default:
-        // Reads on whatever the slot holds, NULL included.
-        (void)sf_result_value(slot.r);
-        (void)sf_result_error(slot.r);
-        (void)sf_result_panic_message(slot.r);
-        if (!slot.r) {
-            EXPECT(sf_result_value(nullptr) == nullptr);
-            EXPECT_EQ(sf_result_error(nullptr), 0);
-            EXPECT(sf_result_panic_message(nullptr) == nullptr);
-        }
-        break;
+        case 0:
+            release_result(slot);
+            break;
+        case 1:
+            if (slot.r) {
+                sf_result *again = sf_result_retain(slot.r);
+                EXPECT(again == slot.r);
+                keep_result(again);
+            }
+            break;
+        default:
+            // Reads on whatever the slot holds, NULL included.
+            (void)sf_result_value(slot.r);
+            (void)sf_result_error(slot.r);
+            (void)sf_result_panic_message(slot.r);
+            if (!slot.r) {
+                EXPECT(sf_result_value(nullptr) == nullptr);
+                EXPECT_EQ(sf_result_error(nullptr), 0);
+                EXPECT(sf_result_panic_message(nullptr) == nullptr);
+            }
+            break;
     }
 }
 
@@ -727,111 +728,112 @@ void op_bad_args(MGroup &m) {
     sf_result *r = reinterpret_cast<sf_result *>(0x40);
     sf_call *c = reinterpret_cast<sf_call *>(0x40);
     switch (b % 12) {
-    case 0:
-        EXPECT_EQ(sf_group_do(nullptr, "k", 1, fuzz_fn, nullptr, &r, nullptr), SF_EINVAL);
-        EXPECT(r == nullptr);
-        break;
-    case 1:
-        EXPECT_EQ(sf_group_do(m.g, nullptr, 1 + S->in.byte(), fuzz_fn, nullptr, &r, nullptr),
-                  SF_EINVAL);
-        EXPECT(r == nullptr);
-        break;
-    case 2:
-        EXPECT_EQ(sf_group_do(m.g, "k", 1, nullptr, nullptr, &r, nullptr), SF_EINVAL);
-        break;
-    case 3:
-        EXPECT_EQ(sf_group_do_async(m.g, "k", 1, fuzz_fn, nullptr, nullptr, nullptr),
-                  SF_EINVAL);
-        EXPECT_EQ(sf_group_do_async(m.g, "k", 1, nullptr, nullptr, done_cb, nullptr),
-                  SF_EINVAL);
-        EXPECT_EQ(sf_group_do_async(nullptr, "k", 1, fuzz_fn, nullptr, done_cb, nullptr),
-                  SF_EINVAL);
-        break;
-    case 4:
-        EXPECT_EQ(sf_group_begin(m.g, nullptr, 3, &c), SF_EINVAL);
-        EXPECT(c == nullptr);
-        EXPECT_EQ(sf_group_begin(m.g, "k", 1, nullptr), SF_EINVAL);
-        EXPECT_EQ(sf_group_begin(nullptr, "k", 1, &c), SF_EINVAL);
-        break;
-    case 5:
-        EXPECT_EQ(sf_group_forget(nullptr, "k", 1), SF_EINVAL);
-        EXPECT_EQ(sf_group_forget(m.g, nullptr, 9), SF_EINVAL);
-        EXPECT_EQ(sf_group_forget_unshared(m.g, nullptr, 9), SF_EINVAL);
-        break;
-    case 6: {
-        sf_group_stats s;
-        s.version = S->in.u32();
-        int rc = sf_group_stats_get(m.g, &s);
-        // Every version from 1 up to this header's is known.
-        EXPECT_EQ(rc, s.version >= 1 && s.version <= SF_GROUP_STATS_VERSION ? SF_OK : SF_EINVAL);
-        s.version = SF_GROUP_STATS_VERSION;
-        EXPECT_EQ(sf_group_stats_get(nullptr, &s), SF_EINVAL);
-        EXPECT_EQ(sf_group_stats_get(m.g, nullptr), SF_EINVAL);
-        break;
-    }
-    case 7: {
-        int code = int(S->in.u32());
-        EXPECT(sf_strerror(code) != nullptr);
-        EXPECT(sf_err_name(code) != nullptr);
-        EXPECT_EQ(sf_version_number(), SF_VERSION_NUMBER);
-        EXPECT(std::strcmp(sf_version_string(), SF_VERSION_STRING) == 0);
-        break;
-    }
-    case 8: {
-        sf_group_options o;
-        unsigned v = S->in.u32();
-        // Every version from 1 up to this header's is known.
-        const bool known = v >= 1 && v <= SF_GROUP_OPTIONS_VERSION;
-        EXPECT_EQ(sf_group_options_init(&o, v), known ? SF_OK : SF_EINVAL);
-        EXPECT_EQ(sf_group_options_init(nullptr, SF_GROUP_OPTIONS_VERSION), SF_EINVAL);
-        sf_group_options bad = SF_GROUP_OPTIONS_INIT;
-        bad.version = v;
-        sf_group *g = reinterpret_cast<sf_group *>(0x50);
-        int rc = sf_group_new(&g, &bad);
-        if (known) {
-            EXPECT(rc == SF_OK || is_enomem(rc));
-            if (rc == SF_OK) EXPECT_EQ(sf_group_free(g), SF_OK);
-        } else {
-            EXPECT_EQ(rc, SF_EINVAL);
+        case 0:
+            EXPECT_EQ(sf_group_do(nullptr, "k", 1, fuzz_fn, nullptr, &r, nullptr), SF_EINVAL);
+            EXPECT(r == nullptr);
+            break;
+        case 1:
+            EXPECT_EQ(sf_group_do(m.g, nullptr, 1 + S->in.byte(), fuzz_fn, nullptr, &r, nullptr),
+                      SF_EINVAL);
+            EXPECT(r == nullptr);
+            break;
+        case 2:
+            EXPECT_EQ(sf_group_do(m.g, "k", 1, nullptr, nullptr, &r, nullptr), SF_EINVAL);
+            break;
+        case 3:
+            EXPECT_EQ(sf_group_do_async(m.g, "k", 1, fuzz_fn, nullptr, nullptr, nullptr),
+                      SF_EINVAL);
+            EXPECT_EQ(sf_group_do_async(m.g, "k", 1, nullptr, nullptr, done_cb, nullptr),
+                      SF_EINVAL);
+            EXPECT_EQ(sf_group_do_async(nullptr, "k", 1, fuzz_fn, nullptr, done_cb, nullptr),
+                      SF_EINVAL);
+            break;
+        case 4:
+            EXPECT_EQ(sf_group_begin(m.g, nullptr, 3, &c), SF_EINVAL);
+            EXPECT(c == nullptr);
+            EXPECT_EQ(sf_group_begin(m.g, "k", 1, nullptr), SF_EINVAL);
+            EXPECT_EQ(sf_group_begin(nullptr, "k", 1, &c), SF_EINVAL);
+            break;
+        case 5:
+            EXPECT_EQ(sf_group_forget(nullptr, "k", 1), SF_EINVAL);
+            EXPECT_EQ(sf_group_forget(m.g, nullptr, 9), SF_EINVAL);
+            EXPECT_EQ(sf_group_forget_unshared(m.g, nullptr, 9), SF_EINVAL);
+            break;
+        case 6: {
+            sf_group_stats s;
+            s.version = S->in.u32();
+            int rc = sf_group_stats_get(m.g, &s);
+            // Every version from 1 up to this header's is known.
+            EXPECT_EQ(rc,
+                      s.version >= 1 && s.version <= SF_GROUP_STATS_VERSION ? SF_OK : SF_EINVAL);
+            s.version = SF_GROUP_STATS_VERSION;
+            EXPECT_EQ(sf_group_stats_get(nullptr, &s), SF_EINVAL);
+            EXPECT_EQ(sf_group_stats_get(m.g, nullptr), SF_EINVAL);
+            break;
         }
-        EXPECT_EQ(sf_group_new(nullptr, nullptr), SF_EINVAL);
-        EXPECT_EQ(sf_group_free(nullptr), SF_EINVAL);
-        break;
-    }
-    case 9:
-        sf_call_release(nullptr);
-        sf_result_release(nullptr);
-        EXPECT(sf_result_retain(nullptr) == nullptr);
-        EXPECT_EQ(sf_call_role(nullptr), SF_EINVAL);
-        break;
-    case 10: {
-        // A NULL key of length 0 is the empty key.
-        std::string empty;
-        sf_call *h = nullptr;
-        auto it = m.table.find(empty);
-        int rc = sf_group_begin(m.g, nullptr, 0, &h);
-        if (is_enomem(rc)) break;
-        EXPECT_EQ(rc, it != m.table.end() ? SF_FOLLOWER : SF_LEADER);
-        m.st.calls++;
-        if (rc == SF_FOLLOWER) {
-            m.st.followers++;
-            it->second->joined++;
-            sf_call_release(h);
-        } else {
-            m.st.leaders++;
-            m.st.in_flight++;
-            auto f = std::make_shared<MFlight>();
-            m.table[empty] = f;
-            model_complete(m, f, SF_OK, 0);
-            EXPECT_EQ(sf_call_finish(h, 0), SF_OK);
-            sf_call_release(h);
+        case 7: {
+            int code = int(S->in.u32());
+            EXPECT(sf_strerror(code) != nullptr);
+            EXPECT(sf_err_name(code) != nullptr);
+            EXPECT_EQ(sf_version_number(), SF_VERSION_NUMBER);
+            EXPECT(std::strcmp(sf_version_string(), SF_VERSION_STRING) == 0);
+            break;
         }
-        break;
-    }
-    default:
-        sf_call_set_value(nullptr, new_val(), destroy_val); // destroyed at once
-        sf_call_set_value(nullptr, nullptr, nullptr);
-        break;
+        case 8: {
+            sf_group_options o;
+            unsigned v = S->in.u32();
+            // Every version from 1 up to this header's is known.
+            const bool known = v >= 1 && v <= SF_GROUP_OPTIONS_VERSION;
+            EXPECT_EQ(sf_group_options_init(&o, v), known ? SF_OK : SF_EINVAL);
+            EXPECT_EQ(sf_group_options_init(nullptr, SF_GROUP_OPTIONS_VERSION), SF_EINVAL);
+            sf_group_options bad = SF_GROUP_OPTIONS_INIT;
+            bad.version = v;
+            sf_group *g = reinterpret_cast<sf_group *>(0x50);
+            int rc = sf_group_new(&g, &bad);
+            if (known) {
+                EXPECT(rc == SF_OK || is_enomem(rc));
+                if (rc == SF_OK) EXPECT_EQ(sf_group_free(g), SF_OK);
+            } else {
+                EXPECT_EQ(rc, SF_EINVAL);
+            }
+            EXPECT_EQ(sf_group_new(nullptr, nullptr), SF_EINVAL);
+            EXPECT_EQ(sf_group_free(nullptr), SF_EINVAL);
+            break;
+        }
+        case 9:
+            sf_call_release(nullptr);
+            sf_result_release(nullptr);
+            EXPECT(sf_result_retain(nullptr) == nullptr);
+            EXPECT_EQ(sf_call_role(nullptr), SF_EINVAL);
+            break;
+        case 10: {
+            // A NULL key of length 0 is the empty key.
+            std::string empty;
+            sf_call *h = nullptr;
+            auto it = m.table.find(empty);
+            int rc = sf_group_begin(m.g, nullptr, 0, &h);
+            if (is_enomem(rc)) break;
+            EXPECT_EQ(rc, it != m.table.end() ? SF_FOLLOWER : SF_LEADER);
+            m.st.calls++;
+            if (rc == SF_FOLLOWER) {
+                m.st.followers++;
+                it->second->joined++;
+                sf_call_release(h);
+            } else {
+                m.st.leaders++;
+                m.st.in_flight++;
+                auto f = std::make_shared<MFlight>();
+                m.table[empty] = f;
+                model_complete(m, f, SF_OK, 0);
+                EXPECT_EQ(sf_call_finish(h, 0), SF_OK);
+                sf_call_release(h);
+            }
+            break;
+        }
+        default:
+            sf_call_set_value(nullptr, new_val(), destroy_val);  // destroyed at once
+            sf_call_set_value(nullptr, nullptr, nullptr);
+            break;
     }
 }
 
@@ -843,7 +845,7 @@ sf_group *new_group(MGroup &m, unsigned shards) {
     sf_group *g = reinterpret_cast<sf_group *>(0x60);
     int rc = sf_group_new(&g, &o);
     if (is_enomem(rc)) {
-        EXPECT(g == reinterpret_cast<sf_group *>(0x60)); // untouched on failure
+        EXPECT(g == reinterpret_cast<sf_group *>(0x60));  // untouched on failure
         return nullptr;
     }
     EXPECT_EQ(rc, SF_OK);
@@ -881,52 +883,54 @@ void op_oom() {
 void run_op(bool inside_fn, FnCtx *fc) {
     uint8_t op = S->in.byte();
     MGroup &m = S->groups[(op >> 7) & 1];
-    static const char *const names[] = {"do",      "do",       "do_async", "begin", "begin",
-                                        "handle",  "handle",   "forget",   "run_task",
-                                        "results", "bad_args", "oom/stats", "free"};
+    static const char *const names[] = {"do",       "do",        "do_async", "begin",    "begin",
+                                        "handle",   "handle",    "forget",   "run_task", "results",
+                                        "bad_args", "oom/stats", "free"};
     trace("%*sop %s group %d%s", S->depth * 4, "", names[(op & 0x7f) % 13], (op >> 7) & 1,
           m.g ? "" : " (no group)");
     if (!m.g) return;
     switch ((op & 0x7f) % 13) {
-    case 0:
-    case 1:
-        op_do(m, fc);
-        break;
-    case 2:
-        if (!inside_fn) op_async(m);
-        break;
-    case 3:
-    case 4:
-        op_begin(m, fc);
-        break;
-    case 5:
-    case 6:
-        if (!inside_fn) op_handle(S->in.byte());
-        break;
-    case 7:
-        op_forget(m);
-        break;
-    case 8:
-        if (!inside_fn) run_task(m);
-        break;
-    case 9:
-        op_results();
-        break;
-    case 10:
-        op_bad_args(m);
-        break;
-    case 11:
-        if (!inside_fn) op_oom();
-        else check_stats(m);
-        break;
-    default:
-        if (!inside_fn) op_free(m);
-        break;
+        case 0:
+        case 1:
+            op_do(m, fc);
+            break;
+        case 2:
+            if (!inside_fn) op_async(m);
+            break;
+        case 3:
+        case 4:
+            op_begin(m, fc);
+            break;
+        case 5:
+        case 6:
+            if (!inside_fn) op_handle(S->in.byte());
+            break;
+        case 7:
+            op_forget(m);
+            break;
+        case 8:
+            if (!inside_fn) run_task(m);
+            break;
+        case 9:
+            op_results();
+            break;
+        case 10:
+            op_bad_args(m);
+            break;
+        case 11:
+            if (!inside_fn)
+                op_oom();
+            else
+                check_stats(m);
+            break;
+        default:
+            if (!inside_fn) op_free(m);
+            break;
     }
     (void)fc;
 }
 
-} // namespace
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     State st{Input{data, size}, {}, {}, {}, -1, 0, 0};
@@ -967,7 +971,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (auto &r : st.results) release_result(r);
     EXPECT_EQ(st.callbacks_pending, 0);
     for (auto &m : st.groups) {
-        if (!m.g) continue; // re-creation failed under allocation failure
+        if (!m.g) continue;  // re-creation failed under allocation failure
         check_stats(m);
         sf_group_stats s;
         s.version = SF_GROUP_STATS_VERSION;

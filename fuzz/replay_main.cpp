@@ -27,7 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 // Directories may hold a README.md next to the inputs.
 static bool ends_with(const std::string &s, const std::string &suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 static int replay_file(const std::string &path) {
@@ -65,8 +66,7 @@ int main(int argc, char **argv) {
             DIR *d = opendir(argv[i]);
             std::vector<std::string> names;
             while (dirent *e = d ? readdir(d) : nullptr)
-                if (e->d_name[0] != '.' && !ends_with(e->d_name, ".md"))
-                    names.push_back(e->d_name);
+                if (e->d_name[0] != '.' && !ends_with(e->d_name, ".md")) names.push_back(e->d_name);
             if (d) closedir(d);
             std::sort(names.begin(), names.end());
             for (const auto &n : names) {

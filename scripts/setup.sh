@@ -21,7 +21,7 @@ set -euo pipefail
 
 # What each test label needs beyond the core, as Debian packages.
 declare -A PKGS=(
-    [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3"
+    [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3 clang-format"
     [examples]="libsqlite3-dev"
     [meson]="meson"
     [fuzz]="clang libclang-rt-14-dev"

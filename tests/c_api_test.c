@@ -15,14 +15,13 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        ++checks;                                                          \
-        if (!(cond)) {                                                     \
-            ++failures;                                                    \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__,     \
-                    __LINE__, __func__, #cond);                            \
-        }                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        ++checks;                                                                                  \
+        if (!(cond)) {                                                                             \
+            ++failures;                                                                            \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+        }                                                                                          \
     } while (0)
 
 #define CHECK_RC(expr, want) CHECK((expr) == (want))
@@ -61,7 +60,10 @@ struct crowd {
     int rc[N], shared[N];
     void *value[N];
 };
-struct crowd_arg { struct crowd *c; int i; };
+struct crowd_arg {
+    struct crowd *c;
+    int i;
+};
 
 static int crowd_fn(sf_call *call, void *payload) {
     struct crowd *c = payload;
@@ -151,7 +153,10 @@ static void test_c_panic(void) {
     sf_group_free(g);
 }
 
-struct exiter { sf_group *g; int returned; };
+struct exiter {
+    sf_group *g;
+    int returned;
+};
 
 static int exit_fn(sf_call *call, void *payload) {
     struct exiter *e = payload;
@@ -291,7 +296,8 @@ static void test_do_async(void) {
     pthread_mutex_init(&s.mu, NULL);
     pthread_cond_init(&s.cv, NULL);
     sf_group_new(&g, NULL);
-    for (i = 0; i < 4; i++) CHECK_RC(sf_group_do_async(g, "a", 1, async_fn, &s, async_done, &s), SF_OK);
+    for (i = 0; i < 4; i++)
+        CHECK_RC(sf_group_do_async(g, "a", 1, async_fn, &s, async_done, &s), SF_OK);
     pthread_mutex_lock(&s.mu);
     while (s.done < 4) pthread_cond_wait(&s.cv, &s.mu);
     pthread_mutex_unlock(&s.mu);

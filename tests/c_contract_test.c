@@ -38,13 +38,12 @@ void __asan_handle_no_return(void);
 #define TESTCANCEL() pthread_testcancel()
 #endif
 
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__,      \
-                    __LINE__, __func__, #cond);                             \
-            return 1;                                                       \
-        }                                                                   \
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+            return 1;                                                                              \
+        }                                                                                          \
     } while (0)
 
 /* Runs fn in a child process; a non-zero return, a signal (an abort) or the
@@ -102,7 +101,7 @@ static void done_with_syscall(int status, sf_result *r, int shared, void *payloa
     struct self_cancel *s = payload;
     int fd = open("/dev/null", O_WRONLY | O_CLOEXEC); /* open, write, close: */
     (void)status, (void)r, (void)shared;
-    if (fd >= 0) {                                    /* cancellation points */
+    if (fd >= 0) { /* cancellation points */
         ssize_t n = write(fd, "x", 1);
         (void)n;
         close(fd);
@@ -117,29 +116,29 @@ static void *self_cancel_thread(void *arg) {
     if (sf_group_begin(s->g, "k", 1, &leader) != SF_LEADER) return NULL;
     if (sf_group_begin(s->g, "k", 1, &follower) != SF_FOLLOWER) return NULL;
     switch (s->mode) {
-    case FINISH_WRITES_FOLLOWER_FD:
-        fd = sf_call_fd(follower);
-        if (fd < 0) return NULL;
-        pthread_cancel(pthread_self());
-        s->rc = sf_call_finish(leader, 0);
-        break;
-    case FD_ON_COMPLETED_FLIGHT:
-        sf_call_finish(leader, 0);
-        pthread_cancel(pthread_self());
-        s->rc = sf_call_fd(follower) >= 0 ? SF_OK : SF_EBUSY;
-        break;
-    case RELEASE_CLOSES_FD:
-        fd = sf_call_fd(follower);
-        if (fd < 0) return NULL;
-        sf_call_finish(leader, 0);
-        pthread_cancel(pthread_self());
-        s->rc = SF_OK;
-        break;
-    case FINISH_RUNS_DONE_WITH_SYSCALL:
-        if (sf_call_on_done(follower, done_with_syscall, s) != SF_OK) return NULL;
-        pthread_cancel(pthread_self());
-        s->rc = sf_call_finish(leader, 0);
-        break;
+        case FINISH_WRITES_FOLLOWER_FD:
+            fd = sf_call_fd(follower);
+            if (fd < 0) return NULL;
+            pthread_cancel(pthread_self());
+            s->rc = sf_call_finish(leader, 0);
+            break;
+        case FD_ON_COMPLETED_FLIGHT:
+            sf_call_finish(leader, 0);
+            pthread_cancel(pthread_self());
+            s->rc = sf_call_fd(follower) >= 0 ? SF_OK : SF_EBUSY;
+            break;
+        case RELEASE_CLOSES_FD:
+            fd = sf_call_fd(follower);
+            if (fd < 0) return NULL;
+            sf_call_finish(leader, 0);
+            pthread_cancel(pthread_self());
+            s->rc = SF_OK;
+            break;
+        case FINISH_RUNS_DONE_WITH_SYSCALL:
+            if (sf_call_on_done(follower, done_with_syscall, s) != SF_OK) return NULL;
+            pthread_cancel(pthread_self());
+            s->rc = sf_call_finish(leader, 0);
+            break;
     }
     s->wait_rc = sf_call_wait(follower, 0, NULL, NULL);
     sf_call_release(leader);
@@ -207,8 +206,7 @@ static int computing_fn(sf_call *call, void *payload) {
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     /* Compute without any cancellation point until the request is pending. */
-    while (!__atomic_load_n(&s->cancel_sent, __ATOMIC_ACQUIRE)) {
-    }
+    while (!__atomic_load_n(&s->cancel_sent, __ATOMIC_ACQUIRE)) {}
     return 0;
 }
 
@@ -458,8 +456,7 @@ static int key_len_beyond_ptrdiff_max_is_einval(void) {
     for (i = 0; i < 3; i++) {
         REQUIRE(sf_group_do(g, "k", lens[i], dummy_fn, NULL, &r, NULL) == SF_EINVAL);
         REQUIRE(r == NULL);
-        REQUIRE(sf_group_do_async(g, "k", lens[i], dummy_fn, NULL, dummy_done, NULL) ==
-                SF_EINVAL);
+        REQUIRE(sf_group_do_async(g, "k", lens[i], dummy_fn, NULL, dummy_done, NULL) == SF_EINVAL);
         REQUIRE(sf_group_begin(g, "k", lens[i], &c) == SF_EINVAL);
         REQUIRE(c == NULL);
         REQUIRE(sf_group_forget(g, "k", lens[i]) == SF_EINVAL);
@@ -498,7 +495,7 @@ static int waiting_inside_fn_on_its_own_key_is_edeadlk(void) {
     REQUIRE(s.begin_rc == SF_FOLLOWER);
     REQUIRE(s.forever_rc == SF_EDEADLK);
     REQUIRE(s.timed_rc == SF_ETIMEDOUT); /* bounded: it ends, by timing out */
-    REQUIRE(s.poll_rc == SF_ETIMEDOUT); /* a poll never blocks: not a deadlock */
+    REQUIRE(s.poll_rc == SF_ETIMEDOUT);  /* a poll never blocks: not a deadlock */
     /* The same for a two-phase flight this thread leads, when its caller
      * says its work runs here (sf_call_lead_here; merely beginning it here
      * is not enough, as in 1.0: tests/deadlock_test.cpp). */

@@ -23,8 +23,7 @@ namespace {
 // A few hundred nanoseconds, different each round, so that both sides of a
 // race get to go first (the assertions hold either way).
 void stagger(int round, int side) {
-    for (volatile int i = 0; i < ((round * 7 + side * 13) % 32) * 20; ++i) {
-    }
+    for (volatile int i = 0; i < ((round * 7 + side * 13) % 32) * 20; ++i) {}
 }
 
 struct Abandon {
@@ -146,9 +145,10 @@ TEST(Cancel, FnsCallAndBadArgumentsAreRefused) {
     sf_call_finish(l, 0);
     sf_call_release(l);
     // Inside fn of sf_group_do, the caller is running fn: it cannot give up.
-    EXPECT_EQ(sf_group_do(g, "d", 1,
-                          [](sf_call *call, void *) { return sf_call_cancel(call) == SF_ESTATE ? 0 : 1; },
-                          nullptr, nullptr, nullptr),
+    EXPECT_EQ(sf_group_do(
+                  g, "d", 1,
+                  [](sf_call *call, void *) { return sf_call_cancel(call) == SF_ESTATE ? 0 : 1; },
+                  nullptr, nullptr, nullptr),
               SF_OK);
     EXPECT_EQ(a.runs.load(), 0);
 }
@@ -224,18 +224,19 @@ TEST(Abandon, ADoFlightIsNeverAbandonedItsLeaderIsRunningFn) {
         sf_group *g;
         int rc = 99;
     } ctx{g};
-    ASSERT_EQ(sf_group_do(g, "k", 1,
-                          [](sf_call *call, void *p) {
-                              auto *c = static_cast<Ctx *>(p);
-                              std::thread([&] {
-                                  sf_call *f = nullptr;
-                                  sf_group_begin(c->g, "k", 1, &f);
-                                  c->rc = sf_call_cancel(f);
-                                  sf_call_release(f);
-                              }).join();
-                              return sf_call_abandoned(call);
-                          },
-                          &ctx, nullptr, nullptr),
+    ASSERT_EQ(sf_group_do(
+                  g, "k", 1,
+                  [](sf_call *call, void *p) {
+                      auto *c = static_cast<Ctx *>(p);
+                      std::thread([&] {
+                          sf_call *f = nullptr;
+                          sf_group_begin(c->g, "k", 1, &f);
+                          c->rc = sf_call_cancel(f);
+                          sf_call_release(f);
+                      }).join();
+                      return sf_call_abandoned(call);
+                  },
+                  &ctx, nullptr, nullptr),
               SF_OK);
     EXPECT_EQ(ctx.rc, 0);
     EXPECT_EQ(stats2(g).abandons, 0u);
@@ -321,8 +322,7 @@ TEST(AbandonRace, NewCallerJoiningAsTheLastOneLeaves) {
             stagger(round, 0);
             role = sf_group_begin(g, "race", 4, &n);
         });
-        while (!running) {
-        }
+        while (!running) {}
         stagger(round, 1);
         sf_call_cancel(f);
         t.join();
@@ -369,9 +369,10 @@ TEST(Disown, AWaitOnTheBeginningThreadIsNoLongerADeadlock) {
     worker.join();
     sf_call_release(f);
     sf_call_release(l);
-    EXPECT_EQ(sf_group_do(g, "d", 1,
-                          [](sf_call *call, void *) { return sf_call_disown(call) == SF_ESTATE ? 0 : 1; },
-                          nullptr, nullptr, nullptr),
+    EXPECT_EQ(sf_group_do(
+                  g, "d", 1,
+                  [](sf_call *call, void *) { return sf_call_disown(call) == SF_ESTATE ? 0 : 1; },
+                  nullptr, nullptr, nullptr),
               SF_OK)
         << "fn runs on its thread: it cannot disown it";
 }

@@ -1,4 +1,4 @@
-// The semantics table of DESIGN.md, one behaviour per test, through the C API.
+// The semantics table of docs/semantics.md, one behaviour per test, through the C API.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <pthread.h>
@@ -95,7 +95,8 @@ TEST(Do, LoneLeaderIsNotShared) {
 TEST(Do, SequentialCallsEachRunFn) {
     GroupPtr g;
     Fetch fetch;
-    for (int i = 0; i < 3; ++i) ASSERT_EQ(sf_group_do(g, "k", 1, fetch_fn, &fetch, nullptr, nullptr), SF_OK);
+    for (int i = 0; i < 3; ++i)
+        ASSERT_EQ(sf_group_do(g, "k", 1, fetch_fn, &fetch, nullptr, nullptr), SF_OK);
     EXPECT_EQ(fetch.executions.load(), 3);
     EXPECT_EQ(stats_of(g).leaders, 3u);
 }
@@ -159,7 +160,9 @@ void expect_panic_everywhere(int kind, const char *message) {
 }
 
 TEST(Panic, StdExceptionReachesEveryCallerWithItsWhat) { expect_panic_everywhere(0, "boom"); }
-TEST(Panic, NonStdExceptionReachesEveryCaller) { expect_panic_everywhere(1, "unknown C++ exception"); }
+TEST(Panic, NonStdExceptionReachesEveryCaller) {
+    expect_panic_everywhere(1, "unknown C++ exception");
+}
 TEST(Panic, CallPanicInsideFnPanicsTheFlight) { expect_panic_everywhere(2, "asked to panic"); }
 
 TEST(Panic, ResultOfNormalFlightHasNoPanicMessage) {
@@ -353,7 +356,8 @@ TEST(Timeout, AWaiterGivingUpDoesNotDisturbTheOthers) {
     t.join();
     EXPECT_EQ(rc_patient, SF_OK);
     EXPECT_EQ(sf_result_value(rp), &v);
-    EXPECT_EQ(sf_call_wait(quitter, 0, &r, nullptr), SF_OK) << "waiting again after a timeout works";
+    EXPECT_EQ(sf_call_wait(quitter, 0, &r, nullptr), SF_OK)
+        << "waiting again after a timeout works";
     EXPECT_EQ(sf_result_value(r), &v);
     sf_result_release(r);
     sf_result_release(rp);
@@ -570,7 +574,8 @@ int thread_executor(sf_task_fn task, void *arg, void *payload) {
     if (ex->refuse) {
         // Someone joins the flight before the refusal: they must not hang.
         Gate unused;
-        EXPECT_EQ(sf_group_do_async(ex->g, "a", 1, gated_fn, &unused, async_done, ex->join_log), SF_OK);
+        EXPECT_EQ(sf_group_do_async(ex->g, "a", 1, gated_fn, &unused, async_done, ex->join_log),
+                  SF_OK);
         return -1;
     }
     ex->submitted.fetch_add(1);
@@ -767,7 +772,8 @@ TEST(BadInput, EveryNullOrInvalidArgumentGetsAStatus) {
     EXPECT_EQ(sf_group_do(gp, nullptr, 3, fetch_fn, &fetch, &r, nullptr), SF_EINVAL);
     EXPECT_EQ(sf_group_do_async(gp, "k", 1, fetch_fn, &fetch, nullptr, nullptr), SF_EINVAL);
     EXPECT_EQ(sf_group_do_async(gp, "k", 1, nullptr, nullptr, plain_done, nullptr), SF_EINVAL);
-    EXPECT_EQ(sf_group_do_async(nullptr, "k", 1, fetch_fn, nullptr, plain_done, nullptr), SF_EINVAL);
+    EXPECT_EQ(sf_group_do_async(nullptr, "k", 1, fetch_fn, nullptr, plain_done, nullptr),
+              SF_EINVAL);
     sf_call *c = reinterpret_cast<sf_call *>(1);
     EXPECT_EQ(sf_group_begin(gp, nullptr, 1, &c), SF_EINVAL);
     EXPECT_EQ(c, nullptr);
@@ -802,7 +808,10 @@ TEST(BadInput, EveryNullOrInvalidArgumentGetsAStatus) {
 }
 
 TEST(Status, EveryCodeHasANameAndADescription) {
-    struct Row { int code; const char *name; } rows[] = {
+    struct Row {
+        int code;
+        const char *name;
+    } rows[] = {
 #define ROW(name, value, text) {value, #name},
         SF_STATUS_MAP(ROW)
 #undef ROW
@@ -833,9 +842,14 @@ TEST(Concurrency, ManyThreadsManyKeysEachFlightRunsOnceAtATime) {
     // or a bounded number of spins passed.
     constexpr int kThreads = 8, kKeys = 16, kIters = 2000;
     GroupPtr g;
-    struct KeyState { std::atomic<int> inside{0}; std::atomic<int> overlap{0}; };
+    struct KeyState {
+        std::atomic<int> inside{0};
+        std::atomic<int> overlap{0};
+    };
     std::vector<KeyState> keys(kKeys);
-    struct Arg { KeyState *k; };
+    struct Arg {
+        KeyState *k;
+    };
     auto fn = [](sf_call *, void *p) -> int {
         auto *k = static_cast<KeyState *>(p);
         if (k->inside.fetch_add(1) != 0) k->overlap.fetch_add(1);

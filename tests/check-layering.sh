@@ -1,5 +1,5 @@
 #!/bin/sh
-# One-way layering (issue 11): core/ is a C++ library that knows nothing of
+# One-way layering: core/ is a C++ library that knows nothing of
 # the C API.  Every core source compiles with the source root as its only
 # include path (no capi/include), and none names the public header or a
 # file of capi/.

@@ -25,7 +25,8 @@ namespace {
 TEST(Hash, DistinguishesLengthsPrefixesAndEveryByte) {
     std::set<uint64_t> seen;
     std::string base(100, 'a');
-    for (size_t n = 0; n <= base.size(); ++n) seen.insert(sf::detail::hash_bytes(base.data(), n, 1));
+    for (size_t n = 0; n <= base.size(); ++n)
+        seen.insert(sf::detail::hash_bytes(base.data(), n, 1));
     EXPECT_EQ(seen.size(), base.size() + 1) << "all prefixes hash differently";
     for (size_t i = 0; i < 40; ++i) {
         std::string k(40, '\0');
@@ -69,7 +70,8 @@ int trivial_fn(sf_call *, void *) { return 0; }
 TEST(Allocation, SteadyStateCallsDoNotAllocate) {
     GroupPtr g;
     std::string key(48, 'k');  // the longest key kept inline
-    for (int i = 0; i < 100; ++i) sf_group_do(g, key.data(), key.size(), trivial_fn, nullptr, nullptr, nullptr);
+    for (int i = 0; i < 100; ++i)
+        sf_group_do(g, key.data(), key.size(), trivial_fn, nullptr, nullptr, nullptr);
     sf_call *warm;
     sf_group_begin(g, key.data(), key.size(), &warm);
     sf_call_finish(warm, 0);
@@ -115,7 +117,10 @@ TEST(Pool, RunsEveryTaskAndSurvivesAWorkerExiting) {
     sf::Pool *p = sf::Pool::create(0);
     ASSERT_NE(p, nullptr);
     Latch done(50);
-    struct Arg { Latch *latch; bool exit; };
+    struct Arg {
+        Latch *latch;
+        bool exit;
+    };
     auto task = [](void *a) {
         auto *arg = static_cast<Arg *>(a);
         arg->latch->count_down();
@@ -148,10 +153,11 @@ struct LastFollowerHeld {
     LastFollowerHeld() {
         EXPECT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
         EXPECT_EQ(sf_group_begin(g, "k", 1, &f), SF_FOLLOWER);
-        EXPECT_EQ(sf_call_on_abandon(
-                      l, [](sf_call *, void *p) { ++static_cast<LastFollowerHeld *>(p)->abandon_runs; },
-                      this),
-                  SF_OK);
+        EXPECT_EQ(
+            sf_call_on_abandon(
+                l, [](sf_call *, void *p) { ++static_cast<LastFollowerHeld *>(p)->abandon_runs; },
+                this),
+            SF_OK);
         EXPECT_EQ(sf_call_cancel(l), 0) << "the follower is still interested";
     }
 
@@ -165,10 +171,13 @@ struct LastFollowerHeld {
         // found), so the watchdog can report it.
         static Hold *hold;
         hold = new Hold;
-        sf::testing::set_pause(sf::testing::Point::kAbandonUnpublish, [](void *) {
-            hold->at_point.set();
-            hold->go_on.wait();
-        }, nullptr);
+        sf::testing::set_pause(
+            sf::testing::Point::kAbandonUnpublish,
+            [](void *) {
+                hold->at_point.set();
+                hold->go_on.wait();
+            },
+            nullptr);
         std::thread t([c = f] {
             hold->rc = sf_call_cancel(c);
             hold->left.set();

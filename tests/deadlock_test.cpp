@@ -151,11 +151,12 @@ TEST(LeadHere, OnlyATwoPhaseLeaderMayAsk) {
     sf_call *f = begin(g, "k", SF_FOLLOWER);
     EXPECT_EQ(sf_call_lead_here(f), SF_ESTATE);
     EXPECT_EQ(sf_call_lead_here(nullptr), SF_EINVAL);
-    EXPECT_EQ(sf_group_do(
-                  g, "d", 1,
-                  [](sf_call *call, void *) { return sf_call_lead_here(call) == SF_ESTATE ? 0 : 1; },
-                  nullptr, nullptr, nullptr),
-              SF_OK)
+    EXPECT_EQ(
+        sf_group_do(
+            g, "d", 1,
+            [](sf_call *call, void *) { return sf_call_lead_here(call) == SF_ESTATE ? 0 : 1; },
+            nullptr, nullptr, nullptr),
+        SF_OK)
         << "fn's call is led by fn's thread already";
     ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
     sf_call_release(f);

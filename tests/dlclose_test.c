@@ -68,6 +68,7 @@ int main(int argc, char **argv) {
         for (i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, NULL);
         for (i = 0; i < 4; i++) pthread_join(t[i], NULL);
     }
-    printf("dlclose_test: 20 threads loaded, used and unloaded the library, %d failures\n", failures);
+    printf("dlclose_test: 20 threads loaded, used and unloaded the library, %d failures\n",
+           failures);
     return failures != 0;
 }

@@ -45,7 +45,7 @@ bool under_valgrind() {
 
 int min_rounds() {
     const char *env = std::getenv("SF_RACE_ROUNDS");
-    return env ? std::atoi(env) : under_valgrind() ? 100 : 2000;
+    return env ? std::atoi(env) : under_valgrind() ? 100 : 1000;
 }
 
 sf_call *begin(sf_group *g, const char *key, int want) {
@@ -57,8 +57,7 @@ sf_call *begin(sf_group *g, const char *key, int want) {
 // A few hundred nanoseconds, different each round, so that both sides of a
 // race get to go first.
 void stagger(int round, int side) {
-    for (volatile int i = 0; i < ((round * 7 + side * 13) % 32) * 16; ++i) {
-    }
+    for (volatile int i = 0; i < ((round * 7 + side * 13) % 32) * 16; ++i) {}
 }
 
 // Runs round(i) until both orders have been seen often enough (see
@@ -89,14 +88,12 @@ void together(int round, A a, B b) {
     std::atomic<int> go{0};
     std::thread t([&] {
         go++;
-        while (go.load() < 2) {
-        }
+        while (go.load() < 2) {}
         stagger(round, 1);
         b();
     });
     go++;
-    while (go.load() < 2) {
-    }
+    while (go.load() < 2) {}
     stagger(round, 0);
     a();
     t.join();
@@ -147,8 +144,10 @@ struct Waiter {
         tid = gettid_();
         sf_result *r = reinterpret_cast<sf_result *>(1);
         rc = sf_call_wait(call, timeout_ns, &r, nullptr);
-        if (rc != SF_ECANCELED) sf_result_release(r);
-        else EXPECT_EQ(r, nullptr);
+        if (rc != SF_ECANCELED)
+            sf_result_release(r);
+        else
+            EXPECT_EQ(r, nullptr);
         returned.set();
     }
 };
@@ -352,8 +351,8 @@ TEST(Abandoned, TheResultReachesNoHandleAskingAfterwards) {
 void cancel_vs_finish(bool leader_gives_up) {
     GroupPtr g;
     static int value = 1;
-    race(leader_gives_up ? "leader cancel vs finish" : "follower cancel vs finish",
-         "cancel first", "finish first", [&](int round) {
+    race(leader_gives_up ? "leader cancel vs finish" : "follower cancel vs finish", "cancel first",
+         "finish first", [&](int round) {
              sf_call *l = begin(g, "k", SF_LEADER);
              sf_call *f = begin(g, "k", SF_FOLLOWER);
              sf_call *quitter = leader_gives_up ? l : f;
@@ -400,7 +399,8 @@ TEST(CancelCancelRace, TwoCancelsOfOneHandleGiveItUpOnce) {
         Done d;
         EXPECT_EQ(sf_call_on_done(f, record_done, &d), SF_OK);
         std::atomic<int> a{1000}, b{1000};
-        together(round, [&] { a = sf_call_cancel(f); }, [&] { b = sf_call_cancel(f); });
+        together(
+            round, [&] { a = sf_call_cancel(f); }, [&] { b = sf_call_cancel(f); });
         EXPECT_EQ((a.load() == 0) + (b.load() == 0), 1);
         EXPECT_EQ((a.load() == SF_ESTATE) + (b.load() == SF_ESTATE), 1);
         EXPECT_EQ(d.runs.load(), 1);
@@ -472,8 +472,7 @@ TEST(CancelRegistrationRace, AnEventfdMadeAsTheCallGivesUpBecomesReadable) {
                 // Making an eventfd is a system call, a cancel is not:
                 // hold the cancel back a little in some rounds so that
                 // both orders come up.
-                for (volatile int i = 0; i < (round % 16) * 500; ++i) {
-                }
+                for (volatile int i = 0; i < (round % 16) * 500; ++i) {}
                 EXPECT_EQ(sf_call_cancel(f), 0);
                 cancelled = true;
             });

@@ -212,7 +212,7 @@ void churn(unsigned slots, uint32_t seed) {
         sf_call *leader;
         std::vector<sf_call *> followers;
     };
-    std::map<int, InFlight> model;  // key -> its flight's handles
+    std::map<int, InFlight> model;     // key -> its flight's handles
     std::vector<sf_call *> forgotten;  // leaders of forgotten flights, still to finish
     int next_key = 0;
     uint64_t ops = 0;
@@ -261,13 +261,14 @@ void churn(unsigned slots, uint32_t seed) {
                     it->second.followers.pop_back();
                     continue;
                 }
-                sf_call_set_value(it->second.leader, reinterpret_cast<void *>(uintptr_t(it->first + 1)),
-                                  nullptr);
+                sf_call_set_value(it->second.leader,
+                                  reinterpret_cast<void *>(uintptr_t(it->first + 1)), nullptr);
                 ASSERT_EQ(sf_call_finish(it->second.leader, 0), SF_OK) << ks;
                 for (sf_call *f : it->second.followers) {
                     sf_result *res = nullptr;
                     ASSERT_EQ(sf_call_wait(f, 0, &res, nullptr), SF_OK) << ks;
-                    EXPECT_EQ(sf_result_value(res), reinterpret_cast<void *>(uintptr_t(it->first + 1)));
+                    EXPECT_EQ(sf_result_value(res),
+                              reinterpret_cast<void *>(uintptr_t(it->first + 1)));
                     sf_result_release(res);
                     sf_call_release(f);
                 }

@@ -75,11 +75,12 @@ TEST(Unshared, ForgottenOrFinishedOrNotALeader) {
     EXPECT_EQ(sf_call_finish_unshared(nullptr, 0), SF_EINVAL);
     sf_call_finish(l2, 0);
     for (sf_call *c : {l, l2, f2}) sf_call_release(c);
-    EXPECT_EQ(sf_group_do(g, "d", 1,
-                          [](sf_call *call, void *) {
-                              return sf_call_finish_unshared(call, 0) == SF_ESTATE ? 0 : 1;
-                          },
-                          nullptr, nullptr, nullptr),
+    EXPECT_EQ(sf_group_do(
+                  g, "d", 1,
+                  [](sf_call *call, void *) {
+                      return sf_call_finish_unshared(call, 0) == SF_ESTATE ? 0 : 1;
+                  },
+                  nullptr, nullptr, nullptr),
               SF_OK)
         << "fn's call: fn's return finishes it";
 }
@@ -88,13 +89,14 @@ TEST(Unshared, TheLeadersOwnDoneCallbackStillRuns) {
     GroupPtr g;
     sf_call *l = begin(g, SF_LEADER);
     static std::atomic<int> status{99}, shared{99};
-    ASSERT_EQ(sf_call_on_done(l,
-                              [](int st, sf_result *r, int sh, void *) {
-                                  status = st;
-                                  shared = sh;
-                                  EXPECT_EQ(sf_result_error(r), 6);
-                              },
-                              nullptr),
+    ASSERT_EQ(sf_call_on_done(
+                  l,
+                  [](int st, sf_result *r, int sh, void *) {
+                      status = st;
+                      shared = sh;
+                      EXPECT_EQ(sf_result_error(r), 6);
+                  },
+                  nullptr),
               SF_OK);
     EXPECT_EQ(sf_call_finish_unshared(l, 6), 0);
     EXPECT_EQ(status.load(), SF_OK);
@@ -116,10 +118,8 @@ TEST(Unshared, AJoinRacingTheFinishGetsAValueOrLeads) {
             running = true;
             role = sf_group_begin(g, "k", 1, &n);
         });
-        while (!running) {
-        }
-        for (volatile int i = 0; i < (round % 32) * 20; ++i) {
-        }
+        while (!running) {}
+        for (volatile int i = 0; i < (round % 32) * 20; ++i) {}
         static int value = 1;
         if (sf_call_finish_unshared(l, 0) == 1) {
             sf_call_set_value(l, &value, nullptr);

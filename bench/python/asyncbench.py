@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Group.do_async measured (issue 12), on asyncio's loop and on uvloop's:
+"""Group.do_async measured, on asyncio's loop and on uvloop's:
 
 stampede     10,000 tasks on one key: executions, whether all completed,
              threads before/after (threading.active_count, /proc/self/task)

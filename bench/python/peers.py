@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Group.do_async against the asyncio singleflights on PyPI and the two
-idioms, on asyncio's loop and on uvloop's, in one process (issue 17).
+idioms, on asyncio's loop and on uvloop's, in one process.
 
 Contenders (versions pinned in bench/python/requirements-peers.txt):
 

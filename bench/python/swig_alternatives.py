@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Why Group.do is written by hand (issue 11): an uncontended call through
+"""Why Group.do is written by hand: an uncontended call through
 each way SWIG can make it, side by side with the hand-written one.
 
 Builds, in a temporary directory, the SWIG module of this checkout three

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The cost of one uncontended Group.do (issue 11's target: <= 1 us), side
+"""The cost of one uncontended Group.do (the target: <= 1 us), side
 by side with what a Python programmer would write instead.
 
 Contenders, run interleaved (one repeat of each in turn, --repeats times)

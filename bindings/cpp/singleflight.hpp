@@ -82,8 +82,7 @@ private:
 class panic_error : public error {
 public:
     explicit panic_error(const char *message)
-        : error(SF_EPANIC, message ? message : "panic"),
-          message_(message ? message : "panic") {}
+        : error(SF_EPANIC, message ? message : "panic"), message_(message ? message : "panic") {}
 
     // The panic message, as the leader gave it ("panic" when it gave none).
     const std::string &message() const noexcept { return message_; }
@@ -103,8 +102,7 @@ struct leader_work;
 // A key given as a C string, read up to its NUL.  A null pointer (getenv's
 // "not set", say) is the caller's error to catch, not a crash in strlen.
 inline std::string_view c_string_key(const char *key) {
-    if (key == nullptr)
-        throw error(SF_EINVAL, "the key is a null const char *");
+    if (key == nullptr) throw error(SF_EINVAL, "the key is a null const char *");
     return std::string_view(key);
 }
 
@@ -154,20 +152,16 @@ using owned_result = std::unique_ptr<sf_result, result_release>;
 template <class T>
 owned_result settle(int rc, sf_result *raw) {
     owned_result owned(raw);
-    if (rc != SF_OK && rc != SF_EPANIC)
-        throw error(rc);
+    if (rc != SF_OK && rc != SF_EPANIC) throw error(rc);
     const auto *b = static_cast<const box_base *>(sf_result_value(raw));
     if (rc == SF_EPANIC) {
-        if (b != nullptr && b->exception)
-            std::rethrow_exception(b->exception);
+        if (b != nullptr && b->exception) std::rethrow_exception(b->exception);
         throw panic_error(sf_result_panic_message(raw));
     }
-    if (b == nullptr)
-        throw error(SF_ESTATE, "the flight completed without a C++ value");
+    if (b == nullptr) throw error(SF_ESTATE, "the flight completed without a C++ value");
     if (*b->type != typeid(T))
-        throw error(SF_EINVAL, std::string("the flight holds a value of type ") +
-                                   b->type->name() + ", this caller expects " +
-                                   typeid(T).name());
+        throw error(SF_EINVAL, std::string("the flight holds a value of type ") + b->type->name() +
+                                   ", this caller expects " + typeid(T).name());
     return owned;
 }
 
@@ -216,8 +210,7 @@ inline void publish(sf_call *call, box_base *b) noexcept {
         }
     }
     sf_call_set_value(call, b, &destroy_box);
-    if (threw)
-        sf_call_panic(call, message.empty() ? nullptr : message.c_str());
+    if (threw) sf_call_panic(call, message.empty() ? nullptr : message.c_str());
 }
 
 // (The attribute, like produce's, because produce is inlined here.)
@@ -293,15 +286,13 @@ inline sf_group *pool_group() {
     static sf_group *const g = [] {
         sf_group *made = nullptr;
         int rc = sf_group_new(&made, nullptr);
-        if (rc != SF_OK)
-            throw error(rc, "cannot create the group behind run_async's pool");
+        if (rc != SF_OK) throw error(rc, "cannot create the group behind run_async's pool");
         return made;
     }();
     return g;
 }
 
-} // namespace detail
-
+}  // namespace detail
 
 // One caller's reference to a flight's shared value.  Copies share the value
 // (each copy holds its own reference on the C result); the value is destroyed
@@ -310,10 +301,8 @@ inline sf_group *pool_group() {
 template <class T>
 class result {
 public:
-    result(const result &o) noexcept
-        : r_(sf_result_retain(o.r_)), shared_(o.shared_) {}
-    result(result &&o) noexcept
-        : r_(std::exchange(o.r_, nullptr)), shared_(o.shared_) {}
+    result(const result &o) noexcept : r_(sf_result_retain(o.r_)), shared_(o.shared_) {}
+    result(result &&o) noexcept : r_(std::exchange(o.r_, nullptr)), shared_(o.shared_) {}
     result &operator=(result o) noexcept {
         std::swap(r_, o.r_);
         std::swap(shared_, o.shared_);
@@ -350,8 +339,7 @@ private:
     template <class U>
     friend void detail::async_done(int, sf_result *, int, void *) noexcept;
 
-    result(detail::owned_result r, bool shared) noexcept
-        : r_(r.release()), shared_(shared) {}
+    result(detail::owned_result r, bool shared) noexcept : r_(r.release()), shared_(shared) {}
 
     sf_result *r_;
     bool shared_;
@@ -366,8 +354,7 @@ private:
 template <class T>
 class flight {
 public:
-    flight(flight &&o) noexcept
-        : c_(std::exchange(o.c_, nullptr)), leader_(o.leader_) {}
+    flight(flight &&o) noexcept : c_(std::exchange(o.c_, nullptr)), leader_(o.leader_) {}
     flight &operator=(flight &&o) noexcept {
         if (this != &o) {
             sf_call_release(c_);
@@ -399,8 +386,7 @@ public:
     // rethrows e with its original type.  A null e is SF_EINVAL.  Same
     // errors as finish().
     void fail(std::exception_ptr e) {
-        if (!e)
-            throw error(SF_EINVAL, "fail() needs an exception");
+        if (!e) throw error(SF_EINVAL, "fail() needs an exception");
         const std::string message = detail::describe(e);
         auto b = std::make_unique<detail::box<T>>();
         b->exception = std::move(e);
@@ -440,16 +426,14 @@ private:
     flight(sf_call *c, bool leader) noexcept : c_(c), leader_(leader) {}
 
     static void check(int rc) {
-        if (rc < 0)
-            throw error(rc);
+        if (rc < 0) throw error(rc);
     }
 
     std::optional<result<T>> wait_ns(sf_i64 ns) {
         sf_result *raw = nullptr;
         int shared = 0;
         int rc = sf_call_wait(c_, ns, &raw, &shared);
-        if (rc == SF_ETIMEDOUT)
-            return std::nullopt;
+        if (rc == SF_ETIMEDOUT) return std::nullopt;
         auto owned = detail::settle<T>(rc, raw);
         return result<T>(std::move(owned), shared != 0);
     }
@@ -476,8 +460,7 @@ public:
     template <class F>
     void on_abandon(F &&f) const {
         std::lock_guard<std::mutex> lock(call_->m);
-        if (call_->on_abandon)
-            throw error(SF_ESTATE, "the flight already has an abandon callback");
+        if (call_->on_abandon) throw error(SF_ESTATE, "the flight already has an abandon callback");
         call_->on_abandon = std::forward<F>(f);
         int rc = sf_call_on_abandon(call_->c, &detail::run_on_abandon, call_);
         if (rc != SF_OK) {
@@ -501,9 +484,10 @@ namespace detail {
 
 // The value type of a run_async fn, which may take an abandon_token.
 template <class Fn>
-using async_value_t = std::decay_t<typename std::conditional_t<
-    std::is_invocable_v<Fn &&, const abandon_token &>,
-    std::invoke_result<Fn &&, const abandon_token &>, std::invoke_result<Fn &&>>::type>;
+using async_value_t =
+    std::decay_t<typename std::conditional_t<std::is_invocable_v<Fn &&, const abandon_token &>,
+                                             std::invoke_result<Fn &&, const abandon_token &>,
+                                             std::invoke_result<Fn &&>>::type>;
 
 // The leader's work, run once by the executor: produces the value, then
 // finishes the flight under the handle's lock.  Destroyed before it
@@ -512,15 +496,16 @@ using async_value_t = std::decay_t<typename std::conditional_t<
 template <class Fn, class T>
 struct leader_work {
     template <class F>
-    leader_work(F &&f, std::shared_ptr<shared_call> c) : fn(std::forward<F>(f)), call(std::move(c)) {}
+    leader_work(F &&f, std::shared_ptr<shared_call> c)
+        : fn(std::forward<F>(f)), call(std::move(c)) {}
     leader_work(const leader_work &) = delete;
     leader_work &operator=(const leader_work &) = delete;
     ~leader_work() {
-        if (!call)
-            return;
+        if (!call) return;
         std::lock_guard<std::mutex> lock(call->m);
-        sf_call_panic(call->c, "singleflight: the work did not run to its end "
-                               "(the executor dropped it, or its thread exited)");
+        sf_call_panic(call->c,
+                      "singleflight: the work did not run to its end "
+                      "(the executor dropped it, or its thread exited)");
     }
 
     SINGLEFLIGHT_FORCED_UNWIND_SAFE_ void operator()() {
@@ -534,7 +519,7 @@ struct leader_work {
         {
             std::lock_guard<std::mutex> lock(call->m);
             publish(call->c, b);
-            (void)sf_call_finish(call->c, 0); // SF_ESTATE after a panic
+            (void)sf_call_finish(call->c, 0);  // SF_ESTATE after a panic
         }
         call.reset();
     }
@@ -543,7 +528,7 @@ struct leader_work {
     std::shared_ptr<shared_call> call;
 };
 
-} // namespace detail
+}  // namespace detail
 
 // One run_async caller's claim on a flight's value: std::future's get /
 // wait / wait_for, plus cancel().  Move-only.  Giving up (cancel(), or
@@ -595,8 +580,7 @@ public:
     // on this thread.  True when this call gave up; false when there was
     // nothing to give up (the flight had completed, or already given up).
     bool cancel() noexcept {
-        if (!call_)
-            return false;
+        if (!call_) return false;
         int rc;
         {
             std::lock_guard<std::mutex> lock(call_->m);
@@ -608,7 +592,8 @@ public:
 
 private:
     friend class group;
-    future(std::future<result<T>> f, std::shared_ptr<detail::shared_call> call, bool leader) noexcept
+    future(std::future<result<T>> f, std::shared_ptr<detail::shared_call> call,
+           bool leader) noexcept
         : f_(std::move(f)), call_(std::move(call)), leader_(leader) {}
 
     std::future<result<T>> f_;
@@ -662,15 +647,14 @@ public:
     // when a concurrent caller of key expects another type.  fn is borrowed
     // for the call only and runs at most once.
     template <class F>
-    auto run(std::string_view key, F &&fn)
-        -> result<std::decay_t<std::invoke_result_t<F>>> {
+    auto run(std::string_view key, F &&fn) -> result<std::decay_t<std::invoke_result_t<F>>> {
         using T = std::decay_t<std::invoke_result_t<F>>;
         static_assert(!std::is_void_v<T>, "fn must return the value to share");
         sf_result *raw = nullptr;
         int shared = 0;
         std::remove_reference_t<F> *target = std::addressof(fn);
-        int rc = sf_group_do(g_, key.data(), key.size(), &detail::trampoline<F, T>,
-                             &target, &raw, &shared);
+        int rc = sf_group_do(g_, key.data(), key.size(), &detail::trampoline<F, T>, &target, &raw,
+                             &shared);
         auto owned = detail::settle<T>(rc, raw);
         return result<T>(std::move(owned), shared != 0);
     }
@@ -704,9 +688,8 @@ public:
             const void *id = t.get();
             int rc = sf_group_do_async(detail::pool_group(), &id, sizeof id, &detail::pool_run,
                                        t.get(), &detail::pool_done, t.get());
-            if (rc != SF_OK)
-                throw error(rc, "the library's pool refused the work");
-            t.release(); // pool_done frees it
+            if (rc != SF_OK) throw error(rc, "the library's pool refused the work");
+            t.release();  // pool_done frees it
         });
     }
     template <class F>
@@ -734,15 +717,14 @@ public:
         try {
             call = std::make_shared<detail::shared_call>(c);
         } catch (...) {
-            if (role == SF_LEADER)
-                sf_call_panic(c, "singleflight: out of memory");
+            if (role == SF_LEADER) sf_call_panic(c, "singleflight: out of memory");
             sf_call_release(c);
             throw;
         }
         auto promise = std::make_unique<std::promise<result<T>>>();
         future<T> out(promise->get_future(), call, role == SF_LEADER);
         check(sf_call_on_done(c, &detail::async_done<T>, promise.get()));
-        promise.release(); // async_done owns it now
+        promise.release();  // async_done owns it now
         if (role == SF_LEADER) {
             // The work runs on exec's thread, not this one: a later run() on
             // this thread for the same key must wait for it, not be refused
@@ -818,19 +800,17 @@ public:
 
 private:
     static void check(int rc) {
-        if (rc < 0)
-            throw error(rc);
+        if (rc < 0) throw error(rc);
     }
 
     void close() noexcept {
-        if (g_ != nullptr)
-            (void)sf_group_free(g_); // SF_EBUSY: leaked on purpose, see ~group
+        if (g_ != nullptr) (void)sf_group_free(g_);  // SF_EBUSY: leaked on purpose, see ~group
         g_ = nullptr;
     }
 
     sf_group *g_ = nullptr;
 };
 
-} // namespace singleflight
+}  // namespace singleflight
 
-#endif // SINGLEFLIGHT_HPP
+#endif  // SINGLEFLIGHT_HPP

@@ -31,15 +31,14 @@
 
 namespace sfswig {
 
-#ifndef SWIG // internals the generated wrappers use but do not expose
+#ifndef SWIG  // internals the generated wrappers use but do not expose
 
 // A failing C API status, carried to the wrapper that maps it to the host
 // language's exception.  code() is the SF_E* value.
 class Error : public std::runtime_error {
 public:
     Error(int code, const std::string &where)
-        : std::runtime_error(where + ": " + sf_strerror(code) + " (" +
-                             sf_err_name(code) + ")"),
+        : std::runtime_error(where + ": " + sf_strerror(code) + " (" + sf_err_name(code) + ")"),
           code_(code) {}
     int code() const { return code_; }
 
@@ -58,7 +57,7 @@ inline std::atomic<long> &live_counter() {
 // Snapshot of live_counter(), for leak tests.  Thread-safe.
 inline long live_values() { return live_counter().load(); }
 
-#endif // SWIG
+#endif  // SWIG
 
 // The group's counters (see sf_group_stats), as signed 64-bit fields so that
 // every host language gets a plain integer.  A value type: copy freely.
@@ -120,9 +119,9 @@ inline void set_done(int, sf_result *, int, void *payload) {
     flag->drop();
 }
 
-} // namespace detail
+}  // namespace detail
 
-#endif // SWIG
+#endif  // SWIG
 
 class Flight;
 
@@ -237,9 +236,7 @@ public:
     // exactly once, after the last reference to the result is dropped (or at
     // once when the value is refused).  Not exposed to host languages; their
     // own files wrap it with a typed value.
-    void set_value(void *value, sf_destroy_fn destroy) {
-        sf_call_set_value(call_, value, destroy);
-    }
+    void set_value(void *value, sf_destroy_fn destroy) { sf_call_set_value(call_, value, destroy); }
 
     // Leader only: completes the flight with error (0 for success) and wakes
     // every follower.
@@ -269,8 +266,7 @@ public:
         int shared = 0;
         int rc = sf_call_wait(call_, static_cast<sf_i64>(timeout_ns), &r, &shared);
         if (rc == SF_ETIMEDOUT) return rc;
-        if (rc != SF_OK && rc != SF_EPANIC && rc != SF_EGOEXIT)
-            throw Error(rc, "sf_call_wait");
+        if (rc != SF_OK && rc != SF_EPANIC && rc != SF_EGOEXIT) throw Error(rc, "sf_call_wait");
         result_ = r;
         status_ = rc;
         shared_ = shared != 0;
@@ -314,9 +310,7 @@ public:
 
     // After a completed wait(): the panic message, or NULL (None / nil /
     // null) unless the flight panicked.  Borrowed from the result.
-    const char *panic_message() const {
-        return sf_result_panic_message(result_);
-    }
+    const char *panic_message() const { return sf_result_panic_message(result_); }
 
     // After a completed wait(): the stored value, borrowed, or NULL.  Host
     // files wrap it; the pointer stays valid until release().
@@ -415,6 +409,6 @@ inline Flight *Group::begin_on_thread(const char *key, std::size_t key_len) {
     return f;
 }
 
-} // namespace sfswig
+}  // namespace sfswig
 
-#endif // SFSWIG_HPP
+#endif  // SFSWIG_HPP

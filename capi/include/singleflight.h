@@ -48,17 +48,17 @@ typedef uint64_t sf_u64;
 /* SF_API marks the exported functions.  The library is built with hidden
  * visibility, so anything not marked stays private. */
 #if defined(_WIN32) || defined(__CYGWIN__)
-#  if defined(SF_BUILDING_LIBRARY)
-#    define SF_API __declspec(dllexport)
-#  elif defined(SF_STATIC)
-#    define SF_API
-#  else
-#    define SF_API __declspec(dllimport)
-#  endif
-#elif defined(__GNUC__) && __GNUC__ >= 4
-#  define SF_API __attribute__((visibility("default")))
+#if defined(SF_BUILDING_LIBRARY)
+#define SF_API __declspec(dllexport)
+#elif defined(SF_STATIC)
+#define SF_API
 #else
-#  define SF_API
+#define SF_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define SF_API __attribute__((visibility("default")))
+#else
+#define SF_API
 #endif
 
 #ifdef __cplusplus
@@ -74,8 +74,7 @@ extern "C" {
 #define SF_VERSION_MAJOR 1
 #define SF_VERSION_MINOR 1
 #define SF_VERSION_PATCH 0
-#define SF_VERSION_NUMBER \
-    (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
+#define SF_VERSION_NUMBER (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
 #define SF_VERSION_STRING "1.1.0"
 
 /* The version of the library actually loaded, as SF_VERSION_NUMBER computes
@@ -94,24 +93,23 @@ SF_API const char *sf_version_string(void);
 /* One table gives the enum, sf_strerror and sf_err_name.  Values are part of
  * the ABI: they are never renumbered and a retired value is never reused.
  * X(name, value, description) */
-#define SF_STATUS_MAP(X)                                                       \
-    X(SF_OK,        0,  "success")                                            \
-    X(SF_LEADER,    1,  "this caller leads the flight and must finish it")    \
-    X(SF_FOLLOWER,  2,  "this caller joined a flight led by another caller")  \
-    X(SF_EINVAL,   -1,  "invalid argument")                                   \
-    X(SF_ENOMEM,   -2,  "out of memory")                                      \
-    X(SF_EPANIC,   -3,  "the flight's function panicked (threw)")             \
-    X(SF_EGOEXIT,  -4,  "the flight's leader exited without finishing")       \
-    X(SF_EDEADLK,  -5,  "the calling thread leads this key's flight")         \
-    X(SF_ETIMEDOUT,-6,  "timed out waiting for the flight")                   \
-    X(SF_EBUSY,    -7,  "resource busy")                                      \
-    X(SF_ESTATE,   -8,  "operation not valid in the call's current state")  \
-    X(SF_ECANCELED,-9,  "the caller gave up (sf_call_cancel)")
+#define SF_STATUS_MAP(X)                                                   \
+    X(SF_OK, 0, "success")                                                 \
+    X(SF_LEADER, 1, "this caller leads the flight and must finish it")     \
+    X(SF_FOLLOWER, 2, "this caller joined a flight led by another caller") \
+    X(SF_EINVAL, -1, "invalid argument")                                   \
+    X(SF_ENOMEM, -2, "out of memory")                                      \
+    X(SF_EPANIC, -3, "the flight's function panicked (threw)")             \
+    X(SF_EGOEXIT, -4, "the flight's leader exited without finishing")      \
+    X(SF_EDEADLK, -5, "the calling thread leads this key's flight")        \
+    X(SF_ETIMEDOUT, -6, "timed out waiting for the flight")                \
+    X(SF_EBUSY, -7, "resource busy")                                       \
+    X(SF_ESTATE, -8, "operation not valid in the call's current state")    \
+    X(SF_ECANCELED, -9, "the caller gave up (sf_call_cancel)")
 
 #define SF_STATUS_ENUM_ITEM_(name, value, text) name = value,
 typedef enum sf_status {
-    SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_)
-    SF_STATUS_LAST_ = -9 /* keeps the list comma-clean in C89 */
+    SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_) SF_STATUS_LAST_ = -9 /* keeps the list comma-clean in C89 */
 } sf_status;
 #undef SF_STATUS_ENUM_ITEM_
 
@@ -152,8 +150,7 @@ typedef int (*sf_fn)(sf_call *call, void *payload);
  * result borrowed: valid during the callback only, sf_result_retain it to
  * keep it; or (since 1.1) SF_ECANCELED with result NULL, when the call's own
  * caller gave up first (sf_call_cancel).  shared is as for sf_group_do. */
-typedef void (*sf_done_fn)(int status, sf_result *result, int shared,
-                           void *payload);
+typedef void (*sf_done_fn)(int status, sf_result *result, int shared, void *payload);
 
 /* A unit of work handed to an executor. */
 typedef void (*sf_task_fn)(void *arg);
@@ -177,8 +174,8 @@ typedef int (*sf_executor_fn)(sf_task_fn task, void *arg, void *payload);
 #define SF_POOL_MAX_THREADS 4096
 
 typedef struct sf_group_options {
-    unsigned int   version;          /* SF_GROUP_OPTIONS_VERSION */
-    unsigned int   shards;           /* the size of the table of flights in
+    unsigned int version;    /* SF_GROUP_OPTIONS_VERSION */
+    unsigned int shards;     /* the size of the table of flights in
                                         flight, in home slots: 0 chosen by
                                         the library (1024); else rounded up
                                         to a power of two, at most 2^20.  Keys
@@ -187,11 +184,11 @@ typedef struct sf_group_options {
                                         chain, so any size is correct; a size
                                         near the number of keys in flight at
                                         once keeps calls on the fast path. */
-    sf_executor_fn executor;         /* runs sf_group_do_async work; NULL: a
+    sf_executor_fn executor; /* runs sf_group_do_async work; NULL: a
                                         built-in pool owned by the group */
-    void          *executor_payload; /* passed to executor, not owned */
+    void *executor_payload;  /* passed to executor, not owned */
     /* Version 2: */
-    unsigned int   max_threads;      /* the built-in pool's thread cap; 0:
+    unsigned int max_threads; /* the built-in pool's thread cap; 0:
                                         SF_POOL_DEFAULT_THREADS; at most
                                         SF_POOL_MAX_THREADS.  The pool starts
                                         a thread per queued task up to the cap;
@@ -202,7 +199,8 @@ typedef struct sf_group_options {
                                         a custom executor. */
 } sf_group_options;
 
-#define SF_GROUP_OPTIONS_INIT { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL, 0 }
+#define SF_GROUP_OPTIONS_INIT \
+    { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL, 0 }
 
 /* Fills *opts with defaults for the given version (1 or 2): only the fields
  * that version has are written, so a version-1 caller's shorter struct is
@@ -247,8 +245,7 @@ SF_API int sf_group_free(sf_group *g);
  * If the leader's thread exits inside fn (pthread_exit, cancellation), the
  * followers are released with SF_EGOEXIT and the unwind continues: this
  * function does not return on that thread. */
-SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len,
-                       sf_fn fn, void *payload,
+SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
                        sf_result **result, int *shared);
 
 /* Go's DoChan.  Starts or joins the key's flight and returns at once; fn runs
@@ -265,8 +262,7 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len,
  * sf_group_stats).  The executor runs on this thread with cancellation
  * disabled and must not exit the thread.  payload and done_payload are not
  * owned. */
-SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len,
-                             sf_fn fn, void *payload,
+SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
                              sf_done_fn done, void *done_payload);
 
 /* ------------------------------------------------------------------------ */
@@ -282,8 +278,7 @@ SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len,
  *
  * A handle may be used from any thread, but sf_call_release must not race
  * with any other use of the same handle. */
-SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len,
-                          sf_call **call);
+SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len, sf_call **call);
 
 /* SF_LEADER or SF_FOLLOWER for a valid call, SF_EINVAL for NULL. */
 SF_API int sf_call_role(const sf_call *call);
@@ -295,8 +290,7 @@ SF_API int sf_call_role(const sf_call *call);
  * a finished flight, NULL call), the value is refused and destroy(value) runs
  * at once so nothing leaks.  destroy may be NULL when the value needs no
  * freeing. */
-SF_API void sf_call_set_value(sf_call *call, void *value,
-                              sf_destroy_fn destroy);
+SF_API void sf_call_set_value(sf_call *call, void *value, sf_destroy_fn destroy);
 
 /* Completes a two-phase flight with fn's error code (0 for success) and wakes
  * every waiter.  SF_OK; SF_ESTATE when the call is a follower, the flight is
@@ -342,8 +336,7 @@ SF_API int sf_call_finish_unshared(sf_call *call, int error);
  * may wait after finishing to read its result.  Not a cancellation point: a
  * thread that must stay cancellable waits with a timeout, or polls
  * sf_call_fd. */
-SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
-                        sf_result **result, int *shared);
+SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns, sf_result **result, int *shared);
 
 /* Registers done to run once when the flight completes: at once on this
  * thread if it already has, otherwise on the completing thread after the
@@ -464,8 +457,7 @@ SF_API int sf_group_forget(sf_group *g, const void *key, size_t key_len);
 
 /* Like sf_group_forget, but only when no follower has joined the flight.
  * Returns 1 when forgotten, 0 when not (no flight, or shared). */
-SF_API int sf_group_forget_unshared(sf_group *g, const void *key,
-                                    size_t key_len);
+SF_API int sf_group_forget_unshared(sf_group *g, const void *key, size_t key_len);
 
 /* ------------------------------------------------------------------------ */
 /* Results                                                                   */
@@ -499,26 +491,26 @@ SF_API void sf_result_release(sf_result *r);
 #define SF_GROUP_STATS_VERSION 2
 
 typedef struct sf_group_stats {
-    unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
-    sf_u64 calls;             /* leaders + followers; calls that returned an
+    unsigned int version; /* set to SF_GROUP_STATS_VERSION by the caller */
+    sf_u64 calls;         /* leaders + followers; calls that returned an
                                  error (a refused do_async too) not counted */
-    sf_u64 leaders;           /* calls that started a flight (= executions);
+    sf_u64 leaders;       /* calls that started a flight (= executions);
                                  a refused do_async is not counted, and
                                  neither is the flight it opened */
-    sf_u64 followers;         /* calls that joined a flight (callers who
+    sf_u64 followers;     /* calls that joined a flight (callers who
                                  joined a refused do_async's flight too) */
-    sf_u64 panics;            /* flights counted in leaders that completed
+    sf_u64 panics;        /* flights counted in leaders that completed
                                  as SF_EPANIC */
-    sf_u64 goexits;           /* flights counted in leaders that completed
+    sf_u64 goexits;       /* flights counted in leaders that completed
                                  as SF_EGOEXIT; panics + goexits <= leaders
                                  - in_flight */
-    sf_u64 timeouts;          /* sf_call_wait calls with a timeout > 0 that
+    sf_u64 timeouts;      /* sf_call_wait calls with a timeout > 0 that
                                  timed out (polls do not count) */
-    sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */
-    sf_u64 in_flight;         /* flights not yet completed */
+    sf_u64 forgets;       /* flights forgotten by forget/forget_unshared */
+    sf_u64 in_flight;     /* flights not yet completed */
     /* Version 2: */
-    sf_u64 abandons;          /* flights abandoned by every interested party */
-    sf_u64 cancels;           /* sf_call_cancel calls that gave up a handle */
+    sf_u64 abandons; /* flights abandoned by every interested party */
+    sf_u64 cancels;  /* sf_call_cancel calls that gave up a handle */
 } sf_group_stats;
 
 /* Reads the counters into *out, whose version (1 or 2) the caller sets

@@ -88,17 +88,28 @@ Options parse(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value for " + std::string(a));
             return argv[++i];
         };
-        if (a == "--threads") o.threads = std::atoi(val());
-        else if (a == "--expiries") o.expiries = std::atoi(val());
-        else if (a == "--requests") o.requests = std::atol(val());
-        else if (a == "--keys") o.keys = std::atoi(val());
-        else if (a == "--latency-ms") o.latency_ms = std::atof(val());
-        else if (a == "--ttl-ms") o.ttl_ms = std::atof(val());
-        else if (a == "--zipf") o.zipf = std::atof(val());
-        else if (a == "--db-conns") o.db_conns = std::atoi(val());
-        else if (a == "--seed") o.seed = unsigned(std::atol(val()));
-        else if (a == "--no-progress") o.progress = false;
-        else if (a == "--json") o.json = true;
+        if (a == "--threads")
+            o.threads = std::atoi(val());
+        else if (a == "--expiries")
+            o.expiries = std::atoi(val());
+        else if (a == "--requests")
+            o.requests = std::atol(val());
+        else if (a == "--keys")
+            o.keys = std::atoi(val());
+        else if (a == "--latency-ms")
+            o.latency_ms = std::atof(val());
+        else if (a == "--ttl-ms")
+            o.ttl_ms = std::atof(val());
+        else if (a == "--zipf")
+            o.zipf = std::atof(val());
+        else if (a == "--db-conns")
+            o.db_conns = std::atoi(val());
+        else if (a == "--seed")
+            o.seed = unsigned(std::atol(val()));
+        else if (a == "--no-progress")
+            o.progress = false;
+        else if (a == "--json")
+            o.json = true;
         else if (a == "-h" || a == "--help") {
             usage();
             std::exit(0);
@@ -108,8 +119,7 @@ Options parse(int argc, char **argv) {
         }
     }
     if (o.threads < 1 || o.threads > 1024 || o.expiries < 1 || o.requests < 1 || o.keys < 1 ||
-        o.latency_ms < 0 ||
-        o.ttl_ms < 0 || o.zipf <= 0 || o.db_conns < 1)
+        o.latency_ms < 0 || o.ttl_ms < 0 || o.zipf <= 0 || o.db_conns < 1)
         die("option out of range (see --help)");
     return o;
 }
@@ -119,7 +129,7 @@ Options parse(int argc, char **argv) {
 // Sharded so that the cache itself is not what the workers queue on: the
 // point is to watch the database, not a cache lock.
 class Cache {
-  public:
+public:
     bool get(const std::string &key, Clock::time_point now, std::string *out) {
         Shard &s = shard(key);
         std::lock_guard<std::mutex> lk(s.mu);
@@ -142,7 +152,7 @@ class Cache {
         s.map.erase(key);
     }
 
-  private:
+private:
     struct Entry {
         std::string value;
         Clock::time_point expires;
@@ -151,7 +161,9 @@ class Cache {
         std::mutex mu;
         std::unordered_map<std::string, Entry> map;
     };
-    Shard &shard(const std::string &key) { return shards_[std::hash<std::string>()(key) % kShards]; }
+    Shard &shard(const std::string &key) {
+        return shards_[std::hash<std::string>()(key) % kShards];
+    }
     static constexpr std::size_t kShards = 64;
     Shard shards_[kShards];
 };
@@ -159,15 +171,15 @@ class Cache {
 // ------------------------------------------------------------------ the database
 
 class Db {
-  public:
+public:
     // One read-only connection per worker: SQLite connections are not meant
     // to be shared between threads doing concurrent queries.
     explicit Db(const std::string &path) {
-        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) !=
-            SQLITE_OK)
+        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                            nullptr) != SQLITE_OK)
             die("cannot open the database: " + std::string(sqlite3_errmsg(db_)));
-        if (sqlite3_prepare_v2(db_, "SELECT name, price, stock FROM items WHERE id = ?1", -1, &stmt_,
-                               nullptr) != SQLITE_OK)
+        if (sqlite3_prepare_v2(db_, "SELECT name, price, stock FROM items WHERE id = ?1", -1,
+                               &stmt_, nullptr) != SQLITE_OK)
             die("cannot prepare the query: " + std::string(sqlite3_errmsg(db_)));
     }
     ~Db() {
@@ -189,7 +201,7 @@ class Db {
         return row;
     }
 
-  private:
+private:
     sqlite3 *db_ = nullptr;
     sqlite3_stmt *stmt_ = nullptr;
 };
@@ -201,9 +213,10 @@ void create_db(const std::string &path, int rows) {
     auto exec = [&](const char *sql) {
         if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) die(err ? err : sql);
     };
-    exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-         "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, stock INTEGER);"
-         "BEGIN;");
+    exec(
+        "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, stock INTEGER);"
+        "BEGIN;");
     sqlite3_stmt *ins = nullptr;
     sqlite3_prepare_v2(db, "INSERT INTO items VALUES(?1, ?2, ?3, ?4)", -1, &ins, nullptr);
     for (int i = 0; i < rows; ++i) {
@@ -224,7 +237,7 @@ void create_db(const std::string &path, int rows) {
 // pool); the rest wait.  This is what turns duplicate queries into latency
 // for everyone, hot key or not.
 class Gate {
-  public:
+public:
     explicit Gate(int n) : free_(n) {}
     void enter() {
         std::unique_lock<std::mutex> lk(mu_);
@@ -239,7 +252,7 @@ class Gate {
         cv_.notify_one();
     }
 
-  private:
+private:
     std::mutex mu_;
     std::condition_variable cv_;
     int free_;
@@ -248,7 +261,7 @@ class Gate {
 // Releases the threads that wait on it all at once, when the last of n
 // arrives; reusable, round after round.
 class Barrier {
-  public:
+public:
     explicit Barrier(int n) : n_(n) {}
     void arrive_and_wait() {
         std::unique_lock<std::mutex> lk(mu_);
@@ -262,7 +275,7 @@ class Barrier {
         cv_.wait(lk, [&] { return generation_ != gen; });
     }
 
-  private:
+private:
     std::mutex mu_;
     std::condition_variable cv_;
     const int n_;
@@ -308,7 +321,8 @@ struct Worker {
         sh->gate.enter();
         std::string row = db.load(id);
         if (sh->o->latency_ms > 0)
-            std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(sh->o->latency_ms));
+            std::this_thread::sleep_for(
+                std::chrono::duration<double, std::milli>(sh->o->latency_ms));
         sh->gate.leave();
         sh->cache.put(key, row, Clock::now() + sh->ttl);
         return row;
@@ -326,7 +340,8 @@ struct Worker {
         // it then leads a new flight, and the fresh entry makes a query
         // unnecessary.  This re-check is the usual companion of singleflight.
         std::string row;
-        if (!f->w->sh->cache.get(*f->key, Clock::now(), &row)) row = f->w->load_and_fill(f->id, *f->key);
+        if (!f->w->sh->cache.get(*f->key, Clock::now(), &row))
+            row = f->w->load_and_fill(f->id, *f->key);
         sf_call_set_value(call, new std::string(std::move(row)),
                           [](void *v) { delete static_cast<std::string *>(v); });
         return 0;
@@ -435,7 +450,9 @@ RunStats run(const Options &o, const std::string &db_path, const std::vector<int
     std::vector<float> lat;
     for (auto &w : workers) lat.insert(lat.end(), w->latency_ms.begin(), w->latency_ms.end());
     std::sort(lat.begin(), lat.end());
-    auto pct = [&](double p) { return lat.empty() ? 0.0 : double(lat[std::size_t(p * double(lat.size() - 1))]); };
+    auto pct = [&](double p) {
+        return lat.empty() ? 0.0 : double(lat[std::size_t(p * double(lat.size() - 1))]);
+    };
 
     s.requests = long(lat.size());
     s.db_queries = sh.db_queries.load();
@@ -460,8 +477,8 @@ RunStats run_stampede(const Options &o, const std::string &db_path, bool with_sf
     const std::string hot_key = "item:" + std::to_string(hot);
     Barrier start(o.threads + 1), end(o.threads + 1);
     return run(
-        o, db_path, nullptr, Clock::duration::max() / 4, with_sf, long(o.threads) * o.expiries, progress,
-        [&](Worker &w) { w.run_stampede(start, end, o.expiries, hot); },
+        o, db_path, nullptr, Clock::duration::max() / 4, with_sf, long(o.threads) * o.expiries,
+        progress, [&](Worker &w) { w.run_stampede(start, end, o.expiries, hot); },
         [&](Shared &sh, auto &bar, RunStats &s) {
             for (int r = 0; r < o.expiries; ++r) {
                 long before = sh.db_queries.load();
@@ -478,7 +495,8 @@ RunStats run_stampede(const Options &o, const std::string &db_path, bool with_sf
 RunStats run_mixed(const Options &o, const std::vector<int> &stream, const std::string &db_path,
                    bool with_sf, bool progress) {
     const long total = long(stream.size());
-    auto ttl = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(o.ttl_ms));
+    auto ttl = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double, std::milli>(o.ttl_ms));
     return run(
         o, db_path, &stream, ttl, with_sf, total, progress, [](Worker &w) { w.run_mixed(); },
         [&](Shared &sh, auto &bar, RunStats &) {
@@ -509,14 +527,16 @@ struct Row {
 
 void print_table(std::initializer_list<Row> rows) {
     std::printf("\n   %-20s %22s %22s\n", "", "without singleflight", "with singleflight");
-    for (const Row &r : rows) std::printf("   %-20s %22s %22s\n", r.name, r.without.c_str(), r.with.c_str());
+    for (const Row &r : rows)
+        std::printf("   %-20s %22s %22s\n", r.name, r.without.c_str(), r.with.c_str());
 }
 
 }  // namespace
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
-    if (sf_version_number() != SF_VERSION_NUMBER) die("libsingleflight header and library versions differ");
+    if (sf_version_number() != SF_VERSION_NUMBER)
+        die("libsingleflight header and library versions differ");
     bool progress = o.progress && !o.json && isatty(STDERR_FILENO);
 
     // A scratch database file: SQLite in-memory databases are private to one
@@ -534,40 +554,50 @@ int main(int argc, char **argv) {
     // One request stream for both runs, so they serve exactly the same keys.
     std::vector<double> cdf(std::size_t(o.keys));
     double sum = 0;
-    for (int i = 0; i < o.keys; ++i) cdf[std::size_t(i)] = (sum += 1.0 / std::pow(double(i + 1), o.zipf));
+    for (int i = 0; i < o.keys; ++i)
+        cdf[std::size_t(i)] = (sum += 1.0 / std::pow(double(i + 1), o.zipf));
     std::mt19937_64 rng(o.seed);
     std::uniform_real_distribution<double> u(0.0, sum);
     std::vector<int> stream(std::size_t(o.requests));
     for (auto &k : stream)
-        k = int(std::min<std::ptrdiff_t>(std::upper_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin(),
-                                         o.keys - 1));
+        k = int(std::min<std::ptrdiff_t>(
+            std::upper_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin(), o.keys - 1));
 
     if (!o.json) {
-        std::printf("cache stampede on SQLite: %d threads, +%.1f ms per query, %d database connections\n\n",
-                    o.threads, o.latency_ms, o.db_conns);
-        std::printf("1. The stampede: the hottest key expires while all %d threads want it, %d times;\n"
-                    "   a barrier releases the threads together each time.\n",
-                    o.threads, o.expiries);
+        std::printf(
+            "cache stampede on SQLite: %d threads, +%.1f ms per query, %d database connections\n\n",
+            o.threads, o.latency_ms, o.db_conns);
+        std::printf(
+            "1. The stampede: the hottest key expires while all %d threads want it, %d times;\n"
+            "   a barrier releases the threads together each time.\n",
+            o.threads, o.expiries);
         std::fflush(stdout);
     }
     RunStats sa = run_stampede(o, path, false, progress);
     RunStats sb = run_stampede(o, path, true, progress);
     if (!o.json) {
-        auto per_expiry = [&](const RunStats &r) { return fmt("%.1f", double(r.db_queries) / o.expiries); };
+        auto per_expiry = [&](const RunStats &r) {
+            return fmt("%.1f", double(r.db_queries) / o.expiries);
+        };
         print_table({
             {"queries per expiry", per_expiry(sa), per_expiry(sb)},
-            {"most in one expiry", std::to_string(sa.max_round_queries), std::to_string(sb.max_round_queries)},
+            {"most in one expiry", std::to_string(sa.max_round_queries),
+             std::to_string(sb.max_round_queries)},
             {"requests", std::to_string(sa.requests), std::to_string(sb.requests)},
             {"database queries", std::to_string(sa.db_queries), std::to_string(sb.db_queries)},
             {"p50 latency", fmt_latency(sa.p50_ms), fmt_latency(sb.p50_ms)},
             {"p99 latency", fmt_latency(sa.p99_ms), fmt_latency(sb.p99_ms)},
             {"wall time", fmt("%.2f s", sa.wall_s), fmt("%.2f s", sb.wall_s)},
         });
-        std::printf("\n   Each expiry sent %s queries for the same row to the database without singleflight,\n"
-                    "   %s with it: one thread queried, the others shared its row.\n\n",
-                    per_expiry(sa).c_str(), per_expiry(sb).c_str());
-        std::printf("2. Mixed traffic: %ld requests for %d keys (Zipf s=%.2f), each row cached for %.0f ms.\n",
-                    o.requests, o.keys, o.zipf, o.ttl_ms);
+        std::printf(
+            "\n   Each expiry sent %s queries for the same row to the database without "
+            "singleflight,\n"
+            "   %s with it: one thread queried, the others shared its row.\n\n",
+            per_expiry(sa).c_str(), per_expiry(sb).c_str());
+        std::printf(
+            "2. Mixed traffic: %ld requests for %d keys (Zipf s=%.2f), each row cached for %.0f "
+            "ms.\n",
+            o.requests, o.keys, o.zipf, o.ttl_ms);
         std::fflush(stdout);
     }
     RunStats a = run_mixed(o, stream, path, false, progress);
@@ -576,20 +606,23 @@ int main(int argc, char **argv) {
 
     if (o.json) {
         auto obj = [](const RunStats &r, bool rounds) {
-            std::string most = rounds ? "\"max_round_queries\":" + std::to_string(r.max_round_queries) + "," : "";
+            std::string most =
+                rounds ? "\"max_round_queries\":" + std::to_string(r.max_round_queries) + "," : "";
             char x[320];
-            std::snprintf(x, sizeof x,
-                          "{\"requests\":%ld,\"db_queries\":%ld,\"cache_misses\":%ld,\"suppressed\":%ld,%s"
-                          "\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
-                          r.requests, r.db_queries, r.misses, r.misses - r.db_queries, most.c_str(), r.p50_ms,
-                          r.p99_ms, r.wall_s);
+            std::snprintf(
+                x, sizeof x,
+                "{\"requests\":%ld,\"db_queries\":%ld,\"cache_misses\":%ld,\"suppressed\":%ld,%s"
+                "\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
+                r.requests, r.db_queries, r.misses, r.misses - r.db_queries, most.c_str(), r.p50_ms,
+                r.p99_ms, r.wall_s);
             return std::string(x);
         };
-        std::printf("{\"threads\":%d,\"keys\":%d,"
-                    "\"stampede\":{\"expiries\":%d,\"without\":%s,\"with\":%s},"
-                    "\"mixed\":{\"requests\":%ld,\"without\":%s,\"with\":%s}}\n",
-                    o.threads, o.keys, o.expiries, obj(sa, true).c_str(), obj(sb, true).c_str(), o.requests,
-                    obj(a, false).c_str(), obj(b, false).c_str());
+        std::printf(
+            "{\"threads\":%d,\"keys\":%d,"
+            "\"stampede\":{\"expiries\":%d,\"without\":%s,\"with\":%s},"
+            "\"mixed\":{\"requests\":%ld,\"without\":%s,\"with\":%s}}\n",
+            o.threads, o.keys, o.expiries, obj(sa, true).c_str(), obj(sb, true).c_str(), o.requests,
+            obj(a, false).c_str(), obj(b, false).c_str());
         return 0;
     }
 
@@ -597,14 +630,16 @@ int main(int argc, char **argv) {
         {"requests", std::to_string(a.requests), std::to_string(b.requests)},
         {"database queries", std::to_string(a.db_queries), std::to_string(b.db_queries)},
         {"cache misses", std::to_string(a.misses), std::to_string(b.misses)},
-        {"misses suppressed", std::to_string(a.misses - a.db_queries), std::to_string(b.misses - b.db_queries)},
+        {"misses suppressed", std::to_string(a.misses - a.db_queries),
+         std::to_string(b.misses - b.db_queries)},
         {"p50 latency", fmt_latency(a.p50_ms), fmt_latency(b.p50_ms)},
         {"p99 latency", fmt_latency(a.p99_ms), fmt_latency(b.p99_ms)},
         {"wall time", fmt("%.2f s", a.wall_s), fmt("%.2f s", b.wall_s)},
     });
     if (b.db_queries > 0)
-        std::printf("\n   singleflight sent %.1fx fewer queries to the database: here most misses are for\n"
-                    "   different rows, and every row still has to be loaded once per TTL.\n",
-                    double(a.db_queries) / double(b.db_queries));
+        std::printf(
+            "\n   singleflight sent %.1fx fewer queries to the database: here most misses are for\n"
+            "   different rows, and every row still has to be loaded once per TTL.\n",
+            double(a.db_queries) / double(b.db_queries));
     return 0;
 }

@@ -84,8 +84,8 @@ double race_seconds() {
 
 TEST(SetValueRace, NeverWritesAfterCompletionNorDestroysWhatCallersHold) {
     GroupPtr g;
-    const auto until = std::chrono::steady_clock::now() +
-                       std::chrono::duration<double>(race_seconds());
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(race_seconds());
     long rounds = 0, late_refusals = 0;
     while (std::chrono::steady_clock::now() < until) {
         ++rounds;
@@ -181,7 +181,10 @@ int wait_for_all_fn(sf_call *, void *payload) {
 void interdependent_done(int status, sf_result *r, int, void *payload) {
     auto *s = static_cast<Interdependent *>(payload);
     std::lock_guard<std::mutex> l(s->mu);
-    if (status == SF_OK && sf_result_error(r) == 0) ++s->ok; else ++s->failed;
+    if (status == SF_OK && sf_result_error(r) == 0)
+        ++s->ok;
+    else
+        ++s->failed;
     s->cv.notify_all();
 }
 
@@ -363,8 +366,8 @@ TEST(PoolCancel, DoneCallbackMeetingAPendingCancelRunsAndThePoolGoesOn) {
     }
     EXPECT_EQ(d.ok, 1) << "fn returned normally: the flight is not a Goexit";
     // The pool still serves (the cancelled worker leaves at a safe point).
-    ASSERT_EQ(sf_group_do_async(g, "k2", 2, [](sf_call *, void *) { return 0; }, nullptr,
-                                syscall_done, &d),
+    ASSERT_EQ(sf_group_do_async(
+                  g, "k2", 2, [](sf_call *, void *) { return 0; }, nullptr, syscall_done, &d),
               SF_OK);
     std::unique_lock<std::mutex> l(d.mu);
     d.cv.wait(l, [&] { return d.runs == 2; });

@@ -20,7 +20,7 @@ namespace {
 // Lowers RLIMIT_NOFILE and fills every remaining slot; the destructor gives
 // everything back even when an assertion returns early.
 class FdExhaustion {
-  public:
+public:
     FdExhaustion() {
         getrlimit(RLIMIT_NOFILE, &saved_);
         struct rlimit low = saved_;
@@ -35,7 +35,7 @@ class FdExhaustion {
                 break;
             }
             fds_.push_back(fd);
-            if (fds_.size() > 100000) break; // a runaway limit: give up
+            if (fds_.size() > 100000) break;  // a runaway limit: give up
         }
     }
     ~FdExhaustion() {
@@ -55,7 +55,7 @@ class FdExhaustion {
         fds_.clear();
     }
 
-  private:
+private:
     struct rlimit saved_ {};
     bool lowered_ = false;
     int errno_at_end_ = 0;
@@ -143,4 +143,4 @@ TEST(FdExhaustion, ReleasedCallsReturnTheirDescriptors) {
     EXPECT_LE(count_open(), before + kCalls);
 }
 
-} // namespace
+}  // namespace

@@ -64,12 +64,12 @@ int in_child(F body) {
 
 // Child-side checks report which one failed through the exit code, since
 // gtest's state in a child is not reported back.
-#define CHILD_CHECK(code, cond)                                                   \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            std::fprintf(stderr, "child check %d failed: %s\n", code, #cond);     \
-            return code;                                                          \
-        }                                                                         \
+#define CHILD_CHECK(code, cond)                                               \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            std::fprintf(stderr, "child check %d failed: %s\n", code, #cond); \
+            return code;                                                      \
+        }                                                                     \
     } while (0)
 
 int set_value_fn(sf_call *call, void *payload) {
@@ -173,16 +173,15 @@ TEST(Fork, InFlightFlightIsInvisibleAndOrphanedInChild) {
 
         // The orphaned follower times out instead of hanging.
         sf_result *r = reinterpret_cast<sf_result *>(1);
-        CHILD_CHECK(5, sf_call_wait(follower, 20 * 1000 * 1000, &r, nullptr) ==
-                           SF_ETIMEDOUT);
+        CHILD_CHECK(5, sf_call_wait(follower, 20 * 1000 * 1000, &r, nullptr) == SF_ETIMEDOUT);
         CHILD_CHECK(6, r == nullptr);
 
         // The parent's flight is not visible: the child leads a new one.
         int child_value = 0;
         sf_result *cr = nullptr;
         int shared = -1;
-        CHILD_CHECK(7, sf_group_do(g, "busy", 4, set_value_fn, &child_value, &cr,
-                                   &shared) == SF_OK);
+        CHILD_CHECK(7,
+                    sf_group_do(g, "busy", 4, set_value_fn, &child_value, &cr, &shared) == SF_OK);
         CHILD_CHECK(8, sf_result_value(cr) == &child_value && shared == 0);
         sf_result_release(cr);
 
@@ -263,8 +262,7 @@ TEST(Fork, BuiltInPoolWorksInChild) {
     AsyncBox parent_box;
     // Start the pool's threads in the parent first: the child inherits none
     // of them and must start its own.
-    ASSERT_EQ(sf_group_do_async(g, "p", 1, return_five, nullptr, async_done, &parent_box),
-              SF_OK);
+    ASSERT_EQ(sf_group_do_async(g, "p", 1, return_five, nullptr, async_done, &parent_box), SF_OK);
     ASSERT_TRUE(wait_async(parent_box, 1));
     ASSERT_EQ(parent_box.status, SF_OK);
 
@@ -272,8 +270,8 @@ TEST(Fork, BuiltInPoolWorksInChild) {
         AsyncBox b;
         for (int i = 0; i < 4; i++) {
             std::string key = "c" + std::to_string(i);
-            CHILD_CHECK(1, sf_group_do_async(g, key.data(), key.size(), return_five,
-                                             nullptr, async_done, &b) == SF_OK);
+            CHILD_CHECK(1, sf_group_do_async(g, key.data(), key.size(), return_five, nullptr,
+                                             async_done, &b) == SF_OK);
         }
         CHILD_CHECK(2, wait_async(b, 4));
         CHILD_CHECK(3, b.status == SF_OK && b.error == 5);
@@ -318,8 +316,8 @@ TEST(Fork, LocksHeldByOtherThreadsDoNotBlockChild) {
                 std::string key = "h" + std::to_string(k);
                 int v = 0;
                 sf_result *r = nullptr;
-                CHILD_CHECK(1, sf_group_do(g, key.data(), key.size(), set_value_fn, &v,
-                                           &r, nullptr) == SF_OK);
+                CHILD_CHECK(1, sf_group_do(g, key.data(), key.size(), set_value_fn, &v, &r,
+                                           nullptr) == SF_OK);
                 CHILD_CHECK(2, sf_result_value(r) == &v);
                 sf_result_release(r);
             }
@@ -327,7 +325,7 @@ TEST(Fork, LocksHeldByOtherThreadsDoNotBlockChild) {
             return 0;
         });
         EXPECT_EQ(code, 0) << "fork #" << i;
-        if (code != 0) break; // still join the hammers below
+        if (code != 0) break;  // still join the hammers below
     }
     stop = true;
     t1.join();
@@ -367,4 +365,4 @@ TEST(Fork, GroupsCreatedInChildAndNestedFork) {
     EXPECT_EQ(code, 0);
 }
 
-} // namespace
+}  // namespace

@@ -40,14 +40,16 @@ int fn_value(sf_call *call, void *payload) {
 }
 
 int fn_panics(sf_call *call, void *) {
-    sf_call_panic(call, "a panic message long enough to need its own heap copy "
-                        "................................................");
+    sf_call_panic(call,
+                  "a panic message long enough to need its own heap copy "
+                  "................................................");
     return 0;
 }
 
 int fn_throws(sf_call *, void *) {
-    throw std::runtime_error("a thrown message long enough to need a heap copy "
-                             "..............................................");
+    throw std::runtime_error(
+        "a thrown message long enough to need a heap copy "
+        "..............................................");
 }
 
 sf_group_stats stats_of(const sf_group *g) {
@@ -58,7 +60,7 @@ sf_group_stats stats_of(const sf_group *g) {
     return s;
 }
 
-const std::string kLongKey(300, 'k'); // too long for any inline key storage
+const std::string kLongKey(300, 'k');  // too long for any inline key storage
 
 // After a failure: the group still works for every key used and frees.
 void expect_consistent_and_free(sf_group *g, const std::vector<std::string> &keys) {
@@ -158,7 +160,7 @@ void async_done(int status, sf_result *r, int, void *payload) {
 }
 
 void on_done_cb(int status, sf_result *r, int, void *payload) {
-    EXPECT_EQ(status, SF_EPANIC); // the scenario's two-phase leader panics
+    EXPECT_EQ(status, SF_EPANIC);  // the scenario's two-phase leader panics
     EXPECT_NE(sf_result_panic_message(r), nullptr);
     static_cast<AsyncWait *>(payload)->done();
 }
@@ -318,4 +320,4 @@ TEST(Oom, GroupSurvivesLongOutage) {
     expect_consistent_and_free(g, {kLongKey, "0"});
 }
 
-} // namespace
+}  // namespace

@@ -46,8 +46,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               Clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
         .count();
 }
 
@@ -59,7 +58,7 @@ struct Config {
     double seconds = 15;
     int threads = 8;
     int round_ms = 1500;
-    int margin_ms = 20000; // generous: TSan on two shared cores is slow
+    int margin_ms = 20000;  // generous: TSan on two shared cores is slow
     bool oom = true;
     uint64_t seed = 0;
 };
@@ -83,9 +82,9 @@ void fail(const char *fmt, ...) {
     std::fputc('\n', stderr);
 }
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) fail(__VA_ARGS__);                                       \
+#define CHECK(cond, ...)                \
+    do {                                \
+        if (!(cond)) fail(__VA_ARGS__); \
     } while (0)
 
 // ---------------------------------------------------------------------------
@@ -111,11 +110,10 @@ void init_keys() {
 // ---------------------------------------------------------------------------
 
 struct Figures {
-    std::atomic<uint64_t> ops{0}, do_calls{0}, async_calls{0}, begin_calls{0},
-        forget_calls{0}, stats_reads{0};
-    std::atomic<uint64_t> f_error{0}, f_throw{0}, f_panic_call{0},
-        f_pthread_exit{0}, f_sleep{0}, f_refuse{0}, f_release_leader{0},
-        f_timeout_waits{0}, f_nested_deadlk{0}, f_oom_bursts{0},
+    std::atomic<uint64_t> ops{0}, do_calls{0}, async_calls{0}, begin_calls{0}, forget_calls{0},
+        stats_reads{0};
+    std::atomic<uint64_t> f_error{0}, f_throw{0}, f_panic_call{0}, f_pthread_exit{0}, f_sleep{0},
+        f_refuse{0}, f_release_leader{0}, f_timeout_waits{0}, f_nested_deadlk{0}, f_oom_bursts{0},
         f_enomem_returns{0}, f_forget_in_fn{0}, f_cancels{0}, f_abandons{0};
     std::atomic<uint64_t> values_created{0}, values_destroyed{0};
     std::atomic<uint64_t> rounds{0}, groups_freed{0};
@@ -141,8 +139,7 @@ void destroy_value(void *p) {
     Value *v = static_cast<Value *>(p);
     CHECK(v != nullptr, "destroy called with NULL");
     if (!v) return;
-    CHECK(v->magic == kLive, "destroy on a value that is not live (magic %08x)",
-          v->magic);
+    CHECK(v->magic == kLive, "destroy on a value that is not live (magic %08x)", v->magic);
     v->magic = kDead;
     fig.values_destroyed.fetch_add(1);
     delete v;
@@ -160,21 +157,21 @@ std::atomic<uint64_t> g_exec_ids{1};
 // ---------------------------------------------------------------------------
 
 struct Books {
-    std::atomic<uint64_t> calls{0};      // calls that started or joined a flight
-    std::atomic<uint64_t> leaders{0};    // flights started
-    std::atomic<uint64_t> panics{0};     // flights that completed as a panic
-    std::atomic<uint64_t> goexits{0};    // flights that completed as goexit
-    std::atomic<uint64_t> timeouts{0};   // sf_call_wait returning ETIMEDOUT
-    std::atomic<uint64_t> forgets{0};    // forget/forget_unshared returning 1
+    std::atomic<uint64_t> calls{0};     // calls that started or joined a flight
+    std::atomic<uint64_t> leaders{0};   // flights started
+    std::atomic<uint64_t> panics{0};    // flights that completed as a panic
+    std::atomic<uint64_t> goexits{0};   // flights that completed as goexit
+    std::atomic<uint64_t> timeouts{0};  // sf_call_wait returning ETIMEDOUT
+    std::atomic<uint64_t> forgets{0};   // forget/forget_unshared returning 1
     // do_async refused by the executor (SF_EBUSY) or by a failing pool
     // allocation (SF_ENOMEM): the library may already have started the flight
     // and completes it as a panic for anyone who joined, so it may count one
     // leader and one panic that ran no fn.
     std::atomic<uint64_t> refused{0};
-    std::atomic<uint64_t> async_pending{0}; // accepted do_async, done not yet run
+    std::atomic<uint64_t> async_pending{0};  // accepted do_async, done not yet run
     std::atomic<uint64_t> on_done_pending{0};
-    std::atomic<uint64_t> cancels{0};    // sf_call_cancel returning 0 or 1
-    std::atomic<uint64_t> abandons{0};   // abandon callbacks that ran
+    std::atomic<uint64_t> cancels{0};   // sf_call_cancel returning 0 or 1
+    std::atomic<uint64_t> abandons{0};  // abandon callbacks that ran
 };
 
 // ---------------------------------------------------------------------------
@@ -223,8 +220,8 @@ struct KeyTracks {
                   " (started %.3f ms before) of the same key still runs with no "
                   "forget since its caller entered (forgets %" PRIu64 ", at its entry %" PRIu64
                   ", at this entry %" PRIu64 ")",
-                  key, kind, exec, r.kind, r.exec, (now_ns() - r.started_ns) / 1e6,
-                  t.forgets, r.forgets_at_entry, entry_forgets);
+                  key, kind, exec, r.kind, r.exec, (now_ns() - r.started_ns) / 1e6, t.forgets,
+                  r.forgets_at_entry, entry_forgets);
         }
         t.running.push_back(Running{exec, entry_forgets, kind, now_ns()});
     }
@@ -326,8 +323,7 @@ struct Waiting {
 };
 
 void watchdog() {
-    const int64_t limit =
-        int64_t(kMaxSleepUs) * 1000 + int64_t(cfg.margin_ms) * 1000000;
+    const int64_t limit = int64_t(kMaxSleepUs) * 1000 + int64_t(cfg.margin_ms) * 1000000;
     while (!g_watch_stop.load()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
         int64_t t = now_ns();
@@ -337,10 +333,9 @@ void watchdog() {
                 std::fprintf(stderr,
                              "HANG: thread slot %zu blocked in %s for %.1f s "
                              "(limit %.1f s)\n",
-                             i, (*g_slots)[i].what.load(), (t - since) / 1e9,
-                             limit / 1e9);
+                             i, (*g_slots)[i].what.load(), (t - since) / 1e9, limit / 1e9);
                 std::fflush(stderr);
-                std::_Exit(2); // a hung thread cannot be joined: stop here
+                std::_Exit(2);  // a hung thread cannot be joined: stop here
             }
         }
     }
@@ -377,7 +372,7 @@ struct ThreadCount {
 };
 
 void *exec_thread(void *p) {
-    ThreadCount tc; // runs on normal return and on pthread_exit's unwind
+    ThreadCount tc;  // runs on normal return and on pthread_exit's unwind
     TaskBox box = *static_cast<TaskBox *>(p);
     delete static_cast<TaskBox *>(p);
     std::mt19937_64 rng(next_stream_seed());
@@ -430,7 +425,7 @@ struct CallCtx {
     GroupCtx *gc;
     int key;
     uint64_t forgets_at_entry;
-    bool force_exit; // the goexit helper: fn must exit its thread
+    bool force_exit;  // the goexit helper: fn must exit its thread
     bool fn_ran;
     bool is_async;
 };
@@ -443,62 +438,57 @@ std::string panic_text(int key, uint64_t exec) {
 
 // Checks one caller's outcome against what its flight's execution recorded.
 // `follower` is 1 when the caller knows it joined (0 when it led, -1 unknown).
-void check_outcome(GroupCtx *gc, int key, int status, sf_result *r, int shared,
-                   int follower, const char *where) {
+void check_outcome(GroupCtx *gc, int key, int status, sf_result *r, int shared, int follower,
+                   const char *where) {
     switch (status) {
-    case SF_OK: {
-        CHECK(r != nullptr, "%s: SF_OK without a result", where);
-        if (!r) return;
-        CHECK(sf_result_panic_message(r) == nullptr, "%s: SF_OK with a panic message",
-              where);
-        const Value *v = static_cast<const Value *>(sf_result_value(r));
-        CHECK(v != nullptr, "%s: SF_OK without the value fn stored", where);
-        if (!v) return;
-        CHECK(v->magic == kLive, "%s: result value is not live (magic %08x)", where,
-              v->magic);
-        CHECK(v->key == key, "%s: key %d got the value of key %d", where, key, v->key);
-        CHECK(sf_result_error(r) == v->err,
-              "%s: error %d but the flight's fn returned %d", where, sf_result_error(r),
-              v->err);
-        break;
-    }
-    case SF_EPANIC: {
-        CHECK(r != nullptr, "%s: SF_EPANIC without a result", where);
-        if (!r) return;
-        const char *msg = sf_result_panic_message(r);
-        CHECK(msg != nullptr, "%s: SF_EPANIC without a message", where);
-        if (!msg) return;
-        int mk = -1;
-        unsigned long long mx = 0;
-        if (std::sscanf(msg, "sfpanic k=%d x=%llu", &mk, &mx) == 2) {
-            CHECK(mk == key, "%s: key %d got the panic of key %d (%s)", where, key, mk,
-                  msg);
-            CHECK(panic_text(mk, mx) == msg, "%s: panic message altered: %s", where,
-                  msg);
-        } else {
-            // Only a refused executor task, or a message copy that failed
-            // under injected allocation failure, makes a panic the test did
-            // not write itself.
-            bool oom_text = cfg.oom && std::strstr(msg, "out of memory") != nullptr;
-            CHECK(gc->custom_executor || oom_text, "%s: unexpected panic message '%s'",
-                  where, msg);
+        case SF_OK: {
+            CHECK(r != nullptr, "%s: SF_OK without a result", where);
+            if (!r) return;
+            CHECK(sf_result_panic_message(r) == nullptr, "%s: SF_OK with a panic message", where);
+            const Value *v = static_cast<const Value *>(sf_result_value(r));
+            CHECK(v != nullptr, "%s: SF_OK without the value fn stored", where);
+            if (!v) return;
+            CHECK(v->magic == kLive, "%s: result value is not live (magic %08x)", where, v->magic);
+            CHECK(v->key == key, "%s: key %d got the value of key %d", where, key, v->key);
+            CHECK(sf_result_error(r) == v->err, "%s: error %d but the flight's fn returned %d",
+                  where, sf_result_error(r), v->err);
+            break;
         }
-        const Value *v = static_cast<const Value *>(sf_result_value(r));
-        if (v) {
-            CHECK(v->magic == kLive && v->key == key,
-                  "%s: panicked result carries a foreign value", where);
+        case SF_EPANIC: {
+            CHECK(r != nullptr, "%s: SF_EPANIC without a result", where);
+            if (!r) return;
+            const char *msg = sf_result_panic_message(r);
+            CHECK(msg != nullptr, "%s: SF_EPANIC without a message", where);
+            if (!msg) return;
+            int mk = -1;
+            unsigned long long mx = 0;
+            if (std::sscanf(msg, "sfpanic k=%d x=%llu", &mk, &mx) == 2) {
+                CHECK(mk == key, "%s: key %d got the panic of key %d (%s)", where, key, mk, msg);
+                CHECK(panic_text(mk, mx) == msg, "%s: panic message altered: %s", where, msg);
+            } else {
+                // Only a refused executor task, or a message copy that failed
+                // under injected allocation failure, makes a panic the test did
+                // not write itself.
+                bool oom_text = cfg.oom && std::strstr(msg, "out of memory") != nullptr;
+                CHECK(gc->custom_executor || oom_text, "%s: unexpected panic message '%s'", where,
+                      msg);
+            }
+            const Value *v = static_cast<const Value *>(sf_result_value(r));
+            if (v) {
+                CHECK(v->magic == kLive && v->key == key,
+                      "%s: panicked result carries a foreign value", where);
+            }
+            break;
         }
-        break;
-    }
-    case SF_EGOEXIT:
-        CHECK(r != nullptr, "%s: SF_EGOEXIT without a result", where);
-        if (r)
-            CHECK(sf_result_panic_message(r) == nullptr,
-                  "%s: SF_EGOEXIT with a panic message", where);
-        break;
-    default:
-        fail("%s: unexpected status %s (%d)", where, sf_err_name(status), status);
-        return;
+        case SF_EGOEXIT:
+            CHECK(r != nullptr, "%s: SF_EGOEXIT without a result", where);
+            if (r)
+                CHECK(sf_result_panic_message(r) == nullptr, "%s: SF_EGOEXIT with a panic message",
+                      where);
+            break;
+        default:
+            fail("%s: unexpected status %s (%d)", where, sf_err_name(status), status);
+            return;
     }
     if (follower == 1) CHECK(shared == 1, "%s: follower got shared=%d", where, shared);
     CHECK(shared == 0 || shared == 1, "%s: shared=%d", where, shared);
@@ -527,8 +517,7 @@ int work_fn(sf_call *call, void *payload) {
     GroupCtx *gc = cc->gc;
     CHECK(!cc->fn_ran, "fn ran twice for one caller");
     cc->fn_ran = true;
-    CHECK(sf_call_role(call) == SF_LEADER, "fn's call is not the leader (%d)",
-          sf_call_role(call));
+    CHECK(sf_call_role(call) == SF_LEADER, "fn's call is not the leader (%d)", sf_call_role(call));
     uint64_t exec = g_exec_ids.fetch_add(1);
     gc->books.leaders.fetch_add(1);
     // A do leader's call is counted here because fn may never return to it
@@ -543,8 +532,8 @@ int work_fn(sf_call *call, void *payload) {
 
     // fn's call belongs to do/do_async: the two-phase verbs must refuse it.
     CHECK(sf_call_finish(call, 0) == SF_ESTATE, "finish inside fn not refused");
-    CHECK(sf_call_on_done(call, [](int, sf_result *, int, void *) {}, nullptr) ==
-              SF_ESTATE,
+    CHECK(sf_call_on_done(
+              call, [](int, sf_result *, int, void *) {}, nullptr) == SF_ESTATE,
           "on_done inside fn not refused");
 
     if (pct(r) < 3) {
@@ -574,9 +563,8 @@ int work_fn(sf_call *call, void *payload) {
     }
     if (pct(r) < 3) {
         // Forgetting one's own flight from inside fn is legal.
-        int rc = tracked_forget(gc->kt, cc->key, [&] {
-            return sf_group_forget(gc->g, kb.data(), kb.size());
-        });
+        int rc = tracked_forget(gc->kt, cc->key,
+                                [&] { return sf_group_forget(gc->g, kb.data(), kb.size()); });
         CHECK(rc == 0 || rc == 1, "forget in fn returned %d", rc);
         if (rc == 1) {
             gc->books.forgets.fetch_add(1);
@@ -654,8 +642,8 @@ void op_do(Worker &w, GroupCtx *gc, int key) {
     }
     if (!cc.fn_ran) gc->books.calls.fetch_add(1);
     if (!want) {
-        CHECK(rc == SF_OK || rc == SF_EPANIC || rc == SF_EGOEXIT,
-              "sf_group_do returned %s", sf_err_name(rc));
+        CHECK(rc == SF_OK || rc == SF_EPANIC || rc == SF_EGOEXIT, "sf_group_do returned %s",
+              sf_err_name(rc));
         return;
     }
     check_outcome(gc, key, rc, res, shared, cc.fn_ran ? 0 : 1, "do");
@@ -684,7 +672,7 @@ void op_async(Worker &, GroupCtx *gc, int key) {
     int rc = sf_group_do_async(gc->g, kb.data(), kb.size(), work_fn, cc, done_cb, cc);
     if (rc == SF_OK) {
         gc->books.calls.fetch_add(1);
-        return; // cc now belongs to done_cb
+        return;  // cc now belongs to done_cb
     }
     gc->books.async_pending.fetch_sub(1);
     if (rc == SF_EBUSY) {
@@ -762,8 +750,7 @@ void on_done_cb(int status, sf_result *result, int shared, void *payload) {
     delete cc;
 }
 
-void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call,
-                      uint64_t entry_forgets) {
+void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call, uint64_t entry_forgets) {
     uint64_t exec = g_exec_ids.fetch_add(1);
     gc->books.leaders.fetch_add(1);
     bool completed = false;
@@ -772,12 +759,10 @@ void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call,
     int expect_err = 0;
     {
         ExecGuard guard(gc->kt, key, exec, entry_forgets, "two-phase");
-        CHECK(sf_call_role(call) == SF_LEADER, "role of a leader is %d",
-              sf_call_role(call));
+        CHECK(sf_call_role(call) == SF_LEADER, "role of a leader is %d", sf_call_role(call));
         sf_result *res = reinterpret_cast<sf_result *>(1);
         int rc = sf_call_wait(call, 0, &res, nullptr);
-        CHECK(rc == SF_EDEADLK, "leader waiting on its own flight got %s",
-              sf_err_name(rc));
+        CHECK(rc == SF_EDEADLK, "leader waiting on its own flight got %s", sf_err_name(rc));
         CHECK(res == nullptr, "EDEADLK wait left *result set");
         if (pct(w.r) < 10) {
             // The leader's caller gives up: the work goes on for the
@@ -801,8 +786,7 @@ void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call,
             // Leaving without finishing: every follower gets SF_EGOEXIT.
             fig.f_release_leader.fetch_add(1);
             gc->books.goexits.fetch_add(1);
-            if (pct(w.r) < 50)
-                sf_call_set_value(call, new_value(key, 0, exec), destroy_value);
+            if (pct(w.r) < 50) sf_call_set_value(call, new_value(key, 0, exec), destroy_value);
             guard.done();
         } else if (c < 18) {
             fig.f_panic_call.fetch_add(1);
@@ -837,8 +821,8 @@ void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call,
         int shared = -1;
         int rc = sf_call_wait(call, 0, &res, &shared);
         if (leader_cancelled) expect = SF_ECANCELED;
-        CHECK(rc == expect, "leader reading its own result got %s, want %s",
-              sf_err_name(rc), sf_err_name(expect));
+        CHECK(rc == expect, "leader reading its own result got %s, want %s", sf_err_name(rc),
+              sf_err_name(expect));
         if (rc != SF_ECANCELED) check_outcome(gc, key, rc, res, shared, 0, "leader wait");
         if (rc == SF_OK && res)
             CHECK(sf_result_error(res) == expect_err, "leader sees error %d, set %d",
@@ -849,8 +833,7 @@ void two_phase_leader(Worker &w, GroupCtx *gc, int key, sf_call *call,
 }
 
 void two_phase_follower(Worker &w, GroupCtx *gc, int key, sf_call *call) {
-    CHECK(sf_call_role(call) == SF_FOLLOWER, "role of a follower is %d",
-          sf_call_role(call));
+    CHECK(sf_call_role(call) == SF_FOLLOWER, "role of a follower is %d", sf_call_role(call));
     CHECK(sf_call_finish(call, 0) == SF_ESTATE, "finish by a follower not refused");
     t_refused_destroyed = false;
     sf_call_set_value(call, &t_refused_flag, destroy_refused);
@@ -937,8 +920,7 @@ void two_phase_follower(Worker &w, GroupCtx *gc, int key, sf_call *call) {
             check_outcome(gc, key, rc, res, shared, 1, "fd wait");
             sf_result_release(res);
         } else {
-            CHECK(fd == SF_EBUSY || enomem_ok(fd), "sf_call_fd returned %s",
-                  sf_err_name(fd));
+            CHECK(fd == SF_EBUSY || enomem_ok(fd), "sf_call_fd returned %s", sf_err_name(fd));
         }
     } else {
         // Waits with random timeouts; some give up, the rest eventually wait
@@ -953,7 +935,7 @@ void two_phase_follower(Worker &w, GroupCtx *gc, int key, sf_call *call) {
             if (rc != SF_ETIMEDOUT) break;
             CHECK(to >= 0, "wait forever timed out");
             CHECK(res == nullptr, "ETIMEDOUT left *result set");
-            if (to > 0) gc->books.timeouts.fetch_add(1); // polls are not counted
+            if (to > 0) gc->books.timeouts.fetch_add(1);  // polls are not counted
             fig.f_timeout_waits.fetch_add(1);
         }
         if (rc != SF_ETIMEDOUT) {
@@ -1000,12 +982,11 @@ void op_forget(Worker &w, GroupCtx *gc, int key) {
 
 void check_stats_shape(const sf_group_stats &s, const char *where) {
     CHECK(s.calls == s.leaders + s.followers,
-          "%s: calls %" PRIu64 " != leaders %" PRIu64 " + followers %" PRIu64, where,
-          s.calls, s.leaders, s.followers);
-    CHECK(s.in_flight <= s.leaders, "%s: in_flight %" PRIu64 " > leaders %" PRIu64,
-          where, s.in_flight, s.leaders);
-    CHECK(s.panics + s.goexits <= s.leaders, "%s: more failed flights than flights",
-          where);
+          "%s: calls %" PRIu64 " != leaders %" PRIu64 " + followers %" PRIu64, where, s.calls,
+          s.leaders, s.followers);
+    CHECK(s.in_flight <= s.leaders, "%s: in_flight %" PRIu64 " > leaders %" PRIu64, where,
+          s.in_flight, s.leaders);
+    CHECK(s.panics + s.goexits <= s.leaders, "%s: more failed flights than flights", where);
 }
 
 void op_stats(GroupCtx *gc) {
@@ -1069,25 +1050,20 @@ bool wait_until(const std::function<bool()> &done, int64_t limit_ns) {
 
 void audit_and_free(GroupCtx &gc, int idx) {
     char where[64];
-    std::snprintf(where, sizeof where, "round %" PRIu64 " group %d",
-                  fig.rounds.load(), idx);
+    std::snprintf(where, sizeof where, "round %" PRIu64 " group %d", fig.rounds.load(), idx);
     const int64_t limit = int64_t(cfg.margin_ms) * 1000000;
     CHECK(wait_until([&] { return gc.books.async_pending.load() == 0; }, limit),
           "%s: %" PRIu64 " do_async done callbacks never ran", where,
           gc.books.async_pending.load());
     CHECK(wait_until([&] { return gc.books.on_done_pending.load() == 0; }, limit),
-          "%s: %" PRIu64 " on_done callbacks never ran", where,
-          gc.books.on_done_pending.load());
+          "%s: %" PRIu64 " on_done callbacks never ran", where, gc.books.on_done_pending.load());
 
     sf_group_stats s;
     std::memset(&s, 0, sizeof s);
     s.version = SF_GROUP_STATS_VERSION;
     // The built-in pool may still be leaving fn's frame after done ran.
-    CHECK(wait_until(
-              [&] {
-                  return sf_group_stats_get(gc.g, &s) == SF_OK && s.in_flight == 0;
-              },
-              limit),
+    CHECK(wait_until([&] { return sf_group_stats_get(gc.g, &s) == SF_OK && s.in_flight == 0; },
+                     limit),
           "%s: in_flight stuck at %" PRIu64, where, s.in_flight);
     check_stats_shape(s, where);
     const Books &b = gc.books;
@@ -1095,11 +1071,11 @@ void audit_and_free(GroupCtx &gc, int idx) {
     // flight it may have opened completed as a panic for whoever joined: it
     // shows in panics only, at most once per rejection.
     CHECK(s.leaders == b.leaders.load(),
-          "%s: leaders %" PRIu64 " but the test started %" PRIu64 " flights", where,
-          s.leaders, b.leaders.load());
-    CHECK(s.calls == b.calls.load(), "%s: calls %" PRIu64 " but the test made %" PRIu64,
-          where, s.calls, b.calls.load());
-    // A refused do_async is counted nowhere, its flight included (issue 10).
+          "%s: leaders %" PRIu64 " but the test started %" PRIu64 " flights", where, s.leaders,
+          b.leaders.load());
+    CHECK(s.calls == b.calls.load(), "%s: calls %" PRIu64 " but the test made %" PRIu64, where,
+          s.calls, b.calls.load());
+    // A refused do_async is counted nowhere, its flight included (the header).
     CHECK(s.panics == b.panics.load(),
           "%s: panics %" PRIu64 " but the test panicked %" PRIu64 " flights (%" PRIu64
           " refused do_async not counted)",
@@ -1109,14 +1085,12 @@ void audit_and_free(GroupCtx &gc, int idx) {
     CHECK(s.abandons == b.abandons.load(),
           "%s: abandons %" PRIu64 " but %" PRIu64 " abandon callbacks ran", where, s.abandons,
           b.abandons.load());
-    CHECK(s.goexits == b.goexits.load(), "%s: goexits %" PRIu64 " but expected %" PRIu64,
-          where, s.goexits, b.goexits.load());
-    CHECK(s.timeouts == b.timeouts.load(),
-          "%s: timeouts %" PRIu64 " but the test saw %" PRIu64, where, s.timeouts,
-          b.timeouts.load());
-    CHECK(s.forgets == b.forgets.load(),
-          "%s: forgets %" PRIu64 " but the test saw %" PRIu64, where, s.forgets,
-          b.forgets.load());
+    CHECK(s.goexits == b.goexits.load(), "%s: goexits %" PRIu64 " but expected %" PRIu64, where,
+          s.goexits, b.goexits.load());
+    CHECK(s.timeouts == b.timeouts.load(), "%s: timeouts %" PRIu64 " but the test saw %" PRIu64,
+          where, s.timeouts, b.timeouts.load());
+    CHECK(s.forgets == b.forgets.load(), "%s: forgets %" PRIu64 " but the test saw %" PRIu64, where,
+          s.forgets, b.forgets.load());
     for (size_t k = 0; k < g_keys.size(); k++)
         CHECK(gc.kt.k[k].running.empty(), "%s: key %zu still has executions", where, k);
 
@@ -1124,8 +1098,7 @@ void audit_and_free(GroupCtx &gc, int idx) {
     for (size_t k = 0; k < g_keys.size(); k++) {
         sf_call *c = nullptr;
         int rc = sf_group_begin(gc.g, g_keys[k].data(), g_keys[k].size(), &c);
-        CHECK(rc == SF_LEADER, "%s: key %zu is stuck (begin gave %s)", where, k,
-              sf_err_name(rc));
+        CHECK(rc == SF_LEADER, "%s: key %zu is stuck (begin gave %s)", where, k, sf_err_name(rc));
         if (c) {
             sf_call_finish(c, 0);
             sf_call_release(c);
@@ -1141,9 +1114,8 @@ void run_round(std::vector<Worker> &workers, uint64_t round_seed, int64_t round_
     GroupCtx groups[2];
     {
         sf_group_options o;
-        CHECK(sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION) == SF_OK,
-              "options_init failed");
-        o.shards = (round_seed & 1) ? 1 : 0; // a single shard maximises contention
+        CHECK(sf_group_options_init(&o, SF_GROUP_OPTIONS_VERSION) == SF_OK, "options_init failed");
+        o.shards = (round_seed & 1) ? 1 : 0;  // a single shard maximises contention
         int rc = sf_group_new(&groups[0].g, &o);
         CHECK(rc == SF_OK, "group_new returned %s", sf_err_name(rc));
         sf_group_options o2 = SF_GROUP_OPTIONS_INIT;
@@ -1158,8 +1130,7 @@ void run_round(std::vector<Worker> &workers, uint64_t round_seed, int64_t round_
     }
     g_round_stop.store(false);
     std::vector<std::thread> ths;
-    for (auto &w : workers)
-        ths.emplace_back([&w, &groups] { worker_loop(w, groups, 2); });
+    for (auto &w : workers) ths.emplace_back([&w, &groups] { worker_loop(w, groups, 2); });
     std::thread oom;
     if (cfg.oom) oom = std::thread(oom_loop, std::mt19937_64(round_seed * 31 + 7));
     std::this_thread::sleep_for(std::chrono::nanoseconds(round_ns));
@@ -1169,8 +1140,7 @@ void run_round(std::vector<Worker> &workers, uint64_t round_seed, int64_t round_
     sf::testing::fail_allocations_after(-1);
 
     for (int i = 0; i < 2; i++) audit_and_free(groups[i], i);
-    CHECK(wait_until([] { return g_exec_threads.load() == 0; },
-                     int64_t(cfg.margin_ms) * 1000000),
+    CHECK(wait_until([] { return g_exec_threads.load() == 0; }, int64_t(cfg.margin_ms) * 1000000),
           "executor threads did not finish");
     fig.rounds.fetch_add(1);
 }
@@ -1182,7 +1152,7 @@ void usage() {
     std::exit(64);
 }
 
-} // namespace
+}  // namespace
 
 int main(int argc, char **argv) {
     if (const char *e = std::getenv("SF_STRESS_SECONDS")) cfg.seconds = std::atof(e);
@@ -1193,13 +1163,20 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc) usage();
             return argv[++i];
         };
-        if (a == "--seconds") cfg.seconds = std::atof(next());
-        else if (a == "--threads") cfg.threads = std::atoi(next());
-        else if (a == "--round-ms") cfg.round_ms = std::atoi(next());
-        else if (a == "--margin-ms") cfg.margin_ms = std::atoi(next());
-        else if (a == "--no-oom") cfg.oom = false;
-        else if (a == "--seed") cfg.seed = std::strtoull(next(), nullptr, 0);
-        else usage();
+        if (a == "--seconds")
+            cfg.seconds = std::atof(next());
+        else if (a == "--threads")
+            cfg.threads = std::atoi(next());
+        else if (a == "--round-ms")
+            cfg.round_ms = std::atoi(next());
+        else if (a == "--margin-ms")
+            cfg.margin_ms = std::atoi(next());
+        else if (a == "--no-oom")
+            cfg.oom = false;
+        else if (a == "--seed")
+            cfg.seed = std::strtoull(next(), nullptr, 0);
+        else
+            usage();
     }
     if (cfg.threads < 1 || cfg.seconds <= 0 || cfg.round_ms < 10) usage();
     init_keys();
@@ -1212,7 +1189,8 @@ int main(int argc, char **argv) {
     std::thread dog(watchdog);
     std::vector<Worker> workers;
     for (int i = 0; i < cfg.threads; i++)
-        workers.push_back(Worker{&slots[size_t(i)], std::mt19937_64(cfg.seed + uint64_t(i) * 7919)});
+        workers.push_back(
+            Worker{&slots[size_t(i)], std::mt19937_64(cfg.seed + uint64_t(i) * 7919)});
 
     int64_t end = now_ns() + int64_t(cfg.seconds * 1e9);
     uint64_t round = 0;
@@ -1228,28 +1206,28 @@ int main(int argc, char **argv) {
     CHECK(created == destroyed, "values created %" PRIu64 " != destroyed %" PRIu64, created,
           destroyed);
     uint64_t faults = fig.f_error + fig.f_throw + fig.f_panic_call + fig.f_pthread_exit +
-                      fig.f_sleep + fig.f_refuse + fig.f_release_leader +
-                      fig.f_timeout_waits + fig.f_nested_deadlk + fig.f_oom_bursts;
-    std::printf(
-        "sf_stress: rounds=%" PRIu64 " groups_freed=%" PRIu64 " ops=%" PRIu64
-        " (do=%" PRIu64 " do_async=%" PRIu64 " begin=%" PRIu64 " forget=%" PRIu64
-        " stats=%" PRIu64 ")\n"
-        "sf_stress: faults=%" PRIu64 " (errors=%" PRIu64 " throws=%" PRIu64
-        " panics=%" PRIu64 " pthread_exits=%" PRIu64 " sleeps=%" PRIu64
-        " refused_tasks=%" PRIu64 " leader_releases=%" PRIu64 " timed_out_waits=%" PRIu64
-        " nested_deadlk=%" PRIu64 " oom_bursts=%" PRIu64 " enomem_returns=%" PRIu64
-        " forgets_in_fn=%" PRIu64 " cancels=%" PRIu64 " abandons=%" PRIu64 ")\n"
-        "sf_stress: values created=%" PRIu64 " destroyed=%" PRIu64 " leaked=%" PRId64
-        " hangs=0 failures=%" PRIu64 "\n",
-        fig.rounds.load(), fig.groups_freed.load(), fig.ops.load(), fig.do_calls.load(),
-        fig.async_calls.load(), fig.begin_calls.load(), fig.forget_calls.load(),
-        fig.stats_reads.load(), faults, fig.f_error.load(), fig.f_throw.load(),
-        fig.f_panic_call.load(), fig.f_pthread_exit.load(), fig.f_sleep.load(),
-        fig.f_refuse.load(), fig.f_release_leader.load(), fig.f_timeout_waits.load(),
-        fig.f_nested_deadlk.load(), fig.f_oom_bursts.load(), fig.f_enomem_returns.load(),
-        fig.f_forget_in_fn.load(), fig.f_cancels.load(), fig.f_abandons.load(), created,
-        destroyed, int64_t(created - destroyed),
-        g_failures.load());
+                      fig.f_sleep + fig.f_refuse + fig.f_release_leader + fig.f_timeout_waits +
+                      fig.f_nested_deadlk + fig.f_oom_bursts;
+    std::printf("sf_stress: rounds=%" PRIu64 " groups_freed=%" PRIu64 " ops=%" PRIu64
+                " (do=%" PRIu64 " do_async=%" PRIu64 " begin=%" PRIu64 " forget=%" PRIu64
+                " stats=%" PRIu64
+                ")\n"
+                "sf_stress: faults=%" PRIu64 " (errors=%" PRIu64 " throws=%" PRIu64
+                " panics=%" PRIu64 " pthread_exits=%" PRIu64 " sleeps=%" PRIu64
+                " refused_tasks=%" PRIu64 " leader_releases=%" PRIu64 " timed_out_waits=%" PRIu64
+                " nested_deadlk=%" PRIu64 " oom_bursts=%" PRIu64 " enomem_returns=%" PRIu64
+                " forgets_in_fn=%" PRIu64 " cancels=%" PRIu64 " abandons=%" PRIu64
+                ")\n"
+                "sf_stress: values created=%" PRIu64 " destroyed=%" PRIu64 " leaked=%" PRId64
+                " hangs=0 failures=%" PRIu64 "\n",
+                fig.rounds.load(), fig.groups_freed.load(), fig.ops.load(), fig.do_calls.load(),
+                fig.async_calls.load(), fig.begin_calls.load(), fig.forget_calls.load(),
+                fig.stats_reads.load(), faults, fig.f_error.load(), fig.f_throw.load(),
+                fig.f_panic_call.load(), fig.f_pthread_exit.load(), fig.f_sleep.load(),
+                fig.f_refuse.load(), fig.f_release_leader.load(), fig.f_timeout_waits.load(),
+                fig.f_nested_deadlk.load(), fig.f_oom_bursts.load(), fig.f_enomem_returns.load(),
+                fig.f_forget_in_fn.load(), fig.f_cancels.load(), fig.f_abandons.load(), created,
+                destroyed, int64_t(created - destroyed), g_failures.load());
     if (g_failures.load() == 0) {
         std::puts("sf_stress: PASS");
     } else {

@@ -14,11 +14,11 @@
 
 namespace {
 
-using singleflight::abandon_token;
-using singleflight::group;
 using sftest::await_followers;
 using sftest::eventually;
 using sftest::gate;
+using singleflight::abandon_token;
+using singleflight::group;
 
 class Abandon : public ::testing::Test {
 protected:
@@ -43,8 +43,8 @@ void expect_canceled(singleflight::future<T> &f) {
 // which.
 struct work_probe {
     gate release;
-    gate registered;        // the work has registered its abandon callback
-    gate told;              // opened by the abandon callback
+    gate registered;  // the work has registered its abandon callback
+    gate told;        // opened by the abandon callback
     std::atomic<int> runs{0};
     std::atomic<bool> saw_abandoned{false};
     std::atomic<std::thread::id> told_on{};
@@ -140,7 +140,7 @@ TEST_F(Abandon, ACallbackRegisteredAfterAbandonmentRunsAtOnce) {
             registered.open();
             return 0;
         });
-    } // abandoned before the work registers its callback
+    }  // abandoned before the work registers its callback
     go.open();
     registered.wait();
     EXPECT_TRUE(ran_inline.load());
@@ -179,10 +179,10 @@ TEST_F(Abandon, FnWithoutATokenStillRuns) {
 TEST_F(Abandon, AnExecutorRunsTheWork) {
     std::vector<std::thread> threads;
     auto exec = [&](std::function<void()> task) { threads.emplace_back(std::move(task)); };
-    auto f = g.run_async("k", [] { return 5; }, exec);
+    auto f = g.run_async(
+        "k", [] { return 5; }, exec);
     EXPECT_EQ(f.get().value(), 5);
-    for (auto &t : threads)
-        t.join();
+    for (auto &t : threads) t.join();
     EXPECT_EQ(threads.size(), 1u);
 }
 
@@ -191,16 +191,20 @@ TEST_F(Abandon, AnExecutorThatThrowsFailsTheFlight) {
     // executor itself, to see the flight fail rather than hang.
     std::vector<singleflight::future<int>> joined;
     auto exec = [&](std::function<void()>) {
-        joined.push_back(g.run_async("k", [] { return -1; }, [](std::function<void()>) {}));
+        joined.push_back(g.run_async(
+            "k", [] { return -1; }, [](std::function<void()>) {}));
         throw std::runtime_error("executor full");
     };
-    EXPECT_THROW(g.run_async("k", [] { return 6; }, exec), std::runtime_error);
+    EXPECT_THROW(g.run_async(
+                     "k", [] { return 6; }, exec),
+                 std::runtime_error);
     ASSERT_EQ(joined.size(), 1u);
     EXPECT_THROW(joined[0].get(), singleflight::panic_error);
 }
 
 TEST_F(Abandon, AnExecutorThatDropsTheTaskFailsTheFlight) {
-    auto f = g.run_async("k", [] { return 6; }, [](std::function<void()>) {});
+    auto f = g.run_async(
+        "k", [] { return 6; }, [](std::function<void()>) {});
     EXPECT_THROW(f.get(), singleflight::panic_error);
 }
 
@@ -228,13 +232,10 @@ TEST_F(Abandon, CallersGivingUpAtRandomNeverFailTheOthers) {
         }
         std::vector<std::thread> quitters;
         for (int i = 0; i < n; ++i)
-            if (!stay[i])
-                quitters.emplace_back([&fs, i] { fs[static_cast<size_t>(i)].cancel(); });
-        for (auto &t : quitters)
-            t.join();
+            if (!stay[i]) quitters.emplace_back([&fs, i] { fs[static_cast<size_t>(i)].cancel(); });
+        for (auto &t : quitters) t.join();
         bool all_left = true;
-        for (bool s : stay)
-            all_left = all_left && !s;
+        for (bool s : stay) all_left = all_left && !s;
         EXPECT_EQ(rg.stats().abandons, all_left ? 1u : 0u) << "seed " << seed << " round " << round;
         w.release.open();
         for (int i = 0; i < n; ++i) {
@@ -244,9 +245,8 @@ TEST_F(Abandon, CallersGivingUpAtRandomNeverFailTheOthers) {
                 expect_canceled(fs[static_cast<size_t>(i)]);
         }
         EXPECT_TRUE(eventually([&] { return rg.stats().in_flight == 0; }));
-        if (::testing::Test::HasFailure())
-            break;
+        if (::testing::Test::HasFailure()) break;
     }
 }
 
-} // namespace
+}  // namespace

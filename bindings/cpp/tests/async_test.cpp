@@ -12,8 +12,8 @@
 
 namespace {
 
-using singleflight::group;
 using sftest::await_followers;
+using singleflight::group;
 
 struct custom_error : std::runtime_error {
     custom_error(const char *what, int tag_) : std::runtime_error(what), tag(tag_) {}
@@ -52,8 +52,7 @@ TEST_F(Async, CallersShareOneExecutionOnThePool) {
         }));
     }
     std::vector<singleflight::result<std::string>> results;
-    for (auto &f : futures)
-        results.push_back(f.get());
+    for (auto &f : futures) results.push_back(f.get());
     EXPECT_EQ(executions.load(), 1);
     EXPECT_TRUE(ran_elsewhere.load()) << "fn must run on the executor";
     for (auto &r : results) {
@@ -88,7 +87,7 @@ TEST_F(Async, FnIsOwnedByTheCallAndFreedOnceItsOutcomeIsKnown) {
     {
         counted token;
         f = g.run_async("k", [token] { return 5; });
-    } // the caller's copy is gone; the call keeps its own
+    }  // the caller's copy is gone; the call keeps its own
     EXPECT_EQ(f.get().value(), 5);
     // async_done frees the state just after fulfilling the promise, on the
     // pool thread: wait for that observable effect rather than a delay.
@@ -122,4 +121,4 @@ TEST_F(Async, SameThreadRunJoinsItsOwnAsyncFlight) {
     EXPECT_EQ(&f.get().value(), &r.value());
 }
 
-} // namespace
+}  // namespace

@@ -199,4 +199,4 @@ TEST_F(Flight, PanicFromACLeaderReachesCppCallersAsPanicError) {
     sf_call_release(c);
 }
 
-} // namespace
+}  // namespace

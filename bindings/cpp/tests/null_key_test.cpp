@@ -22,8 +22,8 @@ using fn_t = int (*)();
 template <class K, class = void>
 struct runs_with : std::false_type {};
 template <class K>
-struct runs_with<K, std::void_t<decltype(std::declval<group &>().run(std::declval<K>(),
-                                                                     std::declval<fn_t>()))>>
+struct runs_with<
+    K, std::void_t<decltype(std::declval<group &>().run(std::declval<K>(), std::declval<fn_t>()))>>
     : std::true_type {};
 
 template <class K, class = void>
@@ -41,9 +41,10 @@ struct begins_with<K, std::void_t<decltype(std::declval<group &>().begin<int>(st
 template <class K, class = void>
 struct forgets_with : std::false_type {};
 template <class K>
-struct forgets_with<K, std::void_t<decltype(std::declval<group &>().forget(std::declval<K>()),
-                                            std::declval<group &>().forget_unshared(
-                                                std::declval<K>()))>> : std::true_type {};
+struct forgets_with<
+    K, std::void_t<decltype(std::declval<group &>().forget(std::declval<K>()),
+                            std::declval<group &>().forget_unshared(std::declval<K>()))>>
+    : std::true_type {};
 
 // The detectors are not vacuous: every ordinary key type is accepted...
 static_assert(runs_with<const char *>::value && runs_with<char *>::value &&
@@ -121,7 +122,7 @@ TEST_F(NullKey, ForgetAndForgetUnsharedThrowEinval) {
 TEST(CStringKey, IsTheSameKeyAsItsStdString) {
     group g;
     char buf[] = "user:42";
-    char *mutable_key = buf; // what getenv returns
+    char *mutable_key = buf;  // what getenv returns
     auto leader = g.begin<int>(std::string("user:42"));
     ASSERT_TRUE(leader.leader());
     auto follower = g.begin<int>(mutable_key);
@@ -131,4 +132,4 @@ TEST(CStringKey, IsTheSameKeyAsItsStdString) {
     EXPECT_EQ(g.run(static_cast<const char *>(buf), [] { return 8; }).value(), 8);
 }
 
-} // namespace
+}  // namespace

@@ -14,9 +14,9 @@
 
 namespace {
 
-using singleflight::group;
 using sftest::await_followers;
 using sftest::gate;
+using singleflight::group;
 
 // An exception type the C library has never heard of: only the wrapper's
 // exception_ptr can bring it back intact.
@@ -84,8 +84,7 @@ TEST_F(Run, ConcurrentCallersShareOneExecutionAndOneObject) {
             shared[i] = r.shared();
         });
     }
-    for (auto &t : threads)
-        t.join();
+    for (auto &t : threads) t.join();
     EXPECT_EQ(executions.load(), 1);
     for (int i = 0; i < n; ++i) {
         EXPECT_EQ(values[i], "payload");
@@ -121,8 +120,7 @@ TEST_F(Run, ExceptionIsRethrownWithItsTypeInEveryCaller) {
             }
         });
     }
-    for (auto &t : threads)
-        t.join();
+    for (auto &t : threads) t.join();
     EXPECT_EQ(executions.load(), 1);
     EXPECT_EQ(caught.load(), n);
     EXPECT_EQ(g.stats().panics, 1u);
@@ -158,10 +156,13 @@ TEST_F(Run, RunOnOwnKeyInsideFnIsADeadlockError) {
     bool inner_ran = false;
     try {
         g.run("k", [&] {
-            return g.run("k", [&] {
-                inner_ran = true;
-                return 1;
-            }).value();
+            return g
+                .run("k",
+                     [&] {
+                         inner_ran = true;
+                         return 1;
+                     })
+                .value();
         });
         FAIL() << "expected singleflight::error";
     } catch (const singleflight::error &e) {
@@ -214,10 +215,10 @@ TEST_F(Run, ForgetStartsANewFlightWhileTheOldOneDeliversToItsCallers) {
     int first = 0;
     std::thread a([&] {
         first = g.run("k", [&] {
-            entered.open();
-            release.wait();
-            return 1;
-        }).value();
+                     entered.open();
+                     release.wait();
+                     return 1;
+                 }).value();
     });
     entered.wait();
     EXPECT_TRUE(g.forget("k"));
@@ -330,7 +331,7 @@ TEST(Group, MovedFromGroupRejectsCallsAndTheTargetWorks) {
     group a;
     group b(std::move(a));
     try {
-        a.run("k", [] { return 1; }); // NOLINT(bugprone-use-after-move): on purpose
+        a.run("k", [] { return 1; });  // NOLINT(bugprone-use-after-move): on purpose
         FAIL() << "expected SF_EINVAL";
     } catch (const singleflight::error &e) {
         EXPECT_EQ(e.code(), SF_EINVAL);
@@ -347,4 +348,4 @@ TEST(Error, CarriesTheCodeAndItsName) {
     EXPECT_NE(std::string(e.what()).find("detail"), std::string::npos);
 }
 
-} // namespace
+}  // namespace

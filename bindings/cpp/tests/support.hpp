@@ -22,8 +22,7 @@ template <class Pred>
 bool eventually(Pred pred) {
     const auto until = std::chrono::steady_clock::now() + kDeadline;
     while (!pred()) {
-        if (std::chrono::steady_clock::now() > until)
-            return false;
+        if (std::chrono::steady_clock::now() > until) return false;
         std::this_thread::yield();
     }
     return true;
@@ -56,6 +55,6 @@ private:
     bool open_ = false;
 };
 
-} // namespace sftest
+}  // namespace sftest
 
 #endif

@@ -372,7 +372,7 @@ test("an abandoned leader coroutine releases its followers with EGOEXIT", functi
     eq(g:run("k", function() return "again" end), "again", "key usable again")
 end)
 
--- Issue 16.  LuaJIT has no coroutine.close: a server ends an aborted
+-- LuaJIT has no coroutine.close: a server ends an aborted
 -- request's coroutine by dropping it (OpenResty finalizes the request and
 -- unreferences its coroutines).  Once the leader's coroutine is collected,
 -- its key must be free for every caller, the main coroutine included (it

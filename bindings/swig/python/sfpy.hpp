@@ -8,7 +8,7 @@
 // into the library: sf_group_begin, then fn, then sf_call_finish_unshared;
 // fn's value stays a Python object and never reaches the library unless a
 // follower joined.  bench/python/uncontended.py measures it against the
-// pure-Python idiom; the report of issue 11 has the SWIG alternatives.
+// pure-Python idiom; bench/python/swig_alternatives.py measures the SWIG alternatives.
 //
 // The same file holds the primitives Group.do_async is built from (_begin,
 // and _Call's finish, fail, cancel, on_abandon); libsingleflight/_aio.py is
@@ -57,11 +57,15 @@
 // supports 3.8 and later).  Before 3.10 do_async starts the work as a task
 // (_aio.py), so PyIter_Send only serves to prime _lead there.
 #if PY_VERSION_HEX < 0x03090000
-static inline PyObject *PyObject_CallNoArgs(PyObject *f) { return _PyObject_Vectorcall(f, nullptr, 0, nullptr); }
-static inline PyObject *PyObject_CallOneArg(PyObject *f, PyObject *a) { return _PyObject_Vectorcall(f, &a, 1, nullptr); }
+static inline PyObject *PyObject_CallNoArgs(PyObject *f) {
+    return _PyObject_Vectorcall(f, nullptr, 0, nullptr);
+}
+static inline PyObject *PyObject_CallOneArg(PyObject *f, PyObject *a) {
+    return _PyObject_Vectorcall(f, &a, 1, nullptr);
+}
 #define PyObject_Vectorcall _PyObject_Vectorcall
-static inline PyObject *PyObject_VectorcallMethod(PyObject *name, PyObject *const *args, size_t nargsf,
-                                                  PyObject *kwnames) {
+static inline PyObject *PyObject_VectorcallMethod(PyObject *name, PyObject *const *args,
+                                                  size_t nargsf, PyObject *kwnames) {
     PyObject *m = PyObject_GetAttr(args[0], name);
     if (!m) return nullptr;
     PyObject *r = _PyObject_Vectorcall(m, args + 1, PyVectorcall_NARGS(nargsf) - 1, kwnames);
@@ -123,26 +127,26 @@ struct Module {
     PyObject *describe = nullptr;       // _describe(exc) -> str, the panic message
     PyObject *cancel_task = nullptr;    // _cancel_task(task), on a loop's thread
     // do_async's pieces, from libsingleflight/_aio.py (_aio_init):
-    int start = 0;                          // how the leader's work starts (Start, below)
-    PyObject *get_running_loop = nullptr;   // asyncio.get_running_loop
-    PyObject *lead = nullptr;               // _lead(flight, coro_fn, coro, pending): the work's task
-    PyObject *await_wrap = nullptr;         // _await(awaitable): a coroutine awaiting it
-    PyTypeObject *work_task_type = nullptr; // _WorkTask: current_task() during the first step
-    PyObject *task_type = nullptr;          // asyncio.Task
-    PyObject *task_init = nullptr;          // asyncio.Task.__init__
-    PyObject *current_tasks = nullptr;      // asyncio's {loop: current task} (inline start only)
-    PyObject *cancelled_error = nullptr;    // asyncio.CancelledError
-    PyObject *led_var = nullptr;            // ContextVar: the flights the current task leads
-    bool task_takes_context = false;        // Task(..., context=) and create_task(..., context=): 3.11+
-    PyObject *wake = nullptr;               // _wake, the module function
-    PyObject *future_type = nullptr;        // asyncio.Future
+    int start = 0;                         // how the leader's work starts (Start, below)
+    PyObject *get_running_loop = nullptr;  // asyncio.get_running_loop
+    PyObject *lead = nullptr;              // _lead(flight, coro_fn, coro, pending): the work's task
+    PyObject *await_wrap = nullptr;        // _await(awaitable): a coroutine awaiting it
+    PyTypeObject *work_task_type = nullptr;  // _WorkTask: current_task() during the first step
+    PyObject *task_type = nullptr;           // asyncio.Task
+    PyObject *task_init = nullptr;           // asyncio.Task.__init__
+    PyObject *current_tasks = nullptr;       // asyncio's {loop: current task} (inline start only)
+    PyObject *cancelled_error = nullptr;     // asyncio.CancelledError
+    PyObject *led_var = nullptr;             // ContextVar: the flights the current task leads
+    bool task_takes_context = false;  // Task(..., context=) and create_task(..., context=): 3.11+
+    PyObject *wake = nullptr;         // _wake, the module function
+    PyObject *future_type = nullptr;  // asyncio.Future
     PyObject *invalid_state_error = nullptr;  // asyncio.InvalidStateError
-    PyObject *base_create_future = nullptr; // asyncio.BaseEventLoop.create_future
-    PyObject *plain_loop_type = nullptr;    // the last loop type that does not override it
-    PyObject *own_loop_type = nullptr;      // the last one that does
-    PyObject *future_kwargs = nullptr;      // {"loop": the last loop create_future made a future for}
-    PyObject *future_kwargs_loop = nullptr; // that loop (borrowed: the dict holds it)
-    PyObject *future_set_result = nullptr;  // asyncio.Future.set_result
+    PyObject *base_create_future = nullptr;   // asyncio.BaseEventLoop.create_future
+    PyObject *plain_loop_type = nullptr;      // the last loop type that does not override it
+    PyObject *own_loop_type = nullptr;        // the last one that does
+    PyObject *future_kwargs = nullptr;  // {"loop": the last loop create_future made a future for}
+    PyObject *future_kwargs_loop = nullptr;    // that loop (borrowed: the dict holds it)
+    PyObject *future_set_result = nullptr;     // asyncio.Future.set_result
     PyObject *call_soon_threadsafe = nullptr;  // interned method names
     PyObject *done = nullptr;
     PyObject *set_result = nullptr;
@@ -151,13 +155,13 @@ struct Module {
     PyObject *get_task_factory = nullptr;
     PyObject *cancelling = nullptr;
     PyObject *cancel = nullptr;
-    PyObject *kw_loop = nullptr;            // keyword-name tuples for vectorcalls
+    PyObject *kw_loop = nullptr;  // keyword-name tuples for vectorcalls
     PyObject *kw_context = nullptr;
     PyObject *kw_loop_context = nullptr;
     PyObject *kw_loop_context_eager = nullptr;
     PyObject *empty_tuple = nullptr;
-    PyObject *running_loop_key = nullptr;   // asyncio's key in the thread's dict (3.10, 3.11)
-    PyObject *loop_cache_key = nullptr;     // ours beside it
+    PyObject *running_loop_key = nullptr;  // asyncio's key in the thread's dict (3.10, 3.11)
+    PyObject *loop_cache_key = nullptr;    // ours beside it
     // The thread Python runs signal handlers on: a follower there waits in
     // poll() so that Ctrl-C interrupts it.  Reset after fork (__init__.py).
     unsigned long main_thread = 0;
@@ -252,7 +256,8 @@ static bool timeout_of(PyObject *o, long long *ns) {
     const double s = PyFloat_AsDouble(o);
     if (s == -1.0 && PyErr_Occurred()) return false;
     if (!(s >= 0)) {  // negative or NaN
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a non-negative number of seconds");
+        PyErr_SetString(PyExc_ValueError,
+                        "timeout must be None or a non-negative number of seconds");
         return false;
     }
     const double v = s * 1e9;
@@ -363,21 +368,22 @@ static PyObject *value_of(sf_result *r) {
 // PanicError for a panic without one, LeaderExitedError, TimeoutError.
 static PyObject *raise_outcome(int status, PyObject *value, const char *message, PyObject *key) {
     switch (status) {
-    case SF_EPANIC:
-        if (value && PyExceptionInstance_Check(value)) {
-            PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(value)), value);
-        } else {
-            PyErr_SetString(M.panic_error, message ? message : "panic");
-        }
-        return nullptr;
-    case SF_EGOEXIT:
-        PyErr_Format(M.leader_exited, "singleflight: the leader of key %R exited without a result", key);
-        return nullptr;
-    case SF_ETIMEDOUT:
-        PyErr_Format(PyExc_TimeoutError, "singleflight: gave up waiting for key %R", key);
-        return nullptr;
-    default:
-        return status_error(status, "sf_call_wait");
+        case SF_EPANIC:
+            if (value && PyExceptionInstance_Check(value)) {
+                PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(value)), value);
+            } else {
+                PyErr_SetString(M.panic_error, message ? message : "panic");
+            }
+            return nullptr;
+        case SF_EGOEXIT:
+            PyErr_Format(M.leader_exited,
+                         "singleflight: the leader of key %R exited without a result", key);
+            return nullptr;
+        case SF_ETIMEDOUT:
+            PyErr_Format(PyExc_TimeoutError, "singleflight: gave up waiting for key %R", key);
+            return nullptr;
+        default:
+            return status_error(status, "sf_call_wait");
     }
 }
 
@@ -482,7 +488,7 @@ static PyObject *lead(sf_group *g, Key k, sf_call *call, PyObject *fn) {
     if (!value) return lead_failed(call);
     const int rc = sf_call_finish_unshared(call, 0);
     if (rc == 0) return pair(value, false);  // finished and released
-    if (rc != 1) {  // cannot happen: a fresh two-phase leader
+    if (rc != 1) {                           // cannot happen: a fresh two-phase leader
         sf_call_release(call);
         Py_DECREF(value);
         return status_error(rc, "sf_call_finish_unshared");
@@ -517,7 +523,8 @@ static int wait_interruptibly(sf_call *call, long long timeout_ns, sf_result **r
         return kPythonError;
     }
     const long long deadline =
-        timeout_ns < 0 ? -1 : (timeout_ns > LLONG_MAX - now_ns() ? LLONG_MAX : now_ns() + timeout_ns);
+        timeout_ns < 0 ? -1
+                       : (timeout_ns > LLONG_MAX - now_ns() ? LLONG_MAX : now_ns() + timeout_ns);
     for (;;) {
         int ms = -1;
         if (deadline >= 0) {
@@ -530,11 +537,10 @@ static int wait_interruptibly(sf_call *call, long long timeout_ns, sf_result **r
         }
         pollfd p = {fd, POLLIN, 0};
         int n, err;
-        Py_BEGIN_ALLOW_THREADS
-        n = poll(&p, 1, ms);
+        Py_BEGIN_ALLOW_THREADS n = poll(&p, 1, ms);
         err = errno;
-        Py_END_ALLOW_THREADS
-        if (n > 0) return sf_call_wait(call, 0, r, shared);  // complete: at once
+        Py_END_ALLOW_THREADS if (n > 0) return sf_call_wait(call, 0, r,
+                                                            shared);  // complete: at once
         if (n < 0 && err != EINTR) {
             errno = err;
             PyErr_SetFromErrno(PyExc_OSError);
@@ -551,8 +557,7 @@ static PyObject *follow(sf_call *call, long long timeout_ns, PyObject *key) {
     if (PyThread_get_thread_ident() == M.main_thread) {
         status = wait_interruptibly(call, timeout_ns, &r, &shared);
     } else {
-        Py_BEGIN_ALLOW_THREADS
-        status = sf_call_wait(call, timeout_ns, &r, &shared);
+        Py_BEGIN_ALLOW_THREADS status = sf_call_wait(call, timeout_ns, &r, &shared);
         Py_END_ALLOW_THREADS
     }
     PyObject *out = status == kPythonError ? nullptr : result_of(status, r, shared, key);
@@ -574,8 +579,9 @@ static PyObject *py_do(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     if (!g || !key_of(args[1], &k) || !timeout_of(args[3], &timeout_ns)) return nullptr;
     if (!t_led.empty() && led_here(g, k)) return deadlock_error();
     if (loop_leads_here(g, k))
-        return status_error(SF_EDEADLK, "singleflight: a blocking do for a key that a do_async of "
-                                        "this thread's event loop leads");
+        return status_error(SF_EDEADLK,
+                            "singleflight: a blocking do for a key that a do_async of "
+                            "this thread's event loop leads");
     sf_call *call = nullptr;
     const int rc = sf_group_begin(g, k.data, size_t(k.size), &call);
     if (rc == SF_LEADER) return lead(g, k, call, args[2]);
@@ -732,27 +738,26 @@ static void drop_parked() {
 // ---------------------------------------------------------------------------
 
 struct FlightObject {
-    PyObject_HEAD
-    sf_call *call;         // this loop's handle; nullptr once released
-    PyObject *group;       // the capsule: the group outlives the handle
-    PyObject *key;         // the key object (the table's key; g_loop_led points into it)
+    PyObject_HEAD sf_call *call;  // this loop's handle; nullptr once released
+    PyObject *group;              // the capsule: the group outlives the handle
+    PyObject *key;                // the key object (the table's key; g_loop_led points into it)
     PyObject *loop;
     PyObject *waiters;     // {future: None}: this loop's callers waiting, the leader's caller apart
     PyObject *leader_fut;  // a leader's: its caller's future, while it waits
     PyObject *task;        // a leader's: the work's task, once the work suspended, until it ends
     PyObject *outcome;     // what the flight gave (a follower's: from completion to the wake)
-    FlightObject *next;    // the next flight of the same key in the table (another loop's), borrowed
-    Post *abandon;         // a leader's on_abandon payload, while we may still free it
-    uint64_t epoch;        // GroupState.epoch when this caller began
-    Py_ssize_t live;       // this loop's callers still waiting on it
-    Py_ssize_t joined;     // callers that joined it without a C call (a leader's: shared)
+    FlightObject *next;  // the next flight of the same key in the table (another loop's), borrowed
+    Post *abandon;       // a leader's on_abandon payload, while we may still free it
+    uint64_t epoch;      // GroupState.epoch when this caller began
+    Py_ssize_t live;     // this loop's callers still waiting on it
+    Py_ssize_t joined;   // callers that joined it without a C call (a leader's: shared)
     unsigned long thread;  // the loop's thread
     char leader;
-    char published;        // in GroupState.flights
-    char closed;           // nobody may join it any more (complete, or every caller left)
-    char complete;         // its outcome is known here
-    char loop_led;         // has a g_loop_led entry
-    char keep_outcome;     // someone will read outcome after completing it here
+    char published;     // in GroupState.flights
+    char closed;        // nobody may join it any more (complete, or every caller left)
+    char complete;      // its outcome is known here
+    char loop_led;      // has a g_loop_led entry
+    char keep_outcome;  // someone will read outcome after completing it here
 };
 
 static PyTypeObject *FlightType = nullptr;
@@ -871,7 +876,8 @@ static void release_handle(FlightObject *f) {
     // Without a callback, the release alone completes it as SF_EGOEXIT.
     if (f->abandon) {
         if (f->leader && !f->complete)
-            sf_call_panic(f->call, "singleflight: the leader's handle was released before its work finished");
+            sf_call_panic(
+                f->call, "singleflight: the leader's handle was released before its work finished");
         settle_abandon(f);
     }
     sf_call_release(f->call);
@@ -884,12 +890,14 @@ static void release_handle(FlightObject *f) {
 // has nobody left to resume.  Never raises.
 static void resolve(PyObject *fut, PyObject *out) {
     PyObject *args[2] = {fut, out};
-    PyObject *r = Py_TYPE(fut) == reinterpret_cast<PyTypeObject *>(M.future_type)
-                      ? PyObject_Vectorcall(M.future_set_result, args, 2, nullptr)  // no method lookup
-                      : call_method(fut, M.set_result, out);
+    PyObject *r =
+        Py_TYPE(fut) == reinterpret_cast<PyTypeObject *>(M.future_type)
+            ? PyObject_Vectorcall(M.future_set_result, args, 2, nullptr)  // no method lookup
+            : call_method(fut, M.set_result, out);
     if (r) {
         Py_DECREF(r);
-    } else if (PyErr_ExceptionMatches(M.invalid_state_error) || PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+    } else if (PyErr_ExceptionMatches(M.invalid_state_error) ||
+               PyErr_ExceptionMatches(PyExc_RuntimeError)) {
         PyErr_Clear();
     } else {
         PyErr_WriteUnraisable(fut);
@@ -1007,7 +1015,8 @@ static PyObject *return_outcome(PyObject *out, PyObject *key) {
     if (PyList_CheckExact(out) && PyList_GET_SIZE(out) == 3) {
         const long status = PyLong_AsLong(PyList_GET_ITEM(out, 0));
         PyObject *msg = PyList_GET_ITEM(out, 2);
-        raise_outcome(int(status), PyList_GET_ITEM(out, 1), msg == Py_None ? nullptr : PyUnicode_AsUTF8(msg), key);
+        raise_outcome(int(status), PyList_GET_ITEM(out, 1),
+                      msg == Py_None ? nullptr : PyUnicode_AsUTF8(msg), key);
     } else {
         PyErr_SetString(PyExc_RuntimeError, "singleflight: the flight ended without an outcome");
     }
@@ -1039,8 +1048,8 @@ static void on_flight_done(int status, sf_result *r, int shared, void *payload) 
             deliver(f, f->outcome, f->outcome);
             if (!f->keep_outcome) Py_CLEAR(f->outcome);
         } else if (f->live > 0) {
-            PyObject *res =
-                PyObject_CallMethodObjArgs(f->loop, M.call_soon_threadsafe, M.wake, reinterpret_cast<PyObject *>(f), nullptr);
+            PyObject *res = PyObject_CallMethodObjArgs(f->loop, M.call_soon_threadsafe, M.wake,
+                                                       reinterpret_cast<PyObject *>(f), nullptr);
             if (res) {
                 Py_DECREF(res);
             } else if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
@@ -1127,7 +1136,8 @@ static PyObject *create_future(PyObject *loop) {
         // uvloop.Loop.create_future is asyncio.Future(loop=self) too (its
         // _new_future), through a Cython keyword call; a subclass of it has
         // another name and keeps its own.
-        const bool plain = m && (m == M.base_create_future || std::strcmp(Py_TYPE(loop)->tp_name, "uvloop.Loop") == 0);
+        const bool plain = m && (m == M.base_create_future ||
+                                 std::strcmp(Py_TYPE(loop)->tp_name, "uvloop.Loop") == 0);
         Py_XDECREF(m);
         PyErr_Clear();
         Py_INCREF(t);
@@ -1165,7 +1175,8 @@ static PyObject *wait_on(FlightObject *f, bool by_library) {
     // Python code runs.
     if (f->complete) {
         Py_DECREF(fut);
-        if (!f->outcome) return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
+        if (!f->outcome)
+            return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
         Py_INCREF(f->outcome);
         return return_outcome(f->outcome, f->key);
     }
@@ -1240,10 +1251,12 @@ static PyObject *flight_fail(FlightObject *f, PyObject *exc) {
 }
 
 static PyObject *leader_exited_error(PyObject *key, PyObject *cause) {
-    PyObject *exc = PyObject_CallFunction(M.leader_exited, "s",
-                                          "singleflight: the leader's coroutine was cancelled before it finished");
+    PyObject *exc = PyObject_CallFunction(
+        M.leader_exited, "s",
+        "singleflight: the leader's coroutine was cancelled before it finished");
     if (!exc) return nullptr;
-    PyObject *args = PyUnicode_FromFormat("singleflight: the leader's coroutine for key %R was cancelled", key);
+    PyObject *args =
+        PyUnicode_FromFormat("singleflight: the leader's coroutine for key %R was cancelled", key);
     if (args) {
         PyObject *t = PyTuple_Pack(1, args);
         if (t) PyObject_SetAttrString(exc, "args", t);
@@ -1392,7 +1405,8 @@ static int led_in_context(PyObject *group, Key k) {
                 PyErr_Clear();
                 continue;
             }
-            found = lk.size == k.size && (k.size == 0 || std::memcmp(lk.data, k.data, size_t(k.size)) == 0);
+            found = lk.size == k.size &&
+                    (k.size == 0 || std::memcmp(lk.data, k.data, size_t(k.size)) == 0);
         }
     }
     Py_XDECREF(led);
@@ -1413,7 +1427,8 @@ static PyObject *work_coroutine(PyObject *coro_fn) {
 // _lead(flight, coro_fn, coro, pending), started up to its first line that
 // waits (see _aio.py): from here a task can take it, and a cancellation
 // thrown in before its first step still reaches the work.
-static PyObject *primed_lead(FlightObject *f, PyObject *coro_fn, PyObject *coro, PyObject *pending) {
+static PyObject *primed_lead(FlightObject *f, PyObject *coro_fn, PyObject *coro,
+                             PyObject *pending) {
     PyObject *args[4] = {reinterpret_cast<PyObject *>(f), coro_fn, coro, pending};
     PyObject *lead = PyObject_Vectorcall(M.lead, args, 4, nullptr);
     if (!lead) return nullptr;
@@ -1421,7 +1436,8 @@ static PyObject *primed_lead(FlightObject *f, PyObject *coro_fn, PyObject *coro,
     if (PyIter_Send(lead, Py_None, &y) != PYGEN_NEXT) {
         Py_XDECREF(y);
         Py_DECREF(lead);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "singleflight: _lead did not wait");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "singleflight: _lead did not wait");
         return nullptr;
     }
     Py_DECREF(y);
@@ -1464,7 +1480,8 @@ static int init_task(PyObject *task, PyObject *lead, PyObject *loop, PyObject *c
 // The work suspended in its first step, waiting for pending: the rest of
 // it runs in p, the _WorkTask that was current_task() during that step,
 // initialised now as a task of the loop, in ctx.
-static PyObject *lead_suspended(FlightObject *f, PyObject *p, PyObject *ctx, PyObject *coro, PyObject *pending) {
+static PyObject *lead_suspended(FlightObject *f, PyObject *p, PyObject *ctx, PyObject *coro,
+                                PyObject *pending) {
     PyObject *lead = primed_lead(f, Py_None, coro, pending);
     if (!lead) {
         // Nothing will resume the work: close it; every caller gets the error.
@@ -1549,7 +1566,8 @@ static PyObject *lead_inline(FlightObject *f, PyObject *coro_fn, PyObject *ctx, 
     if (pushed) led_pop(st->g, k);
     PyObject *exc = sr == PYGEN_ERROR ? take_exception() : nullptr;
     if (swapped) {
-        int rc = caller ? PyDict_SetItem(M.current_tasks, f->loop, caller) : PyDict_DelItem(M.current_tasks, f->loop);
+        int rc = caller ? PyDict_SetItem(M.current_tasks, f->loop, caller)
+                        : PyDict_DelItem(M.current_tasks, f->loop);
         if (rc < 0) PyErr_Clear();
     }
     Py_XDECREF(caller);
@@ -1561,7 +1579,8 @@ static PyObject *lead_inline(FlightObject *f, PyObject *coro_fn, PyObject *ctx, 
     } else if (sr == PYGEN_NEXT) {
         out = lead_suspended(f, p, ctx, coro, res);
     } else {
-        out = coro || swapped ? lead_raised(f, exc) : (exc ? (restore_exception(exc), nullptr) : nullptr);
+        out = coro || swapped ? lead_raised(f, exc)
+                              : (exc ? (restore_exception(exc), nullptr) : nullptr);
     }
     Py_XDECREF(res);
     Py_XDECREF(coro);
@@ -1580,7 +1599,8 @@ static PyObject *lead_task(FlightObject *f, PyObject *coro_fn, PyObject *ctx, bo
         GroupState *st = flight_state(f);
         const bool pushed = led_push(st->g, k);
         PyObject *args[4] = {lead, f->loop, ctx, Py_True};
-        task = pushed ? PyObject_Vectorcall(M.task_type, args, 1, M.kw_loop_context_eager) : PyErr_NoMemory();
+        task = pushed ? PyObject_Vectorcall(M.task_type, args, 1, M.kw_loop_context_eager)
+                      : PyErr_NoMemory();
         if (pushed) led_pop(st->g, k);
     } else if (M.task_takes_context) {
         PyObject *args[3] = {f->loop, lead, ctx};
@@ -1605,7 +1625,9 @@ static PyObject *lead_task(FlightObject *f, PyObject *coro_fn, PyObject *ctx, bo
         Py_DECREF(task);
         PyObject *out = f->outcome;
         f->outcome = nullptr;
-        if (!out) return status_error(SF_ESTATE, "singleflight: the work's task ended without an outcome");
+        if (!out)
+            return status_error(SF_ESTATE,
+                                "singleflight: the work's task ended without an outcome");
         return return_outcome(out, f->key);
     }
     PyObject *out = attach_task(f, task);
@@ -1633,7 +1655,7 @@ static PyObject *lead_async(FlightObject *f, PyObject *coro_fn, Key k) {
 // This loop is the first of the flight's followers here: one registration
 // for all of them.
 static PyObject *follow_async(FlightObject *f, bool tabled) {
-    Py_INCREF(f);  // the registration's; on_flight_done drops it
+    Py_INCREF(f);         // the registration's; on_flight_done drops it
     f->keep_outcome = 1;  // the flight may have completed: then on_flight_done runs here, now
     const int rc = sf_call_on_done(f->call, on_flight_done, f);
     f->keep_outcome = 0;
@@ -1644,7 +1666,8 @@ static PyObject *follow_async(FlightObject *f, bool tabled) {
     if (f->complete) {  // it had completed: on_flight_done ran here already
         PyObject *out = f->outcome;
         f->outcome = nullptr;
-        if (!out) return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
+        if (!out)
+            return status_error(SF_ESTATE, "singleflight: a completed flight without its outcome");
         return return_outcome(out, f->key);
     }
     if (tabled) table_publish(f);
@@ -1695,7 +1718,8 @@ static PyObject *py_enter(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     if (led)
         return PyErr_Format(PyExc_RuntimeError,
                             "singleflight: do_async inside coro_fn asked for its own key %R: "
-                            "it would wait for itself (SF_EDEADLK)", args[1]);
+                            "it would wait for itself (SF_EDEADLK)",
+                            args[1]);
     PyObject *loop = running_loop();
     if (!loop) return nullptr;
     // Only exact str and bytes keys go in the table: their hash and equality
@@ -1770,13 +1794,15 @@ static PyObject *flight_get_pending(FlightObject *f, void *) {
 
 static PyMethodDef flight_methods[] = {
     {"leave", reinterpret_cast<PyCFunction>(flight_leave), METH_O,
-     "leave(future): that caller gives up; the last one of the loop gives up the loop's registration."},
+     "leave(future): that caller gives up; the last one of the loop gives up the loop's "
+     "registration."},
     {"finish", reinterpret_cast<PyCFunction>(flight_finish), METH_O,
      "finish(value) -> outcome: the leader's work returned value."},
     {"fail", reinterpret_cast<PyCFunction>(flight_fail), METH_O,
      "fail(exc) -> outcome: the leader's work raised exc, which every caller raises."},
     {"cancelled", reinterpret_cast<PyCFunction>(flight_cancelled), METH_NOARGS,
-     "cancelled() -> outcome: the leader's work was cancelled (abandoned, or its loop shutting down)."},
+     "cancelled() -> outcome: the leader's work was cancelled (abandoned, or its loop shutting "
+     "down)."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -1789,8 +1815,8 @@ static PyMemberDef flight_members[] = {
 };
 
 static PyGetSetDef flight_getset[] = {
-    {"pending", reinterpret_cast<getter>(flight_get_pending), nullptr, "whether a leader's flight is unfinished",
-     nullptr},
+    {"pending", reinterpret_cast<getter>(flight_get_pending), nullptr,
+     "whether a leader's flight is unfinished", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
@@ -1801,13 +1827,14 @@ static PyType_Slot flight_slots[] = {
     {Py_tp_methods, flight_methods},
     {Py_tp_getset, flight_getset},
     {Py_tp_members, flight_members},
-    {Py_tp_doc, const_cast<char *>("One event loop's registration on one flight (internal to do_async).")},
+    {Py_tp_doc,
+     const_cast<char *>("One event loop's registration on one flight (internal to do_async).")},
     {0, nullptr},
 };
 
 static PyType_Spec flight_spec = {
     "libsingleflight._singleflight_core._Flight", sizeof(FlightObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, flight_slots,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,      flight_slots,
 };
 
 // _raise_outcome(status, value, message, key): raises what a do_async
@@ -1853,9 +1880,10 @@ static PyObject *py_group_new(PyObject *, PyObject *) {
 
 // The same key in its other form (str <-> UTF-8 bytes), or nullptr.
 static PyObject *other_form(PyObject *key) {
-    PyObject *o = PyUnicode_CheckExact(key)  ? PyUnicode_AsUTF8String(key)
-                  : PyBytes_CheckExact(key) ? PyUnicode_DecodeUTF8(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), nullptr)
-                                            : nullptr;
+    PyObject *o = PyUnicode_CheckExact(key) ? PyUnicode_AsUTF8String(key)
+                  : PyBytes_CheckExact(key)
+                      ? PyUnicode_DecodeUTF8(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), nullptr)
+                      : nullptr;
     if (!o) PyErr_Clear();
     return o;
 }
@@ -1906,11 +1934,12 @@ static PyObject *py_stats(PyObject *, PyObject *group) {
     s.version = SF_GROUP_STATS_VERSION;
     const int rc = sf_group_stats_get(st->g, &s);
     if (rc != SF_OK) return status_error(rc, "sf_group_stats_get");
-    return Py_BuildValue("(KKKKKKKKKK)", (unsigned long long)(s.calls + st->joins), (unsigned long long)s.leaders,
-                         (unsigned long long)(s.followers + st->joins), (unsigned long long)s.panics,
-                         (unsigned long long)s.goexits, (unsigned long long)s.timeouts,
-                         (unsigned long long)s.forgets, (unsigned long long)s.in_flight,
-                         (unsigned long long)s.abandons, (unsigned long long)(s.cancels + st->left));
+    return Py_BuildValue(
+        "(KKKKKKKKKK)", (unsigned long long)(s.calls + st->joins), (unsigned long long)s.leaders,
+        (unsigned long long)(s.followers + st->joins), (unsigned long long)s.panics,
+        (unsigned long long)s.goexits, (unsigned long long)s.timeouts,
+        (unsigned long long)s.forgets, (unsigned long long)s.in_flight,
+        (unsigned long long)s.abandons, (unsigned long long)(s.cancels + st->left));
 }
 
 // _local_stats(group) -> (joins, left): the do_async callers the library
@@ -1951,7 +1980,8 @@ static PyObject *py_aio_init(PyObject *, PyObject *const *args, Py_ssize_t nargs
     const long start = PyLong_AsLong(args[0]);
     if (start == -1 && PyErr_Occurred()) return nullptr;
     if (start == long(Start::kInline) && (!PyDict_Check(args[6]) || !PyType_Check(args[4]))) {
-        PyErr_SetString(PyExc_ValueError, "_aio_init: inline start needs the current-task dict and _WorkTask");
+        PyErr_SetString(PyExc_ValueError,
+                        "_aio_init: inline start needs the current-task dict and _WorkTask");
         return nullptr;
     }
     if (!PyType_Check(args[5])) {
@@ -2014,13 +2044,16 @@ static PyMethodDef module_methods[] = {
     {"_raise_outcome", SFPY_FASTCALL(py_raise_outcome), METH_FASTCALL,
      "_raise_outcome(status, value, message, key): raises a do_async outcome."},
     {"_group_new", py_group_new, METH_NOARGS, "_group_new() -> a capsule owning a new sf_group."},
-    {"_forget", SFPY_FASTCALL(py_forget<sf_group_forget>), METH_FASTCALL, "_forget(group, key) -> bool."},
+    {"_forget", SFPY_FASTCALL(py_forget<sf_group_forget>), METH_FASTCALL,
+     "_forget(group, key) -> bool."},
     {"_forget_unshared", SFPY_FASTCALL(py_forget<sf_group_forget_unshared>), METH_FASTCALL,
      "_forget_unshared(group, key) -> bool."},
     {"_stats", py_stats, METH_O, "_stats(group) -> tuple of the ten counters."},
-    {"_local_stats", py_local_stats, METH_O, "_local_stats(group) -> (joins, left): callers the library did not see."},
+    {"_local_stats", py_local_stats, METH_O,
+     "_local_stats(group) -> (joins, left): callers the library did not see."},
     {"_init", SFPY_FASTCALL(py_init), METH_FASTCALL, "_init(...): the Python half's helpers."},
-    {"_aio_init", SFPY_FASTCALL(py_aio_init), METH_FASTCALL, "_aio_init(...): the asyncio half's helpers."},
+    {"_aio_init", SFPY_FASTCALL(py_aio_init), METH_FASTCALL,
+     "_aio_init(...): the asyncio half's helpers."},
     {"_set_main_thread", py_set_main_thread, METH_O, "_set_main_thread(ident)."},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -2067,8 +2100,9 @@ static int init_module(PyObject *m) {
     M.running_loop_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
     M.loop_cache_key = PyUnicode_InternFromString("__libsingleflight_running_loop__");
     if (!M.call_soon_threadsafe || !M.done || !M.set_result || !M.create_future || !M.create_task ||
-        !M.get_task_factory || !M.cancelling || !M.cancel || !M.kw_loop || !M.kw_context || !M.kw_loop_context ||
-        !M.kw_loop_context_eager || !M.empty_tuple || !M.running_loop_key || !M.loop_cache_key || PyModule_AddFunctions(m, module_methods) < 0)
+        !M.get_task_factory || !M.cancelling || !M.cancel || !M.kw_loop || !M.kw_context ||
+        !M.kw_loop_context || !M.kw_loop_context_eager || !M.empty_tuple || !M.running_loop_key ||
+        !M.loop_cache_key || PyModule_AddFunctions(m, module_methods) < 0)
         return -1;
     FlightType = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&flight_spec));
     if (!FlightType) return -1;

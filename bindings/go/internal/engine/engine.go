@@ -43,8 +43,9 @@ func (g *Group) Forget(key string) {
 	g.c().forget(key)
 }
 
-// Stats reads the Group's counters.  Thread-safe; the counters are consistent
-// per shard of the C table, not across the whole group.
+// Stats reads the Group's counters.  Thread-safe.  Each counter is exact when
+// no call runs at the same time, and otherwise a value it had during the
+// read (the C library sums per-thread stripes; see its header).
 func (g *Group) Stats() Stats {
 	return g.c().stats()
 }

@@ -336,8 +336,9 @@ impl<T: Send + Sync + 'static> Group<T> {
         })
     }
 
-    /// Reads the group's counters.  Thread-safe; consistent per shard of the
-    /// library's table, not across the whole group.
+    /// Reads the group's counters.  Thread-safe.  Each counter is exact when
+    /// no call runs at the same time, and otherwise a value it had during
+    /// the read (the library sums per-thread stripes; see the C header).
     pub fn stats(&self) -> Stats {
         let mut s = sys::sf_group_stats {
             version: sys::SF_GROUP_STATS_VERSION,

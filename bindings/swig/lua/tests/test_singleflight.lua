@@ -521,7 +521,7 @@ test("a leader coroutine that is abandoned and collected releases its followers"
     eq(g:stats().goexits, 1, "goexits")
 end)
 
--- Issue 16: a leader coroutine that is closed (what a server does to an
+-- A leader coroutine that is closed (what a server does to an
 -- aborted request) or dropped must not leave its key marked as led by a
 -- coroutine of this state: the key's next caller that cannot yield would
 -- get SF_EDEADLK for a flight that no longer exists.
