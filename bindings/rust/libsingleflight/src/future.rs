@@ -85,6 +85,46 @@ fn lock<M>(m: &Mutex<M>) -> MutexGuard<'_, M> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Two random words from the standard library's per-process random keys.
+fn random_seed() -> [u64; 2] {
+    let s = RandomState::new();
+    let draw = |i: u64| {
+        let mut h = s.build_hasher();
+        h.write_u64(i);
+        h.finish()
+    };
+    [draw(1), draw(2) | 1]
+}
+
+/// The registry's hash of a key: a folded 64x64->128-bit multiply over
+/// 8-byte words, keyed by the group's random seed (the construction of
+/// hashbrown's default hasher, foldhash), so that which keys collide cannot
+/// be worked out from outside.  Colliding keys are still correct (they
+/// share a slot as a list); this is only about speed: SipHash cost more
+/// than the rest of the registry's work on an uncontended call.
+fn key_hash(seed: [u64; 2], key: &[u8]) -> u64 {
+    fn fold(a: u64, b: u64) -> u64 {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
+    }
+    fn word(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    }
+    const P: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = seed[0] ^ (key.len() as u64).wrapping_mul(P);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        h = fold(h ^ word(c), seed[1]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() || key.is_empty() {
+        h = fold(h ^ word(rest), seed[1]);
+    }
+    fold(h, P)
+}
+
 /// Shards of the registry: a power of two, enough that two threads working
 /// on different keys rarely meet on one lock.
 const SHARDS: usize = 32;
@@ -119,7 +159,8 @@ impl KeyBuf {
 }
 
 /// The maps are keyed by the key's hash, computed once per call with the
-/// registry's randomly keyed SipHash; this hasher passes it through.
+/// registry's randomly keyed hash (`key_hash`); this hasher passes it
+/// through.
 #[derive(Default)]
 struct PassThrough(u64);
 
@@ -138,28 +179,56 @@ impl Hasher for PassThrough {
     }
 }
 
-/// The flights of one hash: nearly always one.  Two keys with the same
-/// 64-bit hash share a slot as a list.
+/// The flights of one hash in a shard's map: nearly always one.  Two keys
+/// with the same 64-bit hash share a slot as a list.
 enum Slot<T> {
     One(Arc<Flight<T>>),
     Many(Vec<Arc<Flight<T>>>),
 }
 
+/// The flights of one shard.  A handful live in a short list, scanned by
+/// hash (no hashing of the map's own, no node to allocate: the common case
+/// of a few keys in flight); beyond that, a map by hash.
 struct FlightMap<T> {
-    slots: HashMap<u64, Slot<T>, BuildHasherDefault<PassThrough>>,
+    few: Vec<Arc<Flight<T>>>,
+    many: HashMap<u64, Slot<T>, BuildHasherDefault<PassThrough>>,
 }
 
+/// How many flights a shard keeps in its list before it uses its map.
+const FEW: usize = 8;
+
 impl<T> FlightMap<T> {
+    fn new() -> Self {
+        FlightMap {
+            few: Vec::new(),
+            many: HashMap::default(),
+        }
+    }
+
     fn get(&self, hash: u64, key: &[u8]) -> Option<&Arc<Flight<T>>> {
-        match self.slots.get(&hash)? {
-            Slot::One(f) => Some(f).filter(|f| f.key.as_slice() == key),
-            Slot::Many(v) => v.iter().find(|f| f.key.as_slice() == key),
+        let same = |f: &&Arc<Flight<T>>| f.hash == hash && f.key.as_slice() == key;
+        if let Some(f) = self.few.iter().find(same) {
+            return Some(f);
+        }
+        if self.many.is_empty() {
+            return None;
+        }
+        match self.many.get(&hash)? {
+            Slot::One(f) => Some(f).filter(same),
+            Slot::Many(v) => v.iter().find(same),
         }
     }
 
     /// Adds a flight whose key has no flight here (the caller removed it).
     fn insert(&mut self, hash: u64, flight: Arc<Flight<T>>) {
-        match self.slots.entry(hash) {
+        if self.few.len() < FEW {
+            if self.few.capacity() == 0 {
+                self.few.reserve_exact(FEW);
+            }
+            self.few.push(flight);
+            return;
+        }
+        match self.many.entry(hash) {
             Entry::Vacant(e) => {
                 e.insert(Slot::One(flight));
             }
@@ -181,8 +250,12 @@ impl<T> FlightMap<T> {
 
     /// Removes the flight of `key` that `pick` accepts, if there is one.
     fn remove_where(&mut self, hash: u64, key: &[u8], pick: impl Fn(&Arc<Flight<T>>) -> bool) {
-        let accept = |f: &Arc<Flight<T>>| f.key.as_slice() == key && pick(f);
-        let emptied = match self.slots.get_mut(&hash) {
+        let accept = |f: &Arc<Flight<T>>| f.hash == hash && f.key.as_slice() == key && pick(f);
+        if let Some(i) = self.few.iter().position(|f| accept(f)) {
+            self.few.swap_remove(i);
+            return;
+        }
+        let emptied = match self.many.get_mut(&hash) {
             None => return,
             Some(Slot::One(f)) => accept(f),
             Some(Slot::Many(v)) => {
@@ -191,7 +264,7 @@ impl<T> FlightMap<T> {
             }
         };
         if emptied {
-            self.slots.remove(&hash);
+            self.many.remove(&hash);
         }
     }
 
@@ -211,7 +284,8 @@ struct Shard<T> {
 /// Rust-side counts the C library cannot see.
 pub(crate) struct Registry<T> {
     shards: Box<[Shard<T>]>,
-    hasher: RandomState,
+    /// The key of `key_hash`, drawn at random for each group.
+    seed: [u64; 2],
     /// Callers that joined a flight in Rust (the C library counted none).
     followers: AtomicU64,
     /// Callers that gave up in Rust while others stayed (no C cancel).
@@ -223,21 +297,17 @@ impl<T> Registry<T> {
         Registry {
             shards: (0..SHARDS)
                 .map(|_| Shard {
-                    flights: Mutex::new(FlightMap {
-                        slots: HashMap::default(),
-                    }),
+                    flights: Mutex::new(FlightMap::new()),
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            seed: random_seed(),
             followers: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
         }
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(key);
-        h.finish()
+        key_hash(self.seed, key)
     }
 
     /// The shard of a key's hash: its high bits (the map inside uses the
@@ -328,6 +398,9 @@ struct FlightState<T> {
 struct Duty<T> {
     call: *mut sys::sf_call,
     work: Work<T>,
+    /// Whether the C library was told (`sf_call_disown`) that the work is
+    /// no longer driven by the thread that began the flight.
+    disowned: bool,
 }
 
 // SAFETY: the C handle may be used from any thread; only the owner of the
@@ -340,7 +413,7 @@ impl<T> Duty<T> {
     /// flight was abandoned, or releases the handle unfinished otherwise,
     /// which the remaining C followers receive as a leader exit.
     fn stop(self, abandoned: bool) {
-        let Duty { call, work } = self;
+        let Duty { call, work, .. } = self;
         drop_quietly(work);
         // SAFETY: we own the leader's handle; it is released exactly here.
         unsafe {
@@ -722,11 +795,6 @@ where
         };
         match rc {
             sys::SF_LEADER => {
-                // The work is polled by whichever task owns the future, maybe
-                // on another thread: a blocking call() for this key on this
-                // thread must wait for it, not be refused as a self-wait.
-                // SAFETY: our leader handle, just begun.
-                unsafe { sys::sf_call_disown(call) };
                 let flight = Arc::new(Flight::new(key, hash, ptr::null_mut(), Vec::new()));
                 flights.insert(hash, flight.clone());
                 drop(flights);
@@ -737,6 +805,7 @@ where
                         duty: Duty {
                             call,
                             work: Box::pin(fut),
+                            disowned: false,
                         },
                     })),
                     Err(payload) => {
@@ -825,7 +894,20 @@ fn drive<T: Send + Sync + 'static>(
     };
     let call = duty.call;
     match polled {
-        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Pending) => {
+            if !duty.disowned {
+                // From now on the work may be polled on any thread, by
+                // whichever task owns it: a blocking call() of this key on
+                // the thread that began the flight must wait for it, not be
+                // refused as a self-wait.  (During this first poll it was
+                // one: the work ran on this very thread.)  A work that is
+                // ready at once never needs the extra C call.
+                // SAFETY: the leader's handle, owned through the duty.
+                unsafe { sys::sf_call_disown(call) };
+                duty.disowned = true;
+            }
+            Poll::Pending
+        }
         Ok(Poll::Ready(value)) => {
             let joined = close_led(group, flight);
             let value = Arc::new(value);
