@@ -1116,3 +1116,7 @@ impl<'g, T: Send + Sync + 'static, K: AsRef<[u8]>, F> Drop for CallAsync<'g, T, 
         }
     }
 }
+
+#[cfg(test)]
+#[path = "future_tests.rs"]
+mod tests;
