@@ -251,7 +251,7 @@ impl<T> FlightMap<T> {
     /// Removes the flight of `key` that `pick` accepts, if there is one.
     fn remove_where(&mut self, hash: u64, key: &[u8], pick: impl Fn(&Arc<Flight<T>>) -> bool) {
         let accept = |f: &Arc<Flight<T>>| f.hash == hash && f.key.as_slice() == key && pick(f);
-        if let Some(i) = self.few.iter().position(|f| accept(f)) {
+        if let Some(i) = self.few.iter().position(&accept) {
             self.few.swap_remove(i);
             return;
         }
