@@ -1,12 +1,19 @@
-//! rustasyncbench: the async measurements of issue 12 for the Rust binding.
+//! rustasyncbench: the async measurements of the Rust binding (issues 12, 17).
 //!
+//!   rustasyncbench herd     [--tasks 10000] [--sleep-ms 10] [--reps 9] [--spawn]
+//!   rustasyncbench uncontended [--calls 200000] [--reps 9]
+//!   rustasyncbench checks
 //!   rustasyncbench stampede [--tasks 10000]
 //!   rustasyncbench overhead [--callers 100] [--rounds 2000]
 //!   rustasyncbench cancel   [--followers 3] [--rounds 20000]
 //!
 //! Each prints one JSON line.  `overhead` measures libsingleflight's
 //! call_async and async_singleflight's UnaryGroup::work in the same process,
-//! alternating between them, on the same workload.
+//! alternating between them, on the same workload.  `herd`, `uncontended`
+//! and `checks` (in peers.rs) set call_async against singleflight-async and
+//! async_singleflight in the same process.
+
+mod peers;
 
 use async_singleflight::UnaryGroup;
 use libsingleflight::Group;
@@ -34,6 +41,11 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().expect(name))
         .unwrap_or(default)
+}
+
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
 fn pct(v: &mut [u64], p: f64) -> u64 {
@@ -256,8 +268,18 @@ fn main() {
         Some("stampede") => stampede(),
         Some("overhead") => overhead(),
         Some("cancel") => cancel(),
+        Some("herd") => peers::herd(
+            arg("--tasks", 10_000) as usize,
+            arg("--sleep-ms", 10),
+            arg("--reps", 9) as usize,
+            std::env::args().any(|a| a == "--spawn"),
+        ),
+        Some("uncontended") => {
+            peers::uncontended(arg("--calls", 200_000) as usize, arg("--reps", 9) as usize)
+        }
+        Some("checks") => peers::checks(),
         _ => {
-            eprintln!("usage: rustasyncbench stampede|overhead|cancel [options]");
+            eprintln!("usage: rustasyncbench herd|uncontended|checks|stampede|overhead|cancel [options]");
             std::process::exit(2);
         }
     }

@@ -347,16 +347,19 @@ impl<T: Send + Sync + 'static> Group<T> {
         // SAFETY: s is a valid, versioned out-struct.
         let rc = unsafe { sys::sf_group_stats_get(self.raw.as_ptr(), &mut s) };
         assert_eq!(rc, sys::SF_OK, "sf_group_stats_get: {}", strerror(rc));
+        // call_async callers that joined or gave up in Rust, sharing one
+        // C handle with the others, are counted here, not by the library.
+        let (joined, left) = (self.registry.rust_followers(), self.registry.rust_cancels());
         Stats {
-            calls: s.calls,
+            calls: s.calls + joined,
             leaders: s.leaders,
-            followers: s.followers,
+            followers: s.followers + joined,
             panics: s.panics,
             leader_exits: s.goexits,
             forgets: s.forgets,
             in_flight: s.in_flight,
             abandons: s.abandons,
-            cancels: s.cancels,
+            cancels: s.cancels + left,
         }
     }
 }
