@@ -108,11 +108,11 @@ inline void delete_global(JNIEnv *env, jobject ref) noexcept {
 // static initializer (a Java thread, with AsyncFlight's class loader: a
 // FindClass on a callback thread could see another loader, or none).
 struct Upcalls {
-    jclass cls = nullptr;            // AsyncFlight, a global reference
-    jmethodID delivered = nullptr;   // static long delivered(AsyncFlight, int, Object, String)
-    jmethodID abandoned = nullptr;   // static void abandoned(AsyncFlight)
-    jfieldID handle = nullptr;       // long handle
-    jfieldID abandon = nullptr;      // long abandonPayload
+    jclass cls = nullptr;           // AsyncFlight, a global reference
+    jmethodID delivered = nullptr;  // static long delivered(AsyncFlight, int, Object, String)
+    jmethodID abandoned = nullptr;  // static void abandoned(AsyncFlight)
+    jfieldID handle = nullptr;      // long handle
+    jfieldID abandon = nullptr;     // long abandonPayload
 };
 inline Upcalls &upcalls() {
     static Upcalls u;
@@ -245,9 +245,11 @@ inline void async_init(JNIEnv *jenv_, jobject klass) {
     remember_vm(jenv_);
     Upcalls u;
     u.delivered = jenv_->GetStaticMethodID(
-        cls, "delivered", "(Lio/github/libsingleflight/AsyncFlight;ILjava/lang/Object;Ljava/lang/String;)J");
+        cls, "delivered",
+        "(Lio/github/libsingleflight/AsyncFlight;ILjava/lang/Object;Ljava/lang/String;)J");
     if (!u.delivered) return;  // NoSuchMethodError is pending
-    u.abandoned = jenv_->GetStaticMethodID(cls, "abandoned", "(Lio/github/libsingleflight/AsyncFlight;)V");
+    u.abandoned =
+        jenv_->GetStaticMethodID(cls, "abandoned", "(Lio/github/libsingleflight/AsyncFlight;)V");
     if (!u.abandoned) return;
     u.handle = jenv_->GetFieldID(cls, "handle", "J");
     if (!u.handle) return;
@@ -354,9 +356,9 @@ inline int async_cancel(JNIEnv *jenv_, long long agp, long long callp, jobject f
     }
     if (rc == 0) {
         try {
-            LeaderPayload *lp =
-                register_payload(jenv_, flight, new LeaderPayload, "sf_call_on_abandon",
-                                 [call](LeaderPayload *p) { return sf_call_on_abandon(call, on_abandon, p); });
+            LeaderPayload *lp = register_payload(
+                jenv_, flight, new LeaderPayload, "sf_call_on_abandon",
+                [call](LeaderPayload *p) { return sf_call_on_abandon(call, on_abandon, p); });
             jenv_->SetLongField(flight, upcalls().abandon, reinterpret_cast<jlong>(lp));
         } catch (...) {
             // Out of memory: the work runs to its end if everyone leaves.
@@ -412,14 +414,17 @@ private:
 
     int apply(int op) {
         switch (op) {
-        case kBegin: return sf_group_begin(group_.get(), key_.data(), key_.size(), &call_);
-        case kFinish: return sf_call_finish(call_, 0);
-        case kCancel: return sf_call_cancel(call_);
-        case kRelease:
-        case kStop:
-            sf_call_release(call_);
-            call_ = nullptr;
-            return SF_OK;
+            case kBegin:
+                return sf_group_begin(group_.get(), key_.data(), key_.size(), &call_);
+            case kFinish:
+                return sf_call_finish(call_, 0);
+            case kCancel:
+                return sf_call_cancel(call_);
+            case kRelease:
+            case kStop:
+                sf_call_release(call_);
+                call_ = nullptr;
+                return SF_OK;
         }
         return SF_EINVAL;
     }
