@@ -371,6 +371,11 @@ void run_cell(const Options &o) {
 
     std::atomic<int> phase{0};  // 0 warmup, 1 ready, 2 measure, 3 stop
     std::atomic<int> ready{0};
+    // Threads that made at least one measured call: the window closes only
+    // once every thread has, so a thread descheduled for the whole window
+    // on a loaded machine cannot leave a cell with no calls at all (whose
+    // exec/call then reads 0 and fails the check).
+    std::atomic<int> measured{0};
     std::vector<ThreadResult> results(std::size_t(o.threads));
     std::vector<std::thread> threads;
 
@@ -402,7 +407,7 @@ void run_cell(const Options &o) {
             std::uint64_t a0 = sfbench::thread_allocs(), e0 = tl_execs, ops = 0;
             while (phase.load(std::memory_order_relaxed) == 2) {
                 one(true);
-                ++ops;
+                if (++ops == 1) measured.fetch_add(1);
             }
             res.allocs = sfbench::thread_allocs() - a0;
             sfbench::trace_allocs(false);
@@ -417,6 +422,7 @@ void run_cell(const Options &o) {
     std::uint64_t t0 = now_ns();
     phase.store(2, std::memory_order_release);
     std::this_thread::sleep_for(std::chrono::milliseconds(o.duration_ms));
+    while (measured.load() < o.threads) std::this_thread::yield();
     phase.store(3);
     for (auto &th : threads) th.join();
     std::uint64_t wall = now_ns() - t0;
