@@ -208,6 +208,9 @@ extern "C" {
     pub fn sf_call_abandoned(call: *const sf_call) -> c_int;
     /// Since 1.1: the two-phase leader's flight is led by no thread any more.
     pub fn sf_call_disown(call: *mut sf_call) -> c_int;
+    /// Since 1.2: the two-phase leader's work runs on the calling thread, so
+    /// a follower waiting forever there is `SF_EDEADLK`.
+    pub fn sf_call_lead_here(call: *mut sf_call) -> c_int;
     /// Since 1.1: runs `fn_` once when the flight is abandoned.
     pub fn sf_call_on_abandon(call: *mut sf_call, fn_: sf_abandon_fn, payload: *mut c_void) -> c_int;
 
