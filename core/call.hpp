@@ -109,11 +109,6 @@ int call_abandoned(Call *c) noexcept;
 // handles only; one per flight (kBadState for a second); kNoMemory.
 Status call_on_abandon(Call *c, AbandonCallback cb) noexcept;
 
-// The leader's completion, for every mode: takes the flight out of the
-// table (or waits for whoever did), folds the joiners, counts, publishes
-// the outcome and wakes everyone.
-void complete_leader(Flight *f, Status status, int error, const char *message) noexcept;
-
 // Whether the flight's outcome is shared with a follower (for the leader).
 inline bool flight_shared(const Flight *f) noexcept {
     return f->state.load(std::memory_order_acquire) & kShared;

@@ -1,6 +1,5 @@
 #include "core/flight.hpp"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -73,6 +72,33 @@ Ext *flight_ext(Flight *f) noexcept {
     return e;
 }
 
+uint32_t flight_wait_unpublished(Flight *f, uint32_t bits) noexcept {
+    for (unsigned spins = 0;; ++spins) {
+        const uint32_t s = f->state.load(std::memory_order_acquire);
+        if (s & bits) return s;
+        if (spins < 64) {
+            detail::cpu_relax();
+        } else {
+            detail::yield_cpu();
+        }
+    }
+}
+
+bool flight_take_leader_bit(Flight *f, uint32_t bit) noexcept {
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    for (;;) {
+        if (s & kFinished) return false;
+        if (s & kWriting) {  // a value is being stored: let it land first
+            detail::cpu_relax();
+            s = f->state.load(std::memory_order_relaxed);
+            continue;
+        }
+        if (f->state.compare_exchange_weak(s, s | bit, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed))
+            return true;
+    }
+}
+
 void flight_lock(Flight *f) noexcept {
     for (unsigned spins = 0;; ++spins) {
         uint32_t s = f->state.load(std::memory_order_relaxed);
@@ -83,7 +109,7 @@ void flight_lock(Flight *f) noexcept {
         if (spins < 100) {
             detail::cpu_relax();
         } else {
-            sched_yield();  // the holder may be preempted
+            detail::yield_cpu();  // the holder may be preempted
         }
     }
 }
@@ -143,7 +169,7 @@ WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
         if (f->done()) return kWaitDone;
     }
     for (int i = 0; i < kYields; ++i) {
-        sched_yield();
+        detail::yield_cpu();
         if (f->done()) return kWaitDone;
         if (gave_up(cancel_flags)) return kWaitCancelled;
     }

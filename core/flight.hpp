@@ -234,6 +234,22 @@ WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
 // word they sleep on (kCancelGenOne), so none can miss it.
 void flight_wake_waiters(Flight *f) noexcept;
 
+// Made before a fork and used in the child: the parent's threads, and
+// perhaps the group, are gone there, so such a flight touches no group.
+inline bool flight_orphaned(const Flight *f) noexcept;
+
+// Someone else took f out of the table (forget, abandonment, a fork):
+// waits until their fold is visible, that is until one of `bits`
+// (kUnpublished at least) is set; returns the state seen.  They are
+// between two instructions.
+uint32_t flight_wait_unpublished(Flight *f, uint32_t bits = kUnpublished) noexcept;
+
+// Two-phase leaders: the right to write the value and to complete are one
+// state word's kWriting and kFinished bits, so a set_value on one thread
+// and a finish on another never interleave.  Sets `bit` once no value is
+// being stored; false when the flight is already finished.
+bool flight_take_leader_bit(Flight *f, uint32_t bit) noexcept;
+
 // A heap copy of msg, or nullptr when out of memory.
 char *copy_message(const char *msg) noexcept;
 extern const char kPanicMessageLost[];
@@ -269,6 +285,10 @@ bool flight_copy_heap_key(Flight *f, Key key) noexcept;  // false: out of memory
 void flight_free_rare(Flight *f) noexcept;               // ext, heap key
 
 inline uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
+
+inline bool flight_orphaned(const Flight *f) noexcept {
+    return f->epoch != current_epoch() || (f->state.load(std::memory_order_relaxed) & kOrphaned);
+}
 
 SF_HOT Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
     auto *f = static_cast<Flight *>(detail::flight_cache().get());

@@ -233,7 +233,7 @@ Status Group::run_async(Key key, WorkCallback work, DoneCallback done) noexcept 
         // The refused call and its flight are counted nowhere.
         f->lflags = uint8_t(f->lflags | kUncounted);
         stats_.sub(kLeaders);
-        complete_leader(f, kPanic, 0, rc == kBusy ? kRefused : kNoThread);
+        finish(f, kPanic, 0, rc == kBusy ? kRefused : kNoThread);
         if (task) detail::call_cache().put(task);
         flight_release(f);
     }
@@ -243,16 +243,12 @@ Status Group::run_async(Key key, WorkCallback work, DoneCallback done) noexcept 
 Status Group::begin(Key key, Call **out) noexcept {
     const uint64_t ident = ident_of(key);
     // The uncontended start, as in run: an empty home slot, one CAS.
-    std::atomic<uint64_t> *home = table_.home(ident);
     Flight *f = nullptr;
     Status role = kInvalid;
-    if (home->load(std::memory_order_relaxed) == 0 &&
-        (f = flight_new(this, kModeTwoPhase, key, ident)) != nullptr) {
-        uint64_t empty = 0;
-        if (home->compare_exchange_strong(empty, SlotCodec::encode(f), std::memory_order_acq_rel,
-                                          std::memory_order_relaxed))
-            role = kLeader;
-    }
+    const Table::Home home = table_.home_of(ident);
+    if (Table::empty(home) && (f = flight_new(this, kModeTwoPhase, key, ident)) != nullptr &&
+        Table::publish_fresh(home, f))
+        role = kLeader;
     if (role != kLeader) role = table_.acquire(this, kModeTwoPhase, key, ident, false, &f, f);
     if (role < 0) return role;
     if (role == kLeader) {
