@@ -5,6 +5,7 @@
 #include "core/group.hpp"
 #include "core/notify.hpp"
 #include "core/platform.hpp"
+#include "core/shared.hpp"
 #include "core/thread.hpp"
 #if defined(SF_TESTING_HOOKS)
 #include "core/testing.hpp"
@@ -153,10 +154,12 @@ Status call_role(const Call *c) noexcept {
     return call_role_byte(c) == kRoleFollower ? kFollower : kLeader;
 }
 
-void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
+namespace {
+// Stores the value, or refuses it (destroys it at once): false then.
+bool store_value(Call *c, void *value, DestroyFn destroy) noexcept {
     if (!c || !is_leader(c)) {
         run_destroy(destroy, value);
-        return;
+        return false;
     }
     Flight *f = as_flight(c);
     // fn's call belongs to fn's thread (the header): no other thread writes
@@ -167,7 +170,7 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     if (two_phase ? !flight_take_leader_bit(f, kWriting)
                   : (f->state.load(std::memory_order_relaxed) & kFinished) != 0) {
         run_destroy(destroy, value);
-        return;
+        return false;
     }
     DestroyFn old_destroy = f->destroy;
     void *old_value = f->value;
@@ -175,6 +178,23 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     f->destroy = destroy;
     if (two_phase) f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
     if (old_value != value) run_destroy(old_destroy, old_value);
+    return true;
+}
+}  // namespace
+
+void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
+    // A shared group's call takes this way (its role byte is no leader's).
+    if (c && call_role_byte(c) == kRoleSharedCall)
+        return shared_set_value(reinterpret_cast<SharedCall *>(c), value, destroy);
+    store_value(c, value, destroy);
+}
+
+Status call_set_bytes(Call *c, const void *data, std::size_t len) noexcept {
+    if (!is_leader(c)) return kBadState;  // nothing copied for a follower
+    DestroyFn destroy;
+    void *copy = bytes_copy(data, len, &destroy);
+    if (!copy) return kNoMemory;
+    return store_value(c, copy, destroy) ? kOk : kBadState;
 }
 
 Status call_finish(Call *c, int error) noexcept {

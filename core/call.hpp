@@ -52,6 +52,11 @@ inline void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept {
     call_set_value_slow(c, value, destroy);
 }
 
+// The value as bytes (SF_1.2): a copy of data, owned by the flight.  kOk;
+// kBadState when the call may not set a value (as call_set_value refuses
+// one); kNoMemory.
+Status call_set_bytes(Call *c, const void *data, std::size_t len) noexcept;
+
 // Two-phase completion: kOk, or kBadState (a follower, already finished,
 // or fn's call of do/do_async, which fn's return finishes).
 Status call_finish(Call *c, int error) noexcept;

@@ -32,7 +32,6 @@ void publish_outcome(Flight *f, Status status, int error, const char *message) n
 // `seen` (the state before) had kWaiters, registrations when kNotify.
 void publish_wake(Flight *f, uint32_t seen) noexcept;
 
-
 // ---------------------------------------------------------------------------
 // The uncontended end, inline
 // ---------------------------------------------------------------------------

@@ -212,6 +212,18 @@ void flight_unlock(Flight *f) noexcept;
 // destroy(value) with cancellation disabled, exceptions contained.
 void run_destroy(DestroyFn destroy, void *value) noexcept;
 
+// A value as bytes (sf_call_set_bytes): a copy of data in a block of the
+// library's own, its length stored just before the bytes.  Small values
+// take a block from the per-thread caches (up to 56 bytes in a 64-byte
+// block, up to 120 in a 128-byte one), so a steady state of small values
+// allocates nothing; larger ones come from the heap.  *destroy receives
+// the function that gives the block back, the only way a value is known to
+// be bytes.  nullptr when out of memory.
+void *bytes_copy(const void *data, std::size_t len, DestroyFn *destroy) noexcept;
+// The bytes of a value stored by bytes_copy (its destroy function says so),
+// or nullptr with *len 0 for any other value.
+const void *bytes_of(void *value, DestroyFn destroy, std::size_t *len) noexcept;
+
 // Folds joiners taken out of the slot into the flight: their interest, and
 // kShared when there were any (their references went in with the CAS that
 // took them out: Table::empty_slot).  unpublished: the folder is not the

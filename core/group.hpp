@@ -24,6 +24,7 @@
 namespace sf {
 
 class Pool;
+class SharedGroup;
 
 extern const char kUnknownException[];
 
@@ -85,8 +86,22 @@ public:
 
     Group *reg_prev_ = nullptr, *reg_next_ = nullptr;  // the fork registry
 
+    // A shared group's handle is a Group too: its calls go to the shared
+    // table (core/shared.hpp), and its own local table serves only the
+    // SF_SHARED_RUN_UNSHARED fallback.  nullptr for a group of one process.
+    SharedGroup *shared() const noexcept { return shared_; }
+    // SF_SHARED_RUN_UNSHARED: the local group a full shared group's calls
+    // run in instead; nullptr without the flag.
+    Group *fallback() const noexcept { return fallback_; }
+    static Group *create_shared(SharedGroup *s, bool run_unshared) noexcept;
+    // Runs task(arg) on the group's executor (its own or the built-in
+    // pool): kOk, or kBusy / kNoMemory when it was refused.
+    Status submit(TaskFn task, void *arg) noexcept;
+
 private:
     Pool *pool() noexcept;
+    SharedGroup *shared_ = nullptr;
+    Group *fallback_ = nullptr;
 
     Table table_;
     uint64_t seed_ = 0;
@@ -136,7 +151,12 @@ Status Group::run(Key key, Fn &&fn, Flight **result, bool *shared) {
     if (__builtin_expect(Table::empty(home), 1) &&
         (f = flight_new(this, kModeDo, key, ident)) != nullptr && Table::publish_fresh(home, f))
         role = kLeader;
-    if (role != kLeader) role = table_.acquire(this, kModeDo, key, ident, true, &f, f);
+    if (role != kLeader) {
+        // A shared group's handle: its home slots are poisoned (never
+        // empty), so its calls come here and go back to the C layer.
+        if (__builtin_expect(shared_ != nullptr, 0)) return kNotLocal;
+        role = table_.acquire(this, kModeDo, key, ident, true, &f, f);
+    }
     if (__builtin_expect(role == kLeader, 1)) {
         const Stats::Mine counts = stats_.mine();
         stats_.add(counts, kLeaders);

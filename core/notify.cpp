@@ -46,10 +46,8 @@ bool link_locked(Flight *f, Follower *c) noexcept {
 }
 
 void unlink_locked(Flight *f, Follower *c) noexcept {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        f->notify_head = c->next;
+    if (c->prev) c->prev->next = c->next;
+    else f->notify_head = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = nullptr;
     c->flags.fetch_and(uint8_t(~kLinked), std::memory_order_relaxed);

@@ -116,6 +116,14 @@ public:
     // only a flight nobody joined.  Returns 1 when a flight was forgotten.
     int forget(Key key, uint64_t ident, bool only_unshared) noexcept;
 
+    // A shared group's handle: every home slot holds a word no flight has
+    // (the overflow bit alone), so the uncontended paths never take it and
+    // the callers see the group is not local (Group::run, Group::begin).
+    void poison() noexcept {
+        for (uint64_t i = 0; i <= mask_; ++i)
+            slots_[i].store(SlotCodec::kOverflow, std::memory_order_relaxed);
+    }
+
     // In a forked child: every flight in the table belongs to the parent
     // (kOrphaned | kUnpublished), and the table starts empty.
     void orphan_all() noexcept;
