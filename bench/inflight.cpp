@@ -82,10 +82,8 @@ struct Floor {
     }
     Block *begin(const char *k, std::size_t n) {
         Block *b = free;
-        if (b)
-            free = b->next;
-        else
-            b = new Block;
+        if (b) free = b->next;
+        else b = new Block;
         b->hash = hash_key(k, n);
         std::memcpy(b->key, k, n);
         for (std::uint64_t i = b->hash;; ++i) {
@@ -115,18 +113,13 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value");
             return argv[++i];
         };
-        if (!std::strcmp(argv[i], "--keys"))
-            keys = std::atol(val());
+        if (!std::strcmp(argv[i], "--keys")) keys = std::atol(val());
         else if (!std::strcmp(argv[i], "--shards"))
             shards = unsigned(std::strtoul(val(), nullptr, 10));
-        else if (!std::strcmp(argv[i], "--rounds"))
-            rounds = std::atol(val());
-        else if (!std::strcmp(argv[i], "--keylen"))
-            keylen = std::atoi(val());
-        else if (!std::strcmp(argv[i], "--contender"))
-            contender = val();
-        else
-            die("usage: inflight --keys N [--shards S] [--rounds R] [--keylen L] [--contender C]");
+        else if (!std::strcmp(argv[i], "--rounds")) rounds = std::atol(val());
+        else if (!std::strcmp(argv[i], "--keylen")) keylen = std::atoi(val());
+        else if (!std::strcmp(argv[i], "--contender")) contender = val();
+        else die("usage: inflight --keys N [--shards S] [--rounds R] [--keylen L] [--contender C]");
     }
     if (keys < 1 || rounds < 1 || keylen < 8 || keylen > 48) die("bad argument");
 

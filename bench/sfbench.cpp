@@ -254,40 +254,26 @@ Options parse(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value");
             return argv[++i];
         };
-        if (a == "--contender")
-            o.contender = val();
-        else if (a == "--threads")
-            o.threads = std::atoi(val());
+        if (a == "--contender") o.contender = val();
+        else if (a == "--threads") o.threads = std::atoi(val());
         else if (a == "--keys") {
             std::string_view v = val();
             o.keys = v == "unique" ? 0 : std::atol(v.data());
             if (v != "unique" && o.keys < 1) die("--keys takes a positive count or unique");
         } else if (a == "--fn") {
             o.fn_name = val();
-            if (o.fn_name == "trivial")
-                o.fn = Fn::trivial;
-            else if (o.fn_name == "spin")
-                o.fn = Fn::spin;
-            else if (o.fn_name == "sleep")
-                o.fn = Fn::sleep;
-            else
-                die("unknown --fn");
-        } else if (a == "--duration-ms")
-            o.duration_ms = std::atoi(val());
-        else if (a == "--warmup-ms")
-            o.warmup_ms = std::atoi(val());
-        else if (a == "--keylen")
-            o.keylen = std::atoi(val());
-        else if (a == "--wake")
-            o.wake = std::atoi(val());
-        else if (a == "--wake-callbacks")
-            o.wake_callbacks = std::atoi(val());
-        else if (a == "--cancel-latency")
-            o.cancel = std::atoi(val());
-        else if (a == "--handoff")
-            o.handoff = std::atoi(val());
-        else if (a == "--rounds")
-            o.rounds = std::atoi(val());
+            if (o.fn_name == "trivial") o.fn = Fn::trivial;
+            else if (o.fn_name == "spin") o.fn = Fn::spin;
+            else if (o.fn_name == "sleep") o.fn = Fn::sleep;
+            else die("unknown --fn");
+        } else if (a == "--duration-ms") o.duration_ms = std::atoi(val());
+        else if (a == "--warmup-ms") o.warmup_ms = std::atoi(val());
+        else if (a == "--keylen") o.keylen = std::atoi(val());
+        else if (a == "--wake") o.wake = std::atoi(val());
+        else if (a == "--wake-callbacks") o.wake_callbacks = std::atoi(val());
+        else if (a == "--cancel-latency") o.cancel = std::atoi(val());
+        else if (a == "--handoff") o.handoff = std::atoi(val());
+        else if (a == "--rounds") o.rounds = std::atoi(val());
         else if (a == "--help" || a == "-h") {
             std::puts(
                 "sfbench --contender capi|naive|floor|apifloor --threads T --keys N|unique "
@@ -299,8 +285,7 @@ Options parse(int argc, char **argv) {
                 "Prints one JSON line.  SFBENCH_ALLOC_TRACE=N prints the stacks of the first N\n"
                 "allocations made inside the measured loop.");
             std::exit(0);
-        } else
-            die("unknown argument (try --help)");
+        } else die("unknown argument (try --help)");
     }
     if (o.threads < 1 || o.keys < 0 || o.duration_ms < 1 || o.warmup_ms < 0 || o.keylen < 0 ||
         o.keylen > 4096 || o.wake < 0 || o.rounds < 1 || o.wake_callbacks < 0 || o.cancel < 0 ||
@@ -499,10 +484,8 @@ void run_wake(const Options &o) {
                 std::uint64_t v = c.call(key, sizeof key - 1, follower_work);
                 std::uint64_t t = now_ns();
                 std::lock_guard<std::mutex> lk(mu);
-                if (tl_execs != e0)
-                    late.fetch_add(1);
-                else
-                    samples.push_back(std::uint32_t(std::min<std::uint64_t>(t - v, UINT32_MAX)));
+                if (tl_execs != e0) late.fetch_add(1);
+                else samples.push_back(std::uint32_t(std::min<std::uint64_t>(t - v, UINT32_MAX)));
                 if (++done == n) cv.notify_all();
             }
         });
@@ -710,23 +693,17 @@ int main(int argc, char **argv) {
     } else if (o.cancel > 0) {
         run_cancel_latency(o.cancel, o.rounds);
     } else if (o.contender == "capi") {
-        if (o.wake > 0)
-            run_wake<CapiContender>(o);
-        else
-            run_cell<CapiContender>(o);
+        if (o.wake > 0) run_wake<CapiContender>(o);
+        else run_cell<CapiContender>(o);
     } else if (o.contender == "naive") {
-        if (o.wake > 0)
-            run_wake<NaiveContender>(o);
-        else
-            run_cell<NaiveContender>(o);
+        if (o.wake > 0) run_wake<NaiveContender>(o);
+        else run_cell<NaiveContender>(o);
     } else if (o.contender == "apifloor") {
         if (o.wake > 0) die("--wake does not apply to apifloor");
         run_cell<ApiFloorContender>(o);
     } else if (o.contender == "floor") {
-        if (o.wake > 0)
-            run_wake<FloorContender>(o);
-        else
-            run_cell<FloorContender>(o);
+        if (o.wake > 0) run_wake<FloorContender>(o);
+        else run_cell<FloorContender>(o);
     } else {
         die("unknown --contender (capi, naive, floor, apifloor)");
     }

@@ -7,6 +7,7 @@
 #include "core/call.hpp"
 #include "core/group.hpp"
 #include "core/pool.hpp"
+#include "core/shared.hpp"
 #include "core/types.hpp"
 #include "singleflight.h"
 
@@ -27,13 +28,27 @@ inline const sf::Flight *core(const sf_result *r) {
 }
 inline sf_result *result(sf::Flight *f) { return reinterpret_cast<sf_result *>(f); }
 
+// A call of a shared group: a process-local record that starts with its
+// own role byte (core/shared.hpp), told apart from the local ones by that
+// byte alone.  (Its results are shaped like local ones.)
+inline sf::SharedCall *shared_call(sf_call *c) {
+    return *reinterpret_cast<const uint8_t *>(c) == sf::kRoleSharedCall
+               ? reinterpret_cast<sf::SharedCall *>(c)
+               : nullptr;
+}
+inline const sf::SharedCall *shared_call(const sf_call *c) {
+    return shared_call(const_cast<sf_call *>(c));
+}
+inline sf_call *handle(sf::SharedCall *c) { return reinterpret_cast<sf_call *>(c); }
+
 // The core's status values are the ABI's.
 static_assert(int(sf::kOk) == SF_OK && int(sf::kLeader) == SF_LEADER &&
                   int(sf::kFollower) == SF_FOLLOWER && int(sf::kInvalid) == SF_EINVAL &&
                   int(sf::kNoMemory) == SF_ENOMEM && int(sf::kPanic) == SF_EPANIC &&
                   int(sf::kGoexit) == SF_EGOEXIT && int(sf::kDeadlock) == SF_EDEADLK &&
                   int(sf::kTimedOut) == SF_ETIMEDOUT && int(sf::kBusy) == SF_EBUSY &&
-                  int(sf::kBadState) == SF_ESTATE && int(sf::kCanceled) == SF_ECANCELED,
+                  int(sf::kBadState) == SF_ESTATE && int(sf::kCanceled) == SF_ECANCELED &&
+                  int(sf::kPermission) == SF_EPERM && int(sf::kIncompatible) == SF_EINCOMPAT,
               "core::Status mirrors the header's codes");
 static_assert(sf::Pool::kDefaultThreads == SF_POOL_DEFAULT_THREADS &&
                   sf::Pool::kMaxThreads == SF_POOL_MAX_THREADS,

@@ -1,11 +1,11 @@
 #include "core/call.hpp"
 
-#include <sched.h>
-
 #include "core/alloc.hpp"
+#include "core/finish.hpp"
 #include "core/group.hpp"
 #include "core/notify.hpp"
 #include "core/platform.hpp"
+#include "core/shared.hpp"
 #include "core/thread.hpp"
 #if defined(SF_TESTING_HOOKS)
 #include "core/testing.hpp"
@@ -40,50 +40,7 @@ void testing::set_pause(Point point, void (*hook)(void *), void *payload) noexce
 
 namespace {
 
-// Made before a fork and used in the child: the parent's threads, and
-// perhaps the group, are gone there, so such a flight touches no group.
-bool orphaned(const Flight *f) noexcept {
-    return f->epoch != current_epoch() || (f->state.load(std::memory_order_relaxed) & kOrphaned);
-}
-
-// Someone else took f out of the table (forget, abandonment, a fork):
-// wait until their fold is visible, that is until one of `bits` (kUnpublished
-// at least) is set; returns the state seen.  They are between two
-// instructions.
-uint32_t wait_unpublished(Flight *f, uint32_t bits = kUnpublished) noexcept {
-    for (unsigned spins = 0;; ++spins) {
-        const uint32_t s = f->state.load(std::memory_order_acquire);
-        if (s & bits) return s;
-        if (spins < 64) {
-            detail::cpu_relax();
-        } else {
-            sched_yield();
-        }
-    }
-}
-
-// Two-phase leaders: the right to write the value and to complete are one
-// state word's kWriting and kFinished bits, so a set_value on one thread and
-// a finish on another never interleave.  Sets `bit` once no
-// value is being stored; false when the flight is already finished.  *seen
-// receives the state before.
-bool take_leader_bit(Flight *f, uint32_t bit, uint32_t *seen = nullptr) noexcept {
-    uint32_t s = f->state.load(std::memory_order_relaxed);
-    for (;;) {
-        if (s & kFinished) return false;
-        if (s & kWriting) {  // a value is being stored: let it land first
-            detail::cpu_relax();
-            s = f->state.load(std::memory_order_relaxed);
-            continue;
-        }
-        if (f->state.compare_exchange_weak(s, s | bit, std::memory_order_acq_rel,
-                                           std::memory_order_relaxed)) {
-            if (seen) *seen = s;
-            return true;
-        }
-    }
-}
-bool claim_finish(Flight *f) noexcept { return take_leader_bit(f, kFinished); }
+bool claim_finish(Flight *f) noexcept { return flight_take_leader_bit(f, kFinished); }
 
 // The handle accounting sf_group_free consults.
 void uncount_handle(Flight *f, uint32_t epoch) noexcept {
@@ -121,7 +78,7 @@ bool mark_abandoned(Flight *f) noexcept {
     Ext *e = f->ext.load(std::memory_order_relaxed);
     const AbandonCallback cb = e ? e->abandon : AbandonCallback{nullptr, nullptr, nullptr};
     flight_unlock(f);
-    if (!orphaned(f)) f->group->stats().add(kAbandons);
+    if (!flight_orphaned(f)) f->group->stats().add(kAbandons);
     if (cb.invoke) {
         detail::NoCancel no_cancel;
         cb.invoke(cb.fn, cb.payload, f);
@@ -133,7 +90,7 @@ bool mark_abandoned(Flight *f) noexcept {
 // still runs.  Only two-phase flights can be abandoned: the callers of do
 // and do_async cannot give up.
 bool check_abandoned(Flight *f) noexcept {
-    if (f->mode != kModeTwoPhase || orphaned(f)) return false;
+    if (f->mode != kModeTwoPhase || flight_orphaned(f)) return false;
     uint32_t s = f->state.load(std::memory_order_seq_cst);
     if (s & (kFinished | kDone | kAbandoned)) return false;
     if (f->interest.load(std::memory_order_seq_cst) > 0) return false;
@@ -153,7 +110,7 @@ bool check_abandoned(Flight *f) noexcept {
         // no such mark (nobody waits for its fold), but it claimed kFinished
         // before it took the flight out, and a finished flight is never
         // abandoned.  Waiting for kUnpublished alone spun forever there.
-        if (wait_unpublished(f, kUnpublished | kFinished) & kFinished) return false;
+        if (flight_wait_unpublished(f, kUnpublished | kFinished) & kFinished) return false;
     }
     // Out of the table: every joiner is folded and the count is exact.
     return f->interest.load(std::memory_order_seq_cst) == 0 && mark_abandoned(f);
@@ -165,7 +122,7 @@ bool check_abandoned(Flight *f) noexcept {
 // interest and its reference); a kept reference moves into the flight's
 // own count first, so the flight can never be freed in between.
 bool follower_leaves(Flight *f, bool keep_reference) noexcept {
-    if (orphaned(f)) {
+    if (flight_orphaned(f)) {
         if (!keep_reference) flight_release(f);
         return false;
     }
@@ -190,28 +147,6 @@ bool follower_leaves(Flight *f, bool keep_reference) noexcept {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// completion
-// ---------------------------------------------------------------------------
-
-void complete_leader(Flight *f, Status status, int error, const char *message) noexcept {
-    if (!orphaned(f)) {
-        const int64_t joiners = f->group->table().unpublish(f);
-        if (joiners >= 0) {
-            if (joiners > 0) flight_fold(f, uint32_t(joiners), false);
-        } else {
-            wait_unpublished(f);
-        }
-        if (!orphaned(f) && !(f->lflags & kUncounted)) {
-            Stats &st = f->group->stats();
-            st.add(kCompleted);
-            if (status == kPanic) st.add(kPanics);
-            if (status == kGoexit) st.add(kGoexits);
-        }
-    }
-    flight_complete(f, status, error, message);
-}
-
-// ---------------------------------------------------------------------------
 // the call's rules
 // ---------------------------------------------------------------------------
 
@@ -219,10 +154,12 @@ Status call_role(const Call *c) noexcept {
     return call_role_byte(c) == kRoleFollower ? kFollower : kLeader;
 }
 
-void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
+namespace {
+// Stores the value, or refuses it (destroys it at once): false then.
+bool store_value(Call *c, void *value, DestroyFn destroy) noexcept {
     if (!c || !is_leader(c)) {
         run_destroy(destroy, value);
-        return;
+        return false;
     }
     Flight *f = as_flight(c);
     // fn's call belongs to fn's thread (the header): no other thread writes
@@ -230,10 +167,10 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     // leader's handle may be shared, so the store holds kWriting, which a
     // completer waits out.
     const bool two_phase = f->mode == kModeTwoPhase;
-    if (two_phase ? !take_leader_bit(f, kWriting)
+    if (two_phase ? !flight_take_leader_bit(f, kWriting)
                   : (f->state.load(std::memory_order_relaxed) & kFinished) != 0) {
         run_destroy(destroy, value);
-        return;
+        return false;
     }
     DestroyFn old_destroy = f->destroy;
     void *old_value = f->value;
@@ -241,13 +178,30 @@ void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
     f->destroy = destroy;
     if (two_phase) f->state.fetch_and(~uint32_t(kWriting), std::memory_order_release);
     if (old_value != value) run_destroy(old_destroy, old_value);
+    return true;
+}
+}  // namespace
+
+void call_set_value_slow(Call *c, void *value, DestroyFn destroy) noexcept {
+    // A shared group's call takes this way (its role byte is no leader's).
+    if (c && call_role_byte(c) == kRoleSharedCall)
+        return shared_set_value(reinterpret_cast<SharedCall *>(c), value, destroy);
+    store_value(c, value, destroy);
+}
+
+Status call_set_bytes(Call *c, const void *data, std::size_t len) noexcept {
+    if (!is_leader(c)) return kBadState;  // nothing copied for a follower
+    DestroyFn destroy;
+    void *copy = bytes_copy(data, len, &destroy);
+    if (!copy) return kNoMemory;
+    return store_value(c, copy, destroy) ? kOk : kBadState;
 }
 
 Status call_finish(Call *c, int error) noexcept {
     if (!is_leader(c)) return kBadState;
     Flight *f = as_flight(c);
     if (f->mode != kModeTwoPhase || !claim_finish(f)) return kBadState;
-    complete_leader(f, kOk, error, nullptr);
+    finish(f, kOk, error, nullptr);
     return kOk;
 }
 
@@ -256,7 +210,7 @@ Status call_panic(Call *c, const char *message) noexcept {
     Flight *f = as_flight(c);
     if (f->mode == kModeTwoPhase) {
         if (!claim_finish(f)) return kBadState;
-        complete_leader(f, kPanic, 0, message);
+        finish(f, kPanic, 0, message);
         return kOk;
     }
     // Inside fn: remembered until fn returns (the first request wins).
@@ -278,41 +232,10 @@ int call_finish_unshared(Call *c, int error) noexcept {
     if (!is_leader(c)) return kBadState;
     Flight *f = as_flight(c);
     if (f->mode != kModeTwoPhase) return kBadState;
-    if (orphaned(f)) return 1;  // a fork's child: the usual way knows orphans
-    const uint32_t s = f->state.load(std::memory_order_acquire);
-    if (s & kFinished) return kBadState;
-    // Someone joined (or joined and left, or a forget or an abandonment
-    // took the flight out): the usual way, with a value.
-    if (s & (kShared | kUnpublished)) return 1;
-    // Out of the table only if nobody joined: one CAS, after which nobody
-    // can join.
-    if (!f->group->table().unpublish_if_unjoined(f)) return 1;
-    // From here nobody else can write the state word: no follower exists
-    // or can join, forget and abandonment need the flight in the table or
-    // a party other than the leader, and the leader's handle is ours alone
-    // (this call may release it, so, like sf_call_release, it must not race
-    // with another use of the handle).  So the completion is one plain
-    // release store, not two more read-modify-writes: this path is every
-    // uncontended Go and Python call.  A set_value or finish on another
-    // thread is such a race: one already under way when we look gets the
-    // careful way below; one that starts later is the caller's race, as
-    // with sf_call_release.
-    uint32_t old = f->state.load(std::memory_order_relaxed);
-    if (__builtin_expect(old & (kFinished | kWriting), 0)) {
-        if (!take_leader_bit(f, kFinished)) {
-            f->state.fetch_or(kUnpublished, std::memory_order_release);
-            return kBadState;
-        }
-        old = f->state.load(std::memory_order_relaxed);
-    }
     Group *g = f->group;
     const Stats::Mine counts = g->stats().mine();
-    g->stats().add(counts, kCompleted);
-    f->status_ = int8_t(kOk);
-    f->error = error;
-    f->state.store(old | kFinished | kDone | kUnpublished, std::memory_order_release);
-    if (old & kWaiters) detail::futex_wake_all(&f->state);
-    if (old & kNotify) notify_completion(f);  // the leader's own registration
+    const int rc = finish_unshared(f, error, g->table(), g->stats(), counts);
+    if (rc != 0) return rc;
     // The release, which needs no Goexit: finished.
     if (Ext *e = f->ext.load(std::memory_order_acquire)) {
         if (Follower *reg = e->leader_reg) {
@@ -355,7 +278,7 @@ Status call_wait(Call *c, int64_t timeout_ns, Flight **result, bool *shared) noe
                 return kCanceled;
             case kWaitTimedOut:
                 // A poll (timeout 0) is a question, not a wait that gave up.
-                if (timeout_ns > 0 && !orphaned(f)) f->group->stats().add(kTimeouts);
+                if (timeout_ns > 0 && !flight_orphaned(f)) f->group->stats().add(kTimeouts);
                 return kTimedOut;
         }
     }
@@ -393,7 +316,7 @@ void call_release(Call *c) noexcept {
         if (f->mode != kModeTwoPhase) return;  // fn's call is not the caller's to release
         // Go's Goexit for the two-phase form: nobody may hang on a leader
         // that walked away.
-        if (claim_finish(f)) complete_leader(f, kGoexit, 0, nullptr);
+        if (claim_finish(f)) finish(f, kGoexit, 0, nullptr);
         if (Ext *e = f->ext.load(std::memory_order_acquire)) {
             if (Follower *reg = e->leader_reg) {
                 notify_drop(reg);
@@ -453,7 +376,7 @@ int call_cancel(Call *c) noexcept {
             if (notify_cancel_locked(f, reg)) fire = reg;
         }
         flight_unlock(f);
-        if (!orphaned(f)) f->group->stats().add(kCancels);
+        if (!flight_orphaned(f)) f->group->stats().add(kCancels);
         // The leader keeps the right, and the duty, to finish.
         f->interest.fetch_sub(1, std::memory_order_seq_cst);
     } else {
@@ -469,7 +392,7 @@ int call_cancel(Call *c) noexcept {
         fo->flags.fetch_or(uint8_t(kLeft), std::memory_order_relaxed);
         if (notify_cancel_locked(f, fo)) fire = fo;
         flight_unlock(f);
-        if (!orphaned(f)) f->group->stats().add(kCancels);
+        if (!flight_orphaned(f)) f->group->stats().add(kCancels);
         flight_wake_waiters(f);  // its own caller may be blocked in sf_call_wait
         // The interest goes; the record keeps its reference until released.
         const int abandoned = follower_leaves(f, true) ? 1 : 0;

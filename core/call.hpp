@@ -52,6 +52,11 @@ inline void call_set_value(Call *c, void *value, DestroyFn destroy) noexcept {
     call_set_value_slow(c, value, destroy);
 }
 
+// The value as bytes (SF_1.2): a copy of data, owned by the flight.  kOk;
+// kBadState when the call may not set a value (as call_set_value refuses
+// one); kNoMemory.
+Status call_set_bytes(Call *c, const void *data, std::size_t len) noexcept;
+
 // Two-phase completion: kOk, or kBadState (a follower, already finished,
 // or fn's call of do/do_async, which fn's return finishes).
 Status call_finish(Call *c, int error) noexcept;
@@ -108,11 +113,6 @@ int call_abandoned(Call *c) noexcept;
 // SF_1.1: runs cb once the flight is abandoned (at once if it is).  Leader
 // handles only; one per flight (kBadState for a second); kNoMemory.
 Status call_on_abandon(Call *c, AbandonCallback cb) noexcept;
-
-// The leader's completion, for every mode: takes the flight out of the
-// table (or waits for whoever did), folds the joiners, counts, publishes
-// the outcome and wakes everyone.
-void complete_leader(Flight *f, Status status, int error, const char *message) noexcept;
 
 // Whether the flight's outcome is shared with a follower (for the leader).
 inline bool flight_shared(const Flight *f) noexcept {

@@ -1,6 +1,5 @@
 #include "core/flight.hpp"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -8,6 +7,7 @@
 #include "core/alloc.hpp"
 #include "core/cache.hpp"
 #include "core/platform.hpp"
+#include "core/shared.hpp"
 #include "core/thread.hpp"
 
 namespace sf {
@@ -54,6 +54,8 @@ void flight_free_rare(Flight *f) noexcept {
 }
 
 void flight_free_slow(Flight *f) noexcept {
+    // A shared group's result takes this way (its destroy is a marker).
+    if (f->role == kRoleSharedResult) return shared_result_free(f);
     const DestroyFn destroy = f->destroy;
     void *const value = f->value;
     flight_free_rare(f);
@@ -73,6 +75,33 @@ Ext *flight_ext(Flight *f) noexcept {
     return e;
 }
 
+uint32_t flight_wait_unpublished(Flight *f, uint32_t bits) noexcept {
+    for (unsigned spins = 0;; ++spins) {
+        const uint32_t s = f->state.load(std::memory_order_acquire);
+        if (s & bits) return s;
+        if (spins < 64) {
+            detail::cpu_relax();
+        } else {
+            detail::yield_cpu();
+        }
+    }
+}
+
+bool flight_take_leader_bit(Flight *f, uint32_t bit) noexcept {
+    uint32_t s = f->state.load(std::memory_order_relaxed);
+    for (;;) {
+        if (s & kFinished) return false;
+        if (s & kWriting) {  // a value is being stored: let it land first
+            detail::cpu_relax();
+            s = f->state.load(std::memory_order_relaxed);
+            continue;
+        }
+        if (f->state.compare_exchange_weak(s, s | bit, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed))
+            return true;
+    }
+}
+
 void flight_lock(Flight *f) noexcept {
     for (unsigned spins = 0;; ++spins) {
         uint32_t s = f->state.load(std::memory_order_relaxed);
@@ -83,7 +112,7 @@ void flight_lock(Flight *f) noexcept {
         if (spins < 100) {
             detail::cpu_relax();
         } else {
-            sched_yield();  // the holder may be preempted
+            detail::yield_cpu();  // the holder may be preempted
         }
     }
 }
@@ -111,6 +140,55 @@ void flight_fold(Flight *f, uint32_t joiners, bool unpublished) noexcept {
 const char *flight_panic_message(const Flight *f) noexcept {
     const Ext *e = f->ext.load(std::memory_order_acquire);
     return e && e->message ? e->message : kPanicMessageLost;
+}
+
+namespace {
+// The header in front of a bytes value: its length, 8 bytes so that the
+// bytes are as aligned as the block's start allows (8).
+constexpr std::size_t kBytesHeader = 8;
+constexpr std::size_t kSmallBytes = 64 - kBytesHeader;    // an Ext-sized block
+constexpr std::size_t kMediumBytes = 128 - kBytesHeader;  // a Follower-sized block
+
+unsigned char *bytes_block(void *value) noexcept {
+    return static_cast<unsigned char *>(value) - kBytesHeader;
+}
+// Blocks of the call and ext caches: never read speculatively (unlike
+// flights, which must stay flights), so they may hold anything.
+void free_small_bytes(void *value) noexcept { detail::ext_cache().put(bytes_block(value)); }
+void free_medium_bytes(void *value) noexcept { detail::call_cache().put(bytes_block(value)); }
+void free_heap_bytes(void *value) noexcept { detail::dealloc(bytes_block(value)); }
+static_assert(sizeof(Ext) == 64 && sizeof(Follower) == 128, "the bytes size classes");
+}  // namespace
+
+void *bytes_copy(const void *data, std::size_t len, DestroyFn *destroy) noexcept {
+    void *block;
+    if (len <= kSmallBytes) {
+        block = detail::ext_cache().get();
+        *destroy = free_small_bytes;
+    } else if (len <= kMediumBytes) {
+        block = detail::call_cache().get();
+        *destroy = free_medium_bytes;
+    } else {
+        block = len > SIZE_MAX - kBytesHeader ? nullptr : detail::alloc(kBytesHeader + len);
+        *destroy = free_heap_bytes;
+    }
+    if (!block) return nullptr;
+    auto *b = static_cast<unsigned char *>(block);
+    const uint64_t n = len;
+    std::memcpy(b, &n, sizeof n);
+    if (len) std::memcpy(b + kBytesHeader, data, len);
+    return b + kBytesHeader;
+}
+
+const void *bytes_of(void *value, DestroyFn destroy, std::size_t *len) noexcept {
+    if (destroy != free_small_bytes && destroy != free_medium_bytes && destroy != free_heap_bytes) {
+        *len = 0;
+        return nullptr;
+    }
+    uint64_t n;
+    std::memcpy(&n, bytes_block(value), sizeof n);
+    *len = std::size_t(n);
+    return value;
 }
 
 void run_destroy(DestroyFn destroy, void *value) noexcept {
@@ -143,7 +221,7 @@ WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
         if (f->done()) return kWaitDone;
     }
     for (int i = 0; i < kYields; ++i) {
-        sched_yield();
+        detail::yield_cpu();
         if (f->done()) return kWaitDone;
         if (gave_up(cancel_flags)) return kWaitCancelled;
     }

@@ -212,6 +212,18 @@ void flight_unlock(Flight *f) noexcept;
 // destroy(value) with cancellation disabled, exceptions contained.
 void run_destroy(DestroyFn destroy, void *value) noexcept;
 
+// A value as bytes (sf_call_set_bytes): a copy of data in a block of the
+// library's own, its length stored just before the bytes.  Small values
+// take a block from the per-thread caches (up to 56 bytes in a 64-byte
+// block, up to 120 in a 128-byte one), so a steady state of small values
+// allocates nothing; larger ones come from the heap.  *destroy receives
+// the function that gives the block back, the only way a value is known to
+// be bytes.  nullptr when out of memory.
+void *bytes_copy(const void *data, std::size_t len, DestroyFn *destroy) noexcept;
+// The bytes of a value stored by bytes_copy (its destroy function says so),
+// or nullptr with *len 0 for any other value.
+const void *bytes_of(void *value, DestroyFn destroy, std::size_t *len) noexcept;
+
 // Folds joiners taken out of the slot into the flight: their interest, and
 // kShared when there were any (their references went in with the CAS that
 // took them out: Table::empty_slot).  unpublished: the folder is not the
@@ -233,6 +245,22 @@ WaitEnd flight_wait(Flight *f, int64_t timeout_ns,
 // a caller gave up (its record's kCancelled is set, seq_cst).  Changes the
 // word they sleep on (kCancelGenOne), so none can miss it.
 void flight_wake_waiters(Flight *f) noexcept;
+
+// Made before a fork and used in the child: the parent's threads, and
+// perhaps the group, are gone there, so such a flight touches no group.
+inline bool flight_orphaned(const Flight *f) noexcept;
+
+// Someone else took f out of the table (forget, abandonment, a fork):
+// waits until their fold is visible, that is until one of `bits`
+// (kUnpublished at least) is set; returns the state seen.  They are
+// between two instructions.
+uint32_t flight_wait_unpublished(Flight *f, uint32_t bits = kUnpublished) noexcept;
+
+// Two-phase leaders: the right to write the value and to complete are one
+// state word's kWriting and kFinished bits, so a set_value on one thread
+// and a finish on another never interleave.  Sets `bit` once no value is
+// being stored; false when the flight is already finished.
+bool flight_take_leader_bit(Flight *f, uint32_t bit) noexcept;
 
 // A heap copy of msg, or nullptr when out of memory.
 char *copy_message(const char *msg) noexcept;
@@ -269,6 +297,10 @@ bool flight_copy_heap_key(Flight *f, Key key) noexcept;  // false: out of memory
 void flight_free_rare(Flight *f) noexcept;               // ext, heap key
 
 inline uint16_t current_epoch() noexcept { return uint16_t(detail::fork_generation()); }
+
+inline bool flight_orphaned(const Flight *f) noexcept {
+    return f->epoch != current_epoch() || (f->state.load(std::memory_order_relaxed) & kOrphaned);
+}
 
 SF_HOT Flight *flight_new(Group *g, FlightMode mode, Key key, uint64_t ident) noexcept {
     auto *f = static_cast<Flight *>(detail::flight_cache().get());

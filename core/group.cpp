@@ -10,6 +10,7 @@
 #include "core/cache.hpp"
 #include "core/notify.hpp"
 #include "core/pool.hpp"
+#include "core/shared.hpp"
 #include "core/testing.hpp"
 #include "core/thread.hpp"
 
@@ -58,10 +59,8 @@ void register_group(Group *g) noexcept {
 
 void unregister_group(Group *g) noexcept {
     std::lock_guard<std::mutex> lock(g_registry_mu);
-    if (g->reg_prev_)
-        g->reg_prev_->reg_next_ = g->reg_next_;
-    else
-        g_registry = g->reg_next_;
+    if (g->reg_prev_) g->reg_prev_->reg_next_ = g->reg_next_;
+    else g_registry = g->reg_next_;
     if (g->reg_next_) g->reg_next_->reg_prev_ = g->reg_prev_;
 }
 
@@ -154,6 +153,39 @@ Group::~Group() {
     table_.destroy();
 }
 
+Group *Group::create_shared(SharedGroup *s, bool run_unshared) noexcept {
+    // One home slot, poisoned: the inline fast paths of run and begin then
+    // always fall to the slow path, which hands the call back (kNotLocal).
+    Group *g = create(1, nullptr, nullptr, 0);
+    if (!g) return nullptr;
+    g->table_.poison();
+    g->shared_ = s;
+    if (run_unshared) {
+        // The fallback when the shared table or arena is full: a group of
+        // this process alone.
+        g->fallback_ = create(0, nullptr, nullptr, 0);
+        if (!g->fallback_) {
+            g->shared_ = nullptr;
+            destroy(g);
+            return nullptr;
+        }
+    }
+    return g;
+}
+
+Status Group::submit(TaskFn task, void *arg) noexcept {
+    if (executor_) {
+        detail::NoCancel no_cancel;  // the executor may reach cancellation points
+        try {
+            return executor_(task, arg, executor_payload_) == 0 ? kOk : kBusy;
+        } catch (...) {
+            return kBusy;
+        }
+    }
+    Pool *p = pool();
+    return p ? p->submit(task, arg) : kNoMemory;
+}
+
 Status Group::destroy(Group *g) noexcept {
     // From a done callback or fn on the group's own pool: freeing would join
     // the very thread that is running, which then returns into freed memory.
@@ -161,6 +193,14 @@ Status Group::destroy(Group *g) noexcept {
     if (p && p->on_worker_thread()) return kBusy;
     const Counts c = g->stats_.read();
     if (c.leaders != c.completed || c.handles != 0) return kBusy;
+    if (g->fallback_ && destroy(g->fallback_) != kOk) return kBusy;
+    g->fallback_ = nullptr;
+    if (g->shared_) {
+        // Results of the shared group stay valid after this (it detaches
+        // when the last is released); refused on its own helper thread.
+        if (const Status st = shared_close(g->shared_)) return st;
+        g->shared_ = nullptr;
+    }
     unregister_group(g);
     detail::unmake(g);
     return kOk;
@@ -175,6 +215,7 @@ void Group::after_fork_child() noexcept {
     stats_.add(kCompleted, c.leaders - c.completed);
     stats_.sub(kHandles, c.handles);
     table_.orphan_all();
+    if (shared_) table_.poison();  // a shared group's handle stays one
     new (&pool_mu_) std::mutex();
     if (Pool *p = pool_.load(std::memory_order_acquire)) p->reset_after_fork();
 }
@@ -233,7 +274,7 @@ Status Group::run_async(Key key, WorkCallback work, DoneCallback done) noexcept 
         // The refused call and its flight are counted nowhere.
         f->lflags = uint8_t(f->lflags | kUncounted);
         stats_.sub(kLeaders);
-        complete_leader(f, kPanic, 0, rc == kBusy ? kRefused : kNoThread);
+        finish(f, kPanic, 0, rc == kBusy ? kRefused : kNoThread);
         if (task) detail::call_cache().put(task);
         flight_release(f);
     }
@@ -243,17 +284,16 @@ Status Group::run_async(Key key, WorkCallback work, DoneCallback done) noexcept 
 Status Group::begin(Key key, Call **out) noexcept {
     const uint64_t ident = ident_of(key);
     // The uncontended start, as in run: an empty home slot, one CAS.
-    std::atomic<uint64_t> *home = table_.home(ident);
     Flight *f = nullptr;
     Status role = kInvalid;
-    if (home->load(std::memory_order_relaxed) == 0 &&
-        (f = flight_new(this, kModeTwoPhase, key, ident)) != nullptr) {
-        uint64_t empty = 0;
-        if (home->compare_exchange_strong(empty, SlotCodec::encode(f), std::memory_order_acq_rel,
-                                          std::memory_order_relaxed))
-            role = kLeader;
+    const Table::Home home = table_.home_of(ident);
+    if (Table::empty(home) && (f = flight_new(this, kModeTwoPhase, key, ident)) != nullptr &&
+        Table::publish_fresh(home, f))
+        role = kLeader;
+    if (role != kLeader) {
+        if (shared_) return kNotLocal;  // see run()
+        role = table_.acquire(this, kModeTwoPhase, key, ident, false, &f, f);
     }
-    if (role != kLeader) role = table_.acquire(this, kModeTwoPhase, key, ident, false, &f, f);
     if (role < 0) return role;
     if (role == kLeader) {
         const Stats::Mine counts = stats_.mine();

@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "core/call.hpp"
+#include "core/finish.hpp"
 #include "core/flight.hpp"
 #include "core/hash.hpp"
 #include "core/notify.hpp"
@@ -23,11 +24,11 @@
 namespace sf {
 
 class Pool;
+class SharedGroup;
 
 extern const char kUnknownException[];
 
 inline void release_flight(void *f) noexcept { flight_release(static_cast<Flight *>(f)); }
-inline void complete_ok(Flight *f, int error) noexcept;
 
 class Group {
 public:
@@ -66,13 +67,14 @@ public:
     // kPanic; a forced unwind (the thread exiting inside fn) completes f as
     // kGoexit, then on_unwind(arg) if given, and unwinds on.
     // on_ok(f, error) completes f when fn returned normally (and asked for
-    // no panic); complete_ok by default.
+    // no panic); finish() by default.
     template <class Fn, class OnOk>
     static Status execute(Flight *f, Fn &&fn, OnOk &&on_ok, void (*on_unwind)(void *), void *arg);
     template <class Fn>
     static Status execute(Flight *f, Fn &&fn, void (*on_unwind)(void *) = nullptr,
                           void *arg = nullptr) {
-        return execute(f, static_cast<Fn &&>(fn), complete_ok, on_unwind, arg);
+        auto on_ok = [](Flight *lf, int error) noexcept { finish(lf, kOk, error, nullptr); };
+        return execute(f, static_cast<Fn &&>(fn), on_ok, on_unwind, arg);
     }
 
     // In a forked child (from the fork handler): the flights in flight
@@ -84,8 +86,22 @@ public:
 
     Group *reg_prev_ = nullptr, *reg_next_ = nullptr;  // the fork registry
 
+    // A shared group's handle is a Group too: its calls go to the shared
+    // table (core/shared.hpp), and its own local table serves only the
+    // SF_SHARED_RUN_UNSHARED fallback.  nullptr for a group of one process.
+    SharedGroup *shared() const noexcept { return shared_; }
+    // SF_SHARED_RUN_UNSHARED: the local group a full shared group's calls
+    // run in instead; nullptr without the flag.
+    Group *fallback() const noexcept { return fallback_; }
+    static Group *create_shared(SharedGroup *s, bool run_unshared) noexcept;
+    // Runs task(arg) on the group's executor (its own or the built-in
+    // pool): kOk, or kBusy / kNoMemory when it was refused.
+    Status submit(TaskFn task, void *arg) noexcept;
+
 private:
     Pool *pool() noexcept;
+    SharedGroup *shared_ = nullptr;
+    Group *fallback_ = nullptr;
 
     Table table_;
     uint64_t seed_ = 0;
@@ -101,46 +117,26 @@ private:
 // The hot path, inline
 // ---------------------------------------------------------------------------
 
-// The leader's successful completion.  Its uncontended form (nobody joined,
-// the flight still alone in its home slot) is one CAS out of the table, a
-// count and a store; everything else goes through complete_leader.
-inline void complete_ok(Flight *f, int error) noexcept {
-    if (!(f->flags & kInOverflow)) {
-        std::atomic<uint64_t> *home =
-            f->group->table().home(f->ident.load(std::memory_order_relaxed));
-        uint64_t expect = SlotCodec::encode(f);
-        // Success also means f is no orphan of a fork: the child's table
-        // starts empty.
-        if (home->compare_exchange_strong(expect, 0, std::memory_order_acq_rel,
-                                          std::memory_order_relaxed)) {
-            f->group->stats().add(kCompleted);
-            flight_complete(f, kOk, error, nullptr);
-            return;
-        }
-    }
-    complete_leader(f, kOk, error, nullptr);
-}
-
 template <class Fn, class OnOk>
 SF_CATCHES_FORCED_UNWIND Status Group::execute(Flight *f, Fn &&fn, OnOk &&on_ok,
                                                void (*on_unwind)(void *), void *arg) {
     try {
         int err = fn(f);
         if (__builtin_expect(f->lflags & kPanicPending, 0)) {
-            complete_leader(f, kPanic, err, nullptr);  // the message is pending in ext
+            finish(f, kPanic, err, nullptr);  // the message is pending in ext
         } else {
             on_ok(f, err);
         }
     } catch (abi::__forced_unwind &) {
         // Go's Goexit: the thread is leaving inside fn.  Release everybody,
         // then let the unwind go on; swallowing it would abort the process.
-        complete_leader(f, kGoexit, 0, nullptr);
+        finish(f, kGoexit, 0, nullptr);
         if (on_unwind) on_unwind(arg);
         throw;
     } catch (const std::exception &e) {
-        complete_leader(f, kPanic, 0, e.what());
+        finish(f, kPanic, 0, e.what());
     } catch (...) {
-        complete_leader(f, kPanic, 0, kUnknownException);
+        finish(f, kPanic, 0, kUnknownException);
     }
     return f->status();
 }
@@ -149,31 +145,24 @@ template <class Fn>
 Status Group::run(Key key, Fn &&fn, Flight **result, bool *shared) {
     const uint64_t ident = ident_of(key);
     // The uncontended start, inline: an empty home slot, one CAS.
-    std::atomic<uint64_t> *home = table_.home(ident);
     Flight *f = nullptr;
     Status role = kInvalid;
-    if (__builtin_expect(home->load(std::memory_order_relaxed) == 0, 1) &&
-        (f = flight_new(this, kModeDo, key, ident)) != nullptr) {
-        uint64_t empty = 0;
-        if (home->compare_exchange_strong(empty, SlotCodec::encode(f), std::memory_order_acq_rel,
-                                          std::memory_order_relaxed))
-            role = kLeader;
+    const Table::Home home = table_.home_of(ident);
+    if (__builtin_expect(Table::empty(home), 1) &&
+        (f = flight_new(this, kModeDo, key, ident)) != nullptr && Table::publish_fresh(home, f))
+        role = kLeader;
+    if (role != kLeader) {
+        // A shared group's handle: its home slots are poisoned (never
+        // empty), so its calls come here and go back to the C layer.
+        if (__builtin_expect(shared_ != nullptr, 0)) return kNotLocal;
+        role = table_.acquire(this, kModeDo, key, ident, true, &f, f);
     }
-    if (role != kLeader) role = table_.acquire(this, kModeDo, key, ident, true, &f, f);
     if (__builtin_expect(role == kLeader, 1)) {
         const Stats::Mine counts = stats_.mine();
         stats_.add(counts, kLeaders);
-        // The uncontended end, with what this call already knows: its
-        // group, its stripe, its mode.  Anything else: complete_leader.
+        // The uncontended end, with the stripe this call already knows.
         auto on_ok = [this, home, counts](Flight *lf, int error) noexcept {
-            uint64_t expect = SlotCodec::encode(lf);
-            if (home->compare_exchange_strong(expect, 0, std::memory_order_acq_rel,
-                                              std::memory_order_relaxed)) {
-                stats_.add(counts, kCompleted);
-                flight_complete_do_ok(lf, error);
-            } else {
-                complete_leader(lf, kOk, error, nullptr);
-            }
+            finish_do_ok(lf, error, home, stats_, counts);
         };
         // A thread exit inside fn takes the caller's result with it.
         const Status st = execute(f, static_cast<Fn &&>(fn), on_ok, release_flight, f);

@@ -1,8 +1,5 @@
 #include "core/notify.hpp"
 
-#include <sys/eventfd.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdint>
 
@@ -13,13 +10,7 @@ namespace sf {
 
 namespace {
 // Callers disable cancellation: write is a cancellation point.
-void signal_fd(int efd) noexcept {
-    if (efd < 0) return;
-    uint64_t one = 1;
-    // EAGAIN means the counter is already non-zero: readable, as wanted.
-    ssize_t rc = write(efd, &one, sizeof one);
-    (void)rc;
-}
+void signal_fd(int efd) noexcept { detail::event_fd_signal(efd); }
 
 // What a registration's done callback receives as `shared`: 1 for a
 // follower, and for the leader's own registration whether anyone joined.
@@ -55,10 +46,8 @@ bool link_locked(Flight *f, Follower *c) noexcept {
 }
 
 void unlink_locked(Flight *f, Follower *c) noexcept {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        f->notify_head = c->next;
+    if (c->prev) c->prev->next = c->next;
+    else f->notify_head = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = nullptr;
     c->flags.fetch_and(uint8_t(~kLinked), std::memory_order_relaxed);
@@ -88,7 +77,7 @@ void follower_unref(Follower *c) noexcept {
         return;
     if (c->efd >= 0) {
         detail::NoCancel no_cancel;  // close is a cancellation point
-        close(c->efd);
+        detail::fd_close(c->efd);
     }
     Flight *f = c->flight;
     // The leader's registration uses its handle's reference; a follower that
@@ -132,8 +121,8 @@ int notify_fd(Follower *c) noexcept {
     int have = c->efd;
     flight_unlock(f);
     if (have >= 0) return have;
-    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) return errno == ENOMEM ? kNoMemory : kBusy;
+    const int efd = detail::event_fd_open();
+    if (efd < 0) return efd;
     detail::NoCancel no_cancel;  // close and write below
     flight_lock(f);
     have = c->efd;
@@ -145,7 +134,7 @@ int notify_fd(Follower *c) noexcept {
     }
     flight_unlock(f);
     if (have >= 0) {  // another thread won the race; keep its fd
-        close(efd);
+        detail::fd_close(efd);
         return have;
     }
     return efd;
@@ -165,7 +154,7 @@ void notify_drop(Follower *c) noexcept {
     if (unlink) c->refs.fetch_sub(1, std::memory_order_relaxed);  // the owner's keeps c
     if (efd >= 0) {
         detail::NoCancel no_cancel;
-        close(efd);
+        detail::fd_close(efd);
     }
 }
 
@@ -221,41 +210,6 @@ void notify_run_cancelled(Follower *c) noexcept {
         c->done.invoke(c->done.fn, c->done.payload, kCanceled, nullptr, shared_for(c));
     }
     follower_unref(c);
-}
-
-namespace {
-// Decides the message sf_result_panic_message returns.  message (a
-// two-phase sf_call_panic, an exception's what(), a refusal) replaces a
-// pending one from sf_call_panic inside fn; NULL keeps the pending one.
-void set_panic_message(Flight *f, const char *message) noexcept {
-    Ext *e = flight_ext(f);
-    if (!e) return;  // sf_result_panic_message then says the message was lost
-    if (message) {
-        char *copy = copy_message(message);
-        if (f->lflags & kMessageOwned) detail::dealloc(const_cast<char *>(e->message));
-        e->message = copy ? copy : kPanicMessageLost;
-        f->lflags = uint8_t(copy ? f->lflags | kMessageOwned : f->lflags & ~kMessageOwned);
-    } else if (!e->message) {
-        e->message = (f->lflags & kMessageLost) ? kPanicMessageLost : kPanicDefault;
-    }
-}
-}  // namespace
-
-void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept {
-    f->status_ = int8_t(status);
-    f->error = error;
-    if (status == kPanic) set_panic_message(f, message);
-    uint32_t s = f->state.load(std::memory_order_relaxed);
-    if (f->mode == kModeDo && !(s & (kShared | kNotify | kLocked | kWaiters))) {
-        // Nobody ever joined, and a do flight takes no registrations but
-        // its joiners': no other thread writes the state word any more.  (A
-        // waiter racing this store finds the word changed and looks again.)
-        f->state.store(s | kDone | kFinished, std::memory_order_release);
-        return;
-    }
-    uint32_t old = f->state.fetch_or(kDone | kFinished, std::memory_order_acq_rel);
-    if (old & kWaiters) detail::futex_wake_all(&f->state);
-    if (old & kNotify) notify_completion(f);
 }
 
 }  // namespace sf

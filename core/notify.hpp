@@ -40,13 +40,6 @@ void notify_drop(Follower *c) noexcept;
 // the leader's caller gave up before).  nullptr when out of memory.
 Follower *leader_registration(Flight *f) noexcept;
 
-// Stores the outcome and wakes everyone: kDone, then futex waiters, then
-// eventfds and done callbacks.  The flight must already be unpublished with
-// its joiners folded (kShared set if anyone joined).  For kPanic, message is
-// copied; NULL keeps a message sf_call_panic left pending inside fn.
-void flight_complete(Flight *f, Status status, int error, const char *message) noexcept;
-void flight_complete_slow(Flight *f, Status status, int error, const char *message) noexcept;
-
 // Completion's part: called once kDone is set, when kNotify was.
 void notify_completion(Flight *f) noexcept;
 
@@ -61,41 +54,5 @@ bool notify_cancel_locked(Flight *f, Follower *c) noexcept;
 // Runs c's done callback with kCanceled and no result, then drops the
 // notification's reference to c (which kept c alive through the callback).
 void notify_run_cancelled(Follower *c) noexcept;
-
-// ---------------------------------------------------------------------------
-// The uncontended completion, inline
-// ---------------------------------------------------------------------------
-
-// flight_complete(f, kOk, error, nullptr) for a do flight.
-SF_HOT void flight_complete_do_ok(Flight *f, int error) noexcept {
-    const uint32_t s = f->state.load(std::memory_order_relaxed);
-    if (__builtin_expect(!(s & (kShared | kNotify | kLocked | kWaiters)), 1)) {
-        // Nobody ever joined, and a do flight takes no registrations but its
-        // joiners': no other thread writes the state word any more.  (A
-        // waiter racing this store finds the word changed and looks again.)
-        f->status_ = int8_t(kOk);
-        f->error = error;
-        f->state.store(s | kDone | kFinished, std::memory_order_release);
-        return;
-    }
-    flight_complete_slow(f, kOk, error, nullptr);
-}
-
-inline void flight_complete(Flight *f, Status status, int error, const char *message) noexcept {
-    if (status == kOk && f->mode == kModeDo) {
-        const uint32_t s = f->state.load(std::memory_order_relaxed);
-        if (!(s & (kShared | kNotify | kLocked | kWaiters))) {
-            // Nobody ever joined, and a do flight takes no registrations but
-            // its joiners': no other thread writes the state word any more.
-            // (A waiter racing this store finds the word changed and looks
-            // again.)
-            f->status_ = int8_t(kOk);
-            f->error = error;
-            f->state.store(s | kDone | kFinished, std::memory_order_release);
-            return;
-        }
-    }
-    flight_complete_slow(f, status, error, message);
-}
 
 }  // namespace sf

@@ -5,8 +5,12 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "core/types.hpp"
 
 namespace sf {
 namespace detail {
@@ -15,7 +19,8 @@ std::atomic<uint32_t> g_fork_generation{0};
 
 void note_fork_in_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
-bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns) noexcept {
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns,
+                bool shared) noexcept {
     struct timespec ts;
     struct timespec *tsp = nullptr;
     if (timeout_ns >= 0) {
@@ -25,14 +30,34 @@ bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_
     }
     // std::atomic<uint32_t> is layout-compatible with uint32_t on every
     // platform we build for; the kernel only compares and sleeps on it.
-    long rc = syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected,
-                      tsp, nullptr, 0);
+    long rc = syscall(SYS_futex, reinterpret_cast<uint32_t *>(word),
+                      shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, expected, tsp, nullptr, 0);
     return !(rc == -1 && errno == ETIMEDOUT);
 }
 
-void futex_wake_all(std::atomic<uint32_t> *word) noexcept {
-    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
-            nullptr, 0);
+void futex_wake_all(std::atomic<uint32_t> *word, bool shared) noexcept {
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE,
+            INT_MAX, nullptr, nullptr, 0);
+}
+
+void yield_cpu() noexcept { sched_yield(); }
+
+int event_fd_open() noexcept {
+    const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd >= 0) return fd;
+    return errno == ENOMEM ? kNoMemory : kBusy;
+}
+
+void event_fd_signal(int fd) noexcept {
+    if (fd < 0) return;
+    uint64_t one = 1;
+    // EAGAIN means the counter is already non-zero: readable, as wanted.
+    ssize_t rc = write(fd, &one, sizeof one);
+    (void)rc;
+}
+
+void fd_close(int fd) noexcept {
+    if (fd >= 0) close(fd);
 }
 
 int64_t now_ns() noexcept {

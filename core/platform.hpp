@@ -40,10 +40,27 @@ inline void cpu_relax() noexcept {
 
 // Sleeps while *word == expected, for at most timeout_ns (< 0: forever).
 // Returns false only on timeout; spurious wakeups return true, callers loop.
-bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns) noexcept;
+// shared: the word is in memory other processes map (a shared group), so
+// the kernel must key the wait on the page, not on this process.
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t expected, int64_t timeout_ns,
+                bool shared = false) noexcept;
 
-// Wakes every thread parked on word.
-void futex_wake_all(std::atomic<uint32_t> *word) noexcept;
+// Wakes every thread parked on word (in any process, when shared).
+void futex_wake_all(std::atomic<uint32_t> *word, bool shared = false) noexcept;
+
+// Gives the CPU to another thread: a spinning waiter whose holder may have
+// been preempted.
+void yield_cpu() noexcept;
+
+// An eventfd for sf_call_fd: non-blocking, close-on-exec, readable once
+// signalled.  A negative Status when none could be made (kNoMemory, or
+// kBusy when the process is out of descriptors).
+int event_fd_open() noexcept;
+// Makes it readable (a counter already non-zero stays so).  Callers
+// disable cancellation: write is a cancellation point.
+void event_fd_signal(int fd) noexcept;
+// Closes a descriptor.  Callers disable cancellation: close is one.
+void fd_close(int fd) noexcept;
 
 // CLOCK_MONOTONIC in nanoseconds.
 int64_t now_ns() noexcept;

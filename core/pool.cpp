@@ -91,10 +91,8 @@ Status Pool::submit(TaskFn task, void *arg) noexcept {
         detail::dealloc(t);
         return kNoMemory;  // no thread at all would ever run it
     }
-    if (tail_)
-        tail_->next = t;
-    else
-        head_ = t;
+    if (tail_) tail_->next = t;
+    else head_ = t;
     tail_ = t;
     ++queued_;
     pthread_cond_signal(&cv_);

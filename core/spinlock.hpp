@@ -5,8 +5,6 @@
 // (more threads than cores) still lets a preempted holder run.
 #pragma once
 
-#include <sched.h>
-
 #include <atomic>
 #include <cstdint>
 
@@ -33,7 +31,7 @@ private:
                 if (++spins < 100) {
                     cpu_relax();
                 } else {
-                    sched_yield();
+                    yield_cpu();
                 }
             }
             if (!word_.exchange(1, std::memory_order_acquire)) return;

@@ -116,9 +116,46 @@ public:
     // only a flight nobody joined.  Returns 1 when a flight was forgotten.
     int forget(Key key, uint64_t ident, bool only_unshared) noexcept;
 
+    // A shared group's handle: every home slot holds a word no flight has
+    // (the overflow bit alone), so the uncontended paths never take it and
+    // the callers see the group is not local (Group::run, Group::begin).
+    void poison() noexcept {
+        for (uint64_t i = 0; i <= mask_; ++i)
+            slots_[i].store(SlotCodec::kOverflow, std::memory_order_relaxed);
+    }
+
     // In a forked child: every flight in the table belongs to the parent
     // (kOrphaned | kUnpublished), and the table starts empty.
     void orphan_all() noexcept;
+
+    // The uncontended path, inline, through a key's home slot (a Home,
+    // found once per call: the callers keep it, only the table reads or
+    // writes what it points at).
+    class Home {
+        friend class Table;
+        std::atomic<uint64_t> *slot_;
+        explicit Home(std::atomic<uint64_t> *slot) noexcept : slot_(slot) {}
+    };
+    Home home_of(uint64_t ident) noexcept { return Home(&slots_[ident & mask_]); }
+    // Whether the home slot is empty (a hint: the publish decides).
+    static bool empty(Home h) noexcept { return h.slot_->load(std::memory_order_relaxed) == 0; }
+    // Publishes a fresh flight f in its empty home slot: one CAS (release:
+    // a joiner that reads the word sees the key and ident).  false when the
+    // slot is not empty; then acquire() decides, with f.
+    static bool publish_fresh(Home h, Flight *f) noexcept {
+        uint64_t empty = 0;
+        return h.slot_->compare_exchange_strong(
+            empty, SlotCodec::encode(f), std::memory_order_acq_rel, std::memory_order_relaxed);
+    }
+    // Takes f out of the home slot if it is there alone (no joiner, no
+    // overflowed key of its home, no lock holder): one CAS.  false
+    // otherwise (also when f is not in this slot at all, as an overflowed
+    // flight is not); then unpublish() decides.
+    static bool unpublish_alone(Home h, Flight *f) noexcept {
+        uint64_t expect = SlotCodec::encode(f);
+        return h.slot_->compare_exchange_strong(expect, 0, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed);
+    }
 
     std::atomic<uint64_t> *home(uint64_t ident) noexcept { return &slots_[ident & mask_]; }
 

@@ -23,6 +23,12 @@ enum Status : int {
     kBusy = -7,
     kBadState = -8,
     kCanceled = -9,
+    kPermission = -10,    // a shared segment of another user, or wider permissions
+    kIncompatible = -11,  // a shared segment of another layout, version or size
+    // Core-internal, never returned to a C caller: the group is a shared
+    // group's handle, whose calls the C layer sends to core/shared.hpp.
+    // Reported from the slow path only, so local calls pay nothing for it.
+    kNotLocal = -100,
 };
 
 // A key: bytes and a length (std::string_view without the header's weight

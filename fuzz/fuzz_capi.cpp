@@ -236,10 +236,8 @@ void check_result(const MFlight &f, int rc, sf_result *r, int shared, bool follo
     } else {
         EXPECT(sf_result_panic_message(r) == nullptr);
     }
-    if (follower)
-        EXPECT_EQ(shared, 1);
-    else
-        EXPECT_EQ(shared, f.joined > 0 ? 1 : 0);
+    if (follower) EXPECT_EQ(shared, 1);
+    else EXPECT_EQ(shared, f.joined > 0 ? 1 : 0);
 }
 
 // Completes flight f in the model (before the library call that completes it,
@@ -918,10 +916,8 @@ void run_op(bool inside_fn, FnCtx *fc) {
             op_bad_args(m);
             break;
         case 11:
-            if (!inside_fn)
-                op_oom();
-            else
-                check_stats(m);
+            if (!inside_fn) op_oom();
+            else check_stats(m);
             break;
         default:
             if (!inside_fn) op_free(m);

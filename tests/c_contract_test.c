@@ -71,8 +71,7 @@ static void run_isolated(const char *name, int (*fn)(void), unsigned timeout_s) 
     if (WIFSIGNALED(st))
         fprintf(stderr, "FAIL %s: killed by signal %d (%s)%s\n", name, WTERMSIG(st),
                 strsignal(WTERMSIG(st)), WTERMSIG(st) == SIGALRM ? ": it hung" : "");
-    else
-        fprintf(stderr, "FAIL %s: exit status %d\n", name, WEXITSTATUS(st));
+    else fprintf(stderr, "FAIL %s: exit status %d\n", name, WEXITSTATUS(st));
 }
 
 /* ---- a thread that cancels itself, then drives the library ------------- */

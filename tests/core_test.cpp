@@ -90,6 +90,30 @@ TEST(Allocation, SteadyStateCallsDoNotAllocate) {
     EXPECT_EQ(sf::testing::allocations() - before, 0u);
 }
 
+// Values as bytes up to 120 bytes live in recycled blocks: a steady state
+// of them allocates nothing either (the pointer path's equal).
+TEST(Allocation, SmallBytesValuesDoNotAllocate) {
+    GroupPtr g;
+    static const char payload[120] = "bytes";
+    auto fn = [](sf_call *call, void *len) {
+        return sf_call_set_bytes(call, payload, *static_cast<size_t *>(len)) == SF_OK ? 0 : 1;
+    };
+    for (size_t len : {size_t(8), size_t(56), size_t(64), size_t(120)}) {
+        for (int i = 0; i < 100; ++i) sf_group_do(g, "k", 1, fn, &len, nullptr, nullptr);
+        unsigned long before = sf::testing::allocations();
+        for (int i = 0; i < 10000; ++i) {
+            sf_result *r;
+            ASSERT_EQ(sf_group_do(g, "k", 1, fn, &len, &r, nullptr), SF_OK);
+            ASSERT_EQ(sf_result_error(r), 0);
+            size_t n = 0;
+            ASSERT_NE(sf_result_bytes(r, &n), nullptr);
+            ASSERT_EQ(n, len);
+            sf_result_release(r);
+        }
+        EXPECT_EQ(sf::testing::allocations() - before, 0u) << len << " bytes";
+    }
+}
+
 TEST(Allocation, FailureIsEnomemAndLeavesTheGroupConsistent) {
     sf_group *g = nullptr;
     sf::testing::fail_allocations_after(0);

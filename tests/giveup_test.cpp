@@ -144,10 +144,8 @@ struct Waiter {
         tid = gettid_();
         sf_result *r = reinterpret_cast<sf_result *>(1);
         rc = sf_call_wait(call, timeout_ns, &r, nullptr);
-        if (rc != SF_ECANCELED)
-            sf_result_release(r);
-        else
-            EXPECT_EQ(r, nullptr);
+        if (rc != SF_ECANCELED) sf_result_release(r);
+        else EXPECT_EQ(r, nullptr);
         returned.set();
     }
 };

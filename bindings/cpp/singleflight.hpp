@@ -513,8 +513,7 @@ struct leader_work {
         box<T> *b = produce<T>([&]() -> decltype(auto) {
             if constexpr (std::is_invocable_v<Fn &&, const abandon_token &>)
                 return std::invoke(std::move(fn), token);
-            else
-                return std::invoke(std::move(fn));
+            else return std::invoke(std::move(fn));
         });
         {
             std::lock_guard<std::mutex> lock(call->m);

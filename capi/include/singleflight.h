@@ -48,17 +48,17 @@ typedef uint64_t sf_u64;
 /* SF_API marks the exported functions.  The library is built with hidden
  * visibility, so anything not marked stays private. */
 #if defined(_WIN32) || defined(__CYGWIN__)
-#if defined(SF_BUILDING_LIBRARY)
-#define SF_API __declspec(dllexport)
-#elif defined(SF_STATIC)
-#define SF_API
-#else
-#define SF_API __declspec(dllimport)
-#endif
+#  if defined(SF_BUILDING_LIBRARY)
+#    define SF_API __declspec(dllexport)
+#  elif defined(SF_STATIC)
+#    define SF_API
+#  else
+#    define SF_API __declspec(dllimport)
+#  endif
 #elif defined(__GNUC__) && __GNUC__ >= 4
-#define SF_API __attribute__((visibility("default")))
+#  define SF_API __attribute__((visibility("default")))
 #else
-#define SF_API
+#  define SF_API
 #endif
 
 #ifdef __cplusplus
@@ -74,7 +74,8 @@ extern "C" {
 #define SF_VERSION_MAJOR 1
 #define SF_VERSION_MINOR 1
 #define SF_VERSION_PATCH 0
-#define SF_VERSION_NUMBER (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
+#define SF_VERSION_NUMBER \
+    (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
 #define SF_VERSION_STRING "1.1.0"
 
 /* The version of the library actually loaded, as SF_VERSION_NUMBER computes
@@ -93,23 +94,28 @@ SF_API const char *sf_version_string(void);
 /* One table gives the enum, sf_strerror and sf_err_name.  Values are part of
  * the ABI: they are never renumbered and a retired value is never reused.
  * X(name, value, description) */
-#define SF_STATUS_MAP(X)                                                   \
-    X(SF_OK, 0, "success")                                                 \
-    X(SF_LEADER, 1, "this caller leads the flight and must finish it")     \
-    X(SF_FOLLOWER, 2, "this caller joined a flight led by another caller") \
-    X(SF_EINVAL, -1, "invalid argument")                                   \
-    X(SF_ENOMEM, -2, "out of memory")                                      \
-    X(SF_EPANIC, -3, "the flight's function panicked (threw)")             \
-    X(SF_EGOEXIT, -4, "the flight's leader exited without finishing")      \
-    X(SF_EDEADLK, -5, "the calling thread leads this key's flight")        \
-    X(SF_ETIMEDOUT, -6, "timed out waiting for the flight")                \
-    X(SF_EBUSY, -7, "resource busy")                                       \
-    X(SF_ESTATE, -8, "operation not valid in the call's current state")    \
-    X(SF_ECANCELED, -9, "the caller gave up (sf_call_cancel)")
+#define SF_STATUS_MAP(X)                                                       \
+    X(SF_OK,        0,  "success")                                            \
+    X(SF_LEADER,    1,  "this caller leads the flight and must finish it")    \
+    X(SF_FOLLOWER,  2,  "this caller joined a flight led by another caller")  \
+    X(SF_EINVAL,   -1,  "invalid argument")                                   \
+    X(SF_ENOMEM,   -2,  "out of memory")                                      \
+    X(SF_EPANIC,   -3,  "the flight's function panicked (threw)")             \
+    X(SF_EGOEXIT,  -4,  "the flight's leader exited without finishing")       \
+    X(SF_EDEADLK,  -5,  "the calling thread leads this key's flight")         \
+    X(SF_ETIMEDOUT,-6,  "timed out waiting for the flight")                   \
+    X(SF_EBUSY,    -7,  "resource busy")                                      \
+    X(SF_ESTATE,   -8,  "operation not valid in the call's current state")  \
+    X(SF_ECANCELED,-9,  "the caller gave up (sf_call_cancel)")                \
+    X(SF_EPERM,   -10,  "the shared group's segment belongs to another user " \
+                        "or is open to more than asked")                      \
+    X(SF_EINCOMPAT,-11, "the shared group's segment has another layout, "     \
+                        "version or size, or is corrupted")
 
 #define SF_STATUS_ENUM_ITEM_(name, value, text) name = value,
 typedef enum sf_status {
-    SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_) SF_STATUS_LAST_ = -9 /* keeps the list comma-clean in C89 */
+    SF_STATUS_MAP(SF_STATUS_ENUM_ITEM_)
+    SF_STATUS_LAST_ = -11 /* keeps the list comma-clean in C89 */
 } sf_status;
 #undef SF_STATUS_ENUM_ITEM_
 
@@ -150,7 +156,8 @@ typedef int (*sf_fn)(sf_call *call, void *payload);
  * result borrowed: valid during the callback only, sf_result_retain it to
  * keep it; or (since 1.1) SF_ECANCELED with result NULL, when the call's own
  * caller gave up first (sf_call_cancel).  shared is as for sf_group_do. */
-typedef void (*sf_done_fn)(int status, sf_result *result, int shared, void *payload);
+typedef void (*sf_done_fn)(int status, sf_result *result, int shared,
+                           void *payload);
 
 /* A unit of work handed to an executor. */
 typedef void (*sf_task_fn)(void *arg);
@@ -174,8 +181,8 @@ typedef int (*sf_executor_fn)(sf_task_fn task, void *arg, void *payload);
 #define SF_POOL_MAX_THREADS 4096
 
 typedef struct sf_group_options {
-    unsigned int version;    /* SF_GROUP_OPTIONS_VERSION */
-    unsigned int shards;     /* the size of the table of flights in
+    unsigned int   version;          /* SF_GROUP_OPTIONS_VERSION */
+    unsigned int   shards;           /* the size of the table of flights in
                                         flight, in home slots: 0 chosen by
                                         the library (1024); else rounded up
                                         to a power of two, at most 2^20.  Keys
@@ -184,11 +191,11 @@ typedef struct sf_group_options {
                                         chain, so any size is correct; a size
                                         near the number of keys in flight at
                                         once keeps calls on the fast path. */
-    sf_executor_fn executor; /* runs sf_group_do_async work; NULL: a
+    sf_executor_fn executor;         /* runs sf_group_do_async work; NULL: a
                                         built-in pool owned by the group */
-    void *executor_payload;  /* passed to executor, not owned */
+    void          *executor_payload; /* passed to executor, not owned */
     /* Version 2: */
-    unsigned int max_threads; /* the built-in pool's thread cap; 0:
+    unsigned int   max_threads;      /* the built-in pool's thread cap; 0:
                                         SF_POOL_DEFAULT_THREADS; at most
                                         SF_POOL_MAX_THREADS.  The pool starts
                                         a thread per queued task up to the cap;
@@ -199,8 +206,7 @@ typedef struct sf_group_options {
                                         a custom executor. */
 } sf_group_options;
 
-#define SF_GROUP_OPTIONS_INIT \
-    { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL, 0 }
+#define SF_GROUP_OPTIONS_INIT { SF_GROUP_OPTIONS_VERSION, 0, NULL, NULL, 0 }
 
 /* Fills *opts with defaults for the given version (1 or 2): only the fields
  * that version has are written, so a version-1 caller's shorter struct is
@@ -225,6 +231,85 @@ SF_API int sf_group_new(sf_group **out, const sf_group_options *opts);
 SF_API int sf_group_free(sf_group *g);
 
 /* ------------------------------------------------------------------------ */
+/* Shared groups (since 1.2, SF_1.2)                                         */
+/* ------------------------------------------------------------------------ */
+
+/* A group in shared memory that every process opening the same name (or
+ * path) uses: one execution per key across the processes of a host.  It is
+ * an sf_group like any other: sf_group_do, sf_group_do_async, the
+ * two-phase calls, giving up, forget and the stats work on it, with these
+ * differences:
+ *  - values cross processes as bytes: fn stores them with
+ *    sf_call_set_bytes (up to max_value_bytes) and callers read them with
+ *    sf_result_bytes.  A pointer value (sf_call_set_value) is refused: the
+ *    value is destroyed at once, the flight panics (SF_EPANIC, its message
+ *    says why) and the two-phase leader's sf_call_finish returns SF_EINVAL;
+ *  - a leader's process that dies inside fn (SIGKILL included) releases
+ *    its followers in every process with SF_EGOEXIT at once (the other
+ *    processes watch it with a pidfd), and the next caller leads afresh;
+ *  - sf_call_on_done callbacks and sf_call_fd eventfds of a process are
+ *    served by one helper thread of the library in that process (started
+ *    by sf_group_open_shared): a flight completed by another process runs
+ *    the callback there; the abandon callback of a leader whose last
+ *    interested caller was in another process runs there too;
+ *  - a do_async follower occupies an executor thread while it waits;
+ *  - a full table or arena is SF_ENOMEM for the call that needed the space
+ *    (flights already running go on), unless SF_SHARED_RUN_UNSHARED is set:
+ *    then fn runs coalesced within the calling process only.
+ * Processes sharing a group are peers of one user: a segment made by
+ * another user, or readable or writable by more than mode allows, is
+ * refused with SF_EPERM; one of another layout or size with SF_EINCOMPAT;
+ * so is a segment found corrupted (every offset read from it is checked). */
+
+#define SF_SHARED_OPTIONS_VERSION 1
+
+/* Flags. */
+#define SF_SHARED_RUN_UNSHARED 1u /* full table or arena: coalesce within
+                                     the process instead of SF_ENOMEM */
+
+typedef struct sf_shared_options {
+    unsigned int version;        /* SF_SHARED_OPTIONS_VERSION */
+    unsigned int flags;          /* SF_SHARED_* */
+    const char  *path;           /* a file to map instead of POSIX shared
+                                    memory (a volume containers share); the
+                                    name argument must then be NULL.  Not
+                                    kept after the call. */
+    unsigned int table_slots;    /* flights in flight at once, in all
+                                    processes; 0: 4096.  Rounded up to a
+                                    power of two, 64 to 2^20. */
+    unsigned int max_processes;  /* processes attached at once; 0: 64, the
+                                    most */
+    sf_u64       arena_bytes;    /* room for keys longer than 64 bytes,
+                                    values longer than 64 bytes and panic
+                                    messages; 0: 16 MiB; 64 KiB to 1 TiB */
+    sf_u64       max_value_bytes;/* the largest value; 0: 1 MiB; at most a
+                                    quarter of arena_bytes */
+    unsigned int mode;           /* permission bits of the segment; 0:
+                                    0600 */
+} sf_shared_options;
+
+#define SF_SHARED_OPTIONS_INIT { SF_SHARED_OPTIONS_VERSION, 0, NULL, 0, 0, 0, 0, 0 }
+
+/* Fills *opts with the defaults of the given version (1).  SF_EINVAL for
+ * NULL or an unknown version.  Thread-safe. */
+SF_API int sf_shared_options_init(sf_shared_options *opts, unsigned int version);
+
+/* Opens the shared group called name, creating it if no process has it
+ * open: a POSIX shared memory object, /dev/shm/libsingleflight.<name>, or
+ * the file opts->path.  name: 1 to 200 bytes of [A-Za-z0-9._-], not
+ * starting with '.'.  The sizes in opts are the creator's; a later opener
+ * passing 0 takes the segment's, and one asking for others explicitly
+ * gets SF_EINCOMPAT.  On success *out owns this process's attachment, to
+ * free with sf_group_free; the last process to free it removes the
+ * segment, and a segment left by processes that all died is started clean
+ * by the next opener.  SF_EINVAL (a bad name or option), SF_EPERM,
+ * SF_EINCOMPAT, SF_EBUSY (max_processes already attached), SF_ENOMEM (no
+ * room for the segment, or memory).  Thread-safe; opening one name twice
+ * in a process gives two attachments (each a process of the group). */
+SF_API int sf_group_open_shared(const char *name, const sf_shared_options *opts,
+                                sf_group **out);
+
+/* ------------------------------------------------------------------------ */
 /* Go's Do                                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -245,7 +330,8 @@ SF_API int sf_group_free(sf_group *g);
  * If the leader's thread exits inside fn (pthread_exit, cancellation), the
  * followers are released with SF_EGOEXIT and the unwind continues: this
  * function does not return on that thread. */
-SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
+SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len,
+                       sf_fn fn, void *payload,
                        sf_result **result, int *shared);
 
 /* Go's DoChan.  Starts or joins the key's flight and returns at once; fn runs
@@ -262,7 +348,8 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, v
  * sf_group_stats).  The executor runs on this thread with cancellation
  * disabled and must not exit the thread.  payload and done_payload are not
  * owned. */
-SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn fn, void *payload,
+SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len,
+                             sf_fn fn, void *payload,
                              sf_done_fn done, void *done_payload);
 
 /* ------------------------------------------------------------------------ */
@@ -278,7 +365,8 @@ SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn
  *
  * A handle may be used from any thread, but sf_call_release must not race
  * with any other use of the same handle. */
-SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len, sf_call **call);
+SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len,
+                          sf_call **call);
 
 /* SF_LEADER or SF_FOLLOWER for a valid call, SF_EINVAL for NULL. */
 SF_API int sf_call_role(const sf_call *call);
@@ -290,7 +378,24 @@ SF_API int sf_call_role(const sf_call *call);
  * a finished flight, NULL call), the value is refused and destroy(value) runs
  * at once so nothing leaks.  destroy may be NULL when the value needs no
  * freeing. */
-SF_API void sf_call_set_value(sf_call *call, void *value, sf_destroy_fn destroy);
+SF_API void sf_call_set_value(sf_call *call, void *value,
+                              sf_destroy_fn destroy);
+
+/* Since 1.2 (SF_1.2).  Stores a copy of len bytes at data as the flight's
+ * value: every caller reads the same bytes with sf_result_bytes (and
+ * sf_result_value returns their address).  The library owns the copy and
+ * frees it after the last reference; data is not used after the call.
+ * Small values are copied into blocks the library recycles (up to 120
+ * bytes), so a steady state of them allocates nothing.  The same rules as
+ * sf_call_set_value: only the leader, before the flight completes;
+ * setting again replaces the value.  SF_OK; SF_ESTATE when the call may
+ * not set a value (a follower, a finished flight: nothing is kept);
+ * SF_ENOMEM; SF_EINVAL for a NULL call, NULL data with a non-zero len, or
+ * len above PTRDIFF_MAX (on a shared group: above its max_value_bytes).
+ * Thread rules as for sf_call_set_value.  The one way to give a value to
+ * the callers of a shared group, whose other processes cannot follow a
+ * pointer. */
+SF_API int sf_call_set_bytes(sf_call *call, const void *data, size_t len);
 
 /* Completes a two-phase flight with fn's error code (0 for success) and wakes
  * every waiter.  SF_OK; SF_ESTATE when the call is a follower, the flight is
@@ -336,7 +441,8 @@ SF_API int sf_call_finish_unshared(sf_call *call, int error);
  * may wait after finishing to read its result.  Not a cancellation point: a
  * thread that must stay cancellable waits with a timeout, or polls
  * sf_call_fd. */
-SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns, sf_result **result, int *shared);
+SF_API int sf_call_wait(sf_call *call, sf_i64 timeout_ns,
+                        sf_result **result, int *shared);
 
 /* Registers done to run once when the flight completes: at once on this
  * thread if it already has, otherwise on the completing thread after the
@@ -457,7 +563,8 @@ SF_API int sf_group_forget(sf_group *g, const void *key, size_t key_len);
 
 /* Like sf_group_forget, but only when no follower has joined the flight.
  * Returns 1 when forgotten, 0 when not (no flight, or shared). */
-SF_API int sf_group_forget_unshared(sf_group *g, const void *key, size_t key_len);
+SF_API int sf_group_forget_unshared(sf_group *g, const void *key,
+                                    size_t key_len);
 
 /* ------------------------------------------------------------------------ */
 /* Results                                                                   */
@@ -467,6 +574,14 @@ SF_API int sf_group_forget_unshared(sf_group *g, const void *key, size_t key_len
  * reference.  Every caller of a flight sees the same pointer.  NULL r gives
  * NULL.  Thread-safe; the library never writes the value after completion. */
 SF_API void *sf_result_value(const sf_result *r);
+
+/* Since 1.2 (SF_1.2).  The value stored with sf_call_set_bytes: its
+ * address, with its length in *len (when len is not NULL).  Borrowed:
+ * valid while the caller holds a reference; every caller of a flight sees
+ * the same bytes, which the library never writes after completion.  NULL
+ * with *len = 0 when the value was not set as bytes (sf_call_set_value,
+ * or none), and for a NULL r.  Thread-safe. */
+SF_API const void *sf_result_bytes(const sf_result *r, size_t *len);
 
 /* What fn returned or what sf_call_finish got; 0 for NULL r. */
 SF_API int sf_result_error(const sf_result *r);
@@ -486,34 +601,40 @@ SF_API void sf_result_release(sf_result *r);
 /* Stats                                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* Version 2 (library 1.1) added abandons and cancels; a version-1 caller's
- * shorter struct is filled only as far as version 1 goes. */
-#define SF_GROUP_STATS_VERSION 2
+/* Version 2 (library 1.1) added abandons and cancels, version 3 (1.2) the
+ * shared group's figures; an older caller's shorter struct is filled only
+ * as far as its version goes. */
+#define SF_GROUP_STATS_VERSION 3
 
 typedef struct sf_group_stats {
-    unsigned int version; /* set to SF_GROUP_STATS_VERSION by the caller */
-    sf_u64 calls;         /* leaders + followers; calls that returned an
+    unsigned int version;     /* set to SF_GROUP_STATS_VERSION by the caller */
+    sf_u64 calls;             /* leaders + followers; calls that returned an
                                  error (a refused do_async too) not counted */
-    sf_u64 leaders;       /* calls that started a flight (= executions);
+    sf_u64 leaders;           /* calls that started a flight (= executions);
                                  a refused do_async is not counted, and
                                  neither is the flight it opened */
-    sf_u64 followers;     /* calls that joined a flight (callers who
+    sf_u64 followers;         /* calls that joined a flight (callers who
                                  joined a refused do_async's flight too) */
-    sf_u64 panics;        /* flights counted in leaders that completed
+    sf_u64 panics;            /* flights counted in leaders that completed
                                  as SF_EPANIC */
-    sf_u64 goexits;       /* flights counted in leaders that completed
+    sf_u64 goexits;           /* flights counted in leaders that completed
                                  as SF_EGOEXIT; panics + goexits <= leaders
                                  - in_flight */
-    sf_u64 timeouts;      /* sf_call_wait calls with a timeout > 0 that
+    sf_u64 timeouts;          /* sf_call_wait calls with a timeout > 0 that
                                  timed out (polls do not count) */
-    sf_u64 forgets;       /* flights forgotten by forget/forget_unshared */
-    sf_u64 in_flight;     /* flights not yet completed */
+    sf_u64 forgets;           /* flights forgotten by forget/forget_unshared */
+    sf_u64 in_flight;         /* flights not yet completed */
     /* Version 2: */
-    sf_u64 abandons; /* flights abandoned by every interested party */
-    sf_u64 cancels;  /* sf_call_cancel calls that gave up a handle */
+    sf_u64 abandons;          /* flights abandoned by every interested party */
+    sf_u64 cancels;           /* sf_call_cancel calls that gave up a handle */
+    /* Version 3 (shared groups; 0 for a group of one process): */
+    sf_u64 in_flight_high;    /* the most flights in flight at once */
+    sf_u64 arena_used;        /* arena bytes in use now */
+    sf_u64 arena_high;        /* the most arena bytes in use at once */
+    sf_u64 processes;         /* processes attached now */
 } sf_group_stats;
 
-/* Reads the counters into *out, whose version (1 or 2) the caller sets
+/* Reads the counters into *out, whose version (1 to 3) the caller sets
  * first; only that version's fields are written.  Each counter is exact
  * when no call runs at the same time, and otherwise a value it had during
  * the read; in_flight is never counted below zero (completions are read

@@ -88,28 +88,17 @@ Options parse(int argc, char **argv) {
             if (i + 1 >= argc) die("missing value for " + std::string(a));
             return argv[++i];
         };
-        if (a == "--threads")
-            o.threads = std::atoi(val());
-        else if (a == "--expiries")
-            o.expiries = std::atoi(val());
-        else if (a == "--requests")
-            o.requests = std::atol(val());
-        else if (a == "--keys")
-            o.keys = std::atoi(val());
-        else if (a == "--latency-ms")
-            o.latency_ms = std::atof(val());
-        else if (a == "--ttl-ms")
-            o.ttl_ms = std::atof(val());
-        else if (a == "--zipf")
-            o.zipf = std::atof(val());
-        else if (a == "--db-conns")
-            o.db_conns = std::atoi(val());
-        else if (a == "--seed")
-            o.seed = unsigned(std::atol(val()));
-        else if (a == "--no-progress")
-            o.progress = false;
-        else if (a == "--json")
-            o.json = true;
+        if (a == "--threads") o.threads = std::atoi(val());
+        else if (a == "--expiries") o.expiries = std::atoi(val());
+        else if (a == "--requests") o.requests = std::atol(val());
+        else if (a == "--keys") o.keys = std::atoi(val());
+        else if (a == "--latency-ms") o.latency_ms = std::atof(val());
+        else if (a == "--ttl-ms") o.ttl_ms = std::atof(val());
+        else if (a == "--zipf") o.zipf = std::atof(val());
+        else if (a == "--db-conns") o.db_conns = std::atoi(val());
+        else if (a == "--seed") o.seed = unsigned(std::atol(val()));
+        else if (a == "--no-progress") o.progress = false;
+        else if (a == "--json") o.json = true;
         else if (a == "-h" || a == "--help") {
             usage();
             std::exit(0);

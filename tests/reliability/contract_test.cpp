@@ -181,10 +181,8 @@ int wait_for_all_fn(sf_call *, void *payload) {
 void interdependent_done(int status, sf_result *r, int, void *payload) {
     auto *s = static_cast<Interdependent *>(payload);
     std::lock_guard<std::mutex> l(s->mu);
-    if (status == SF_OK && sf_result_error(r) == 0)
-        ++s->ok;
-    else
-        ++s->failed;
+    if (status == SF_OK && sf_result_error(r) == 0) ++s->ok;
+    else ++s->failed;
     s->cv.notify_all();
 }
 

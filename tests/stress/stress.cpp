@@ -962,10 +962,8 @@ void op_two_phase(Worker &w, GroupCtx *gc, int key) {
         return;
     }
     gc->books.calls.fetch_add(1);
-    if (rc == SF_LEADER)
-        two_phase_leader(w, gc, key, call, entry);
-    else
-        two_phase_follower(w, gc, key, call);
+    if (rc == SF_LEADER) two_phase_leader(w, gc, key, call, entry);
+    else two_phase_follower(w, gc, key, call);
 }
 
 void op_forget(Worker &w, GroupCtx *gc, int key) {
@@ -1011,18 +1009,12 @@ void worker_loop(Worker &w, GroupCtx *groups, int ngroups) {
         GroupCtx *gc = &groups[w.r() % unsigned(ngroups)];
         int key = int(w.r() % g_keys.size());
         int c = pct(w.r);
-        if (c < 38)
-            op_do(w, gc, key);
-        else if (c < 55)
-            op_async(w, gc, key);
-        else if (c < 88)
-            op_two_phase(w, gc, key);
-        else if (c < 94)
-            op_forget(w, gc, key);
-        else if (c < 96)
-            op_goexit(w, gc, key);
-        else
-            op_stats(gc);
+        if (c < 38) op_do(w, gc, key);
+        else if (c < 55) op_async(w, gc, key);
+        else if (c < 88) op_two_phase(w, gc, key);
+        else if (c < 94) op_forget(w, gc, key);
+        else if (c < 96) op_goexit(w, gc, key);
+        else op_stats(gc);
     }
 }
 
@@ -1163,20 +1155,13 @@ int main(int argc, char **argv) {
             if (i + 1 >= argc) usage();
             return argv[++i];
         };
-        if (a == "--seconds")
-            cfg.seconds = std::atof(next());
-        else if (a == "--threads")
-            cfg.threads = std::atoi(next());
-        else if (a == "--round-ms")
-            cfg.round_ms = std::atoi(next());
-        else if (a == "--margin-ms")
-            cfg.margin_ms = std::atoi(next());
-        else if (a == "--no-oom")
-            cfg.oom = false;
-        else if (a == "--seed")
-            cfg.seed = std::strtoull(next(), nullptr, 0);
-        else
-            usage();
+        if (a == "--seconds") cfg.seconds = std::atof(next());
+        else if (a == "--threads") cfg.threads = std::atoi(next());
+        else if (a == "--round-ms") cfg.round_ms = std::atoi(next());
+        else if (a == "--margin-ms") cfg.margin_ms = std::atoi(next());
+        else if (a == "--no-oom") cfg.oom = false;
+        else if (a == "--seed") cfg.seed = std::strtoull(next(), nullptr, 0);
+        else usage();
     }
     if (cfg.threads < 1 || cfg.seconds <= 0 || cfg.round_ms < 10) usage();
     init_keys();

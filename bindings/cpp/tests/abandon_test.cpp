@@ -241,8 +241,7 @@ TEST_F(Abandon, CallersGivingUpAtRandomNeverFailTheOthers) {
         for (int i = 0; i < n; ++i) {
             if (stay[static_cast<size_t>(i)])
                 EXPECT_EQ(fs[static_cast<size_t>(i)].get().value(), round);
-            else
-                expect_canceled(fs[static_cast<size_t>(i)]);
+            else expect_canceled(fs[static_cast<size_t>(i)]);
         }
         EXPECT_TRUE(eventually([&] { return rg.stats().in_flight == 0; }));
         if (::testing::Test::HasFailure()) break;

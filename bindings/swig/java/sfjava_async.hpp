@@ -67,8 +67,7 @@ public:
         if (rc == JNI_EDETACHED) {
             if (v->AttachCurrentThreadAsDaemon(reinterpret_cast<void **>(&env_), nullptr) == JNI_OK)
                 attached_ = v;
-            else
-                env_ = nullptr;
+            else env_ = nullptr;
         } else if (rc != JNI_OK) {
             env_ = nullptr;
         }

@@ -1,0 +1,880 @@
+// Shared groups (SF_1.2): one execution per key across processes, woken at
+// once, safe when a process dies.  Each test runs its processes with fork
+// (children reopen the group by name, or use their parent's handle), or
+// spawns this very program again for processes that are not related at
+// all; children report through a shared anonymous mapping and exit with
+// _exit.  Handshakes, never sleeps: a child says where it is through the
+// mapping, and the group's own counters (summed over every process) say
+// who has joined.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/shared.hpp"
+#include "singleflight.h"
+#include "test_util.hpp"
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+// A name no other run of this program uses at the same time.
+std::string unique_name(const char *what) {
+    return std::string("sftest-") + what + "-" + std::to_string(getpid());
+}
+
+std::string shm_file(const std::string &name) { return "/dev/shm/libsingleflight." + name; }
+
+bool exists(const std::string &path) { return access(path.c_str(), F_OK) == 0; }
+
+sf_group *open_named(const std::string &name, const sf_shared_options *o = nullptr) {
+    sf_group *g = nullptr;
+    const int rc = sf_group_open_shared(name.c_str(), o, &g);
+    EXPECT_EQ(rc, SF_OK) << sf_err_name(rc);
+    return g;
+}
+
+sf_group_stats stats(const sf_group *g) {
+    sf_group_stats st{};
+    st.version = SF_GROUP_STATS_VERSION;
+    sf_group_stats_get(g, &st);
+    return st;
+}
+
+// Memory every forked child shares with the test: counters and flags.
+struct Board {
+    std::atomic<int> executions;
+    std::atomic<int> ready;
+    std::atomic<int> go;
+    std::atomic<int> in_fn;
+    std::atomic<int> release_fn;
+    std::atomic<int> ok, goexit, other;
+    std::atomic<int> callbacks;
+    char bytes[64][128];
+    std::atomic<int> nbytes;
+};
+
+Board *new_board() {
+    void *p =
+        mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    EXPECT_NE(p, MAP_FAILED);
+    std::memset(p, 0, sizeof(Board));
+    return static_cast<Board *>(p);
+}
+
+int wait_child(pid_t pid) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return status;
+}
+
+template <class Pred>
+bool wait_until(Pred pred, int seconds = 30) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > end) return false;
+        std::this_thread::yield();
+    }
+    return true;
+}
+
+// fn of the herd tests: counts an execution, holds the flight open until
+// every other caller has joined (the group's followers counter, summed over
+// every process), then stores the bytes everybody must read.
+struct HerdFn {
+    sf_group *g;
+    Board *board;
+    uint64_t followers;
+};
+int herd_fn(sf_call *call, void *p) {
+    auto *h = static_cast<HerdFn *>(p);
+    h->board->executions.fetch_add(1);
+    wait_until([&] { return stats(h->g).followers >= h->followers; });
+    const std::string v = "the one value, " + std::string(200, 'v');  // > 64 bytes: in the arena
+    return sf_call_set_bytes(call, v.data(), v.size()) == SF_OK ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------
+
+TEST(SharedOpen, BadNamesAndOptionsAreEinval) {
+    sf_group *g = nullptr;
+    EXPECT_EQ(sf_group_open_shared("has/slash", nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared(std::string(300, 'n').c_str(), nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared("", nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared(".hidden", nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared("sp ace", nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared(nullptr, nullptr, &g), SF_EINVAL);
+    EXPECT_EQ(sf_group_open_shared("ok", nullptr, nullptr), SF_EINVAL);
+    sf_shared_options o;
+    ASSERT_EQ(sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION), SF_OK);
+    EXPECT_EQ(sf_shared_options_init(&o, 99), SF_EINVAL);
+    o.path = "/tmp/x";
+    EXPECT_EQ(sf_group_open_shared("both", &o, &g), SF_EINVAL) << "a name and a path";
+    ASSERT_EQ(sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION), SF_OK);
+    o.max_processes = 65;
+    EXPECT_EQ(sf_group_open_shared("x", &o, &g), SF_EINVAL);
+    o.max_processes = 0;
+    o.arena_bytes = 1 << 20;
+    o.max_value_bytes = 1 << 19;
+    EXPECT_EQ(sf_group_open_shared("x", &o, &g), SF_EINVAL)
+        << "a value above a quarter of the arena";
+    o.max_value_bytes = 0;
+    o.flags = 0x80;
+    EXPECT_EQ(sf_group_open_shared("x", &o, &g), SF_EINVAL);
+    o.version = 7;
+    EXPECT_EQ(sf_group_open_shared("x", &o, &g), SF_EINVAL);
+    EXPECT_EQ(g, nullptr);
+}
+
+TEST(SharedOpen, TheLastCloseLeavesNothingBehind) {
+    const std::string name = unique_name("close");
+    sf_group *a = open_named(name), *b = open_named(name);
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(stats(a).processes, 2u) << "two attachments are two processes of the group";
+    EXPECT_TRUE(exists(shm_file(name)));
+    EXPECT_EQ(sf_group_free(a), SF_OK);
+    EXPECT_TRUE(exists(shm_file(name)));
+    EXPECT_EQ(sf_group_free(b), SF_OK);
+    EXPECT_FALSE(exists(shm_file(name))) << "the last one removes the segment";
+    EXPECT_FALSE(exists(shm_file(name) + ".bell.0"));
+}
+
+TEST(SharedOpen, ASegmentWiderThanAskedOrOfAnotherUserIsEperm) {
+    const std::string name = unique_name("perm");
+    const std::string file = shm_file(name);
+    const int fd = open(file.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(fchmod(fd, 0666), 0);
+    sf_group *g = nullptr;
+    EXPECT_EQ(sf_group_open_shared(name.c_str(), nullptr, &g), SF_EPERM) << "0666 against 0600";
+    ASSERT_EQ(fchmod(fd, 0600), 0);
+    if (geteuid() == 0) {
+        ASSERT_EQ(fchown(fd, 65534, 65534), 0);
+        EXPECT_EQ(sf_group_open_shared(name.c_str(), nullptr, &g), SF_EPERM) << "another owner";
+    }
+    close(fd);
+    unlink(file.c_str());
+    EXPECT_EQ(g, nullptr);
+}
+
+TEST(SharedOpen, AnotherLayoutOrSizeIsEincompat) {
+    const std::string name = unique_name("layout");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    sf_shared_options o;
+    sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
+    o.table_slots = 8192;
+    sf_group *other = nullptr;
+    EXPECT_EQ(sf_group_open_shared(name.c_str(), &o, &other), SF_EINCOMPAT)
+        << "asked for other sizes";
+    // Another layout version, written by hand into the header.
+    const int fd = open(shm_file(name).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    uint32_t bad = sf::shm::kLayout + 1;
+    ASSERT_EQ(pwrite(fd, &bad, sizeof bad, offsetof(sf::shm::Header, layout)), ssize_t(sizeof bad));
+    EXPECT_EQ(sf_group_open_shared(name.c_str(), nullptr, &other), SF_EINCOMPAT);
+    uint64_t magic = 0;
+    ASSERT_EQ(pwrite(fd, &magic, sizeof magic, 0), ssize_t(sizeof magic));
+    EXPECT_EQ(sf_group_open_shared(name.c_str(), nullptr, &other), SF_EINCOMPAT)
+        << "not ours at all";
+    close(fd);
+    EXPECT_EQ(other, nullptr);
+    // g has the header mapped: put it back before it detaches.
+    const int fd2 = open(shm_file(name).c_str(), O_RDWR);
+    uint32_t good = sf::shm::kLayout;
+    uint64_t m = sf::shm::kMagic;
+    pwrite(fd2, &good, sizeof good, offsetof(sf::shm::Header, layout));
+    pwrite(fd2, &m, sizeof m, 0);
+    close(fd2);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+TEST(SharedOpen, AFilePathWorksLikeAName) {
+    char dir[] = "/tmp/sftest-path-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string path = std::string(dir) + "/group";
+    sf_shared_options o;
+    sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
+    o.path = path.c_str();
+    sf_group *g = nullptr;
+    ASSERT_EQ(sf_group_open_shared(nullptr, &o, &g), SF_OK);
+    EXPECT_TRUE(exists(path));
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << "0600 by default";
+    sf_result *r = nullptr;
+    ASSERT_EQ(sf_group_do(
+                  g, "k", 1,
+                  [](sf_call *c, void *) { return sf_call_set_bytes(c, "v", 1) == SF_OK ? 0 : 1; },
+                  nullptr, &r, nullptr),
+              SF_OK);
+    size_t n = 0;
+    const void *v = sf_result_bytes(r, &n);
+    EXPECT_EQ(std::string(static_cast<const char *>(v), n), "v");
+    sf_result_release(r);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    EXPECT_FALSE(exists(path));
+    rmdir(dir);
+}
+
+// ---------------------------------------------------------------------------
+// Values
+// ---------------------------------------------------------------------------
+
+TEST(SharedValues, APointerValueIsRefusedAndTheFlightPanicsSaying) {
+    const std::string name = unique_name("pointer");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    static std::atomic<int> destroyed{0};
+    sf_result *r = nullptr;
+    EXPECT_EQ(sf_group_do(
+                  g, "k", 1,
+                  [](sf_call *c, void *) {
+                      static int v = 1;
+                      sf_call_set_value(c, &v, [](void *) { destroyed++; });
+                      return 0;
+                  },
+                  nullptr, &r, nullptr),
+              SF_EPANIC);
+    EXPECT_EQ(destroyed.load(), 1) << "destroyed at once";
+    ASSERT_NE(sf_result_panic_message(r), nullptr);
+    EXPECT_NE(std::strstr(sf_result_panic_message(r), "sf_call_set_bytes"), nullptr);
+    sf_result_release(r);
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "tp", 2, &l), SF_LEADER);
+    static int v2 = 2;
+    sf_call_set_value(l, &v2, nullptr);
+    EXPECT_EQ(sf_call_finish(l, 0), SF_EINVAL) << "the two-phase leader hears it";
+    sf_call_release(l);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+TEST(SharedValues, ValuesOfEverySizeUpToTheLimitAndNotAbove) {
+    const std::string name = unique_name("sizes");
+    sf_shared_options o;
+    sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
+    o.arena_bytes = 4 << 20;
+    o.max_value_bytes = 1 << 20;
+    sf_group *g = open_named(name, &o);
+    ASSERT_TRUE(g);
+    for (size_t len :
+         {size_t(0), size_t(1), size_t(64), size_t(65), size_t(4000), size_t(1) << 20}) {
+        std::string want(len, '\0');
+        for (size_t i = 0; i < len; ++i) want[i] = char(i * 7 + len);
+        sf_call *l = nullptr;
+        ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+        ASSERT_EQ(sf_call_set_bytes(l, want.data(), want.size()), SF_OK) << len;
+        ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+        sf_result *r = nullptr;
+        ASSERT_EQ(sf_call_wait(l, 0, &r, nullptr), SF_OK);
+        size_t n = 99;
+        const void *p = sf_result_bytes(r, &n);
+        EXPECT_EQ(n, len);
+        EXPECT_EQ(std::string(static_cast<const char *>(p), n), want);
+        sf_result_release(r);
+        sf_call_release(l);
+    }
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "big", 3, &l), SF_LEADER);
+    std::string too_big((1 << 20) + 1, 'x');
+    EXPECT_EQ(sf_call_set_bytes(l, too_big.data(), too_big.size()), SF_EINVAL);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    sf_call_release(l);
+    EXPECT_EQ(stats(g).arena_used, 0u) << "every block came back";
+    EXPECT_GT(stats(g).arena_high, uint64_t(1) << 20);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+TEST(SharedCapacity, AFullTableIsEnomemAndRunUnsharedRunsFn) {
+    const std::string name = unique_name("full");
+    sf_shared_options o;
+    sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
+    o.table_slots = 64;  // one record per stripe
+    sf_group *g = open_named(name, &o);
+    ASSERT_TRUE(g);
+    std::vector<sf_call *> held;
+    int full = 0;
+    for (int i = 0; i < 1000 && full == 0; ++i) {
+        const std::string k = "key" + std::to_string(i);
+        sf_call *c = nullptr;
+        const int rc = sf_group_begin(g, k.data(), k.size(), &c);
+        if (rc == SF_ENOMEM) {
+            full = i;
+            EXPECT_EQ(c, nullptr);
+            // A flight already running is unaffected.
+            ASSERT_EQ(sf_call_finish(held[0], 0), SF_OK);
+        } else {
+            ASSERT_EQ(rc, SF_LEADER);
+            held.push_back(c);
+        }
+    }
+    EXPECT_GT(full, 0);
+    EXPECT_LE(full, 64);
+    for (sf_call *c : held) {
+        sf_call_finish(c, 0);
+        sf_call_release(c);
+    }
+    EXPECT_GE(stats(g).in_flight_high, uint64_t(full)) << "the high-water mark";
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    // With the flag, the same pressure runs fn coalesced in-process instead.
+    o.flags = SF_SHARED_RUN_UNSHARED;
+    g = open_named(name + "u", &o);
+    ASSERT_TRUE(g);
+    held.clear();
+    for (int i = 0; i < 64; ++i) {
+        const std::string k = "key" + std::to_string(i);
+        sf_call *c = nullptr;
+        if (sf_group_begin(g, k.data(), k.size(), &c) == SF_LEADER) held.push_back(c);
+    }
+    int ran = 0;
+    for (int i = 0; i < 100; ++i) {
+        const std::string k = "more" + std::to_string(i);
+        ASSERT_EQ(sf_group_do(
+                      g, k.data(), k.size(),
+                      [](sf_call *, void *p) {
+                          ++*static_cast<int *>(p);
+                          return 0;
+                      },
+                      &ran, nullptr, nullptr),
+                  SF_OK);
+    }
+    EXPECT_EQ(ran, 100);
+    for (sf_call *c : held) {
+        sf_call_finish(c, 0);
+        sf_call_release(c);
+    }
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+// ---------------------------------------------------------------------------
+// Many processes
+// ---------------------------------------------------------------------------
+
+// 8 processes x 4 threads on one cold key: exactly one execution, and every
+// caller reads identical bytes.
+TEST(SharedHerd, EightProcessesOfFourThreadsRunFnOnce) {
+    const std::string name = unique_name("herd");
+    sf_group *mine = open_named(name);  // keeps the segment while children come and go
+    ASSERT_TRUE(mine);
+    Board *b = new_board();
+    constexpr int kProcs = 8, kThreads = 4;
+    std::vector<pid_t> kids;
+    for (int p = 0; p < kProcs; ++p) {
+        const pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            sf_group *g = nullptr;
+            if (sf_group_open_shared(name.c_str(), nullptr, &g) != SF_OK) _exit(2);
+            HerdFn h{g, b, kProcs * kThreads - 1};
+            std::vector<std::thread> ts;
+            for (int t = 0; t < kThreads; ++t) {
+                ts.emplace_back([&] {
+                    b->ready.fetch_add(1);
+                    while (!b->go.load()) {}
+                    sf_result *r = nullptr;
+                    const int rc = sf_group_do(g, "cold", 4, herd_fn, &h, &r, nullptr);
+                    if (rc == SF_OK) {
+                        size_t n = 0;
+                        const char *v = static_cast<const char *>(sf_result_bytes(r, &n));
+                        const int slot = b->nbytes.fetch_add(1);
+                        if (slot < 64 && n < sizeof b->bytes[0]) std::memcpy(b->bytes[slot], v, n);
+                        if (slot < 64 && n >= sizeof b->bytes[0])
+                            std::memcpy(b->bytes[slot], v, sizeof b->bytes[0] - 1);
+                        b->ok.fetch_add(1);
+                    } else {
+                        b->other.fetch_add(1);
+                    }
+                    sf_result_release(r);
+                });
+            }
+            for (auto &t : ts) t.join();
+            sf_group_free(g);
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ready.load() == kProcs * kThreads; }));
+    b->go.store(1);
+    for (pid_t k : kids) EXPECT_EQ(wait_child(k), 0);
+    EXPECT_EQ(b->executions.load(), 1);
+    EXPECT_EQ(b->ok.load(), kProcs * kThreads);
+    EXPECT_EQ(b->other.load(), 0);
+    for (int i = 1; i < b->nbytes.load() && i < 64; ++i)
+        EXPECT_STREQ(b->bytes[i], b->bytes[0]) << "caller " << i;
+    EXPECT_EQ(std::string(b->bytes[0]).substr(0, 15), "the one value, ");
+    const sf_group_stats st = stats(mine);
+    EXPECT_EQ(st.leaders, 1u);
+    EXPECT_EQ(st.followers, uint64_t(kProcs * kThreads - 1));
+    EXPECT_EQ(st.in_flight, 0u);
+    EXPECT_EQ(st.arena_used, 0u) << "the value's block came back";
+    EXPECT_EQ(sf_group_free(mine), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// The leader's process is killed inside fn: every follower, in every
+// process, hears SF_EGOEXIT at once, and the next caller leads afresh.
+TEST(SharedDeath, ALeaderProcessKilledInsideFnReleasesEveryFollower) {
+    const std::string name = unique_name("killed");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    const pid_t leader = fork();
+    ASSERT_GE(leader, 0);
+    if (leader == 0) {
+        sf_group *lg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
+        sf_group_do(
+            lg, "k", 1,
+            [](sf_call *, void *p) {
+                static_cast<Board *>(p)->in_fn.store(1);
+                for (;;) pause();  // until killed
+                return 0;
+            },
+            b, nullptr, nullptr);
+        _exit(3);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->in_fn.load() == 1; }));
+    // Followers: another process, and two threads of this one.
+    const pid_t follower = fork();
+    ASSERT_GE(follower, 0);
+    if (follower == 0) {
+        sf_group *fg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
+        const int rc = sf_group_do(
+            fg, "k", 1, [](sf_call *, void *) { return 0; }, nullptr, nullptr, nullptr);
+        _exit(rc == SF_EGOEXIT ? 0 : 10 - rc);
+    }
+    std::atomic<int> rcs[2] = {{1000}, {1000}};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 2; ++t)
+        ts.emplace_back([&, t] {
+            rcs[t] = sf_group_do(
+                g, "k", 1, [](sf_call *, void *) { return 0; }, nullptr, nullptr, nullptr);
+        });
+    ASSERT_TRUE(wait_until([&] { return stats(g).followers >= 3; }));
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_EQ(kill(leader, SIGKILL), 0);
+    for (auto &t : ts) t.join();
+    const auto released = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(rcs[0].load(), SF_EGOEXIT);
+    EXPECT_EQ(rcs[1].load(), SF_EGOEXIT);
+    EXPECT_EQ(wait_child(follower), 0) << "the follower process heard SF_EGOEXIT";
+    const int st = wait_child(leader);
+    EXPECT_TRUE(WIFSIGNALED(st));
+    // Not a timing assertion of speed: a bound against a hang or a timer
+    // (the target, 100 ms p99, is measured in bench/).
+    EXPECT_LT(std::chrono::duration_cast<std::chrono::seconds>(released).count(), 10);
+    // The key is not stuck: the next caller leads a fresh flight.
+    int ran = 0;
+    EXPECT_EQ(sf_group_do(
+                  g, "k", 1,
+                  [](sf_call *, void *p) {
+                      ++*static_cast<int *>(p);
+                      return 0;
+                  },
+                  &ran, nullptr, nullptr),
+              SF_OK);
+    EXPECT_EQ(ran, 1);
+    EXPECT_GE(stats(g).goexits, 1u);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// A leader killed with nobody waiting: the key is not stuck either.
+TEST(SharedDeath, ALeaderKilledWithNoFollowerLeavesTheKeyFree) {
+    const std::string name = unique_name("alone");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    const pid_t leader = fork();
+    if (leader == 0) {
+        sf_group *lg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
+        sf_call *c = nullptr;
+        sf_group_begin(lg, "k", 1, &c);
+        b->in_fn.store(1);
+        for (;;) pause();
+    }
+    ASSERT_TRUE(wait_until([&] { return b->in_fn.load() == 1; }));
+    kill(leader, SIGKILL);
+    wait_child(leader);
+    sf_call *c = nullptr;
+    EXPECT_EQ(sf_group_begin(g, "k", 1, &c), SF_LEADER) << "the dead leader's flight is gone";
+    ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+    sf_call_release(c);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// Followers killed while they wait and while they hold results: the
+// arena space of the value comes back once they are gone.
+TEST(SharedDeath, DeadFollowersGiveBackTheirHoldsAndTheArena) {
+    const std::string name = unique_name("holders");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+    std::vector<pid_t> kids;
+    for (int i = 0; i < 4; ++i) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+            sf_group *fg = nullptr;
+            if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
+            sf_call *f = nullptr;
+            if (sf_group_begin(fg, "k", 1, &f) != SF_FOLLOWER) _exit(3);
+            sf_result *r = nullptr;
+            b->ready.fetch_add(1);
+            if (i % 2 == 0) {
+                for (;;) pause();  // killed while it waits
+            }
+            sf_call_wait(f, -1, &r, nullptr);  // then holds the result until killed
+            b->ok.fetch_add(1);
+            for (;;) pause();
+        }
+        kids.push_back(pid);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ready.load() == 4; }));
+    const std::string big(1000, 'b');
+    ASSERT_EQ(sf_call_set_bytes(l, big.data(), big.size()), SF_OK);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    ASSERT_TRUE(wait_until([&] { return b->ok.load() == 2; }));
+    sf_call_release(l);
+    EXPECT_GT(stats(g).arena_used, 0u) << "held by the two followers with results";
+    for (pid_t k : kids) {
+        kill(k, SIGKILL);
+        wait_child(k);
+    }
+    EXPECT_TRUE(wait_until([&] { return stats(g).arena_used == 0 && stats(g).processes == 1; }))
+        << "the dead holders' space comes back (arena_used " << stats(g).arena_used << ")";
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// A follower in this process waits on a done callback and an eventfd while
+// a leader in another process finishes: both are told, without a thread of
+// ours blocked (the library's helper runs the callback).
+TEST(SharedWake, CallbacksAndEventfdsHearOfAnotherProcesssCompletion) {
+    const std::string name = unique_name("wake");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    const pid_t leader = fork();
+    if (leader == 0) {
+        sf_group *lg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
+        sf_call *c = nullptr;
+        if (sf_group_begin(lg, "k", 1, &c) != SF_LEADER) _exit(3);
+        b->in_fn.store(1);
+        while (!b->release_fn.load()) {}
+        sf_call_set_bytes(c, "done", 4);
+        sf_call_finish(c, 0);
+        sf_call_release(c);
+        sf_group_free(lg);
+        _exit(0);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->in_fn.load() == 1; }));
+    sf_call *f1 = nullptr, *f2 = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &f1), SF_FOLLOWER);
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &f2), SF_FOLLOWER);
+    struct Seen {
+        std::atomic<int> runs{0};
+        std::string bytes;
+    } seen;
+    ASSERT_EQ(sf_call_on_done(
+                  f1,
+                  [](int status, sf_result *r, int shared, void *p) {
+                      auto *s = static_cast<Seen *>(p);
+                      size_t n = 0;
+                      const void *v = sf_result_bytes(r, &n);
+                      if (status == SF_OK && shared && v)
+                          s->bytes.assign(static_cast<const char *>(v), n);
+                      s->runs++;
+                  },
+                  &seen),
+              SF_OK);
+    const int fd = sf_call_fd(f2);
+    ASSERT_GE(fd, 0);
+    struct pollfd p = {fd, POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 0), 0) << "not yet";
+    b->release_fn.store(1);
+    int rc;
+    do {
+        rc = poll(&p, 1, 30000);
+    } while (rc < 0 && errno == EINTR);
+    EXPECT_EQ(rc, 1) << "the eventfd became readable";
+    EXPECT_TRUE(wait_until([&] { return seen.runs.load() == 1; }));
+    EXPECT_EQ(seen.bytes, "done");
+    EXPECT_EQ(wait_child(leader), 0);
+    sf_call_release(f1);
+    sf_call_release(f2);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// Giving up across processes: the leader's process hears of the
+// abandonment (its abandon callback runs there) when the last interested
+// caller, in another process, gives up.
+TEST(SharedGiveUp, TheLastCallerInAnotherProcessAbandonsTheLeadersFlight) {
+    const std::string name = unique_name("abandon");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+    std::atomic<int> abandoned{0};
+    ASSERT_EQ(sf_call_on_abandon(
+                  l,
+                  [](sf_call *c, void *p) {
+                      EXPECT_EQ(sf_call_abandoned(c), 1);
+                      static_cast<std::atomic<int> *>(p)->fetch_add(1);
+                  },
+                  &abandoned),
+              SF_OK);
+    const pid_t follower = fork();
+    if (follower == 0) {
+        sf_group *fg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
+        sf_call *f = nullptr;
+        if (sf_group_begin(fg, "k", 1, &f) != SF_FOLLOWER) _exit(3);
+        b->ready.store(1);
+        while (!b->go.load()) {}
+        const int rc = sf_call_cancel(f);
+        sf_call_release(f);
+        sf_group_free(fg);
+        _exit(rc == 1 ? 0 : 20 + rc);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ready.load() == 1; }));
+    EXPECT_EQ(sf_call_cancel(l), 0) << "the follower is still interested";
+    b->go.store(1);
+    EXPECT_EQ(wait_child(follower), 0) << "its cancel abandoned the flight";
+    EXPECT_TRUE(wait_until([&] { return abandoned.load() == 1; })) << "the callback ran here";
+    EXPECT_EQ(sf_call_abandoned(l), 1);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    sf_call_release(l);
+    sf_call *again = nullptr;
+    EXPECT_EQ(sf_group_begin(g, "k", 1, &again), SF_LEADER) << "abandoned: the key is free";
+    sf_call_finish(again, 0);
+    sf_call_release(again);
+    EXPECT_EQ(stats(g).abandons, 1u);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// A forked child uses its parent's handle (it becomes a process of the
+// group of its own), and coalesces with the parent.
+TEST(SharedFork, AForkedChildUsesItsParentsGroup) {
+    const std::string name = unique_name("fork");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+    const pid_t kid = fork();
+    if (kid == 0) {
+        sf_result *r = nullptr;
+        const int rc = sf_group_do(
+            g, "k", 1, [](sf_call *, void *) { return 0; }, nullptr, &r, nullptr);
+        size_t n = 0;
+        const void *v = sf_result_bytes(r, &n);
+        const bool ok =
+            rc == SF_OK && v && std::string(static_cast<const char *>(v), n) == "parent's";
+        sf_result_release(r);
+        _exit(ok ? 0 : 1);
+    }
+    ASSERT_TRUE(wait_until([&] { return stats(g).followers == 1; }));
+    EXPECT_EQ(stats(g).processes, 2u);
+    sf_call_set_bytes(l, "parent's", 8);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    EXPECT_EQ(wait_child(kid), 0);
+    sf_call_release(l);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// ---------------------------------------------------------------------------
+// Many keys, many processes, a seeded mix; and the same protocol with two
+// attachments in one process, where ThreadSanitizer sees both sides.
+// ---------------------------------------------------------------------------
+
+constexpr int kKeys = 64;
+
+// Per key: callers running fn for it right now (must never exceed 1).
+struct Inside {
+    std::atomic<int> running[kKeys];
+    std::atomic<int> overlaps;
+    std::atomic<int> executions;
+    std::atomic<int> bad_values;
+};
+
+struct MixCtx {
+    Inside *in;
+    int key;
+};
+
+int set_value_for(sf_call *call, int key) {
+    char v[100];
+    const int n = std::snprintf(v, sizeof v, "value of key %d %s", key,
+                                key % 3 ? "" : std::string(70, 'x').c_str());
+    return sf_call_set_bytes(call, v, size_t(n)) == SF_OK ? 0 : 1;
+}
+
+// A caller runs the key's work: nobody else may be running it.
+void enter(Inside *in, int key) {
+    if (in->running[key].fetch_add(1) != 0) in->overlaps.fetch_add(1);
+    in->executions.fetch_add(1);
+}
+void leave(Inside *in, int key) { in->running[key].fetch_sub(1); }
+
+int mix_fn(sf_call *call, void *p) {
+    auto *m = static_cast<MixCtx *>(p);
+    enter(m->in, m->key);
+    const int rc = set_value_for(call, m->key);
+    leave(m->in, m->key);
+    return rc;
+}
+
+bool value_ok(sf_result *r, int key) {
+    size_t n = 0;
+    const char *v = static_cast<const char *>(sf_result_bytes(r, &n));
+    char want[100];
+    const int w = std::snprintf(want, sizeof want, "value of key %d %s", key,
+                                key % 3 ? "" : std::string(70, 'x').c_str());
+    return v && n == size_t(w) && std::memcmp(v, want, n) == 0;
+}
+
+// One caller's seeded share of the mix: do, two-phase (finish, give up,
+// or release early), waits bounded and unbounded.  (No forget: a
+// forgotten flight may rightly run beside its key's next one.)
+void run_mix(sf_group *g, Inside *in, uint32_t seed, int ops) {
+    uint32_t x = seed * 2654435761u + 1;
+    auto next = [&] { return x = x * 1664525u + 1013904223u, x >> 8; };
+    for (int op = 0; op < ops; ++op) {
+        const int key = int(next() % kKeys);
+        const std::string k = "mix-" + std::to_string(key);
+        MixCtx m{in, key};
+        if (next() % 2 == 0) {
+            sf_result *r = nullptr;
+            const int rc = sf_group_do(g, k.data(), k.size(), mix_fn, &m, &r, nullptr);
+            if (rc == SF_OK && sf_result_error(r) == 0 && !value_ok(r, key))
+                in->bad_values.fetch_add(1);
+            if (rc != SF_OK && rc != SF_EGOEXIT) in->bad_values.fetch_add(1);
+            sf_result_release(r);
+            continue;
+        }
+        sf_call *c = nullptr;
+        const int rc = sf_group_begin(g, k.data(), k.size(), &c);
+        if (rc == SF_LEADER) {
+            enter(in, key);
+            const unsigned how = next() % 4;
+            if (how == 0) {  // a leader that walks away: Goexit for its followers
+                leave(in, key);
+                sf_call_release(c);
+                continue;
+            }
+            set_value_for(c, key);
+            leave(in, key);
+            // A leader giving up before it finishes: the flight may be
+            // abandoned (and the key led anew) once it has left.
+            if (how == 1) sf_call_cancel(c);
+            sf_call_finish(c, 0);
+            sf_call_release(c);
+        } else if (rc == SF_FOLLOWER) {
+            const unsigned how = next() % 3;
+            sf_result *r = nullptr;
+            if (how == 0) {
+                sf_call_cancel(c);
+            } else {
+                const int w = sf_call_wait(c, how == 1 ? -1 : 2000000, &r, nullptr);
+                if (w == SF_OK && sf_result_error(r) == 0 && !value_ok(r, key))
+                    in->bad_values.fetch_add(1);
+                sf_result_release(r);
+            }
+            sf_call_release(c);
+        } else {
+            in->bad_values.fetch_add(1);
+        }
+    }
+}
+
+TEST(SharedMix, TwoAttachmentsInOneProcessUnderASeededMix) {
+    const std::string name = unique_name("mix1");
+    sf_group *a = open_named(name), *b = open_named(name);
+    ASSERT_TRUE(a && b);
+    auto *in = new Inside{};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+        ts.emplace_back([&, t] { run_mix(t % 2 ? a : b, in, uint32_t(t + 1), 3000); });
+    for (auto &t : ts) t.join();
+    EXPECT_EQ(in->overlaps.load(), 0) << "a key ran twice at once";
+    EXPECT_EQ(in->bad_values.load(), 0);
+    EXPECT_GT(in->executions.load(), 0);
+    const sf_group_stats st = stats(a);
+    EXPECT_EQ(st.in_flight, 0u);
+    EXPECT_EQ(st.arena_used, 0u) << "every value's block came back";
+    EXPECT_EQ(sf_group_free(a), SF_OK);
+    EXPECT_EQ(sf_group_free(b), SF_OK);
+    EXPECT_FALSE(exists(shm_file(name)));
+    delete in;
+}
+
+// Processes come and go (each opens, runs a share of the mix, closes,
+// opens again) while others run: the same invariants, across processes.
+TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
+    const std::string name = unique_name("mixp");
+    sf_group *mine = open_named(name);
+    ASSERT_TRUE(mine);
+    void *mem =
+        mmap(nullptr, sizeof(Inside), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(mem, MAP_FAILED);
+    auto *in = new (mem) Inside{};
+    std::vector<pid_t> kids;
+    for (int p = 0; p < 6; ++p) {
+        const pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            for (int round = 0; round < 3; ++round) {
+                sf_group *g = nullptr;
+                if (sf_group_open_shared(name.c_str(), nullptr, &g) != SF_OK) _exit(2);
+                std::vector<std::thread> ts;
+                for (int t = 0; t < 2; ++t)
+                    ts.emplace_back(
+                        [&, t] { run_mix(g, in, uint32_t(100 * p + 10 * round + t), 400); });
+                for (auto &t : ts) t.join();
+                if (sf_group_free(g) != SF_OK) _exit(3);
+            }
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    for (pid_t k : kids) EXPECT_EQ(wait_child(k), 0);
+    EXPECT_EQ(in->overlaps.load(), 0) << "a key ran twice at once";
+    EXPECT_EQ(in->bad_values.load(), 0);
+    const sf_group_stats st = stats(mine);
+    EXPECT_EQ(st.in_flight, 0u);
+    EXPECT_EQ(st.arena_used, 0u);
+    EXPECT_EQ(st.processes, 1u);
+    EXPECT_EQ(sf_group_free(mine), SF_OK);
+    munmap(mem, sizeof(Inside));
+}
+
+}  // namespace
