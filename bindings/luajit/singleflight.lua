@@ -24,7 +24,7 @@
 
 local ffi = require("ffi")
 
-local M = { _VERSION = "1.1.0" }
+local M = { _VERSION = "1.2.0" }
 
 -- Declarations copied from capi/include/singleflight.h (v1).  Guarded so
 -- that a second module (or a second copy of this one) declaring the same

@@ -72,11 +72,11 @@ extern "C" {
 /* The version this header describes.  The major number is the ABI major and
  * the SONAME (libsingleflight.so.SF_VERSION_MAJOR); see docs/abi.md. */
 #define SF_VERSION_MAJOR 1
-#define SF_VERSION_MINOR 1
+#define SF_VERSION_MINOR 2
 #define SF_VERSION_PATCH 0
 #define SF_VERSION_NUMBER \
     (SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH)
-#define SF_VERSION_STRING "1.1.0"
+#define SF_VERSION_STRING "1.2.0"
 
 /* The version of the library actually loaded, as SF_VERSION_NUMBER computes
  * it.  Compare with SF_VERSION_NUMBER to detect a header/library mismatch.

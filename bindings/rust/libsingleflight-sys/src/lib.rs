@@ -26,12 +26,12 @@ pub type sf_u64 = u64;
 // Versions -----------------------------------------------------------------
 
 pub const SF_VERSION_MAJOR: c_int = 1;
-pub const SF_VERSION_MINOR: c_int = 1;
+pub const SF_VERSION_MINOR: c_int = 2;
 pub const SF_VERSION_PATCH: c_int = 0;
 pub const SF_VERSION_NUMBER: c_int =
     SF_VERSION_MAJOR * 10000 + SF_VERSION_MINOR * 100 + SF_VERSION_PATCH;
 /// The header's version string, NUL-terminated for passing to C.
-pub const SF_VERSION_STRING: &[u8] = b"1.1.0\0";
+pub const SF_VERSION_STRING: &[u8] = b"1.2.0\0";
 
 // Status codes ---------------------------------------------------------------
 
@@ -50,6 +50,10 @@ pub const SF_EBUSY: sf_status = -7;
 pub const SF_ESTATE: sf_status = -8;
 /// Since 1.1: the caller gave up (`sf_call_cancel`).
 pub const SF_ECANCELED: sf_status = -9;
+/// Since 1.2: a shared group's segment of another user, or wider permissions.
+pub const SF_EPERM: sf_status = -10;
+/// Since 1.2: a shared group's segment of another layout, version or size.
+pub const SF_EINCOMPAT: sf_status = -11;
 
 // Handles --------------------------------------------------------------------
 //
@@ -124,7 +128,7 @@ pub const SF_GROUP_OPTIONS_INIT: sf_group_options = sf_group_options {
     max_threads: 0,
 };
 
-pub const SF_GROUP_STATS_VERSION: c_uint = 2;
+pub const SF_GROUP_STATS_VERSION: c_uint = 3;
 
 /// `sf_group_stats`; set `version` to `SF_GROUP_STATS_VERSION` before
 /// `sf_group_stats_get`.
@@ -144,7 +148,48 @@ pub struct sf_group_stats {
     pub abandons: sf_u64,
     /// Version 2: `sf_call_cancel` calls that gave up a handle.
     pub cancels: sf_u64,
+    /// Version 3 (shared groups): the most flights in flight at once.
+    pub in_flight_high: sf_u64,
+    /// Version 3: arena bytes in use now.
+    pub arena_used: sf_u64,
+    /// Version 3: the most arena bytes in use at once.
+    pub arena_high: sf_u64,
+    /// Version 3: processes attached now.
+    pub processes: sf_u64,
 }
+
+// Shared groups (since 1.2) -------------------------------------------------------
+
+pub const SF_SHARED_OPTIONS_VERSION: c_uint = 1;
+/// A full table or arena runs fn coalesced within the process instead.
+pub const SF_SHARED_RUN_UNSHARED: c_uint = 1;
+
+/// `sf_shared_options`; start from `SF_SHARED_OPTIONS_INIT` or
+/// `sf_shared_options_init`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct sf_shared_options {
+    pub version: c_uint,
+    pub flags: c_uint,
+    pub path: *const c_char,
+    pub table_slots: c_uint,
+    pub max_processes: c_uint,
+    pub arena_bytes: sf_u64,
+    pub max_value_bytes: sf_u64,
+    pub mode: c_uint,
+}
+
+/// The header's `SF_SHARED_OPTIONS_INIT`.
+pub const SF_SHARED_OPTIONS_INIT: sf_shared_options = sf_shared_options {
+    version: SF_SHARED_OPTIONS_VERSION,
+    flags: 0,
+    path: ptr::null(),
+    table_slots: 0,
+    max_processes: 0,
+    arena_bytes: 0,
+    max_value_bytes: 0,
+    mode: 0,
+};
 
 // Functions ----------------------------------------------------------------------
 //
@@ -158,6 +203,10 @@ extern "C" {
     pub fn sf_err_name(code: c_int) -> *const c_char;
 
     pub fn sf_group_options_init(opts: *mut sf_group_options, version: c_uint) -> c_int;
+    /// Since 1.2: the defaults of a shared group's options.
+    pub fn sf_shared_options_init(opts: *mut sf_shared_options, version: c_uint) -> c_int;
+    /// Since 1.2: opens (creating if needed) a group shared by processes.
+    pub fn sf_group_open_shared(name: *const c_char, opts: *const sf_shared_options, out: *mut *mut sf_group) -> c_int;
     pub fn sf_group_new(out: *mut *mut sf_group, opts: *const sf_group_options) -> c_int;
     pub fn sf_group_free(g: *mut sf_group) -> c_int;
 
@@ -211,6 +260,10 @@ extern "C" {
     /// Since 1.2: the two-phase leader's work runs on the calling thread, so
     /// a follower waiting forever there is `SF_EDEADLK`.
     pub fn sf_call_lead_here(call: *mut sf_call) -> c_int;
+    /// Since 1.2: stores a copy of `len` bytes as the flight's value.
+    pub fn sf_call_set_bytes(call: *mut sf_call, data: *const c_void, len: usize) -> c_int;
+    /// Since 1.2: the value stored as bytes, and its length.
+    pub fn sf_result_bytes(r: *const sf_result, len: *mut usize) -> *const c_void;
     /// Since 1.1: runs `fn_` once when the flight is abandoned.
     pub fn sf_call_on_abandon(call: *mut sf_call, fn_: sf_abandon_fn, payload: *mut c_void) -> c_int;
 
