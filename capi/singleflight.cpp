@@ -293,6 +293,17 @@ SF_API int sf_call_fd(sf_call *call) {
     return int(sf::call_fd(core(call)));
 }
 
+SF_API int sf_call_doorbell(sf_call *call, char *address, size_t len, sf_u64 *token) {
+    if (!call || !address || !token) return SF_EINVAL;
+    if (sf::SharedCall *s = shared_call(call)) {
+        uint64_t t = 0;
+        const sf::Status st = sf::shared_doorbell(s, address, len, &t);
+        if (st == sf::kOk) *token = t;
+        return st;
+    }
+    return SF_ESTATE;
+}
+
 SF_API int sf_call_cancel(sf_call *call) {
     if (!call) return SF_EINVAL;
     if (sf::SharedCall *s = shared_call(call)) return sf::shared_cancel(s);

@@ -7,6 +7,8 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -250,6 +252,57 @@ void bell_drain(int fd) noexcept {
 }
 
 void bell_remove(const std::string &path) noexcept { unlink(path.c_str()); }
+
+int door_listen(const std::string &path) noexcept {
+    struct sockaddr_un a;
+    std::memset(&a, 0, sizeof a);
+    if (path.size() >= sizeof a.sun_path) return -1;
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    NoCancel no_cancel;
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    unlink(path.c_str());  // a dead owner's leftover of the same name
+    if (bind(fd, reinterpret_cast<struct sockaddr *>(&a), sizeof a) < 0 ||
+        chmod(path.c_str(), 0600) < 0 || listen(fd, 128) < 0) {
+        close(fd);
+        unlink(path.c_str());
+        return -1;
+    }
+    return fd;
+}
+
+int door_accept(int listener) noexcept {
+    int fd;
+    do {
+        fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+int door_read(int fd, void *buf, std::size_t n) noexcept {
+    ssize_t got;
+    do {
+        got = recv(fd, buf, n, MSG_PEEK);
+    } while (got < 0 && errno == EINTR);
+    if (got == 0) return -1;  // closed before it said anything
+    if (got < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    if (std::size_t(got) < n) return 0;
+    do {
+        got = recv(fd, buf, n, 0);
+    } while (got < 0 && errno == EINTR);
+    return std::size_t(got) == n ? 1 : -1;
+}
+
+void door_answer(int fd) noexcept {
+    NoCancel no_cancel;
+    const char one = 1;
+    ssize_t rc;
+    do {
+        rc = send(fd, &one, 1, MSG_NOSIGNAL);
+    } while (rc < 0 && errno == EINTR);
+    close(fd);
+}
 
 int poller_create() noexcept { return epoll_create1(EPOLL_CLOEXEC); }
 

@@ -72,6 +72,17 @@ bool bell_ring(const std::string &path) noexcept;
 void bell_drain(int fd) noexcept;
 void bell_remove(const std::string &path) noexcept;
 
+// A doorbell an event loop can reach with nothing but a stream socket
+// connection (OpenResty's cosockets): a listening Unix socket at path,
+// non-blocking; accept gives a non-blocking connection or -1.  -1 on
+// failure (the path is too long for a socket address, say).
+int door_listen(const std::string &path) noexcept;
+int door_accept(int listener) noexcept;
+// Reads exactly n bytes if they are all there: 1 read them, 0 not yet
+// (come back), -1 the peer went away or sent garbage.
+int door_read(int fd, void *buf, std::size_t n) noexcept;
+void door_answer(int fd) noexcept;  // one byte, then close
+
 // An epoll set: add/remove descriptors (data: what wait reports), wait
 // with a timeout (< 0: forever); fills up to n ready data words.
 int poller_create() noexcept;

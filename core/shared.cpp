@@ -158,6 +158,16 @@ public:
     std::atomic<bool> stop_{false};
     int watch_[kMaxProcs];
     uint64_t watch_gen_[kMaxProcs];
+    // The doorbell socket (sf_call_doorbell) and its connections, waiting
+    // for their flights: the helper thread's alone.
+    int door_fd_ = -1;
+    struct Door {
+        int fd;
+        uint32_t rec, gen;
+        bool asked;  // its token arrived
+    };
+    Door *doors_ = nullptr;
+    uint32_t ndoors_ = 0, cap_doors_ = 0;
 
     // ---- addressing, every index and offset checked
     uint32_t stripe_of_bucket(uint32_t b) const noexcept { return b & (nstripes_ - 1); }
@@ -427,9 +437,19 @@ bool key_equals(SharedGroup *g, Record *r, uint64_t hash, Key key) noexcept {
     return k && (key.size == 0 || std::memcmp(k, key.data, key.size) == 0);
 }
 
-// Gives back a record's arena blocks (its key, value and message) and puts
-// it on its stripe's free list.  Caller holds the stripe's lock.
-void free_record(SharedGroup *g, uint32_t s, uint32_t i) noexcept {
+// A flight whose leader's process died before it finished (or before it
+// even linked it): counted as completed, as SF_EGOEXIT, once, by whoever
+// disposes of it.
+void count_goexit(SharedGroup *g) noexcept {
+    g->h_->c.completed.fetch_add(1, std::memory_order_relaxed);
+    g->h_->c.goexits.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Gives back a record's arena blocks (its key, value and message: freeing
+// them again does nothing, so a repair may redo it) and marks it free, the
+// commit; the caller then puts it on a free list.  Caller holds the
+// stripe's lock.
+void release_record(SharedGroup *g, uint32_t i) noexcept {
     Record *r = &g->recs_[i];
     if (r->key_len > kInline) arena_free(g, r->key_off, i, r->gen);
     if (r->value_len > kInline) arena_free(g, r->value_off, i, r->gen);
@@ -438,8 +458,15 @@ void free_record(SharedGroup *g, uint32_t s, uint32_t i) noexcept {
     r->key_len = r->value_len = r->msg_len = 0;
     r->holders = r->interest = r->bells = 0;
     r->state = kRecFree;
-    r->next = g->stripes_[s].free_head;
-    g->stripes_[s].free_head = i + 1;
+}
+
+// release_record, then on the stripe's free list.
+void free_record(SharedGroup *g, uint32_t s, uint32_t i) noexcept {
+    release_record(g, i);
+    Stripe &st = g->stripes_[s];
+    g->recs_[i].next = st.free_head;
+    st.free_head = i + 1;
+    --st.used;
     g->h_->in_use.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -472,7 +499,8 @@ void repair_stripe(SharedGroup *g, uint32_t s) noexcept {
             link = &r->next;
         }
     }
-    uint32_t in_use = 0;
+    const uint32_t before = st.used;
+    uint32_t used = 0;
     st.free_head = 0;
     for (uint32_t k = st.count; k-- > 0;) {
         const uint32_t i = st.first + k;
@@ -480,26 +508,26 @@ void repair_stripe(SharedGroup *g, uint32_t s) noexcept {
         const bool linked = r->pad == mark;
         r->pad = 0;
         if (!linked && r->state == kRecLive) r->state = kRecOut;
-        if (!linked && r->state == kRecNew) r->state = kRecFree;
-        if (r->state == kRecOut && r->holders == 0 &&
-            (r->seq.load(std::memory_order_relaxed) & kSeqDone)) {
-            if (r->key_len > kInline) arena_free(g, r->key_off, i, r->gen);
-            if (r->value_len > kInline) arena_free(g, r->value_off, i, r->gen);
-            if (r->msg_len > kInline) arena_free(g, r->msg_off, i, r->gen);
-            r->state = kRecFree;
+        if (!linked && r->state == kRecNew) {
+            // Set up by the process that died holding the lock, never
+            // linked: nobody else ever saw it.
+            release_record(g, i);
+            count_goexit(g);
         }
+        if (r->state == kRecOut && r->holders == 0 &&
+            (r->seq.load(std::memory_order_relaxed) & kSeqDone))
+            release_record(g, i);
+        if (r->state != kRecFree && r->state != kRecLive && r->state != kRecOut)
+            release_record(g, i);  // a state no code writes: corrupted
         if (r->state == kRecFree) {
             r->next = st.free_head;
             st.free_head = i + 1;
-        } else if (r->state != kRecLive && r->state != kRecOut) {
-            r->state = kRecFree;  // a state no code writes: corrupted
-            r->next = st.free_head;
-            st.free_head = i + 1;
         } else {
-            ++in_use;
+            ++used;
         }
     }
-    (void)in_use;
+    st.used = used;
+    g->h_->in_use.fetch_add(uint64_t(used) - uint64_t(before), std::memory_order_relaxed);
 }
 
 bool lock_stripe(SharedGroup *g, uint32_t s) noexcept {
@@ -560,6 +588,10 @@ bool proc_alive(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
 
 std::string bell_path(SharedGroup *g, uint32_t p) {
     return g->path_.path + ".bell." + std::to_string(p);
+}
+
+std::string door_path(SharedGroup *g, uint32_t p) {
+    return g->path_.path + ".door." + std::to_string(p);
 }
 
 void ring(SharedGroup *g, uint64_t bells) noexcept {
@@ -635,6 +667,7 @@ void reap(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
             if (r->leader_proc == p && r->leader_gen == gen && !done) {
                 if (r->state == kRecNew) {
                     free_record(g, s, i);
+                    count_goexit(g);
                     continue;
                 }
                 // Its leader died: every caller hears SF_EGOEXIT.
@@ -707,6 +740,7 @@ void reap(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
     }
     try {
         detail::bell_remove(bell_path(g, p));
+        detail::bell_remove(door_path(g, p));
     } catch (...) {}
 }
 
@@ -935,7 +969,83 @@ void run_abandon_local(SharedGroup *g, uint32_t i) noexcept {
 // process of the group (a death is heard at once, never polled for).
 // ---------------------------------------------------------------------------
 
-constexpr uint64_t kTagWake = 0, kTagBell = 1, kTagProc = 2;
+constexpr uint64_t kTagWake = 0, kTagBell = 1, kTagProc = 2, kTagDoor = 100, kTagConn = 1000;
+
+void drop_door(SharedGroup *g, uint32_t k, bool answer) noexcept {
+    SharedGroup::Door d = g->doors_[k];
+    g->doors_[k] = g->doors_[--g->ndoors_];
+    detail::poller_remove(g->poller_, d.fd);
+    if (answer) {
+        detail::door_answer(d.fd);
+    } else {
+        detail::fd_close_quiet(d.fd);
+    }
+}
+
+// Answers every connection whose flight is done.
+void answer_doors(SharedGroup *g) noexcept {
+    for (uint32_t k = 0; k < g->ndoors_;) {
+        const SharedGroup::Door &d = g->doors_[k];
+        if (d.asked && record_done(g, d.rec, d.gen)) {
+            drop_door(g, k, true);
+        } else {
+            ++k;
+        }
+    }
+}
+
+void accept_doors(SharedGroup *g) noexcept {
+    for (;;) {
+        const int fd = detail::door_accept(g->door_fd_);
+        if (fd < 0) return;
+        if (g->ndoors_ == g->cap_doors_) {
+            const uint32_t cap = g->cap_doors_ ? g->cap_doors_ * 2 : 64;
+            auto *more =
+                static_cast<SharedGroup::Door *>(detail::alloc(sizeof(SharedGroup::Door) * cap));
+            if (!more) {
+                detail::fd_close_quiet(fd);  // its caller sees the close: ask again, or wait
+                continue;
+            }
+            if (g->doors_) std::memcpy(more, g->doors_, sizeof(SharedGroup::Door) * g->ndoors_);
+            detail::dealloc(g->doors_);
+            g->doors_ = more;
+            g->cap_doors_ = cap;
+        }
+        if (!detail::poller_add(g->poller_, fd, kTagConn + uint64_t(fd))) {
+            detail::fd_close_quiet(fd);
+            continue;
+        }
+        g->doors_[g->ndoors_++] = SharedGroup::Door{fd, 0, 0, false};
+    }
+}
+
+// A connection spoke: its token (8 bytes, little-endian: the record and its
+// generation) names the flight it waits for; anything after that (a close,
+// more bytes) ends it.
+void door_readable(SharedGroup *g, int fd) noexcept {
+    uint32_t k = 0;
+    while (k < g->ndoors_ && g->doors_[k].fd != fd) ++k;
+    if (k == g->ndoors_) return;
+    SharedGroup::Door &d = g->doors_[k];
+    if (d.asked) return drop_door(g, k, false);  // it gave up (closed)
+    unsigned char token[8];
+    const int rc = detail::door_read(fd, token, sizeof token);
+    if (rc == 0) return;
+    uint64_t t = 0;
+    for (int b = 0; b < 8; ++b) t |= uint64_t(token[b]) << (8 * b);
+    const uint32_t rec = uint32_t(t), gen = uint32_t(t >> 32);
+    if (rc < 0 || rec >= g->slots_) return drop_door(g, k, rc > 0);
+    d.rec = rec;
+    d.gen = gen;
+    d.asked = true;
+    // Ask to be rung, then look: a completion before the mark rang nobody.
+    const uint32_t s = g->stripe_of_rec(rec);
+    if (lock_stripe(g, s)) {
+        if (g->recs_[rec].gen == gen) g->recs_[rec].bells |= g->mybit();
+        unlock_stripe(g, s);
+    }
+    if (record_done(g, rec, gen)) drop_door(g, k, true);
+}
 
 void refresh_watch(SharedGroup *g) noexcept {
     for (uint32_t p = 0; p < g->nprocs_; ++p) {
@@ -998,9 +1108,16 @@ void *helper_main(void *arg) {
                 reap(g, p, gen);
                 reap_dead(g);  // and any reap a dead reaper left halfway
                 bell = true;
+            } else if (ready[k] == kTagDoor) {
+                accept_doors(g);
+            } else if (ready[k] >= kTagConn) {
+                door_readable(g, int(ready[k] - kTagConn));
             }
         }
-        if (bell) deliver_all_local(g);
+        if (bell) {
+            deliver_all_local(g);
+            answer_doors(g);
+        }
     }
     return nullptr;
 }
@@ -1013,6 +1130,17 @@ bool start_helper(SharedGroup *g) noexcept {
     if (!detail::poller_add(g->poller_, g->wake_fd_, kTagWake) ||
         !detail::poller_add(g->poller_, g->bell_fd_, kTagBell))
         return false;
+    // The doorbell for cosockets: none when its path is too long for a
+    // socket address (sf_call_doorbell then says so).
+    try {
+        g->door_fd_ = detail::door_listen(door_path(g, g->me_));
+    } catch (...) {
+        g->door_fd_ = -1;
+    }
+    if (g->door_fd_ >= 0 && !detail::poller_add(g->poller_, g->door_fd_, kTagDoor)) {
+        detail::fd_close_quiet(g->door_fd_);
+        g->door_fd_ = -1;
+    }
     g->stop_.store(false, std::memory_order_relaxed);
     // Every signal blocked in the helper: a signal meant for the process
     // goes to one of its own threads.
@@ -1035,6 +1163,17 @@ void stop_helper(SharedGroup *g) noexcept {
     for (uint32_t p = 0; p < kMaxProcs; ++p) {
         detail::fd_close_quiet(g->watch_[p]);
         g->watch_[p] = -1;
+    }
+    while (g->ndoors_) drop_door(g, g->ndoors_ - 1, false);
+    detail::dealloc(g->doors_);
+    g->doors_ = nullptr;
+    g->cap_doors_ = 0;
+    if (g->door_fd_ >= 0) {
+        detail::fd_close_quiet(g->door_fd_);
+        g->door_fd_ = -1;
+        try {
+            detail::bell_remove(door_path(g, g->me_));
+        } catch (...) {}
     }
     detail::fd_close_quiet(g->poller_);
     detail::fd_close_quiet(g->wake_fd_);
@@ -1402,8 +1541,15 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
         }
         i = idx - 1;
         Record *r = &g->recs_[i];
+        // Counted at once: a death from here on is counted as a Goexit by
+        // whoever disposes of the record (repair_stripe, reap).
+        g->h_->c.leaders.fetch_add(1, std::memory_order_relaxed);
         st.free_head = r->next;
+        ++st.used;
         r->state = kRecNew;
+        const uint64_t used = g->h_->in_use.fetch_add(1, std::memory_order_relaxed) + 1;
+        uint64_t high = g->h_->in_use_high.load(std::memory_order_relaxed);
+        while (used > high && !g->h_->in_use_high.compare_exchange_weak(high, used)) {}
         SF_KILL_POINT("publish.allocated");
         r->gen += 1;
         r->hash = pl.hash;
@@ -1426,9 +1572,8 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
             unsigned char *k = r->key_off ? g->arena_data_ + r->key_off : nullptr;
             if (!k) {
                 r->key_len = 0;
-                r->state = kRecFree;
-                r->next = st.free_head;
-                st.free_head = i + 1;
+                free_record(g, pl.stripe, i);
+                g->h_->c.leaders.fetch_sub(1, std::memory_order_relaxed);  // refused: not counted
                 unlock_stripe(g, pl.stripe);
                 return kFull;
             }
@@ -1440,10 +1585,6 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
         SF_KILL_POINT("publish.linked");
         g->locals_[i].refs.store(1, std::memory_order_relaxed);
         if (mode == kModeTwoPhase) g->locals_[i].interest.store(1, std::memory_order_relaxed);
-        g->h_->c.leaders.fetch_add(1, std::memory_order_relaxed);
-        const uint64_t used = g->h_->in_use.fetch_add(1, std::memory_order_relaxed) + 1;
-        uint64_t high = g->h_->in_use_high.load(std::memory_order_relaxed);
-        while (used > high && !g->h_->in_use_high.compare_exchange_weak(high, used)) {}
         unlock_stripe(g, pl.stripe);
         *out = i;
         return kLed;
@@ -1964,6 +2105,22 @@ void shared_release(SharedCall *c) noexcept {
     if (c->mode == kModeTwoPhase && !was_left) leave_interest(g, i);
     if (!keep_hold) drop_hold(g, i);
     call_unref(c);
+}
+
+Status shared_doorbell(SharedCall *c, char *address, std::size_t len, uint64_t *token) noexcept {
+    SharedGroup *g = c->g;
+    if (c->mode != kModeTwoPhase) return kBadState;
+    if (g->door_fd_ < 0) return kNoMemory;
+    std::string a;
+    try {
+        a = "unix:" + door_path(g, g->me_);
+    } catch (...) {
+        return kNoMemory;
+    }
+    if (a.size() + 1 > len) return kInvalid;
+    std::memcpy(address, a.c_str(), a.size() + 1);
+    *token = uint64_t(c->gen) << 32 | c->rec;
+    return kOk;
 }
 
 Status shared_disown(SharedCall *c) noexcept {

@@ -82,6 +82,7 @@ struct alignas(64) Stripe {
     pthread_mutex_t lock;   // robust: its buckets, its records, its free list
     uint32_t free_head;     // record index + 1, 0: none
     uint32_t first, count;  // its records: [first, first + count)
+    uint32_t used;          // its records not free (exact: repair recounts it)
 };
 
 enum RecState : uint32_t {
@@ -195,6 +196,10 @@ Status shared_on_done(SharedCall *c, DoneCallback cb) noexcept;
 int shared_fd(SharedCall *c) noexcept;
 void shared_release(SharedCall *c) noexcept;
 int shared_cancel(SharedCall *c) noexcept;
+// The doorbell of this process for event loops that can only connect a
+// stream socket (see sf_call_doorbell): address "unix:<path>" (NUL-
+// terminated, into len bytes), and the 8-byte token to send there.
+Status shared_doorbell(SharedCall *c, char *address, std::size_t len, uint64_t *token) noexcept;
 Status shared_disown(SharedCall *c) noexcept;
 Status shared_lead_here(SharedCall *c) noexcept;
 int shared_abandoned(const SharedCall *c) noexcept;

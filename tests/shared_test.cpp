@@ -12,6 +12,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -631,6 +633,83 @@ TEST(SharedWake, CallbacksAndEventfdsHearOfAnotherProcesssCompletion) {
     munmap(b, sizeof *b);
 }
 
+// An event loop that can only connect a stream socket (OpenResty) waits on
+// the process's doorbell: it sends the call's token and reads one byte
+// once another process completes the flight.
+TEST(SharedWake, TheDoorbellAnswersAStreamConnectionWhenTheFlightCompletes) {
+    const std::string name = unique_name("door");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    Board *b = new_board();
+    const pid_t leader = fork();
+    if (leader == 0) {
+        sf_group *lg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
+        sf_call *c = nullptr;
+        if (sf_group_begin(lg, "k", 1, &c) != SF_LEADER) _exit(3);
+        b->in_fn.store(1);
+        while (!b->release_fn.load()) {}
+        sf_call_set_bytes(c, "rung", 4);
+        sf_call_finish(c, 0);
+        sf_call_release(c);
+        sf_group_free(lg);
+        _exit(0);
+    }
+    ASSERT_TRUE(wait_until([&] { return b->in_fn.load() == 1; }));
+    sf_call *f = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &f), SF_FOLLOWER);
+    char address[256];
+    sf_u64 token = 0;
+    ASSERT_EQ(sf_call_doorbell(f, address, sizeof address, &token), SF_OK);
+    ASSERT_EQ(std::strncmp(address, "unix:", 5), 0);
+    EXPECT_EQ(sf_call_doorbell(f, address, 4, &token), SF_EINVAL) << "too short a buffer";
+    auto connect_and_send = [&](const char *addr, sf_u64 t) {
+        const int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un un {};
+        un.sun_family = AF_UNIX;
+        std::strncpy(un.sun_path, addr + 5, sizeof un.sun_path - 1);
+        EXPECT_EQ(connect(s, reinterpret_cast<sockaddr *>(&un), sizeof un), 0);
+        unsigned char bytes[8];
+        for (int i = 0; i < 8; ++i) bytes[i] = (unsigned char)(t >> (8 * i));
+        EXPECT_EQ(send(s, bytes, 8, 0), 8);
+        return s;
+    };
+    const int s = connect_and_send(address, token);
+    // A second waiter that gives up: it closes first, and nothing breaks.
+    const int quitter = connect_and_send(address, token);
+    close(quitter);
+    struct pollfd p = {s, POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 0), 0) << "not answered before the flight completes";
+    b->release_fn.store(1);
+    char byte = 0;
+    EXPECT_EQ(recv(s, &byte, 1, 0), 1) << "one byte once it completed";
+    EXPECT_EQ(recv(s, &byte, 1, 0), 0) << "then closed";
+    close(s);
+    sf_result *r = nullptr;
+    ASSERT_EQ(sf_call_wait(f, 0, &r, nullptr), SF_OK);
+    size_t n = 0;
+    const void *v = sf_result_bytes(r, &n);
+    EXPECT_EQ(std::string(static_cast<const char *>(v), n), "rung");
+    sf_result_release(r);
+    // Asked after completion: answered at once.
+    const int late = connect_and_send(address, token);
+    EXPECT_EQ(recv(late, &byte, 1, 0), 1);
+    close(late);
+    sf_call_release(f);
+    EXPECT_EQ(wait_child(leader), 0);
+    // A local group has no doorbell.
+    sf_group *local = nullptr;
+    ASSERT_EQ(sf_group_new(&local, nullptr), SF_OK);
+    sf_call *lc = nullptr;
+    ASSERT_EQ(sf_group_begin(local, "k", 1, &lc), SF_LEADER);
+    EXPECT_EQ(sf_call_doorbell(lc, address, sizeof address, &token), SF_ESTATE);
+    sf_call_finish(lc, 0);
+    sf_call_release(lc);
+    sf_group_free(local);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
 // Giving up across processes: the leader's process hears of the
 // abandonment (its abandon callback runs there) when the last interested
 // caller, in another process, gives up.
@@ -875,6 +954,163 @@ TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
     EXPECT_EQ(st.processes, 1u);
     EXPECT_EQ(sf_group_free(mine), SF_OK);
     munmap(mem, sizeof(Inside));
+}
+
+// ---------------------------------------------------------------------------
+// Death at every named point of publish, join, complete and free: a child
+// process is killed (SIGKILL) exactly there, and the survivors go on with
+// nothing lost or stuck: the key leads afresh or completes, values are
+// right, and the table and arena come back to what they held before.
+// ---------------------------------------------------------------------------
+
+// What the segment holds, read through a mapping of the test's own: the
+// records in use (each stripe keeps its exact count) and the arena bytes.
+struct Usage {
+    uint64_t in_use, arena_used;
+};
+Usage usage_of(const std::string &name) {
+    Usage u{~0ull, ~0ull};
+    const int fd = open(shm_file(name).c_str(), O_RDONLY);
+    if (fd < 0) return u;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return u;
+    }
+    void *p = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return u;
+    auto *h = static_cast<const sf::shm::Header *>(p);
+    auto *stripes =
+        reinterpret_cast<const sf::shm::Stripe *>(static_cast<const char *>(p) + h->off_stripes);
+    u.in_use = 0;
+    for (uint32_t s = 0; s < h->stripes; ++s) u.in_use += stripes[s].used;
+    u.arena_used = h->arena_used.load();
+    munmap(p, size_t(st.st_size));
+    return u;
+}
+
+struct Scenario {
+    const char *point;
+    // What the child does (it is killed at `point` on the way); the parent
+    // may lead key "k" first (parent_leads) so that the child joins.
+    bool parent_leads;
+    void (*child)(sf_group *g, Board *b);
+};
+
+const std::string kBig(300, 'B');  // a value in the arena
+
+void child_do(sf_group *g, Board *) {
+    sf_result *r = nullptr;
+    sf_group_do(
+        g, "k", 1,
+        [](sf_call *c, void *) {
+            return sf_call_set_bytes(c, kBig.data(), kBig.size()) == SF_OK ? 0 : 1;
+        },
+        nullptr, &r, nullptr);
+    sf_result_release(r);
+}
+
+void child_two_phase_big(sf_group *g, Board *) {
+    sf_call *c = nullptr;
+    if (sf_group_begin(g, "k", 1, &c) != SF_LEADER) return;
+    sf_call_set_bytes(c, kBig.data(), kBig.size());
+    sf_call_finish(c, 0);
+    sf_call_release(c);
+}
+
+void child_follow_then_release(sf_group *g, Board *b) {
+    sf_call *c = nullptr;
+    if (sf_group_begin(g, "k", 1, &c) != SF_FOLLOWER) return;
+    b->ready.store(1);
+    sf_result *r = nullptr;
+    sf_call_wait(c, -1, &r, nullptr);
+    sf_result_release(r);
+    sf_call_release(c);
+}
+
+void child_follow_then_cancel(sf_group *g, Board *b) {
+    sf_call *c = nullptr;
+    if (sf_group_begin(g, "k", 1, &c) != SF_FOLLOWER) return;
+    b->ready.store(1);
+    sf_call_cancel(c);
+    sf_call_release(c);
+}
+
+const Scenario kScenarios[] = {
+    {"publish.allocated", false, child_do},
+    {"publish.linked", false, child_do},
+    {"join.marked", true, child_follow_then_release},
+    {"value.stored", false, child_two_phase_big},
+    {"complete.unlinked", false, child_two_phase_big},
+    {"complete.published", false, child_two_phase_big},
+    {"release.cleared", true, child_follow_then_release},
+    {"free.unlinked", false, child_do},
+    {"leave.cleared", true, child_follow_then_cancel},
+};
+
+TEST(SharedCrash, EveryNamedPointIsCovered) {
+    ASSERT_EQ(sizeof kScenarios / sizeof kScenarios[0], size_t(sf::testing_shm::kKillPointCount));
+    for (int i = 0; i < sf::testing_shm::kKillPointCount; ++i)
+        EXPECT_STREQ(kScenarios[i].point, sf::testing_shm::kKillPoints[i]);
+}
+
+TEST(SharedCrash, DeathAtEachNamedPointLeavesTheSurvivorsWhole) {
+    for (const Scenario &sc : kScenarios) {
+        SCOPED_TRACE(sc.point);
+        const std::string name = unique_name("crash");
+        sf_group *g = open_named(name);
+        ASSERT_TRUE(g);
+        Board *b = new_board();
+        const Usage before = usage_of(name);
+        sf_call *lead = nullptr;
+        if (sc.parent_leads) ASSERT_EQ(sf_group_begin(g, "k", 1, &lead), SF_LEADER);
+        const pid_t kid = fork();
+        ASSERT_GE(kid, 0);
+        if (kid == 0) {
+            sf_group *cg = nullptr;
+            if (sf_group_open_shared(name.c_str(), nullptr, &cg) != SF_OK) _exit(2);
+            sf::testing_shm::kill_at(sc.point);
+            sc.child(cg, b);
+            _exit(9);  // the point was never reached: the test fails below
+        }
+        if (sc.parent_leads) {
+            // The child joins (killed there, or goes on to wait); then the parent
+            // finishes with a value, and may itself be the last to hold.
+            // The group counts a follower before its joining can be cut.
+            ASSERT_TRUE(wait_until([&] { return stats(g).followers >= 1; }));
+            sf_call_set_bytes(lead, kBig.data(), kBig.size());
+            sf_call_finish(lead, 0);
+        }
+        const int st = wait_child(kid);
+        EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+            << "the child reached the point and died there (status " << st << ")";
+        if (lead) sf_call_release(lead);
+        // The survivor goes on: the key completes or leads afresh.
+        sf_result *r = nullptr;
+        const int rc = sf_group_do(
+            g, "k", 1,
+            [](sf_call *c, void *) { return sf_call_set_bytes(c, "after", 5) == SF_OK ? 0 : 1; },
+            nullptr, &r, nullptr);
+        EXPECT_TRUE(rc == SF_OK || rc == SF_EGOEXIT) << sf_err_name(rc);
+        sf_result_release(r);
+        EXPECT_EQ(sf_group_do(
+                      g, "k2", 2, [](sf_call *, void *) { return 0; }, nullptr, nullptr, nullptr),
+                  SF_OK);
+        // Nothing is lost: once the dead child is reaped, the table and the
+        // arena hold what they held before it.
+        EXPECT_TRUE(wait_until([&] {
+            const Usage u = usage_of(name);
+            return u.in_use == before.in_use && u.arena_used == before.arena_used;
+        })) << "in use "
+            << usage_of(name).in_use << " (was " << before.in_use << "), arena "
+            << usage_of(name).arena_used << " (was " << before.arena_used << ")";
+        EXPECT_TRUE(wait_until([&] { return stats(g).processes == 1; })) << "the child is reaped";
+        EXPECT_EQ(stats(g).in_flight, 0u);
+        EXPECT_EQ(sf_group_free(g), SF_OK);
+        EXPECT_FALSE(exists(shm_file(name)));
+        munmap(b, sizeof *b);
+    }
 }
 
 }  // namespace

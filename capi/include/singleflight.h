@@ -464,6 +464,21 @@ SF_API int sf_call_on_done(sf_call *call, sf_done_fn done, void *payload);
  * SF_ENOMEM. */
 SF_API int sf_call_fd(sf_call *call);
 
+/* Since 1.2 (SF_1.2).  For an event loop in a process of a shared group
+ * that can connect a stream socket but cannot poll a descriptor
+ * (OpenResty's cosockets): writes into address (len bytes, NUL-terminated)
+ * this process's doorbell, "unix:<path>", and into *token the 8 bytes to
+ * send on a connection to it, least significant byte first.  The library
+ * answers with one byte, then closes, once the flight has completed (at
+ * once if it has): read it, then sf_call_wait with timeout 0.  Closing the
+ * connection first costs nothing.  Served by the process's helper thread;
+ * no thread blocks per waiter.  SF_OK; SF_ESTATE for a call of a group of
+ * one process (use sf_call_fd) or of sf_group_do; SF_EINVAL for NULL
+ * arguments or an address longer than len; SF_ENOMEM when the process has
+ * no doorbell (its path was too long for a socket address). */
+SF_API int sf_call_doorbell(sf_call *call, char *address, size_t len,
+                            sf_u64 *token);
+
 /* Drops the handle.  A leader that releases before finishing completes the
  * flight as SF_EGOEXIT for every follower (Go's Goexit), so nobody hangs.
  * The call's eventfd, if sf_call_fd made one, is closed at once, even while

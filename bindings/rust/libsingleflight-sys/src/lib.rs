@@ -260,6 +260,8 @@ extern "C" {
     /// Since 1.2: the two-phase leader's work runs on the calling thread, so
     /// a follower waiting forever there is `SF_EDEADLK`.
     pub fn sf_call_lead_here(call: *mut sf_call) -> c_int;
+    /// Since 1.2: a shared group's doorbell address and token for this call.
+    pub fn sf_call_doorbell(call: *mut sf_call, address: *mut c_char, len: usize, token: *mut sf_u64) -> c_int;
     /// Since 1.2: stores a copy of `len` bytes as the flight's value.
     pub fn sf_call_set_bytes(call: *mut sf_call, data: *const c_void, len: usize) -> c_int;
     /// Since 1.2: the value stored as bytes, and its length.
