@@ -17,8 +17,13 @@
 // (the done callback or the give-up), a leader's only by the code that
 // finishes the flight.
 //
-// Everything here is called from the generated JNI wrappers, which catch
-// C++ exceptions; the callbacks below are noexcept and leave no Java
+// The uncontended path (a Java leader that nobody joined in C) crosses JNI
+// twice, begin and finish, through two hand-written natives of AsyncFlight
+// (at the end of this file) that take and return only primitives: the key
+// arrives packed in three longs when it is up to 24 bytes, the handle and
+// the role go back in one long, and neither calls a JNI function.  The rest
+// is called from the generated SWIG wrappers, which catch C++ exceptions;
+// the hand-written natives and the callbacks are noexcept and leave no Java
 // exception pending.
 #ifndef SFJAVA_ASYNC_HPP
 #define SFJAVA_ASYNC_HPP
@@ -27,6 +32,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -110,7 +116,6 @@ struct Upcalls {
     jclass cls = nullptr;           // AsyncFlight, a global reference
     jmethodID delivered = nullptr;  // static long delivered(AsyncFlight, int, Object, String)
     jmethodID abandoned = nullptr;  // static void abandoned(AsyncFlight)
-    jfieldID handle = nullptr;      // long handle
     jfieldID abandon = nullptr;     // long abandonPayload
 };
 inline Upcalls &upcalls() {
@@ -118,27 +123,68 @@ inline Upcalls &upcalls() {
     return u;
 }
 
-// Keeps the C group alive while any callAsync handle of it is unreleased:
-// one reference for the Java Group (dropped by close() or its Cleaner), one
-// per unreleased handle.  sf_group_free would refuse (SF_EBUSY) a group with
-// a handle out, so the last of them frees it instead.
+// callAsync's view of a C group.  Two things must stay alive, each for its
+// own users, without a lock on the path of every call:
+//
+//  - the C group (`group`), used by begins and by the handles they made.
+//    `uses` counts the handles not yet released and the begins in progress;
+//    its kClosed bit is set once, by close_group (Group.close, or the
+//    Cleaner).  A begin counts itself in only while the bit is clear (a CAS,
+//    so no count lands after it), and whoever brings `uses` to exactly
+//    kClosed, closing or releasing, drops the group: sf_group_free would
+//    refuse (SF_EBUSY) a group with a handle out, so the last of them frees
+//    it instead.
+//  - this struct, read by every begin and every release.  `owners` is one
+//    for the Java Group, dropped only by its Cleaner, once no Java code can
+//    begin on it any more (callAsync keeps the Group reachable until its
+//    begin has returned), and one for the group, dropped with it.  A closed
+//    Group's struct, a few words, stays until the Group is collected.
 struct AsyncGroup {
     explicit AsyncGroup(std::shared_ptr<sf_group> g) : group(std::move(g)) {}
+    static constexpr long kClosed = 1L << 62;
     std::shared_ptr<sf_group> group;
-    std::atomic<long> refs{1};
+    std::atomic<long> uses{0};
+    std::atomic<int> owners{2};
 };
 
 inline AsyncGroup *as_group(long long p) { return reinterpret_cast<AsyncGroup *>(p); }
 inline sf_call *as_call(long long p) { return reinterpret_cast<sf_call *>(p); }
 
-inline void unref(AsyncGroup *ag) noexcept {
-    if (ag->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete ag;
+inline void drop_owner(AsyncGroup *ag) noexcept {
+    if (ag->owners.fetch_sub(1, std::memory_order_acq_rel) == 1) delete ag;
 }
 
-// Releases a handle that the Java side has claimed, and its group reference.
+// Closed and unused: nobody reads `group` any more.
+inline void drop_group(AsyncGroup *ag) noexcept {
+    ag->group.reset();
+    drop_owner(ag);
+}
+
+// A begin counts itself in; false once the group is closed.
+inline bool acquire_use(AsyncGroup *ag) noexcept {
+    long n = ag->uses.load(std::memory_order_relaxed);
+    do {
+        if (n & AsyncGroup::kClosed) return false;
+    } while (!ag->uses.compare_exchange_weak(n, n + 1, std::memory_order_acquire,
+                                             std::memory_order_relaxed));
+    return true;
+}
+
+// A handle released, or a begin that made none.
+inline void release_use(AsyncGroup *ag) noexcept {
+    if (ag->uses.fetch_sub(1, std::memory_order_acq_rel) == AsyncGroup::kClosed + 1) drop_group(ag);
+}
+
+// Takes no more begins; the group goes with the last handle.  Idempotent.
+inline void close_group(AsyncGroup *ag) noexcept {
+    long n = ag->uses.fetch_or(AsyncGroup::kClosed, std::memory_order_acq_rel);
+    if (n == 0) drop_group(ag);
+}
+
+// Releases a handle that the Java side has claimed, and its use of the group.
 inline void release_call(AsyncGroup *ag, sf_call *call) noexcept {
     sf_call_release(call);
-    unref(ag);
+    release_use(ag);
 }
 
 // A follower's done callback payload: its future, held by a global reference
@@ -250,8 +296,6 @@ inline void async_init(JNIEnv *jenv_, jobject klass) {
     u.abandoned =
         jenv_->GetStaticMethodID(cls, "abandoned", "(Lio/github/libsingleflight/AsyncFlight;)V");
     if (!u.abandoned) return;
-    u.handle = jenv_->GetFieldID(cls, "handle", "J");
-    if (!u.handle) return;
     u.abandon = jenv_->GetFieldID(cls, "abandonPayload", "J");
     if (!u.abandon) return;
     u.cls = static_cast<jclass>(jenv_->NewGlobalRef(cls));
@@ -259,38 +303,38 @@ inline void async_init(JNIEnv *jenv_, jobject klass) {
     upcalls() = u;
 }
 
-// The C group behind g, with one reference for the Java Group that asked.
-// Drop it with async_group_drop.
+// The C group behind g, for callAsync: close it with async_group_close
+// (Group.close) and, once the Java Group is unreachable, drop it with
+// async_group_drop (its Cleaner).
 inline long long async_group_new(sfswig::Group *g) {
     if (!g) throw sfswig::Error(SF_EINVAL, "async_group_new");
     return reinterpret_cast<long long>(new AsyncGroup(g->handle()));
 }
 
-inline void async_group_drop(long long ag) {
-    if (ag) unref(as_group(ag));
+// Takes no more begins (they return 0); the C group goes with the last
+// handle.  Idempotent; the struct stays valid for async_group_drop.
+inline void async_group_close(long long ag) {
+    if (ag) close_group(as_group(ag));
 }
 
-// Starts or joins the key's C flight for flight, an AsyncFlight.  Stores the
-// handle in flight.handle and, for a follower, registers the done callback
-// that completes flight (possibly at once, on this thread).  Returns
-// SF_LEADER or SF_FOLLOWER.
-inline int async_begin(JNIEnv *jenv_, long long agp, const char *akey, size_t akey_len,
-                       jobject flight) {
+// The Java Group is gone: closes, and drops the Group's ownership of the
+// struct.  Once only, from the Cleaner.
+inline void async_group_drop(long long ag) {
+    if (!ag) return;
+    close_group(as_group(ag));
+    drop_owner(as_group(ag));
+}
+
+// A follower flight's handle, from AsyncFlight.begin0, which already stored
+// it in flight.handle: registers the done callback that completes flight
+// (possibly at once, on this thread).  On failure the handle is released.
+inline void async_follow(JNIEnv *jenv_, long long agp, long long callp, jobject flight) {
     AsyncGroup *ag = as_group(agp);
-    const Upcalls &u = upcalls();
-    sf_call *call = nullptr;
-    int role = sf_group_begin(ag->group.get(), akey, akey_len, &call);
-    if (role != SF_LEADER && role != SF_FOLLOWER) throw sfswig::Error(role, "sf_group_begin");
-    ag->refs.fetch_add(1, std::memory_order_relaxed);
-    jenv_->SetLongField(flight, u.handle, reinterpret_cast<jlong>(call));
-    // A leader needs no callback until it gives up (async_cancel).
-    if (role == SF_LEADER) return role;
+    sf_call *call = as_call(callp);
     try {
         register_payload(jenv_, flight, new FollowerPayload{nullptr, ag}, "sf_call_on_done",
                          [call](FollowerPayload *p) { return sf_call_on_done(call, on_done, p); });
-        return role;
     } catch (...) {
-        jenv_->SetLongField(flight, u.handle, 0);
         release_call(ag, call);
         throw;
     }
@@ -311,7 +355,7 @@ inline int async_finish(JNIEnv *jenv_, long long agp, long long callp, long long
     int rc = failed ? 1 : sf_call_finish_unshared(call, 0);
     if (rc == 0) {
         if (lp) drop(lp, jenv_, 2);
-        unref(as_group(agp));
+        release_use(as_group(agp));
         return 0;
     }
     if (rc != 1) throw sfswig::Error(rc, "sf_call_finish_unshared");
@@ -370,6 +414,76 @@ inline int async_cancel(JNIEnv *jenv_, long long agp, long long callp, jobject f
 
 // Global references made by the async path and not yet deleted.
 inline long long async_live_refs() { return live_refs().load(); }
+
+// The name of a status begin0 returned ("SF_ENOMEM"), for its exception.
+inline const char *async_status_name(int rc) { return sf_err_name(rc); }
+
+#ifndef SWIG
+// ---- hand-written natives of AsyncFlight (the uncontended path) ------------
+
+// The bytes of a key packed by AsyncFlight (beginAscii, beginBytes): byte i
+// is bits 8*(i%8).. of k[i/8], i.e. the longs' little-endian bytes in order.
+// out has room for 24 bytes.
+inline void unpack_key(jlong k0, jlong k1, jlong k2, jint len, char *out) noexcept {
+    const jlong k[3] = {k0, k1, k2};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    (void)len;
+    std::memcpy(out, k, sizeof k);  // one fixed-size copy; bytes past len are ignored
+#else
+    for (jint i = 0; i < len; i++)
+        out[i] = static_cast<char>(static_cast<unsigned long long>(k[i / 8]) >> (8 * (i % 8)));
+#endif
+}
+
+// AsyncFlight.begin0: starts or joins the key's C flight.  The key is
+// k0..k2 (len bytes, len <= 24) when big is null, else big's bytes.
+// Returns the new handle with bit 0 set for a follower (handles are
+// aligned), 0 when the group is closed, or a negative SF_E* status.  The
+// handle counts as a use of the group until it is released.
+extern "C" JNIEXPORT jlong JNICALL Java_io_github_libsingleflight_AsyncFlight_begin0(
+    JNIEnv *env, jclass, jlong agp, jlong k0, jlong k1, jlong k2, jint len, jbyteArray big) {
+    AsyncGroup *ag = as_group(agp);
+    char small[256];
+    std::unique_ptr<char[]> heap;
+    const char *key = small;
+    size_t key_len = 0;
+    if (!big) {
+        if (len < 0 || len > 24) return SF_EINVAL;
+        unpack_key(k0, k1, k2, len, small);
+        key_len = static_cast<size_t>(len);
+    } else {
+        const jsize n = env->GetArrayLength(big);
+        if (static_cast<size_t>(n) > sizeof small) {
+            heap.reset(new (std::nothrow) char[static_cast<size_t>(n)]);
+            if (!heap) return SF_ENOMEM;
+            key = heap.get();
+        }
+        env->GetByteArrayRegion(big, 0, n, reinterpret_cast<jbyte *>(const_cast<char *>(key)));
+        key_len = static_cast<size_t>(n);
+    }
+    if (!acquire_use(ag)) return 0;
+    sf_call *call = nullptr;
+    const int role = sf_group_begin(ag->group.get(), key, key_len, &call);
+    if (role != SF_LEADER && role != SF_FOLLOWER) {
+        release_use(ag);
+        return role < 0 ? role : SF_EINVAL;
+    }
+    return static_cast<jlong>(reinterpret_cast<uintptr_t>(call)) | (role == SF_FOLLOWER ? 1 : 0);
+}
+
+// AsyncFlight.finish0: a leader's flight that its stage completed with a
+// value.  0: nobody joined in C; finished, the handle released and its use
+// of the group dropped.  1: someone did; nothing changed, finish the long
+// way (async_finish).  Anything else is sf_call_finish_unshared's error.
+extern "C" JNIEXPORT jint JNICALL Java_io_github_libsingleflight_AsyncFlight_finish0(JNIEnv *,
+                                                                                     jclass,
+                                                                                     jlong agp,
+                                                                                     jlong callp) {
+    const int rc = sf_call_finish_unshared(as_call(callp), 0);
+    if (rc == 0) release_use(as_group(agp));
+    return rc;
+}
+#endif  // SWIG
 
 // ---- for tests: a caller on a thread the JVM does not know ------------------
 

@@ -5,13 +5,13 @@ import io.github.libsingleflight.internal.singleflight_coreConstants;
 
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
-import java.util.ArrayList;
-import java.util.Arrays;
+import java.nio.charset.StandardCharsets;
 import java.util.concurrent.CancellationException;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.CompletionStage;
-import java.util.concurrent.ConcurrentMap;
 import java.util.concurrent.Executor;
+import java.util.function.BiConsumer;
 import java.util.function.Supplier;
 
 /**
@@ -30,22 +30,33 @@ import java.util.function.Supplier;
  * ({@link #delivered}) on the thread that completes the C flight; a leader flight by its own code
  * when the stage completes. Either way the outcome reaches every waiter on that thread.
  *
+ * <p>The uncontended path (one caller, a leader nobody joins) is: one map insert, {@link #begin0}
+ * (the key packed into longs, no JNI function called), fn, {@link #finish0}, one map removal and
+ * the caller's completion. No lock, no thread-local, no {@code whenComplete} for a stage that is
+ * already complete, and the key is encoded once, by the leader only.
+ *
  * <p>Who touches the handle when: a follower flight's handle is released by whoever swaps {@link
  * #handle} to 0 first (the done callback or giving up). A leader flight's is used by giving up and
  * by finishing, never both at once and never after finishing, which {@link #leaderState}
  * arbitrates: a stage completing while the give-up is inside C (on another thread, or on this one,
  * when the abandon callback cancels the stage) leaves the finishing to the give-up, after C
- * returns.
+ * returns. Which of the two comes first is decided by {@link #joined}: the stage completing sets
+ * CLOSED and STAGE_DONE in one step, the last waiter leaving sets CLOSED; a stage that finds the
+ * flight still open knows no give-up has happened or ever will, and finishes without {@link
+ * #leaderState}.
  */
-final class AsyncFlight<T> {
+final class AsyncFlight<T> implements BiConsumer<T, Throwable> {
     static {
         NativeLibrary.load();
         singleflight_core.async_init(AsyncFlight.class);
     }
 
     // joined: the number of interested waiters; the CLOSED bit once the
-    // flight takes none any more (it completed, or every waiter left).
+    // flight takes none any more (it completed, or every waiter left), and
+    // with it, for a leader, STAGE_DONE once its stage completed (so that a
+    // stage calling its action twice finishes once).
     private static final int CLOSED = Integer.MIN_VALUE;
+    private static final int STAGE_DONE = 1 << 30;
 
     // leaderState bits.
     private static final int GAVE_UP = 1; // the handle gave up (once)
@@ -73,23 +84,29 @@ final class AsyncFlight<T> {
         }
     }
 
-    // The leader flights whose fn runs on this thread now (Group.execute: a
-    // blocking call for such a key would wait for itself).
-    private static final ThreadLocal<ArrayList<AsyncFlight<?>>> IN_FN = ThreadLocal.withInitial(ArrayList::new);
-
-    private final ConcurrentMap<Object, AsyncFlight<?>> flights; // the group's, to leave it
-    private final Object mapKey;
+    private final AsyncFlights flights; // the group's, to leave it
+    final Object mapKey; // a String, or an AsyncFlights.ByteKey
+    final int slot; // its place in flights: a slot, or -1 for the map
     private long group; // the native AsyncGroup, kept alive by this flight's handle
-    private byte[] key;
 
-    private volatile int joined = 1; // its creator
+    private volatile int joined; // 1, its creator, from the constructor on
     private volatile AsyncCaller<T> waiters;
+    private final AsyncCaller<T> first; // its creator's
 
-    // Written by native async_begin (also read there, by name).
-    @SuppressWarnings("unused")
+    // The C handle: a follower's is claimed (swapped to 0) by whoever
+    // releases it, the done callback or giving up.
     private volatile long handle;
+    // Written by native async_cancel (by name).
     @SuppressWarnings("unused")
     private long abandonPayload;
+
+    // The thread running this leader's fn right now, else null.  A blocking
+    // call for the key on that thread would wait for itself (Group.execute
+    // asks).  Plain: only the thread that wrote it can find itself in it.
+    Thread fnThread;
+    // Once fn has returned, or will never run.  Plain: read only to drop
+    // orphans (AsyncFlights), where a stale false keeps one a little longer.
+    private boolean fnOver;
 
     private boolean leader;
     private volatile int leaderState;
@@ -100,9 +117,18 @@ final class AsyncFlight<T> {
     private T value;
     private Throwable failure;
 
-    AsyncFlight(ConcurrentMap<Object, AsyncFlight<?>> flights, Object mapKey) {
+    /**
+     * A flight whose first waiter is {@code first}. Plain writes: the map insert that publishes the
+     * flight orders them before anyone else can see it.
+     */
+    AsyncFlight(AsyncFlights flights, Object mapKey, int slot, AsyncCaller<T> first) {
         this.flights = flights;
         this.mapKey = mapKey;
+        this.slot = slot;
+        this.first = first;
+        first.flight = this;
+        JOINED.set(this, 1);
+        WAITERS.set(this, first);
     }
 
     /** Adds a waiter to a flight that is still open; false when it is closed. */
@@ -130,19 +156,79 @@ final class AsyncFlight<T> {
         }
     }
 
+    // Hand-written natives in sfjava_async.hpp.  begin0 returns the handle
+    // with bit 0 set for a follower, 0 when the group is closed, or a
+    // negative SF_E* status; the key is k0..k2 (len bytes) unless big is
+    // given.  finish0 returns sf_call_finish_unshared's status.
+    private static native long begin0(long group, long k0, long k1, long k2, int len, byte[] big);
+
+    private static native int finish0(long group, long handle);
+
     /**
-     * Its creator's part, under the group's read lock: starts or joins key's flight in C. True
-     * when this flight leads it: then call {@link #lead}.
+     * Its creator's part: starts or joins the key's flight in C. The key is {@code bytes} when
+     * given, else {@code key}'s UTF-8 encoding. True when this flight leads it: then call {@link
+     * #lead}. Throws {@link IllegalStateException} when the group is closed.
      */
-    boolean begin(long asyncGroup, byte[] key) {
+    boolean begin(long asyncGroup, String key, byte[] bytes) {
         this.group = asyncGroup;
-        this.key = key;
-        leader = singleflight_core.async_begin(asyncGroup, key, this) == singleflight_coreConstants.LEADER;
-        return leader;
+        long r;
+        if (bytes == null && key.length() <= 24) {
+            r = beginAscii(asyncGroup, key);
+        } else {
+            r = beginBytes(asyncGroup, bytes != null ? bytes : key.getBytes(StandardCharsets.UTF_8));
+        }
+        if (r == 0) throw new IllegalStateException("singleflight group is closed");
+        if (r < 0) throw new RuntimeException("sf_group_begin: " + singleflight_core.async_status_name((int) r));
+        if ((r & 1) == 0) {
+            HANDLE.set(this, r);
+            leader = true;
+            return true;
+        }
+        long h = r & ~1L;
+        // Stored before the callback is registered: from then on it may run
+        // (on another thread, or here) and claim it.
+        handle = h;
+        try {
+            singleflight_core.async_follow(asyncGroup, h, this);
+        } catch (RuntimeException | Error e) {
+            handle = 0; // async_follow released it
+            throw e;
+        }
+        return false;
+    }
+
+    // A key of up to 24 chars, all ASCII: its UTF-8 bytes are its chars,
+    // packed little-end first into three longs, with no array made.
+    private static long beginAscii(long group, String key) {
+        long k0 = 0, k1 = 0, k2 = 0;
+        int n = key.length();
+        for (int i = 0; i < n; i++) {
+            char c = key.charAt(i);
+            if (c >= 0x80) return beginBytes(group, key.getBytes(StandardCharsets.UTF_8));
+            long b = (long) c << ((i & 7) << 3);
+            if (i < 8) k0 |= b;
+            else if (i < 16) k1 |= b;
+            else k2 |= b;
+        }
+        return begin0(group, k0, k1, k2, n, null);
+    }
+
+    private static long beginBytes(long group, byte[] key) {
+        int n = key.length;
+        if (n > 24) return begin0(group, 0, 0, 0, n, key);
+        long k0 = 0, k1 = 0, k2 = 0;
+        for (int i = 0; i < n; i++) {
+            long b = (key[i] & 0xffL) << ((i & 7) << 3);
+            if (i < 8) k0 |= b;
+            else if (i < 16) k1 |= b;
+            else k2 |= b;
+        }
+        return begin0(group, k0, k1, k2, n, null);
     }
 
     /** When begin failed: every waiter gets t. */
     void fail(Throwable t) {
+        JOINED.getAndBitwiseOr(this, CLOSED);
         publish(null, t);
     }
 
@@ -155,6 +241,7 @@ final class AsyncFlight<T> {
         try {
             executor.execute(() -> start(fn));
         } catch (Throwable rejected) {
+            fnOver = true;
             stageDone(null, rejected);
         }
     }
@@ -165,48 +252,90 @@ final class AsyncFlight<T> {
         return n < 0 ? 0 : n;
     }
 
-    /** Whether a leader flight of key in group is running its fn on this thread. */
-    static boolean fnRunsHere(long group, byte[] key) {
-        for (AsyncFlight<?> f : IN_FN.get()) {
-            if (f.group == group && Arrays.equals(f.key, key)) return true;
-        }
-        return false;
+    /** Whether this flight's fn may run now or later (a leader whose fn has not returned). */
+    boolean mayRunFn() {
+        return leader && !fnOver;
     }
 
     private void start(Supplier<? extends CompletionStage<T>> fn) {
         if (abandoned) {
+            fnOver = true;
             stageDone(null, new CancellationException("singleflight: every caller gave up before fn ran"));
             return;
         }
         CompletionStage<T> s = null;
         Throwable thrown = null;
-        ArrayList<AsyncFlight<?>> running = IN_FN.get();
-        running.add(this);
+        Thread outer = fnThread; // a fn of this flight already running here (an executor running inline)
+        fnThread = Thread.currentThread();
         try {
             s = fn.get();
             if (s == null) thrown = new NullPointerException("singleflight: fn returned no CompletionStage");
         } catch (Throwable t) {
             thrown = t;
         } finally {
-            running.remove(running.size() - 1);
+            fnThread = outer;
+            fnOver = true;
         }
         if (thrown != null) {
             stageDone(null, thrown);
             return;
         }
+        // A plain CompletableFuture that already has its value: finish now,
+        // without a dependent (whenComplete makes a future of its own).  Only
+        // the exact class: a subclass (a minimal stage) may refuse getNow.
+        if (s.getClass() == CompletableFuture.class) {
+            CompletableFuture<T> cf = (CompletableFuture<T>) s;
+            if (cf.isDone() && !cf.isCompletedExceptionally()) {
+                stageDone(cf.getNow(null), null);
+                return;
+            }
+        }
         stage = s;
         // Abandoned between the check above and now: the callback may have
         // found no stage to cancel.  Cancelling twice is harmless.
         if (abandoned) cancelStage(s);
-        s.whenComplete(this::stageDone);
+        s.whenComplete(this);
+    }
+
+    /** The stage's outcome ({@code whenComplete}); the first call counts, any later is ignored. */
+    @Override
+    public void accept(T v, Throwable e) {
+        stageDone(v, e);
     }
 
     private void stageDone(T v, Throwable e) {
+        int before = (int) JOINED.getAndBitwiseOr(this, CLOSED | STAGE_DONE);
+        if ((before & STAGE_DONE) != 0) return; // the stage called its action twice
         if (e != null) {
             failure = e instanceof CompletionException && e.getCause() != null ? e.getCause() : e;
         } else {
             value = v;
         }
+        if (before >= 0) {
+            // Still open: nobody gave up, and now nobody can (leave() finds
+            // it CLOSED), so no give-up is in C.  A value nobody joined for in
+            // C finishes with two primitives; the rest goes the long way.
+            if (e == null) {
+                int rc;
+                try {
+                    rc = finish0(group, handle);
+                } catch (Throwable vmError) {
+                    rc = 1; // the long way releases the handle whatever happens
+                }
+                if (rc == 0) {
+                    if (before == 1 && !first.isDone()) {
+                        publishAlone(v);
+                    } else {
+                        publish(v, null);
+                    }
+                    return;
+                }
+            }
+            finish();
+            return;
+        }
+        // Every waiter left first: a give-up began.  Whoever of the two
+        // (this, or the give-up coming out of C) is last finishes.
         for (;;) {
             int s = leaderState;
             if (LEADER_STATE.compareAndSet(this, s, s | FINISHING)) {
@@ -221,9 +350,13 @@ final class AsyncFlight<T> {
     // this thread), then this flight's waiters.  Once.
     private void finish() {
         Throwable f = failure;
+        // Claimed, so that no path can finish a released handle twice.
+        long h = (long) HANDLE.getAndSet(this, 0L);
         try {
-            singleflight_core.async_finish(group, handle, abandonPayload, f == null ? value : f, f != null,
-                    f == null ? null : describe(f));
+            if (h != 0) {
+                singleflight_core.async_finish(group, h, abandonPayload, f == null ? value : f, f != null,
+                        f == null ? null : describe(f));
+            }
         } catch (Throwable t) {
             // Only a VM error gets here; C released the handle whatever
             // happened, and the waiters still get the outcome.
@@ -232,20 +365,38 @@ final class AsyncFlight<T> {
     }
 
     /**
-     * Takes no more waiters and serves every one that joined: those on the list now, and those
-     * that joined but are not on it yet (they find the list DONE).
+     * Serves every waiter that joined: those on the list now, and those that joined but are not on
+     * it yet (they find the list DONE). The flight is CLOSED already: it takes no more.
      */
     private void publish(T v, Throwable f) {
         value = v;
         failure = f;
-        JOINED.getAndBitwiseOr(this, CLOSED);
-        flights.remove(mapKey, this);
+        flights.remove(this);
         @SuppressWarnings("unchecked")
         AsyncCaller<T> list = (AsyncCaller<T>) WAITERS.getAndSet(this, DONE);
         while (list != null) {
             AsyncCaller<T> next = list.next;
             list.next = null;
             list.deliver(v, f);
+            list = next;
+        }
+    }
+
+    /**
+     * publish, when the flight closed with one waiter counted, its creator, still waiting: then no
+     * caller is between counting itself in and adding itself to the list (join does both before
+     * its future escapes, and that one would be counted), so the list is complete and nobody adds
+     * to it any more: served without the hand-off to DONE. Callers on it who left have completed
+     * their futures already and are skipped by deliver.
+     */
+    private void publishAlone(T v) {
+        value = v;
+        flights.remove(this);
+        AsyncCaller<T> list = waiters;
+        while (list != null) {
+            AsyncCaller<T> next = list.next;
+            list.next = null;
+            list.deliver(v, null);
             list = next;
         }
     }
@@ -276,6 +427,9 @@ final class AsyncFlight<T> {
             int n = joined;
             if (n < 0) return; // CLOSED: served, or given up already
             int next = n == 1 ? CLOSED : n - 1;
+            // The last one out takes the flight out of the map before its fn
+            // may have run (an executor): keep it findable meanwhile.
+            if (n == 1) flights.leavingEarly(this);
             if (JOINED.compareAndSet(this, n, next)) {
                 if (next == CLOSED) giveUp();
                 return;
@@ -284,7 +438,7 @@ final class AsyncFlight<T> {
     }
 
     private void giveUp() {
-        flights.remove(mapKey, this);
+        flights.remove(this);
         if (!leader) {
             long h = (long) HANDLE.getAndSet(this, 0L);
             if (h != 0) singleflight_core.async_cancel(group, h, this);
@@ -313,6 +467,7 @@ final class AsyncFlight<T> {
     // A follower flight's outcome, from the done callback.
     @SuppressWarnings("unchecked")
     private void settle(int status, Object v, String message) {
+        JOINED.getAndBitwiseOr(this, CLOSED);
         if (status == singleflight_coreConstants.OK) {
             publish((T) v, null);
         } else if (status == singleflight_coreConstants.EPANIC) {

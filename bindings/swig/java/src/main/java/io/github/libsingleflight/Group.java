@@ -7,17 +7,13 @@ import io.github.libsingleflight.internal.singleflight_core;
 import io.github.libsingleflight.internal.singleflight_coreConstants;
 
 import java.lang.ref.Cleaner;
-import java.nio.ByteBuffer;
-import java.nio.charset.CharacterCodingException;
-import java.nio.charset.CodingErrorAction;
+import java.lang.ref.Reference;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
-import java.util.Arrays;
 import java.util.Objects;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionStage;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -45,24 +41,25 @@ public final class Group implements AutoCloseable {
         NativeLibrary.load();
     }
 
-    // Guards the native handle against close(): calls hold the read lock only
-    // while they touch the group itself (begin, forget, stats); a flight in
-    // progress keeps the native group alive on its own.
+    // Guards the native handle against close(): blocking calls hold the read
+    // lock only while they touch the group itself (begin, forget, stats); a
+    // flight in progress keeps the native group alive on its own.  callAsync
+    // takes no lock: its native half counts begins in progress itself.
     private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
     private NativeGroup group = new NativeGroup();
 
-    // callAsync's reference to the C group (sfjava_async.hpp), made by the
-    // first callAsync and dropped by close() or, for a group never closed,
-    // by the cleaner; the handles of calls in progress hold their own.
+    // callAsync's view of the C group (sfjava_async.hpp's AsyncGroup), made
+    // by the first callAsync, closed by close() (begins fail from then on,
+    // and the C group goes with the last handle) and dropped by the cleaner
+    // once this Group is unreachable, so that a callAsync racing close()
+    // still finds it there.
     private final Object asyncInit = new Object();
     private volatile long asyncGroup;
-    private Cleaner.Cleanable asyncCleanup;
     private volatile boolean closed;
 
-    // The open async flights by key (a String, or a ByteKey for byte[] keys):
-    // callers of a key join its flight here without crossing into C.  The
-    // same bytes in both forms make two flights, which C coalesces.
-    private final ConcurrentHashMap<Object, AsyncFlight<?>> flights = new ConcurrentHashMap<>();
+    // The open async flights by key: callers of a key join its flight there
+    // without crossing into C.
+    private final AsyncFlights flights = new AsyncFlights();
 
     private static final class AsyncCleaner {
         static final Cleaner CLEANER = Cleaner.create();
@@ -162,64 +159,61 @@ public final class Group implements AutoCloseable {
 
     /** As {@link #callAsync(String, Supplier)}, for a key of arbitrary bytes (copied). */
     public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn) {
-        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        AsyncFlights.ByteKey k = new AsyncFlights.ByteKey(Objects.requireNonNull(key, "key").clone());
         return callAsync(k, k.bytes, fn, null);
     }
 
     /** As {@link #callAsync(String, Supplier, Executor)}, for a key of arbitrary bytes. */
     public <T> CompletableFuture<T> callAsync(byte[] key, Supplier<? extends CompletionStage<T>> fn,
             Executor executor) {
-        ByteKey k = new ByteKey(Objects.requireNonNull(key, "key").clone());
+        AsyncFlights.ByteKey k = new AsyncFlights.ByteKey(Objects.requireNonNull(key, "key").clone());
         return callAsync(k, k.bytes, fn, Objects.requireNonNull(executor, "executor"));
     }
 
-    // mapKey: the String, or the ByteKey whose bytes are `bytes`.
+    // mapKey: the String, or the ByteKey whose bytes are `bytes`.  No lock:
+    // a close() racing this makes the begin fail (IllegalStateException).
     @SuppressWarnings("unchecked")
     private <T> CompletableFuture<T> callAsync(Object mapKey, byte[] bytes,
             Supplier<? extends CompletionStage<T>> fn, Executor executor) {
         Objects.requireNonNull(fn, "fn");
         if (closed) throw new IllegalStateException("singleflight group is closed");
+        long ag = asyncGroup;
+        if (ag == 0) ag = asyncGroupInit();
         AsyncCaller<T> caller = new AsyncCaller<>();
-        for (;;) {
-            AsyncFlight<T> f = (AsyncFlight<T>) flights.get(mapKey);
-            if (f == null) {
-                AsyncFlight<T> mine = new AsyncFlight<>(flights, mapKey);
-                f = (AsyncFlight<T>) flights.putIfAbsent(mapKey, mine);
-                if (f == null) {
-                    mine.add(caller);
-                    boolean leads;
-                    lock.readLock().lock();
-                    try {
-                        leads = mine.begin(asyncGroup(), bytes != null ? bytes : utf8(mapKey.toString()));
-                    } catch (Throwable t) {
-                        mine.fail(t);
-                        throw t;
-                    } finally {
-                        lock.readLock().unlock();
-                    }
-                    if (leads) mine.lead(fn, executor);
-                    return caller;
-                }
-            }
-            if (f.join(caller)) return caller;
-            flights.remove(mapKey, f); // closed: make room for a new one
+        AsyncFlight<T> mine = flights.joinOrCreate(mapKey, caller);
+        if (mine == null) return caller; // joined a flight in Java
+        boolean leads;
+        try {
+            leads = mine.begin(ag, bytes == null ? (String) mapKey : null, bytes);
+        } catch (Throwable t) {
+            mine.fail(t);
+            throw t;
+        } finally {
+            // The cleaner drops the native group only once this Group is
+            // unreachable: not before begin returned.
+            Reference.reachabilityFence(this);
         }
+        if (leads) mine.lead(fn, executor);
+        return caller;
     }
 
-    // Under the read lock.
-    private long asyncGroup() {
-        long ag = asyncGroup;
-        if (ag != 0) return ag;
-        NativeGroup g = open();
-        synchronized (asyncInit) {
-            ag = asyncGroup;
-            if (ag == 0) {
-                ag = singleflight_core.async_group_new(g);
-                final long drop = ag;
-                asyncCleanup = AsyncCleaner.CLEANER.register(this, () -> singleflight_core.async_group_drop(drop));
-                asyncGroup = ag;
+    // The first callAsync: makes the native view of the group.
+    private long asyncGroupInit() {
+        lock.readLock().lock();
+        try {
+            NativeGroup g = open();
+            synchronized (asyncInit) {
+                long ag = asyncGroup;
+                if (ag == 0) {
+                    ag = singleflight_core.async_group_new(g);
+                    final long drop = ag;
+                    AsyncCleaner.CLEANER.register(this, () -> singleflight_core.async_group_drop(drop));
+                    asyncGroup = ag;
+                }
+                return ag;
             }
-            return ag;
+        } finally {
+            lock.readLock().unlock();
         }
     }
 
@@ -241,7 +235,7 @@ public final class Group implements AutoCloseable {
             // The async flights first: a caller arriving in between begins
             // in C and joins the flight about to be forgotten, as it would
             // have a moment earlier.
-            detachAsync(key);
+            flights.detach(key);
             return open().forget(key);
         } finally {
             lock.readLock().unlock();
@@ -264,57 +258,14 @@ public final class Group implements AutoCloseable {
         try {
             // Async callers who joined in Java joined the flight too, though
             // C sees their flight as one call.
-            for (Object k : asyncKeys(key)) {
-                AsyncFlight<?> f = flights.get(k);
+            for (AsyncFlight<?> f : flights.of(key)) {
                 if (f != null && f.waiting() > 1) return false;
             }
             boolean forgotten = open().forget_unshared(key);
-            if (forgotten) detachAsync(key);
+            if (forgotten) flights.detach(key);
             return forgotten;
         } finally {
             lock.readLock().unlock();
-        }
-    }
-
-    // The map keys an async flight of these key bytes can have: the bytes,
-    // and the String they are the UTF-8 encoding of, if any.
-    private static Object[] asyncKeys(byte[] key) {
-        ByteKey bytes = new ByteKey(key);
-        try {
-            String s = StandardCharsets.UTF_8.newDecoder()
-                    .onMalformedInput(CodingErrorAction.REPORT)
-                    .onUnmappableCharacter(CodingErrorAction.REPORT)
-                    .decode(ByteBuffer.wrap(key)).toString();
-            return new Object[] {bytes, s};
-        } catch (CharacterCodingException notUtf8) {
-            return new Object[] {bytes};
-        }
-    }
-
-    // The next async caller of key starts from C again.
-    private void detachAsync(byte[] key) {
-        if (flights.isEmpty()) return;
-        for (Object k : asyncKeys(key)) flights.remove(k);
-    }
-
-    /** A byte[] key with value equality, for the map of async flights. */
-    private static final class ByteKey {
-        final byte[] bytes;
-        private final int hash;
-
-        ByteKey(byte[] bytes) {
-            this.bytes = bytes;
-            this.hash = Arrays.hashCode(bytes);
-        }
-
-        @Override
-        public boolean equals(Object o) {
-            return o instanceof ByteKey && Arrays.equals(bytes, ((ByteKey) o).bytes);
-        }
-
-        @Override
-        public int hashCode() {
-            return hash;
         }
     }
 
@@ -349,9 +300,9 @@ public final class Group implements AutoCloseable {
             }
             closed = true;
             synchronized (asyncInit) {
-                if (asyncCleanup != null) asyncCleanup.clean();
-                asyncCleanup = null;
-                asyncGroup = 0;
+                // Not the cleaner's drop: a callAsync that read asyncGroup
+                // before `closed` was set may be about to begin on it.
+                singleflight_core.async_group_close(asyncGroup);
             }
         } finally {
             lock.writeLock().unlock();
@@ -368,9 +319,14 @@ public final class Group implements AutoCloseable {
 
     /** Tests only: a native caller of key in this group (sfjava_async.hpp, TestParty). */
     long testParty(String key) {
+        return testParty(utf8(key));
+    }
+
+    /** Tests only: a native caller of key's bytes in this group. */
+    long testParty(byte[] key) {
         lock.readLock().lock();
         try {
-            return singleflight_core.test_party_new(open(), utf8(key));
+            return singleflight_core.test_party_new(open(), key);
         } finally {
             lock.readLock().unlock();
         }
@@ -417,8 +373,7 @@ public final class Group implements AutoCloseable {
                     // this thread, but an async leader begun here finishes
                     // on whichever thread completes its stage.  Only while
                     // its fn runs here is waiting for it waiting for itself.
-                    long ag = asyncGroup;
-                    if (ag != 0 && AsyncFlight.fnRunsHere(ag, key)) {
+                    if (flights.fnRunsHere(key)) {
                         throw new RuntimeException("singleflight: a call inside callAsync's fn asked for"
                                 + " its own key and would wait for itself (SF_EDEADLK)");
                     }

@@ -422,6 +422,10 @@ class AsyncTest {
             party = g.testParty(key);
         }
 
+        NativeParty(Group g, byte[] key) {
+            party = g.testParty(key);
+        }
+
         int run(int op) {
             return io.github.libsingleflight.internal.singleflight_core.test_party_run(party, op);
         }
@@ -632,5 +636,229 @@ class AsyncTest {
         }
         System.out.printf("last caller leaving vs completion: abandoned first in %d of %d rounds%n",
                 abandonedFirst, rounds);
+    }
+
+    // ---- issue 17: the uncontended path's shortcuts ------------------------
+
+    /** Keys of every shape the fast path encodes itself (packed in longs) or hands over as bytes. */
+    private static final String[] KEY_SHAPES = {
+        "", "k", "user:4242", "exactly-twenty-four-char", "twenty-five-characters-ok", "ключ", "naïve", "a\u0000b",
+        "emoji \uD83D\uDE00", "x".repeat(300),
+    };
+
+    @Test
+    void everyKeyShapeReachesCAsItsUtf8Bytes() throws Exception {
+        // A native party beginning on the UTF-8 bytes joins the async
+        // leader's C flight only if begin0 got exactly those bytes.
+        for (String key : KEY_SHAPES) {
+            Work<String> work = new Work<>();
+            CompletableFuture<String> leader = group.callAsync(key, work);
+            try (NativeParty party = new NativeParty(group, key)) {
+                assertEquals(2, party.run(BEGIN), "key \"" + key + "\": the native party follows");
+                party.run(RELEASE);
+            }
+            work.stage.complete("v");
+            assertEquals("v", leader.get());
+        }
+    }
+
+    @Test
+    void everyByteKeyShapeReachesCAsItsBytes() throws Exception {
+        byte[][] keys = {
+            {}, {0}, {(byte) 0xff, 0, (byte) 0x80}, new byte[24], new byte[25], new byte[257],
+        };
+        for (int i = 0; i < keys[3].length; i++) keys[3][i] = (byte) (0x80 + i);
+        for (int i = 0; i < keys[5].length; i++) keys[5][i] = (byte) i;
+        for (byte[] key : keys) {
+            Work<String> work = new Work<>();
+            CompletableFuture<String> leader = group.callAsync(key, work);
+            try (NativeParty party = new NativeParty(group, key)) {
+                assertEquals(2, party.run(BEGIN), key.length + "-byte key: the native party follows");
+                party.run(RELEASE);
+            }
+            work.stage.complete("v");
+            assertEquals("v", leader.get());
+        }
+    }
+
+    /** n distinct keys that share one slot of the Java table. */
+    private static List<String> collidingKeys(int n) {
+        List<String> keys = new ArrayList<>();
+        int slot = AsyncFlights.slotOf("collide-0");
+        for (int i = 0; keys.size() < n; i++) {
+            String k = "collide-" + i;
+            if (AsyncFlights.slotOf(k) == slot) keys.add(k);
+        }
+        return keys;
+    }
+
+    @Test
+    void keysSharingATableSlotEachCoalesceOnTheirOwn() throws Exception {
+        List<String> keys = collidingKeys(3);
+        List<Work<String>> works = new ArrayList<>();
+        List<List<CompletableFuture<String>>> callers = new ArrayList<>();
+        for (String k : keys) {
+            Work<String> w = new Work<>();
+            works.add(w);
+            List<CompletableFuture<String>> cs = new ArrayList<>();
+            for (int i = 0; i < 3; i++) cs.add(group.callAsync(k, w));
+            callers.add(cs);
+        }
+        // The first key leaves the slot; a caller of the second, which
+        // waits in the map, still joins its flight there.
+        works.get(0).stage.complete("v0");
+        CompletableFuture<String> late = group.callAsync(keys.get(1), works.get(1));
+        for (int i = 0; i < keys.size(); i++) {
+            works.get(i).stage.complete("v" + i);
+            assertEquals(1, works.get(i).runs.get(), keys.get(i) + ": fn ran once");
+            for (CompletableFuture<String> f : callers.get(i)) assertEquals("v" + i, f.get());
+        }
+        assertEquals("v1", late.get());
+        assertEquals(3, group.stats().leaders(), "one C flight per key");
+    }
+
+    @Test
+    void aKeyWaitingInTheMapIsCancelledAndForgottenLikeAnyOther() throws Exception {
+        List<String> keys = collidingKeys(2);
+        Work<String> inSlot = new Work<>(), inMap = new Work<>();
+        CompletableFuture<String> a = group.callAsync(keys.get(0), inSlot);
+        CompletableFuture<String> b1 = group.callAsync(keys.get(1), inMap);
+        CompletableFuture<String> b2 = group.callAsync(keys.get(1), inMap);
+        assertFalse(group.forgetUnshared(keys.get(1)), "two callers share it");
+        b1.cancel(true);
+        assertFalse(inMap.stage.isDone());
+        b2.cancel(true);
+        assertTrue(inMap.stage.isCancelled(), "every caller left");
+        Work<String> again = new Work<>();
+        CompletableFuture<String> b3 = group.callAsync(keys.get(1), again);
+        assertTrue(group.forget(keys.get(1)));
+        assertEquals(1, again.runs.get());
+        again.stage.complete("b");
+        inSlot.stage.complete("a");
+        assertEquals("a", a.get());
+        assertEquals("b", b3.get());
+    }
+
+    @Test
+    void aBlockingCallInsideFnFindsItsFlightAfterEveryAsyncCallerLeft() throws Exception {
+        // fn runs on the executor after the only async caller gave up; a
+        // blocking follower keeps the C flight alive, so the flight has left
+        // the Java table while its fn still runs.  A blocking call for the
+        // key inside fn must still be refused, not wait for itself.
+        List<Runnable> queued = new ArrayList<>();
+        AtomicReference<Throwable> inside = new AtomicReference<>();
+        CompletableFuture<String> leader = group.callAsync("k", () -> {
+            try {
+                group.call("k", () -> "never runs");
+            } catch (Throwable t) {
+                inside.set(t);
+            }
+            return CompletableFuture.completedFuture("v");
+        }, queued::add);
+        AtomicReference<Object> blockingGot = new AtomicReference<>();
+        Thread blocking = new Thread(() -> {
+            try {
+                blockingGot.set(group.call("k", () -> "never runs either"));
+            } catch (Exception e) {
+                blockingGot.set(e);
+            }
+        });
+        blocking.start();
+        await(() -> group.stats().followers() == 1, "the blocking follower");
+        assertTrue(leader.cancel(true));
+        assertEquals(1, queued.size());
+        // On a thread of its own, so that a regression fails here instead of
+        // hanging the suite: it would wait for itself in C for ever.
+        Thread executor = new Thread(queued.get(0));
+        executor.setDaemon(true);
+        executor.start();
+        executor.join(DEADLINE_MS);
+        assertFalse(executor.isAlive(), "fn's blocking call for its own key waits for itself");
+        assertTrue(inside.get() != null && inside.get().getMessage().contains("SF_EDEADLK"), String.valueOf(inside.get()));
+        blocking.join();
+        assertEquals("v", blockingGot.get(), "the blocking follower still got fn's value");
+    }
+
+    /** A stage that runs its whenComplete action twice (a broken CompletionStage). */
+    private static final class Twice<T> extends CompletableFuture<T> {
+        @Override
+        public CompletableFuture<T> whenComplete(java.util.function.BiConsumer<? super T, ? super Throwable> action) {
+            return super.whenComplete((v, e) -> {
+                action.accept(v, e);
+                action.accept(v, e);
+            });
+        }
+    }
+
+    @Test
+    void aStageThatCompletesItsActionTwiceFinishesTheFlightOnce() throws Exception {
+        Twice<String> stage = new Twice<>();
+        CompletableFuture<String> leader = group.callAsync("k", () -> stage);
+        CompletableFuture<String> follower = group.callAsync("k", () -> stage);
+        try (NativeParty party = new NativeParty(group, "k")) {
+            assertEquals(2, party.run(BEGIN), "a C follower too: the long finish");
+            stage.complete("v");
+            party.run(RELEASE);
+        }
+        assertEquals("v", leader.get());
+        assertEquals("v", follower.get());
+        Twice<String> alone = new Twice<>();
+        CompletableFuture<String> lone = group.callAsync("k2", () -> alone);
+        alone.complete("w");
+        assertEquals("w", lone.get(), "the short finish, once");
+    }
+
+    @Test
+    void cancellingTheSameFutureTwiceLeavesOnce() throws Exception {
+        Work<String> work = new Work<>();
+        CompletableFuture<String> leader = group.callAsync("k", work);
+        CompletableFuture<String> follower = group.callAsync("k", work);
+        assertTrue(follower.cancel(true));
+        assertTrue(follower.cancel(true), "cancelled already: true, as CompletableFuture answers");
+        assertFalse(work.stage.isDone(), "the leader's caller is still there");
+        assertFalse(follower.complete("late"));
+        assertFalse(work.stage.isDone());
+        assertTrue(leader.cancel(true));
+        assertTrue(work.stage.isCancelled());
+    }
+
+    @Test
+    void closeRacingCallAsyncLeavesNothingBehind() throws Exception {
+        // Each round: one thread closes a fresh group while another calls
+        // callAsync on it.  Every call either fails with
+        // IllegalStateException or gets its value; nothing leaks (tearDown
+        // counts global references and values).
+        ExecutorService pool = Executors.newFixedThreadPool(2);
+        int refused = 0;
+        try {
+            for (int r = 0; r < 500; r++) {
+                Group g = new Group();
+                g.callAsync("warm", () -> CompletableFuture.completedFuture("x")).get(); // native view made
+                CyclicBarrier start = new CyclicBarrier(2);
+                Future<Object> caller = pool.submit(() -> {
+                    start.await();
+                    List<CompletableFuture<String>> fs = new ArrayList<>();
+                    try {
+                        for (int i = 0; i < 20; i++) fs.add(g.callAsync("k" + (i % 3), () -> CompletableFuture.completedFuture("v")));
+                    } catch (IllegalStateException closed) {
+                        for (CompletableFuture<String> f : fs) assertEquals("v", f.get());
+                        return closed;
+                    }
+                    for (CompletableFuture<String> f : fs) assertEquals("v", f.get());
+                    return null;
+                });
+                Future<?> closer = pool.submit(() -> {
+                    start.await();
+                    g.close();
+                    return null;
+                });
+                closer.get();
+                if (caller.get() != null) refused++;
+                assertThrows(IllegalStateException.class, () -> g.callAsync("k", () -> CompletableFuture.completedFuture("v")));
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+        System.out.printf("close racing callAsync: refused in %d of 500 rounds%n", refused);
     }
 }
