@@ -1,4 +1,7 @@
+package io.github.libsingleflight.bench;
+
 import io.github.libsingleflight.Group;
+import io.github.libsingleflight.bench.Peers.Coalescer;
 
 import java.lang.management.ManagementFactory;
 import java.util.ArrayList;
@@ -7,70 +10,36 @@ import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionStage;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Supplier;
 
 /**
- * Group.callAsync against Java's own idiom for coalescing async work, measured side by side in
- * one JVM (issue 12):
+ * Group.callAsync against its peers ({@link Peers}: Caffeine's AsyncCache, a ConcurrentHashMap
+ * of CompletableFuture handing out the shared future or a copy() per caller), measured side by
+ * side in one JVM (issues 12 and 17):
  *
  * <ul>
  *   <li>stampede: 10,000 futures on one key, one execution, thread count before/while/after;
  *   <li>coalesced: ns per call for N callers of one key plus the completion that reaches them
- *       all, for callAsync, for ConcurrentHashMap.computeIfAbsent of a CompletableFuture
- *       returned as is (every caller shares one future: one caller's cancel cancels everyone's),
- *       and the same idiom returning {@code copy()} per caller (a cancel stays with its caller,
- *       as with callAsync, though the work never learns that everyone left);
- *   <li>lone: ns per call of one caller of a key whose stage is already complete;
+ *       all;
+ *   <li>lone: ns per call of one caller of a key whose stage is already complete (the
+ *       uncontended path: a flight begins and ends in every call);
  *   <li>cancel latency: from the last caller's cancel() to the leader's stage seeing its
  *       cancellation, p50/p99, within one Java flight and through C's abandon callback.
  * </ul>
  *
- * Each run measures every variant once, interleaved, and the medians over runs are printed.
+ * Each run measures every variant once, interleaved (the order rotates from run to run), and the
+ * medians over runs are printed, with each peer's figure divided by callAsync's in the same run
+ * (median of those ratios).
  *
  * <pre>
- *   bench/java/run.sh [--runs R] [--callers N] [--cancel-rounds C]
+ *   bench/java/run.sh [-- --runs R --callers N --lone-calls L --cancel-rounds C]
  * </pre>
  */
 public final class AsyncBench {
-    interface Coalescer {
-        <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn);
-    }
-
-    /** The idiom: one shared future per key, removed from the map when it completes. */
-    static final class MapCoalescer implements Coalescer {
-        private final ConcurrentHashMap<String, CompletableFuture<?>> map = new ConcurrentHashMap<>();
-        private final boolean copyPerCaller;
-
-        MapCoalescer(boolean copyPerCaller) {
-            this.copyPerCaller = copyPerCaller;
-        }
-
-        @Override
-        @SuppressWarnings("unchecked")
-        public <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn) {
-            CompletableFuture<T> mine = new CompletableFuture<>();
-            CompletableFuture<T> shared = (CompletableFuture<T>) map.computeIfAbsent(key, k -> mine);
-            if (shared == mine) {
-                fn.get().whenComplete((v, e) -> {
-                    map.remove(key, mine);
-                    if (e != null) mine.completeExceptionally(e); else mine.complete(v);
-                });
-            }
-            return copyPerCaller ? shared.copy() : shared;
-        }
-    }
-
-    static final class OurCoalescer implements Coalescer {
-        final Group group = new Group();
-
-        @Override
-        public <T> CompletableFuture<T> call(String key, Supplier<? extends CompletionStage<T>> fn) {
-            return group.callAsync(key, fn);
-        }
-    }
-
     static final Object VALUE = new Object();
+
+    /** The key of the lone calls: the length of a typical cache key, ASCII. */
+    static final String LONE_KEY = "user:4242";
 
     /** N callers on one key, then the stage completes; returns ns per call. */
     static double coalesced(Coalescer c, int n, List<CompletableFuture<Object>> scratch) {
@@ -93,7 +62,7 @@ public final class AsyncBench {
         Supplier<CompletionStage<Object>> fn = () -> done;
         long t0 = System.nanoTime();
         for (int i = 0; i < n; i++) {
-            if (c.call("lone", fn).getNow(null) != VALUE) throw new AssertionError();
+            if (c.call(LONE_KEY, fn).getNow(null) != VALUE) throw new AssertionError();
         }
         return (double) (System.nanoTime() - t0) / n;
     }
@@ -135,18 +104,20 @@ public final class AsyncBench {
     }
 
     public static void main(String[] args) throws Exception {
-        int runs = 15, callers = 10_000, cancelRounds = 20_000;
+        int runs = 15, callers = 10_000, loneCalls = 200_000, cancelRounds = 20_000;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--runs": runs = Integer.parseInt(args[++i]); break;
                 case "--callers": callers = Integer.parseInt(args[++i]); break;
+                case "--lone-calls": loneCalls = Integer.parseInt(args[++i]); break;
                 case "--cancel-rounds": cancelRounds = Integer.parseInt(args[++i]); break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
-        OurCoalescer ours = new OurCoalescer();
-        Coalescer[] all = {ours, new MapCoalescer(false), new MapCoalescer(true)};
-        String[] names = {"callAsync", "CHM idiom, shared future", "CHM idiom, copy() per caller"};
+        String[] names = Peers.NAMES;
+        Coalescer[] all = new Coalescer[names.length];
+        for (int i = 0; i < names.length; i++) all[i] = Peers.make(names[i]);
+        Peers.Ours ours = (Peers.Ours) all[0];
         List<CompletableFuture<Object>> scratch = new ArrayList<>(callers);
 
         // The stampede, once, on a fresh key.
@@ -172,25 +143,35 @@ public final class AsyncBench {
         for (int w = 0; w < 5; w++) {
             for (Coalescer c : all) {
                 coalesced(c, callers, scratch);
-                lone(c, callers);
+                lone(c, loneCalls);
             }
             cancelLatency(ours.group, 2_000, false);
             cancelLatency(ours.group, 2_000, true);
         }
 
-        List<List<Double>> co = new ArrayList<>(), lo = new ArrayList<>();
+        List<List<Double>> co = new ArrayList<>(), lo = new ArrayList<>(), coRatio = new ArrayList<>(),
+                loRatio = new ArrayList<>();
         for (int i = 0; i < all.length; i++) {
             co.add(new ArrayList<>());
             lo.add(new ArrayList<>());
+            coRatio.add(new ArrayList<>());
+            loRatio.add(new ArrayList<>());
         }
         List<Double> p50 = new ArrayList<>(), p99 = new ArrayList<>();
         List<Double> cbP50 = new ArrayList<>(), cbP99 = new ArrayList<>();
+        double[] coRun = new double[all.length], loRun = new double[all.length];
         for (int r = 0; r < runs; r++) {
             for (int i = 0; i < all.length; i++) {
                 // Rotate the order so that no variant always runs first.
                 int k = (i + r) % all.length;
-                co.get(k).add(coalesced(all[k], callers, scratch));
-                lo.get(k).add(lone(all[k], callers));
+                coRun[k] = coalesced(all[k], callers, scratch);
+                loRun[k] = lone(all[k], loneCalls);
+            }
+            for (int k = 0; k < all.length; k++) {
+                co.get(k).add(coRun[k]);
+                lo.get(k).add(loRun[k]);
+                coRatio.get(k).add(coRun[k] / coRun[0]);
+                loRatio.get(k).add(loRun[k] / loRun[0]);
             }
             long[] lat = cancelLatency(ours.group, cancelRounds, false);
             p50.add((double) lat[lat.length / 2]);
@@ -200,19 +181,18 @@ public final class AsyncBench {
             cbP99.add((double) lat[(int) (lat.length * 0.99)]);
         }
 
+        System.out.printf(Locale.ROOT, "lone: one caller at a time, key \"%s\", stage already complete; ns per call "
+                + "(median of %d interleaved runs of %d calls; range), and its ratio to callAsync in the same run%n",
+                LONE_KEY, runs, loneCalls);
+        for (int i = 0; i < all.length; i++) {
+            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (%.1f-%.1f)  x%.2f of callAsync%n", Peers.describe(names[i]),
+                    median(lo.get(i)), min(lo.get(i)), max(lo.get(i)), median(loRatio.get(i)));
+        }
         System.out.printf(Locale.ROOT, "coalesced: %d callers of one key, ns per call (median of %d interleaved runs)%n",
                 callers, runs);
-        double base = median(co.get(1)), baseCopy = median(co.get(2));
         for (int i = 0; i < all.length; i++) {
-            double m = median(co.get(i));
-            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (x%.2f of shared, x%.2f of copy)%n", names[i], m,
-                    m / base, m / baseCopy);
-        }
-        System.out.printf(Locale.ROOT, "lone: one caller per key, stage already complete, ns per call%n");
-        double loneBase = median(lo.get(1));
-        for (int i = 0; i < all.length; i++) {
-            double m = median(lo.get(i));
-            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (x%.2f of shared)%n", names[i], m, m / loneBase);
+            System.out.printf(Locale.ROOT, "  %-30s %8.1f  (%.1f-%.1f)  x%.2f of callAsync%n", Peers.describe(names[i]),
+                    median(co.get(i)), min(co.get(i)), max(co.get(i)), median(coRatio.get(i)));
         }
         System.out.printf(Locale.ROOT, "cancel latency: last caller's cancel() to the stage cancelled, "
                 + "%d rounds per run, median over runs:%n", cancelRounds);
@@ -220,5 +200,13 @@ public final class AsyncBench {
                 median(p50) / 1e3, median(p99) / 1e3);
         System.out.printf(Locale.ROOT, "  two C parties (C's abandon callback, an upcall)   p50 %.2f us, p99 %.2f us%n",
                 median(cbP50) / 1e3, median(cbP99) / 1e3);
+    }
+
+    static double min(List<Double> xs) {
+        return xs.stream().mapToDouble(Double::doubleValue).min().orElse(Double.NaN);
+    }
+
+    static double max(List<Double> xs) {
+        return xs.stream().mapToDouble(Double::doubleValue).max().orElse(Double.NaN);
     }
 }
