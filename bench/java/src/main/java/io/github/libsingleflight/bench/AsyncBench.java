@@ -104,7 +104,7 @@ public final class AsyncBench {
     }
 
     public static void main(String[] args) throws Exception {
-        int runs = 15, callers = 10_000, loneCalls = 200_000, cancelRounds = 20_000;
+        int runs = 15, callers = 10_000, loneCalls = 1_000_000, cancelRounds = 20_000;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--runs": runs = Integer.parseInt(args[++i]); break;
