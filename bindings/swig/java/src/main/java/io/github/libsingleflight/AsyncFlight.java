@@ -107,6 +107,8 @@ final class AsyncFlight<T> implements BiConsumer<T, Throwable> {
     // Once fn has returned, or will never run.  Plain: read only to drop
     // orphans (AsyncFlights), where a stale false keeps one a little longer.
     private boolean fnOver;
+    // In AsyncFlights' orphans: it left the table before its fn returned.
+    volatile boolean orphaned;
 
     private boolean leader;
     private volatile int leaderState;
@@ -275,6 +277,7 @@ final class AsyncFlight<T> implements BiConsumer<T, Throwable> {
         } finally {
             fnThread = outer;
             fnOver = true;
+            if (orphaned) flights.fnReturned(this); // not kept (with its value) until the next purge
         }
         if (thrown != null) {
             stageDone(null, thrown);

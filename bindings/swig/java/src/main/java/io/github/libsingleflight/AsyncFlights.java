@@ -101,7 +101,18 @@ final class AsyncFlights {
     void leavingEarly(AsyncFlight<?> f) {
         if (!f.mayRunFn()) return;
         orphans.removeIf(o -> !o.mayRunFn());
+        f.orphaned = true;
         orphans.add(f);
+    }
+
+    /** An orphan's fn returned: it need not be found any more. */
+    void fnReturned(AsyncFlight<?> f) {
+        orphans.remove(f);
+    }
+
+    /** Tests only: how many orphans are kept now. */
+    int orphanCount() {
+        return orphans.size();
     }
 
     /** Whether the fn of an async leader of these key bytes runs on the calling thread now. */

@@ -317,6 +317,11 @@ public final class Group implements AutoCloseable {
         return singleflight_core.live_values();
     }
 
+    /** Tests only: async leaders kept findable after leaving the table (AsyncFlights). */
+    int asyncOrphans() {
+        return flights.orphanCount();
+    }
+
     /** Tests only: a native caller of key in this group (sfjava_async.hpp, TestParty). */
     long testParty(String key) {
         return testParty(utf8(key));

@@ -766,6 +766,7 @@ class AsyncTest {
         blocking.start();
         await(() -> group.stats().followers() == 1, "the blocking follower");
         assertTrue(leader.cancel(true));
+        assertEquals(1, group.asyncOrphans(), "its fn has not run: kept findable");
         assertEquals(1, queued.size());
         // On a thread of its own, so that a regression fails here instead of
         // hanging the suite: it would wait for itself in C for ever.
@@ -777,6 +778,7 @@ class AsyncTest {
         assertTrue(inside.get() != null && inside.get().getMessage().contains("SF_EDEADLK"), String.valueOf(inside.get()));
         blocking.join();
         assertEquals("v", blockingGot.get(), "the blocking follower still got fn's value");
+        assertEquals(0, group.asyncOrphans(), "dropped once its fn returned");
     }
 
     /** A stage that runs its whenComplete action twice (a broken CompletionStage). */
