@@ -863,4 +863,78 @@ class AsyncTest {
         }
         System.out.printf("close racing callAsync: refused in %d of 500 rounds%n", refused);
     }
+
+    @Test
+    void manyThreadsOnKeysSharingSlotsEachGetTheirKeysValue() throws Exception {
+        // Four threads call on keys of which three share one slot of the
+        // table (the others go to the map), some fns completing at once and
+        // some later on a completer thread, some callers cancelling (seeded).
+        // Every future ends with its own key's value or cancelled, and
+        // nothing is left behind (tearDown).
+        List<String> keys = new ArrayList<>(collidingKeys(3));
+        keys.add("plain-a");
+        keys.add("plain-b");
+        java.util.concurrent.LinkedBlockingQueue<Object[]> pending = new java.util.concurrent.LinkedBlockingQueue<>();
+        Object stop = new Object();
+        Thread completer = new Thread(() -> {
+            try {
+                for (;;) {
+                    Object[] p = pending.take();
+                    if (p[0] == stop) return;
+                    @SuppressWarnings("unchecked")
+                    CompletableFuture<String> stage = (CompletableFuture<String>) p[0];
+                    stage.complete("v:" + p[1]);
+                }
+            } catch (InterruptedException e) {
+                // the test is over
+            }
+        });
+        completer.start();
+        int threads = 4, calls = 3_000;
+        ExecutorService pool = Executors.newFixedThreadPool(threads);
+        CyclicBarrier start = new CyclicBarrier(threads);
+        List<Future<Integer>> results = new ArrayList<>();
+        try {
+            for (int t = 0; t < threads; t++) {
+                final long seed = 17 + t;
+                results.add(pool.submit(() -> {
+                    java.util.Random rnd = new java.util.Random(seed);
+                    List<CompletableFuture<String>> fs = new ArrayList<>();
+                    List<String> ks = new ArrayList<>();
+                    start.await();
+                    for (int i = 0; i < calls; i++) {
+                        String k = keys.get(rnd.nextInt(keys.size()));
+                        boolean now = rnd.nextInt(4) == 0;
+                        CompletableFuture<String> f = group.callAsync(k, () -> {
+                            if (now) return CompletableFuture.completedFuture("v:" + k);
+                            CompletableFuture<String> stage = new CompletableFuture<>();
+                            pending.add(new Object[] {stage, k});
+                            return stage;
+                        });
+                        if (rnd.nextInt(8) == 0) f.cancel(true);
+                        fs.add(f);
+                        ks.add(k);
+                    }
+                    int cancelled = 0;
+                    for (int i = 0; i < fs.size(); i++) {
+                        CompletableFuture<String> f = fs.get(i);
+                        if (f.isCancelled()) {
+                            cancelled++;
+                            continue;
+                        }
+                        assertEquals("v:" + ks.get(i), f.get(DEADLINE_MS, TimeUnit.MILLISECONDS));
+                    }
+                    return cancelled;
+                }));
+            }
+            int cancelled = 0;
+            for (Future<Integer> r : results) cancelled += r.get();
+            System.out.printf("threads on shared slots: %d calls, %d cancelled, %d flights%n", threads * calls,
+                    cancelled, group.stats().leaders());
+        } finally {
+            pool.shutdownNow();
+            pending.add(new Object[] {stop, null});
+            completer.join();
+        }
+    }
 }
