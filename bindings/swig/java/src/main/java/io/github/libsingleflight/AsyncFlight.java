@@ -30,10 +30,11 @@ import java.util.function.Supplier;
  * ({@link #delivered}) on the thread that completes the C flight; a leader flight by its own code
  * when the stage completes. Either way the outcome reaches every waiter on that thread.
  *
- * <p>The uncontended path (one caller, a leader nobody joins) is: one map insert, {@link #begin0}
- * (the key packed into longs, no JNI function called), fn, {@link #finish0}, one map removal and
- * the caller's completion. No lock, no thread-local, no {@code whenComplete} for a stage that is
- * already complete, and the key is encoded once, by the leader only.
+ * <p>The uncontended path (one caller, a leader nobody joins) is: a slot of the group's table
+ * ({@link AsyncFlights}) taken, {@link #begin0} (the key packed into longs, no JNI function
+ * called), fn, {@link #finish0}, the slot freed and the caller's future completed. No lock, no
+ * thread-local, no {@code whenComplete} for a stage that is already complete, and the key is
+ * encoded once, by the leader only.
  *
  * <p>Who touches the handle when: a follower flight's handle is released by whoever swaps {@link
  * #handle} to 0 first (the done callback or giving up). A leader flight's is used by giving up and
@@ -120,8 +121,8 @@ final class AsyncFlight<T> implements BiConsumer<T, Throwable> {
     private Throwable failure;
 
     /**
-     * A flight whose first waiter is {@code first}. Plain writes: the map insert that publishes the
-     * flight orders them before anyone else can see it.
+     * A flight whose first waiter is {@code first}. Plain writes: the compare-and-swap that
+     * publishes the flight in the table orders them before anyone else can see it.
      */
     AsyncFlight(AsyncFlights flights, Object mapKey, int slot, AsyncCaller<T> first) {
         this.flights = flights;
@@ -430,7 +431,7 @@ final class AsyncFlight<T> implements BiConsumer<T, Throwable> {
             int n = joined;
             if (n < 0) return; // CLOSED: served, or given up already
             int next = n == 1 ? CLOSED : n - 1;
-            // The last one out takes the flight out of the map before its fn
+            // The last one out takes the flight out of the table before its fn
             // may have run (an executor): keep it findable meanwhile.
             if (n == 1) flights.leavingEarly(this);
             if (JOINED.compareAndSet(this, n, next)) {

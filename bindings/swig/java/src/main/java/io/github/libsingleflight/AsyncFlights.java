@@ -17,15 +17,15 @@ import java.util.concurrent.ConcurrentHashMap;
  *
  * <p>Two places: a direct-mapped table of {@link #SLOTS} slots, where a flight goes in and out
  * with one compare-and-swap each (the uncontended path), and a ConcurrentHashMap for a key whose
- * slot another key holds. A caller looks in its key's slot, then, only when the map is not empty,
- * in the map. Two callers of one key that race a third key for the slot can end up leading one
+ * slot another key holds. A caller looks in its key's slot; when that is empty it also looks in
+ * the map (unless the map is empty), and when another key holds it, only in the map. Two callers of one key that race a third key for the slot can end up leading one
  * flight each (one in the slot, one in the map): C then coalesces them, as it does the String and
  * byte[] forms, so nobody runs fn twice; it costs one more C registration, nothing else.
  *
  * <p>Also answers {@link Group#execute}'s question "does the fn of an async leader of this key run
  * on this thread?", without costing the uncontended path a thread-local: a leader's fn is found
- * through its flight, which is in the map while its fn runs, or, when it left the map before its
- * fn returned (every caller gave up while an executor had not run fn yet, or forget), in {@link
+ * through its flight, which is in the table while its fn runs, or, when it left the table before
+ * its fn returned (every caller gave up while an executor had not run fn yet, or forget), in {@link
  * #orphans}.
  */
 final class AsyncFlights {
@@ -35,7 +35,7 @@ final class AsyncFlights {
     private final AsyncFlight<?>[] slots = new AsyncFlight<?>[SLOTS];
     private final ConcurrentHashMap<Object, AsyncFlight<?>> map = new ConcurrentHashMap<>();
 
-    // Leaders that left the map while their fn may still run.  Rare: added
+    // Leaders that left the table while their fn may still run.  Rare: added
     // to only on the paths that take a leader out early, and purged of those
     // whose fn returned whenever one is added or searched.
     private final Set<AsyncFlight<?>> orphans = ConcurrentHashMap.newKeySet();
@@ -95,7 +95,7 @@ final class AsyncFlights {
     }
 
     /**
-     * f is about to leave the map before it completed: keeps it findable while its fn may run.
+     * f is about to leave the table before it completed: keeps it findable while its fn may run.
      * Called before it leaves, so that it is always in one place or the other.
      */
     void leavingEarly(AsyncFlight<?> f) {
@@ -173,7 +173,7 @@ final class AsyncFlights {
         }
     }
 
-    /** A byte[] key with value equality, for the map. */
+    /** A byte[] key with value equality, for the table. */
     static final class ByteKey {
         final byte[] bytes;
         private final int hash;
