@@ -35,7 +35,8 @@ swig=$build/bindings/swig
 [ -d "$swig/java/gen" ] || sf_die "$build has no Java SWIG module (cmake --preset default && cmake --build --preset default)"
 
 mvn -q -B -f "$SF_ROOT/bindings/swig/java/pom.xml" -Dsf.build.dir="$swig" -DskipTests package
-jar=$(ls "$swig"/java/maven/libsingleflight-*.jar | head -n1)
+# The newest: a build dir that built an older version still has its jar.
+jar=$(ls -t "$swig"/java/maven/libsingleflight-*.jar | head -n1)
 mvn -q -B -f "$here/pom.xml" -Dsf.build.dir="$swig" -Dsf.jar="$jar" package
 cp="$swig/java/bench/classes:$(cat "$swig/java/bench/classpath.txt"):$jar"
 sf_log "against $jar ($(java -version 2>&1 | head -n1)); load average: $(cut -d' ' -f1-3 /proc/loadavg)"

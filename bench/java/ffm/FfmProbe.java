@@ -28,7 +28,7 @@ import java.util.concurrent.CompletableFuture;
  * <pre>
  *   bench/java/run.sh --checks     # builds the jar (any mode does)
  *   J=/path/to/jdk-22-or-newer/bin
- *   jar=build/default/bindings/swig/java/maven/libsingleflight-1.1.0.jar
+ *   jar=$(ls build/default/bindings/swig/java/maven/libsingleflight-*.jar)
  *   $J/javac -cp $jar -d /tmp/ffm bench/java/ffm/FfmProbe.java
  *   $J/java --enable-native-access=ALL-UNNAMED -Dsf.lib=build/default/libsingleflight.so.1 -cp $jar:/tmp/ffm FfmProbe
  * </pre>
