@@ -214,6 +214,13 @@ fn integer_constants() -> Vec<(&'static str, i64)> {
         ("SF_EBUSY", sys::SF_EBUSY as i64),
         ("SF_ESTATE", sys::SF_ESTATE as i64),
         ("SF_ECANCELED", sys::SF_ECANCELED as i64),
+        ("SF_EPERM", sys::SF_EPERM as i64),
+        ("SF_EINCOMPAT", sys::SF_EINCOMPAT as i64),
+        (
+            "SF_SHARED_OPTIONS_VERSION",
+            sys::SF_SHARED_OPTIONS_VERSION as i64,
+        ),
+        ("SF_SHARED_RUN_UNSHARED", sys::SF_SHARED_RUN_UNSHARED as i64),
         (
             "SF_GROUP_OPTIONS_VERSION",
             sys::SF_GROUP_OPTIONS_VERSION as i64,
@@ -225,7 +232,11 @@ fn integer_constants() -> Vec<(&'static str, i64)> {
 }
 
 /// Names checked outside `integer_constants`, by the generated program.
-const OTHER_CONSTANTS: &[&str] = &["SF_VERSION_STRING", "SF_GROUP_OPTIONS_INIT"];
+const OTHER_CONSTANTS: &[&str] = &[
+    "SF_VERSION_STRING",
+    "SF_GROUP_OPTIONS_INIT",
+    "SF_SHARED_OPTIONS_INIT",
+];
 
 fn generate_program(decls: &Decls) -> String {
     let mut p = String::from(
@@ -286,7 +297,26 @@ fn generate_program(decls: &Decls) -> String {
                 forgets,
                 in_flight,
                 abandons,
-                cancels
+                cancels,
+                in_flight_high,
+                arena_used,
+                arena_high,
+                processes
+            }),
+        ),
+        (
+            "sf_shared_options",
+            size_of::<sys::sf_shared_options>(),
+            align_of::<sys::sf_shared_options>(),
+            offsets!(sys::sf_shared_options {
+                version,
+                flags,
+                path,
+                table_slots,
+                max_processes,
+                arena_bytes,
+                max_value_bytes,
+                mode
             }),
         ),
     ];
@@ -314,16 +344,28 @@ fn generate_program(decls: &Decls) -> String {
         .unwrap()
         .trim_end_matches('\0');
     let init = sys::SF_GROUP_OPTIONS_INIT;
+    let shared = sys::SF_SHARED_OPTIONS_INIT;
     p += &format!(
         "int main() {{\n  if (std::strcmp(SF_VERSION_STRING, \"{v}\") != 0) return 1;\n  \
          sf_group_options o = SF_GROUP_OPTIONS_INIT;\n  \
          if (o.version != {ver}u || o.shards != {sh}u || (o.executor != NULL) != {ex} || (o.executor_payload != NULL) != {ep}) return 2;\n  \
+         sf_shared_options s = SF_SHARED_OPTIONS_INIT;\n  \
+         if (s.version != {sver}u || s.flags != {sfl}u || (s.path != NULL) != {spath} || s.table_slots != {sts}u || \
+         s.max_processes != {smp}u || s.arena_bytes != {sab}u || s.max_value_bytes != {smv}u || s.mode != {smode}u) return 3;\n  \
          return 0;\n}}\n",
         v = version,
         ver = init.version,
         sh = init.shards,
         ex = init.executor.is_some(),
-        ep = !init.executor_payload.is_null()
+        ep = !init.executor_payload.is_null(),
+        sver = shared.version,
+        sfl = shared.flags,
+        spath = !shared.path.is_null(),
+        sts = shared.table_slots,
+        smp = shared.max_processes,
+        sab = shared.arena_bytes,
+        smv = shared.max_value_bytes,
+        smode = shared.mode
     );
     p
 }
