@@ -56,6 +56,13 @@ void event_fd_signal(int fd) noexcept {
     (void)rc;
 }
 
+void event_fd_drain(int fd) noexcept {
+    if (fd < 0) return;
+    uint64_t n;
+    ssize_t rc = read(fd, &n, sizeof n);  // non-blocking: EAGAIN when not signalled
+    (void)rc;
+}
+
 void fd_close(int fd) noexcept {
     if (fd >= 0) close(fd);
 }

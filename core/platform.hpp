@@ -59,6 +59,8 @@ int event_fd_open() noexcept;
 // Makes it readable (a counter already non-zero stays so).  Callers
 // disable cancellation: write is a cancellation point.
 void event_fd_signal(int fd) noexcept;
+// Reads it back to unreadable.  Never blocks.
+void event_fd_drain(int fd) noexcept;
 // Closes a descriptor.  Callers disable cancellation: close is one.
 void fd_close(int fd) noexcept;
 

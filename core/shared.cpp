@@ -127,7 +127,9 @@ public:
     bool run_unshared_ = false;
 
     // This process.
-    uint32_t me_ = 0;
+    // kMaxProcs until claim_slot gives this process its slot: an opener
+    // reaps the dead before it has one, and must not take bit 0's mail.
+    uint32_t me_ = kMaxProcs;
     uint64_t my_gen_ = 0;
     uint32_t fork_gen_ = 0;
 
@@ -168,6 +170,10 @@ public:
     };
     Door *doors_ = nullptr;
     uint32_t ndoors_ = 0, cap_doors_ = 0;
+    // Connections that sent their token and wait: a completion in this
+    // process rings no bell (the caller delivers it), so deliver_local
+    // wakes the helper to answer them when there are any.
+    std::atomic<uint32_t> doors_waiting_{0};
 
     // ---- addressing, every index and offset checked
     uint32_t stripe_of_bucket(uint32_t b) const noexcept { return b & (nstripes_ - 1); }
@@ -182,7 +188,7 @@ public:
     const unsigned char *bytes_at(uint64_t off, uint64_t len) noexcept {
         return off > arena_bytes_ || len > arena_bytes_ - off ? nullptr : arena_data_ + off;
     }
-    uint64_t mybit() const noexcept { return uint64_t(1) << me_; }
+    uint64_t mybit() const noexcept { return me_ < kMaxProcs ? uint64_t(1) << me_ : 0; }
 };
 
 namespace {
@@ -910,7 +916,11 @@ void invoke_done(SharedCall *c) noexcept {
 // Tells this process's registrations of record i that it completed: their
 // eventfds are written and their done callbacks run, on this thread.
 void deliver_local(SharedGroup *g, uint32_t i) noexcept {
-    if (i >= g->slots_) return;
+    if (i >= g->slots_ || !g->locals_) return;
+    if (g->doors_waiting_.load(std::memory_order_acquire)) {
+        detail::NoCancel no_cancel;
+        detail::event_fd_signal(g->wake_fd_);
+    }
     SharedGroup::Local &l = g->locals_[i];
     SharedCall *fire = nullptr;
     {
@@ -941,7 +951,7 @@ void deliver_local(SharedGroup *g, uint32_t i) noexcept {
 }
 
 void run_abandon_local(SharedGroup *g, uint32_t i) noexcept {
-    if (i >= g->slots_) return;
+    if (i >= g->slots_ || !g->locals_) return;
     SharedCall *leader = nullptr;
     AbandonCallback cb{nullptr, nullptr, nullptr};
     {
@@ -974,6 +984,7 @@ constexpr uint64_t kTagWake = 0, kTagBell = 1, kTagProc = 2, kTagDoor = 100, kTa
 void drop_door(SharedGroup *g, uint32_t k, bool answer) noexcept {
     SharedGroup::Door d = g->doors_[k];
     g->doors_[k] = g->doors_[--g->ndoors_];
+    if (d.asked) g->doors_waiting_.fetch_sub(1, std::memory_order_relaxed);
     detail::poller_remove(g->poller_, d.fd);
     if (answer) {
         detail::door_answer(d.fd);
@@ -1038,6 +1049,7 @@ void door_readable(SharedGroup *g, int fd) noexcept {
     d.rec = rec;
     d.gen = gen;
     d.asked = true;
+    g->doors_waiting_.fetch_add(1, std::memory_order_acq_rel);
     // Ask to be rung, then look: a completion before the mark rang nobody.
     const uint32_t s = g->stripe_of_rec(rec);
     if (lock_stripe(g, s)) {
@@ -1099,6 +1111,9 @@ void *helper_main(void *arg) {
             if (ready[k] == kTagBell) {
                 detail::bell_drain(g->bell_fd_);
                 bell = true;
+            } else if (ready[k] == kTagWake) {
+                detail::event_fd_drain(g->wake_fd_);  // a completion here, doors waiting
+                answer_doors(g);
             } else if (ready[k] >= kTagProc && ready[k] < kTagProc + kMaxProcs) {
                 const uint32_t p = uint32_t(ready[k] - kTagProc);
                 const uint64_t gen = g->watch_gen_[p];
@@ -1230,7 +1245,7 @@ void release_slot(SharedGroup *g) noexcept {
         }
         unlock_stripe(g, s);
     }
-    if (lock_robust(&g->h_->registry, [] {})) {
+    if (g->me_ < g->nprocs_ && lock_robust(&g->h_->registry, [] {})) {
         g->procs_[g->me_].state.store(kProcFree, std::memory_order_release);
         g->h_->membership.fetch_add(1, std::memory_order_acq_rel);
         pthread_mutex_unlock(&g->h_->registry);
@@ -2223,6 +2238,9 @@ void shared_result_free(Flight *f) noexcept {
 void *testing_shm::segment_bytes(SharedGroup *g, std::size_t *len) noexcept {
     *len = std::size_t(g->size_);
     return g->base_;
+}
+uint32_t testing_shm::doors_waiting(SharedGroup *g) noexcept {
+    return g->doors_waiting_.load(std::memory_order_acquire);
 }
 #endif
 

@@ -231,6 +231,8 @@ extern const char *const kKillPoints[];
 extern const int kKillPointCount;
 // The segment's bytes, for the corruption fuzz target.
 void *segment_bytes(SharedGroup *g, std::size_t *len) noexcept;
+// Doorbell connections of this process that sent their token and wait.
+uint32_t doors_waiting(SharedGroup *g) noexcept;
 }  // namespace testing_shm
 #endif
 

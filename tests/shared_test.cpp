@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/group.hpp"
 #include "core/shared.hpp"
 #include "singleflight.h"
 #include "test_util.hpp"
@@ -52,6 +53,9 @@ sf_group *open_named(const std::string &name, const sf_shared_options *o = nullp
     EXPECT_EQ(rc, SF_OK) << sf_err_name(rc);
     return g;
 }
+
+// The core's shared group behind a handle, for the testing hooks.
+sf::SharedGroup *shared_of(sf_group *g) { return reinterpret_cast<sf::Group *>(g)->shared(); }
 
 sf_group_stats stats(const sf_group *g) {
     sf_group_stats st{};
@@ -527,6 +531,55 @@ TEST(SharedDeath, ALeaderKilledWithNoFollowerLeavesTheKeyFree) {
     munmap(b, sizeof *b);
 }
 
+// An opener reaps the processes that died before it claims a slot of its
+// own.  Here a flight led by a dead process had a registration of another
+// dead process (slot 0's bit), which nobody reaped because both were gone:
+// the opener must not take slot 0's notification for its own (before the
+// fix it did, and crashed delivering it with no per-process state yet).
+TEST(SharedDeath, AnOpenerReapsTheDeadBeforeItHasASlot) {
+    const std::string name = unique_name("reap-open");
+    Board *b = new_board();
+    const pid_t follower = fork();
+    if (follower == 0) {
+        sf_group *fg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
+        b->ready.store(1);  // slot 0 is this process's
+        while (b->in_fn.load() != 1) {}
+        sf_call *c = nullptr;
+        if (sf_group_begin(fg, "k", 1, &c) != SF_FOLLOWER) _exit(3);
+        if (sf_call_fd(c) < 0) _exit(4);  // a registration: the record's bell bit 0
+        b->ok.store(1);
+        for (;;) pause();
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ready.load() == 1; }));
+    const pid_t leader = fork();
+    if (leader == 0) {
+        sf_group *lg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
+        sf_call *c = nullptr;
+        if (sf_group_begin(lg, "k", 1, &c) != SF_LEADER) _exit(3);
+        b->in_fn.store(1);
+        for (;;) pause();
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ok.load() == 1; }));
+    // Stopped, the follower's process cannot reap the leader's: both die
+    // unreaped.
+    kill(follower, SIGSTOP);
+    kill(leader, SIGKILL);
+    wait_child(leader);
+    kill(follower, SIGKILL);
+    wait_child(follower);
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(stats(g).processes, 1u);
+    sf_call *c = nullptr;
+    EXPECT_EQ(sf_group_begin(g, "k", 1, &c), SF_LEADER) << "the dead leader's flight is gone";
+    ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+    sf_call_release(c);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
 // Followers killed while they wait and while they hold results: the
 // arena space of the value comes back once they are gone.
 TEST(SharedDeath, DeadFollowersGiveBackTheirHoldsAndTheArena) {
@@ -633,6 +686,20 @@ TEST(SharedWake, CallbacksAndEventfdsHearOfAnotherProcesssCompletion) {
     munmap(b, sizeof *b);
 }
 
+// What an OpenResty cosocket does with a doorbell: connect to the
+// "unix:<path>" address and send the 8-byte token, little-endian.
+int connect_and_send(const char *addr, sf_u64 t) {
+    const int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un {};
+    un.sun_family = AF_UNIX;
+    std::strncpy(un.sun_path, addr + 5, sizeof un.sun_path - 1);
+    EXPECT_EQ(connect(s, reinterpret_cast<sockaddr *>(&un), sizeof un), 0);
+    unsigned char bytes[8];
+    for (int i = 0; i < 8; ++i) bytes[i] = (unsigned char)(t >> (8 * i));
+    EXPECT_EQ(send(s, bytes, 8, 0), 8);
+    return s;
+}
+
 // An event loop that can only connect a stream socket (OpenResty) waits on
 // the process's doorbell: it sends the call's token and reads one byte
 // once another process completes the flight.
@@ -663,17 +730,6 @@ TEST(SharedWake, TheDoorbellAnswersAStreamConnectionWhenTheFlightCompletes) {
     ASSERT_EQ(sf_call_doorbell(f, address, sizeof address, &token), SF_OK);
     ASSERT_EQ(std::strncmp(address, "unix:", 5), 0);
     EXPECT_EQ(sf_call_doorbell(f, address, 4, &token), SF_EINVAL) << "too short a buffer";
-    auto connect_and_send = [&](const char *addr, sf_u64 t) {
-        const int s = socket(AF_UNIX, SOCK_STREAM, 0);
-        struct sockaddr_un un {};
-        un.sun_family = AF_UNIX;
-        std::strncpy(un.sun_path, addr + 5, sizeof un.sun_path - 1);
-        EXPECT_EQ(connect(s, reinterpret_cast<sockaddr *>(&un), sizeof un), 0);
-        unsigned char bytes[8];
-        for (int i = 0; i < 8; ++i) bytes[i] = (unsigned char)(t >> (8 * i));
-        EXPECT_EQ(send(s, bytes, 8, 0), 8);
-        return s;
-    };
     const int s = connect_and_send(address, token);
     // A second waiter that gives up: it closes first, and nothing breaks.
     const int quitter = connect_and_send(address, token);
@@ -708,6 +764,34 @@ TEST(SharedWake, TheDoorbellAnswersAStreamConnectionWhenTheFlightCompletes) {
     sf_group_free(local);
     EXPECT_EQ(sf_group_free(g), SF_OK);
     munmap(b, sizeof *b);
+}
+
+// The leader in the same process as the doorbell's waiter rings no bell
+// (its own process delivers): the doorbell must be answered all the same.
+TEST(SharedWake, TheDoorbellIsAnsweredWhenTheLeaderIsInTheSameProcess) {
+    const std::string name = unique_name("door-here");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    sf_call *l = nullptr, *f = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &f), SF_FOLLOWER);
+    char address[256];
+    sf_u64 token = 0;
+    ASSERT_EQ(sf_call_doorbell(f, address, sizeof address, &token), SF_OK);
+    const int s = connect_and_send(address, token);
+    // The helper has read the token and waits for the flight.
+    ASSERT_TRUE(wait_until([&] { return sf::testing_shm::doors_waiting(shared_of(g)) == 1; }));
+    ASSERT_EQ(sf_call_set_bytes(l, "here", 4), SF_OK);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    struct pollfd p = {s, POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 10000), 1) << "answered (before the fix: never)";
+    char byte = 0;
+    EXPECT_EQ(recv(s, &byte, 1, MSG_DONTWAIT), 1);
+    close(s);
+    EXPECT_TRUE(wait_until([&] { return sf::testing_shm::doors_waiting(shared_of(g)) == 0; }));
+    sf_call_release(l);
+    sf_call_release(f);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
 }
 
 // Giving up across processes: the leader's process hears of the
