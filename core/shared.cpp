@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -46,6 +47,8 @@ const char *const kKillPoints[] = {
     "release.cleared",     // a holder's bit cleared, the record not yet freed
     "free.unlinked",       // the record's blocks freed, the record not yet on the free list
     "leave.cleared",       // an interested caller's bit cleared, abandonment not yet decided
+    "arena.splitting",     // a block split in two, its upper half not yet listed
+    "arena.merging",       // a buddy off its list, the merge not yet committed
 };
 const int kKillPointCount = int(sizeof kKillPoints / sizeof kKillPoints[0]);
 }  // namespace testing_shm
@@ -181,7 +184,7 @@ public:
     Record *rec(uint32_t i) noexcept { return i < slots_ ? &recs_[i] : nullptr; }
     uint32_t stripe_of_rec(uint32_t i) const noexcept { return i / (slots_ / nstripes_); }
     Block *block_at(uint64_t off) noexcept {
-        return off >= arena_bytes_ || arena_bytes_ - off < sizeof(Block) + 64
+        return off >= arena_bytes_ || arena_bytes_ - off < 64 || (off & 63)
                    ? nullptr
                    : reinterpret_cast<Block *>(arena_data_ + off);
     }
@@ -206,9 +209,43 @@ void init_robust(pthread_mutex_t *m) noexcept {
     pthread_mutexattr_destroy(&a);
 }
 
+// A lock of the segment is held only for a few table or arena steps, never
+// across user code: one held longer than this is a stopped or wedged peer
+// or a corrupted word, and the caller gets an error instead of a hang.
+std::atomic<int64_t> g_lock_patience_ns{int64_t(2) * 1000 * 1000 * 1000};
+
+// glibc keeps a mutex's type in the mutex itself, where any peer can
+// overwrite it; locking one whose type word was corrupted takes paths
+// (lock elision, priority protocols) that may trap.  So the word is
+// compared with what pthread_mutex_init writes before every lock.
+bool kind_intact(const pthread_mutex_t *m) noexcept {
+#if defined(__GLIBC__)
+    static const int robust_kind = [] {
+        pthread_mutex_t probe;
+        init_robust(&probe);
+        const int k = probe.__data.__kind;
+        pthread_mutex_destroy(&probe);
+        return k;
+    }();
+    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == robust_kind;
+#else
+    (void)m;
+    return true;
+#endif
+}
+
 template <class Repair>
 bool lock_robust(pthread_mutex_t *m, Repair repair) noexcept {
-    const int rc = pthread_mutex_lock(m);
+    if (!kind_intact(m)) return false;
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EBUSY) {
+        const int64_t deadline =
+            detail::now_ns() + g_lock_patience_ns.load(std::memory_order_relaxed);
+        struct timespec ts;
+        ts.tv_sec = time_t(deadline / 1000000000);
+        ts.tv_nsec = long(deadline % 1000000000);
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    }
     if (rc == EOWNERDEAD) {
         repair();
         pthread_mutex_consistent(m);
@@ -292,6 +329,8 @@ void bind(SharedGroup *g) noexcept {
     g->seed_ = h->seed;
 }
 
+void init_arena(SharedGroup *g) noexcept;
+
 // A fresh segment: everything zero but what is not.  The creator holds the
 // file lock; `ready` goes to 1 last, so a creator dying halfway leaves a
 // segment the next opener starts clean.
@@ -332,76 +371,207 @@ void initialise(SharedGroup *g, const Layout &l, uint32_t uid) noexcept {
         }
     }
     init_robust(&g->arena_->lock);
+    init_arena(g);
     h->ready.store(1, std::memory_order_release);
 }
 
 // ---------------------------------------------------------------------------
-// The arena: power-of-two blocks with a header each; a block's state is the
-// commit point of its allocation and its freeing, and the free lists are
-// rebuilt from the states when a process died holding the arena's lock.
+// The arena: a buddy allocator of power-of-two blocks with a header each.
+// A block's state is the commit point of its allocation and its freeing,
+// its class the commit point of a split or a merge; the free lists are
+// rebuilt from the headers (walking the tiling from offset 0) when a
+// process died holding the arena's lock.
 // ---------------------------------------------------------------------------
 
 uint64_t class_size(uint32_t c) noexcept { return uint64_t(64) << c; }
 
+// The root (a power-of-two tile of the arena) holding offset off: its start
+// and class.  false past the end.
+bool root_of(const SharedGroup *g, uint64_t off, uint64_t *start, uint32_t *cls) noexcept {
+    uint64_t r = 0;
+    for (uint32_t c = kClasses; c-- > 0;) {
+        const uint64_t size = class_size(c);
+        if (!(g->arena_bytes_ & size)) continue;
+        if (off < r + size) {
+            *start = r;
+            *cls = c;
+            return true;
+        }
+        r += size;
+    }
+    return false;
+}
+
+// A header that can be a block: a class that fits its root at an offset
+// aligned to its size within the root, and a known state.
+bool valid_block(const SharedGroup *g, uint64_t off, const Block *b) noexcept {
+    uint64_t root = 0;
+    uint32_t rc = 0;
+    if (!b || !root_of(g, off, &root, &rc)) return false;
+    return b->cls <= rc && ((off - root) & (class_size(b->cls) - 1)) == 0 &&
+           (b->state == kBlockFree || b->state == kBlockUsed);
+}
+
+void list_push(SharedGroup *g, uint64_t off, Block *b) noexcept {
+    Arena *a = g->arena_;
+    b->prev = 0;
+    b->next = a->free_head[b->cls];
+    if (Block *n = b->next ? g->block_at(b->next - 1) : nullptr) n->prev = off + 1;
+    a->free_head[b->cls] = off + 1;
+}
+
+void list_remove(SharedGroup *g, uint64_t off, Block *b) noexcept {
+    Arena *a = g->arena_;
+    Block *p = b->prev ? g->block_at(b->prev - 1) : nullptr;
+    Block *n = b->next ? g->block_at(b->next - 1) : nullptr;
+    if (p) {
+        p->next = b->next;
+    } else if (a->free_head[b->cls] == off + 1) {
+        a->free_head[b->cls] = b->next;
+    }
+    if (n) n->prev = b->prev;
+    b->next = b->prev = 0;
+}
+
+// A free block off of class b->cls, on no list: merged with its buddy for
+// as long as the buddy is a free block of the same class, then listed.
+// The caller holds the arena's lock.
+void merge_push(SharedGroup *g, uint64_t off, Block *b) noexcept {
+    uint64_t root = 0;
+    uint32_t rc = 0;
+    if (!root_of(g, off, &root, &rc)) return;
+    while (b->cls < rc) {
+        const uint64_t buddy = root + ((off - root) ^ class_size(b->cls));
+        Block *o = g->block_at(buddy);
+        if (!o || o->state != kBlockFree || o->cls != b->cls || !valid_block(g, buddy, o)) break;
+        list_remove(g, buddy, o);
+        SF_KILL_POINT("arena.merging");
+        const uint64_t low = buddy < off ? buddy : off;
+        Block *l = g->block_at(low);
+        l->state = kBlockFree;
+        l->cls = b->cls + 1;  // the merge's commit: the upper header is inside now
+        off = low;
+        b = l;
+    }
+    list_push(g, off, b);
+}
+
+// Every root as one free block.
+void tile_free(SharedGroup *g, uint64_t from) noexcept {
+    uint64_t r = 0;
+    for (uint32_t c = kClasses; c-- > 0;) {
+        const uint64_t size = class_size(c);
+        if (!(g->arena_bytes_ & size)) continue;
+        if (r >= from) {
+            Block *b = g->block_at(r);
+            b->cls = c;
+            b->state = kBlockFree;
+            list_push(g, r, b);
+        }
+        r += size;
+    }
+}
+
+// Rebuilds the free lists and the bytes in use from the headers.  A header
+// that cannot be a block (a torn write, a stray one) ends its root's walk:
+// the rest of that root is given back as free blocks of the largest sizes
+// its alignment allows, and what was used there is lost to its owners
+// (their frees find no block of theirs and do nothing).
 void repair_arena(SharedGroup *g) noexcept {
     Arena *a = g->arena_;
     for (uint32_t c = 0; c < kClasses; ++c) a->free_head[c] = 0;
-    uint64_t off = 0, used = 0;
-    if (a->bump > g->arena_bytes_) a->bump = g->arena_bytes_;
-    while (off < a->bump) {
-        Block *b = g->block_at(off);
-        if (!b || b->cls >= kClasses || class_size(b->cls) > a->bump - off ||
-            (b->state != kBlockFree && b->state != kBlockUsed)) {
-            a->bump = off;  // a torn or corrupted header: nothing after it is trusted
-            break;
+    uint64_t used = 0, r = 0;
+    for (uint32_t rc = kClasses; rc-- > 0;) {
+        const uint64_t rsize = class_size(rc);
+        if (!(g->arena_bytes_ & rsize)) continue;
+        uint64_t off = r;
+        while (off < r + rsize) {
+            Block *b = g->block_at(off);
+            if (!valid_block(g, off, b)) break;
+            const uint64_t size = class_size(b->cls);
+            if (b->state == kBlockFree) {
+                b->next = b->prev = 0;
+                merge_push(g, off, b);
+            } else {
+                used += size;
+            }
+            off += size;
         }
-        if (b->state == kBlockFree) {
-            b->next = a->free_head[b->cls];
-            a->free_head[b->cls] = off + 1;
-        } else {
-            used += class_size(b->cls);
+        // The untrusted rest, in aligned pieces.
+        while (off < r + rsize) {
+            uint32_t c = 0;
+            while (c < rc && ((off - r) & class_size(c)) == 0 &&
+                   off + class_size(c + 1) <= r + rsize)
+                ++c;
+            Block *b = g->block_at(off);
+            b->cls = c;
+            b->state = kBlockFree;
+            list_push(g, off, b);
+            off += class_size(c);
         }
-        off += class_size(b->cls);
+        r += rsize;
     }
     g->h_->arena_used.store(used, std::memory_order_relaxed);
+}
+
+void init_arena(SharedGroup *g) noexcept {
+    for (uint32_t c = 0; c < kClasses; ++c) g->arena_->free_head[c] = 0;
+    tile_free(g, 0);
 }
 
 bool lock_arena(SharedGroup *g) noexcept {
     return lock_robust(&g->arena_->lock, [g] { repair_arena(g); });
 }
 
+// The first block of a list that really is a free block of class c; a
+// corrupted list is dropped (the next repair rebuilds it).
+uint64_t take_block(SharedGroup *g, uint32_t c) noexcept {
+    Arena *a = g->arena_;
+    if (!a->free_head[c]) return 0;
+    const uint64_t off = a->free_head[c] - 1;
+    Block *b = g->block_at(off);
+    if (!b || b->state != kBlockFree || b->cls != c || !valid_block(g, off, b)) {
+        a->free_head[c] = 0;
+        return 0;
+    }
+    list_remove(g, off, b);
+    return off + 1;
+}
+
 // A block for len bytes, owned by record (rec, gen): the offset of its
-// bytes, or 0 when the arena is full.
+// bytes, or 0 when no free block is large enough.
 uint64_t arena_alloc(SharedGroup *g, uint64_t len, uint32_t rec, uint32_t gen) noexcept {
     uint32_t c = 0;
     while (c < kClasses && class_size(c) < len + sizeof(Block)) ++c;
     if (c == kClasses) return 0;
     if (!lock_arena(g)) return 0;
     Arena *a = g->arena_;
-    uint64_t off = 0;
-    if (a->free_head[c]) {
-        Block *b = g->block_at(a->free_head[c] - 1);
-        if (b && b->state == kBlockFree && b->cls == c) {
-            off = a->free_head[c] - 1;
-            a->free_head[c] = b->next;
-        } else {
-            a->free_head[c] = 0;  // corrupted: drop the list (repair rebuilds it)
-        }
+    uint64_t taken = 0;
+    uint32_t k = c;
+    for (; k < kClasses && !taken; ++k) taken = take_block(g, k);
+    if (!taken) {
+        pthread_mutex_unlock(&a->lock);
+        return 0;
     }
-    if (!off) {
-        if (a->bump > g->arena_bytes_ || class_size(c) > g->arena_bytes_ - a->bump) {
-            pthread_mutex_unlock(&a->lock);
-            return 0;
-        }
-        off = a->bump;
-        a->bump += class_size(c);
-    }
+    --k;
+    const uint64_t off = taken - 1;
     Block *b = g->block_at(off);
-    b->cls = c;
+    // Split down to class c: the upper half's header first, then the
+    // lower's class (the commit), then the upper half is listed.
+    while (k > c) {
+        --k;
+        const uint64_t upper = off + class_size(k);
+        Block *u = g->block_at(upper);
+        u->cls = k;
+        u->state = kBlockFree;
+        b->cls = k;
+        SF_KILL_POINT("arena.splitting");
+        list_push(g, upper, u);
+    }
     b->owner = rec;
     b->owner_gen = gen;
     b->proc = g->me_;
-    b->next = 0;
+    b->next = b->prev = 0;
     b->state = kBlockUsed;  // the commit
     const uint64_t used =
         g->h_->arena_used.fetch_add(class_size(c), std::memory_order_relaxed) + class_size(c);
@@ -411,22 +581,25 @@ uint64_t arena_alloc(SharedGroup *g, uint64_t len, uint32_t rec, uint32_t gen) n
     return off + sizeof(Block);
 }
 
+// Gives back a used block the caller checked; the arena's lock is held.
+void free_block(SharedGroup *g, uint64_t off, Block *b) noexcept {
+    g->h_->arena_used.fetch_sub(class_size(b->cls), std::memory_order_relaxed);
+    b->state = kBlockFree;  // the commit
+    b->next = b->prev = 0;
+    merge_push(g, off, b);
+}
+
 // Frees the block of bytes at data_off if it is still record (rec, gen)'s:
 // freeing twice, or a block since given to another record, does nothing.
 void arena_free(SharedGroup *g, uint64_t data_off, uint32_t rec, uint32_t gen) noexcept {
     if (data_off < sizeof(Block)) return;
     if (!lock_arena(g)) return;
-    Arena *a = g->arena_;
     const uint64_t off = data_off - sizeof(Block);
     Block *b = g->block_at(off);
     if (b && b->state == kBlockUsed && b->owner == rec && b->owner_gen == gen &&
-        b->cls < kClasses) {
-        b->state = kBlockFree;  // the commit
-        b->next = a->free_head[b->cls];
-        a->free_head[b->cls] = off + 1;
-        g->h_->arena_used.fetch_sub(class_size(b->cls), std::memory_order_relaxed);
-    }
-    pthread_mutex_unlock(&a->lock);
+        valid_block(g, off, b))
+        free_block(g, off, b);
+    pthread_mutex_unlock(&g->arena_->lock);
 }
 
 // ---------------------------------------------------------------------------
@@ -715,9 +888,9 @@ void reap(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
         return;
     }
     Arena *a = g->arena_;
-    for (uint64_t off = 0; off < a->bump && off < g->arena_bytes_;) {
+    for (uint64_t off = 0; off < g->arena_bytes_;) {
         Block *b = g->block_at(off);
-        if (!b || b->cls >= kClasses) break;
+        if (!valid_block(g, off, b)) break;  // corrupted: the next repair re-tiles
         const uint64_t size = class_size(b->cls);
         if (b->state == kBlockUsed && b->proc == p) {
             Record *r = g->rec(b->owner);
@@ -726,12 +899,7 @@ void reap(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
                                 ((r->key_len > kInline && r->key_off == data) ||
                                  (r->value_len > kInline && r->value_off == data) ||
                                  (r->msg_len > kInline && r->msg_off == data));
-            if (!linked) {
-                b->state = kBlockFree;
-                b->next = a->free_head[b->cls];
-                a->free_head[b->cls] = off + 1;
-                g->h_->arena_used.fetch_sub(size, std::memory_order_relaxed);
-            }
+            if (!linked) free_block(g, off, b);  // merged halves leave free headers only
         }
         off += size;
     }
@@ -2238,6 +2406,9 @@ void shared_result_free(Flight *f) noexcept {
 void *testing_shm::segment_bytes(SharedGroup *g, std::size_t *len) noexcept {
     *len = std::size_t(g->size_);
     return g->base_;
+}
+void testing_shm::set_lock_patience(int64_t ns) noexcept {
+    g_lock_patience_ns.store(ns, std::memory_order_relaxed);
 }
 uint32_t testing_shm::doors_waiting(SharedGroup *g) noexcept {
     return g->doors_waiting_.load(std::memory_order_acquire);

@@ -44,9 +44,9 @@ class Group;
 namespace shm {
 
 constexpr uint64_t kMagic = 0x31534853464c5342ull;  // "BSLFSHS1"
-constexpr uint32_t kLayout = 1;
-constexpr uint32_t kMaxProcs = 64;  // a bit per process in a 64-bit mask
-constexpr uint32_t kInline = 64;    // key and value bytes kept in the record
+constexpr uint32_t kLayout = 2;                     // 2: the buddy arena
+constexpr uint32_t kMaxProcs = 64;                  // a bit per process in a 64-bit mask
+constexpr uint32_t kInline = 64;                    // key and value bytes kept in the record
 constexpr uint32_t kMaxSlots = 1u << 20;
 constexpr uint32_t kClasses = 40;  // arena size classes: 64 << c bytes
 
@@ -130,19 +130,24 @@ struct alignas(64) Record {
     unsigned char value[kInline];
 };
 
+// A buddy allocator: the arena is tiled by power-of-two roots (its size's
+// binary digits, largest first), each split in halves on demand and merged
+// back when both halves are free, so freed space serves any size again.
 struct alignas(64) Arena {
     pthread_mutex_t lock;          // robust
-    uint64_t bump;                 // next fresh byte (from the arena's start)
     uint64_t free_head[kClasses];  // offset + 1 of a free block of the class
 };
 
-// An arena block's header.  state is the commit point of alloc and free.
+// An arena block's header.  state is the commit point of alloc and free,
+// cls the commit point of a split or a merge.
 struct Block {
     uint32_t cls, state;   // kBlockFree / kBlockUsed
     uint32_t owner, proc;  // the record (index) it belongs to, the allocating process slot
     uint64_t owner_gen;    // the record's gen when allocated
-    uint64_t next;         // free list: offset + 1
+    uint64_t next, prev;   // free list of its class: offset + 1, 0: none
+    uint64_t pad;
 };
+static_assert(sizeof(Block) <= 64, "a header fits the smallest block");
 constexpr uint32_t kBlockFree = 0x46524545, kBlockUsed = 0x55534544;
 
 }  // namespace shm
@@ -231,6 +236,9 @@ extern const char *const kKillPoints[];
 extern const int kKillPointCount;
 // The segment's bytes, for the corruption fuzz target.
 void *segment_bytes(SharedGroup *g, std::size_t *len) noexcept;
+// How long a segment lock may be waited for before the call fails
+// (default 2 s).
+void set_lock_patience(int64_t ns) noexcept;
 // Doorbell connections of this process that sent their token and wait.
 uint32_t doors_waiting(SharedGroup *g) noexcept;
 }  // namespace testing_shm

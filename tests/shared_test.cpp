@@ -310,6 +310,75 @@ TEST(SharedValues, ValuesOfEverySizeUpToTheLimitAndNotAbove) {
     EXPECT_EQ(sf_group_free(g), SF_OK);
 }
 
+// The arena: a value that does not fit is SF_ENOMEM for the call that
+// stores it while the flights holding the space go on; space given back
+// serves any size again (before the buddy arena, a 1000-byte key found no
+// room once the arena had been carved into 16 KiB blocks and freed).
+TEST(SharedCapacity, AFullArenaIsEnomemForTheCallThatNeedsIt) {
+    const std::string name = unique_name("arena");
+    sf_shared_options o;
+    sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
+    o.arena_bytes = 64 << 10;
+    o.max_value_bytes = 16 << 10;
+    sf_group *g = open_named(name, &o);
+    ASSERT_TRUE(g);
+    const std::string big(15000, 'b');
+    auto fill = [&](std::vector<sf_call *> *held) {
+        for (int i = 0; i < 4; ++i) {
+            const std::string k = "big" + std::to_string(i);
+            sf_call *c = nullptr;
+            ASSERT_EQ(sf_group_begin(g, k.data(), k.size(), &c), SF_LEADER);
+            ASSERT_EQ(sf_call_set_bytes(c, big.data(), big.size()), SF_OK) << i;
+            held->push_back(c);
+        }
+    };
+    std::vector<sf_call *> held;
+    fill(&held);
+    sf_call *extra = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "one more", 8, &extra), SF_LEADER);
+    EXPECT_EQ(sf_call_set_bytes(extra, big.data(), big.size()), SF_ENOMEM) << "the arena is full";
+    ASSERT_EQ(sf_call_finish(extra, 0), SF_OK);
+    sf_call_release(extra);
+    for (sf_call *c : held) {  // the flights holding the space are unaffected
+        ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+        sf_result *r = nullptr;
+        ASSERT_EQ(sf_call_wait(c, 0, &r, nullptr), SF_OK);
+        size_t n = 0;
+        const void *v = sf_result_bytes(r, &n);
+        EXPECT_EQ(std::string(static_cast<const char *>(v), n), big);
+        sf_result_release(r);
+        sf_call_release(c);
+    }
+    EXPECT_EQ(stats(g).arena_used, 0u);
+    // Any size fits again: a long key, then many small values...
+    const std::string long_key(1000, 'k');
+    sf_call *c = nullptr;
+    ASSERT_EQ(sf_group_begin(g, long_key.data(), long_key.size(), &c), SF_LEADER)
+        << "room for a 1000-byte key in an empty arena";
+    ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+    sf_call_release(c);
+    std::vector<sf_call *> small;
+    for (int i = 0; i < 100; ++i) {
+        const std::string k = "small" + std::to_string(i);
+        ASSERT_EQ(sf_group_begin(g, k.data(), k.size(), &c), SF_LEADER);
+        ASSERT_EQ(sf_call_set_bytes(c, big.data(), 200), SF_OK) << i;
+        small.push_back(c);
+    }
+    for (sf_call *s : small) {
+        sf_call_finish(s, 0);
+        sf_call_release(s);
+    }
+    // ...and the halves merge back into blocks for the largest values.
+    EXPECT_EQ(stats(g).arena_used, 0u);
+    held.clear();
+    fill(&held);
+    for (sf_call *h : held) {
+        sf_call_finish(h, 0);
+        sf_call_release(h);
+    }
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
 TEST(SharedCapacity, AFullTableIsEnomemAndRunUnsharedRunsFn) {
     const std::string name = unique_name("full");
     sf_shared_options o;
@@ -1041,6 +1110,74 @@ TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
 }
 
 // ---------------------------------------------------------------------------
+// Trust: a wedged peer or a stray write is an error, never a hang or a trap
+// ---------------------------------------------------------------------------
+
+// The stripe locks of the segment, as a peer's mapping sees them.
+std::vector<pthread_mutex_t *> stripe_locks(sf_group *g) {
+    size_t len = 0;
+    auto *base = static_cast<char *>(sf::testing_shm::segment_bytes(shared_of(g), &len));
+    auto *h = reinterpret_cast<sf::shm::Header *>(base);
+    auto *stripes = reinterpret_cast<sf::shm::Stripe *>(base + h->off_stripes);
+    std::vector<pthread_mutex_t *> locks;
+    for (uint32_t s = 0; s < h->stripes; ++s) locks.push_back(&stripes[s].lock);
+    return locks;
+}
+
+int no_op(sf_call *, void *) { return 0; }
+
+TEST(SharedTrust, ALockAPeerHoldsTooLongIsEincompatThenItsDeathFreesIt) {
+    const std::string name = unique_name("wedged");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    sf::testing_shm::set_lock_patience(100 * 1000 * 1000);
+    Board *b = new_board();
+    const pid_t peer = fork();
+    if (peer == 0) {
+        // A peer wedged inside the table: every stripe lock held, alive.
+        sf_group *pg = nullptr;
+        if (sf_group_open_shared(name.c_str(), nullptr, &pg) != SF_OK) _exit(2);
+        for (pthread_mutex_t *m : stripe_locks(pg)) pthread_mutex_lock(m);
+        b->ready.store(1);
+        for (;;) pause();
+    }
+    ASSERT_TRUE(wait_until([&] { return b->ready.load() == 1; }));
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_EINCOMPAT);
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(waited, std::chrono::milliseconds(100)) << "it waited its patience";
+    kill(peer, SIGKILL);
+    wait_child(peer);
+    // The owner died: the next lock repairs the stripe and goes on.
+    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_OK);
+    sf::testing_shm::set_lock_patience(int64_t(2) * 1000 * 1000 * 1000);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    munmap(b, sizeof *b);
+}
+
+// A stray write over a lock's type word (glibc keeps it in the shared
+// mutex) once made the next lock take the lock-elision path and trap
+// (found by fuzz_shared).  It is now a corrupted segment: SF_EINCOMPAT.
+TEST(SharedTrust, ALockWhoseTypeWasOverwrittenIsEincompat) {
+    const std::string name = unique_name("kind");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    std::vector<int> saved;
+    for (pthread_mutex_t *m : stripe_locks(g)) {
+        saved.push_back(m->__data.__kind);
+        m->__data.__kind = 0x7fffff00;
+    }
+    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_EINCOMPAT);
+    sf_call *c = nullptr;
+    EXPECT_EQ(sf_group_begin(g, "k", 1, &c), SF_EINCOMPAT);
+    EXPECT_EQ(c, nullptr);
+    size_t i = 0;
+    for (pthread_mutex_t *m : stripe_locks(g)) m->__data.__kind = saved[i++];
+    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_OK);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+// ---------------------------------------------------------------------------
 // Death at every named point of publish, join, complete and free: a child
 // process is killed (SIGKILL) exactly there, and the survivors go on with
 // nothing lost or stuck: the key leads afresh or completes, values are
@@ -1131,6 +1268,8 @@ const Scenario kScenarios[] = {
     {"release.cleared", true, child_follow_then_release},
     {"free.unlinked", false, child_do},
     {"leave.cleared", true, child_follow_then_cancel},
+    {"arena.splitting", false, child_two_phase_big},
+    {"arena.merging", false, child_do},
 };
 
 TEST(SharedCrash, EveryNamedPointIsCovered) {

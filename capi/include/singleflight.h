@@ -255,7 +255,13 @@ SF_API int sf_group_free(sf_group *g);
  *  - a do_async follower occupies an executor thread while it waits;
  *  - a full table or arena is SF_ENOMEM for the call that needed the space
  *    (flights already running go on), unless SF_SHARED_RUN_UNSHARED is set:
- *    then fn runs coalesced within the calling process only.
+ *    then fn runs coalesced within the calling process only; space given
+ *    back merges with its free neighbours (a buddy arena) and serves any
+ *    size again;
+ *  - the segment's locks are held for a few steps, never while fn runs: a
+ *    call that waits over 2 s for one (a peer stopped or wedged inside the
+ *    library, a corrupted lock) returns SF_EINCOMPAT instead of hanging,
+ *    and a lock whose holder died is repaired by the next taker.
  * Processes sharing a group are peers of one user: a segment made by
  * another user, or readable or writable by more than mode allows, is
  * refused with SF_EPERM; one of another layout or size with SF_EINCOMPAT;
