@@ -92,7 +92,7 @@ int poller_wait(int ep, uint64_t *ready, int n, int timeout_ms) noexcept;
 
 // 64 random bits from the kernel (a segment's identity).
 uint64_t random64() noexcept;
-// The calling thread's kernel id.
+// A number for the calling thread, unique in the process (not its kernel id).
 uint32_t thread_id() noexcept;
 
 }  // namespace detail
