@@ -51,6 +51,8 @@ const char *const kKillPoints[] = {
     "arena.merging",       // a buddy off its list, the merge not yet committed
 };
 const int kKillPointCount = int(sizeof kKillPoints / sizeof kKillPoints[0]);
+std::atomic<bool> g_fixed_seed{false};
+void fix_seed(bool on) noexcept { g_fixed_seed.store(on, std::memory_order_relaxed); }
 }  // namespace testing_shm
 #define SF_KILL_POINT(name) kill_point(name)
 #else
@@ -349,6 +351,9 @@ void initialise(SharedGroup *g, const Layout &l, uint32_t uid) noexcept {
     h->max_value_bytes = l.max_value;
     h->total_bytes = l.total;
     h->seed = detail::random64();
+#if defined(SF_TESTING_HOOKS)
+    if (testing_shm::g_fixed_seed.load(std::memory_order_relaxed)) h->seed = 0x5eed5eed5eed5eedull;
+#endif
     h->segment_id = detail::random64();
     h->off_procs = l.off_procs;
     h->off_stripes = l.off_stripes;

@@ -236,6 +236,9 @@ extern const char *const kKillPoints[];
 extern const int kKillPointCount;
 // The segment's bytes, for the corruption fuzz target.
 void *segment_bytes(SharedGroup *g, std::size_t *len) noexcept;
+// on: segments created from now on hash keys with one fixed seed, so that
+// which keys share a stripe is the same in every run of a fuzz input.
+void fix_seed(bool on) noexcept;
 // How long a segment lock may be waited for before the call fails
 // (default 2 s).
 void set_lock_patience(int64_t ns) noexcept;
