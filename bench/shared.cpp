@@ -56,10 +56,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -638,6 +640,86 @@ int cmd_call(long iters, int reps, Out &out) {
     return 0;
 }
 
+// ---------------------------------------------------------------- locks
+
+// What one lock round trip costs in a page shared between processes, for
+// the kinds of lock a shared table could use; an uncontended shared
+// sf_group_do takes three (join or lead, publish, free).  Side by side in
+// one run: the robust process-shared mutex the library uses (trylock as its
+// fast path), the same without robustness, and a bare compare-and-swap word
+// lock of the kind that would need the library's own dead-owner recovery.
+enum LockKind { kRobust, kPlain, kCas, kLockKinds };
+const char *const kLockName[kLockKinds] = {"robust pshared mutex (the library's)",
+                                           "plain pshared mutex", "CAS word + release store"};
+const char *const kLockId[kLockKinds] = {"robust", "plain", "cas"};
+
+struct LockPage {
+    pthread_mutex_t robust, plain;
+    std::atomic<std::uint32_t> word;
+};
+
+double lock_op(LockPage *p, LockKind k, long iters) {
+    const std::int64_t t0 = mono_ns();
+    for (long i = 0; i < iters; ++i) {
+        switch (k) {
+            case kRobust:
+                if (pthread_mutex_trylock(&p->robust) != 0) die("locks: robust trylock failed");
+                pthread_mutex_unlock(&p->robust);
+                break;
+            case kPlain:
+                if (pthread_mutex_trylock(&p->plain) != 0) die("locks: trylock failed");
+                pthread_mutex_unlock(&p->plain);
+                break;
+            default: {
+                std::uint32_t free_word = 0;
+                if (!p->word.compare_exchange_strong(free_word, 7, std::memory_order_acquire))
+                    die("locks: CAS failed");
+                p->word.store(0, std::memory_order_release);
+            }
+        }
+    }
+    return double(mono_ns() - t0) / double(iters);
+}
+
+int cmd_locks(long iters, int reps, Out &out) {
+    void *mem =
+        mmap(nullptr, sizeof(LockPage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) die("locks: mmap failed");
+    auto *p = new (mem) LockPage;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(&p->plain, &a);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&p->robust, &a);
+    pthread_mutexattr_destroy(&a);
+    p->word.store(0);
+    std::vector<double> t[kLockKinds];
+    for (int k = 0; k < kLockKinds; ++k) lock_op(p, LockKind(k), iters / 10 + 1);
+    for (int r = 0; r < reps; ++r)
+        for (int j = 0; j < kLockKinds; ++j) {
+            const int k = (r + j) % kLockKinds;
+            t[k].push_back(lock_op(p, LockKind(k), iters));
+        }
+    if (!out.json) {
+        std::printf(
+            "lock + unlock in a MAP_SHARED page, uncontended, median of %d interleaved "
+            "repeats of %ld\n\n| lock | ns per round trip | x the CAS word |\n|---|---:|---:|\n",
+            reps, iters);
+    }
+    std::string rows;
+    const double cas = median(t[kCas]);
+    for (int k = 0; k < kLockKinds; ++k) {
+        const double m = median(t[k]);
+        if (!out.json) std::printf("| %s | %.1f | %.2fx |\n", kLockName[k], m, m / cas);
+        if (!rows.empty()) rows += ",";
+        rows += std::string("{\"lock\":\"") + kLockId[k] + "\",\"ns\":" + num(m) + "}";
+    }
+    out.member("locks", "{\"iters\":" + std::to_string(iters) + ",\"rows\":[" + rows + "]}");
+    munmap(mem, sizeof(LockPage));
+    return 0;
+}
+
 // ---------------------------------------------------------------- bytes
 
 struct Job {
@@ -724,7 +806,8 @@ int cmd_bytes(long iters, int reps, const std::vector<int> &sizes, Out &out) {
                  "usage: sfshared wake  [--followers N] [--rounds R] [--json]\n"
                  "       sfshared dead  [--rounds R] [--json]\n"
                  "       sfshared call  [--iters N] [--reps R] [--json]\n"
-                 "       sfshared bytes [--iters N] [--reps R] [--sizes 8,32,64,256] [--json]\n");
+                 "       sfshared bytes [--iters N] [--reps R] [--sizes 8,32,64,256] [--json]\n"
+                 "       sfshared locks [--iters N] [--reps R] [--json]\n");
     std::exit(2);
 }
 
@@ -781,6 +864,7 @@ int main(int argc, char **argv) {
     else if (cmd == "dead") rc = cmd_dead(int(rounds), out);
     else if (cmd == "call") rc = cmd_call(iters, reps, out);
     else if (cmd == "bytes") rc = cmd_bytes(iters, reps, sizes, out);
+    else if (cmd == "locks") rc = cmd_locks(iters * 10, reps, out);
     else usage();
     out.finish();
     return rc;

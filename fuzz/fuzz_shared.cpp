@@ -142,8 +142,8 @@ void poke(State &st) {
     for (int i = 0; i < len; ++i) st.in.byte();
 #else
     size_t size = 0;
-    auto *base = static_cast<unsigned char *>(sf::testing_shm::segment_bytes(
-        reinterpret_cast<sf::Group *>(st.g[0])->shared(), &size));
+    auto *base = static_cast<unsigned char *>(
+        sf::testing_shm::segment_bytes(reinterpret_cast<sf::Group *>(st.g[0])->shared(), &size));
     for (int i = 0; i < len; ++i) base[(size_t(off) + i) % size] = st.in.byte();
     if (st.strict) sf::testing_shm::set_lock_patience(1000 * 1000);
     st.strict = false;
@@ -157,110 +157,109 @@ void run_op(State &st) {
     const uint8_t pick = st.in.byte();  // read always: an input means the same whatever came before
     Call *call = st.calls.empty() ? nullptr : &st.calls[pick % st.calls.size()];
     switch ((op & 0x7f) % 13) {
-    case 0: {  // begin
-        if (st.calls.size() >= kMaxCalls) return;
-        const int key = st.in.byte() % kKeys;
-        const std::string k = key_of(key);
-        sf_call *c = nullptr;
-        const int rc = sf_group_begin(g, k.data(), k.size(), &c);
-        sf_fuzz::trace("begin %d key %d: %d", att, key, rc);
-        if (st.strict) {
-            EXPECT(rc == SF_LEADER || rc == SF_FOLLOWER);
-            if (!unfinished_leader(st, key)) EXPECT_EQ(rc, SF_LEADER);
+        case 0: {  // begin
+            if (st.calls.size() >= kMaxCalls) return;
+            const int key = st.in.byte() % kKeys;
+            const std::string k = key_of(key);
+            sf_call *c = nullptr;
+            const int rc = sf_group_begin(g, k.data(), k.size(), &c);
+            sf_fuzz::trace("begin %d key %d: %d", att, key, rc);
+            if (st.strict) {
+                EXPECT(rc == SF_LEADER || rc == SF_FOLLOWER);
+                if (!unfinished_leader(st, key)) EXPECT_EQ(rc, SF_LEADER);
+            }
+            if (rc == SF_LEADER || rc == SF_FOLLOWER)
+                st.calls.push_back(Call{c, key, rc == SF_LEADER, false, false});
+            return;
         }
-        if (rc == SF_LEADER || rc == SF_FOLLOWER)
-            st.calls.push_back(Call{c, key, rc == SF_LEADER, false, false});
-        return;
-    }
-    case 1: {  // a value
-        if (!call) return;
-        const size_t len = size_t(st.in.byte()) * 3;
-        const std::string v = value_of(call->key, len);
-        const int rc = sf_call_set_bytes(call->c, v.data(), v.size());
-        sf_fuzz::trace("set_bytes %zu: %d", len, rc);
-        if (st.strict && call->leader && !call->finished && !call->cancelled)
-            EXPECT(rc == SF_OK || rc == SF_ENOMEM);
-        return;
-    }
-    case 2:  // finish
-        if (!call) return;
-        sf_fuzz::trace("finish: %d", sf_call_finish(call->c, st.in.byte() % 3));
-        if (call->leader) call->finished = true;
-        return;
-    case 3:  // panic
-        if (!call) return;
-        sf_fuzz::trace("panic: %d", sf_call_panic(call->c, "fuzz"));
-        if (call->leader) call->finished = true;
-        return;
-    case 4: {  // poll
-        if (!call) return;
-        sf_result *r = nullptr;
-        const int rc = sf_call_wait(call->c, 0, &r, nullptr);
-        sf_fuzz::trace("wait: %d", rc);
-        if (st.strict)
-            EXPECT(rc == SF_OK || rc == SF_EPANIC || rc == SF_EGOEXIT || rc == SF_ETIMEDOUT ||
-                   rc == SF_ECANCELED || rc == SF_EDEADLK);
-        if (rc == SF_OK) keep_or_release(st, r, call->key);
-        else if (r)
-            sf_result_release(r);
-        return;
-    }
-    case 5: {  // release
-        if (!call) return;
-        sf_call_release(call->c);
-        sf_fuzz::trace("release");
-        if (call->leader && !call->finished) {
-            // Its flight ends as SF_EGOEXIT: no longer an unfinished leader.
+        case 1: {  // a value
+            if (!call) return;
+            const size_t len = size_t(st.in.byte()) * 3;
+            const std::string v = value_of(call->key, len);
+            const int rc = sf_call_set_bytes(call->c, v.data(), v.size());
+            sf_fuzz::trace("set_bytes %zu: %d", len, rc);
+            if (st.strict && call->leader && !call->finished && !call->cancelled)
+                EXPECT(rc == SF_OK || rc == SF_ENOMEM);
+            return;
         }
-        *call = st.calls.back();
-        st.calls.pop_back();
-        return;
-    }
-    case 6:  // cancel
-        if (!call) return;
-        sf_fuzz::trace("cancel: %d", sf_call_cancel(call->c));
-        call->cancelled = true;
-        return;
-    case 7: {  // do
-        DoCtx d{st.in.byte() % kKeys, size_t(st.in.byte()) * 3, st.in.byte() % 8 == 0};
-        if (!st.strict || unfinished_leader(st, d.key)) return;
-        const std::string k = key_of(d.key);
-        sf_result *r = nullptr;
-        const int rc = sf_group_do(g, k.data(), k.size(), do_fn, &d, &r, nullptr);
-        sf_fuzz::trace("do %d key %d: %d", att, d.key, rc);
-        EXPECT(rc == SF_OK || rc == SF_EPANIC);
-        EXPECT_EQ(rc == SF_EPANIC, d.panic);
-        keep_or_release(st, r, d.key);
-        return;
-    }
-    case 8: {  // forget
-        const std::string k = key_of(st.in.byte() % kKeys);
-        sf_fuzz::trace("forget: %d", sf_group_forget(g, k.data(), k.size()));
-        return;
-    }
-    case 9:
-        check_stats(st, g);
-        return;
-    case 10: {  // read a kept result again, then drop it
-        if (st.results.empty()) return;
-        const size_t i = st.in.byte() % st.results.size();
-        check_result(st, st.results[i].r, st.results[i].key);
-        (void)sf_result_error(st.results[i].r);
-        (void)sf_result_panic_message(st.results[i].r);
-        sf_result_release(st.results[i].r);
-        st.results[i] = st.results.back();
-        st.results.pop_back();
-        return;
-    }
-    case 11:
-        poke(st);
-        return;
-    case 12: {  // an eventfd, polled
-        if (!call) return;
-        const int fd = sf_call_fd(call->c);
-        sf_fuzz::trace("fd: %d readable %d", fd, fd >= 0 ? sf_fuzz::readable_now(fd) : -1);
-        return;
-    }
+        case 2:  // finish
+            if (!call) return;
+            sf_fuzz::trace("finish: %d", sf_call_finish(call->c, st.in.byte() % 3));
+            if (call->leader) call->finished = true;
+            return;
+        case 3:  // panic
+            if (!call) return;
+            sf_fuzz::trace("panic: %d", sf_call_panic(call->c, "fuzz"));
+            if (call->leader) call->finished = true;
+            return;
+        case 4: {  // poll
+            if (!call) return;
+            sf_result *r = nullptr;
+            const int rc = sf_call_wait(call->c, 0, &r, nullptr);
+            sf_fuzz::trace("wait: %d", rc);
+            if (st.strict)
+                EXPECT(rc == SF_OK || rc == SF_EPANIC || rc == SF_EGOEXIT || rc == SF_ETIMEDOUT ||
+                       rc == SF_ECANCELED || rc == SF_EDEADLK);
+            if (rc == SF_OK) keep_or_release(st, r, call->key);
+            else if (r) sf_result_release(r);
+            return;
+        }
+        case 5: {  // release
+            if (!call) return;
+            sf_call_release(call->c);
+            sf_fuzz::trace("release");
+            if (call->leader && !call->finished) {
+                // Its flight ends as SF_EGOEXIT: no longer an unfinished leader.
+            }
+            *call = st.calls.back();
+            st.calls.pop_back();
+            return;
+        }
+        case 6:  // cancel
+            if (!call) return;
+            sf_fuzz::trace("cancel: %d", sf_call_cancel(call->c));
+            call->cancelled = true;
+            return;
+        case 7: {  // do
+            DoCtx d{st.in.byte() % kKeys, size_t(st.in.byte()) * 3, st.in.byte() % 8 == 0};
+            if (!st.strict || unfinished_leader(st, d.key)) return;
+            const std::string k = key_of(d.key);
+            sf_result *r = nullptr;
+            const int rc = sf_group_do(g, k.data(), k.size(), do_fn, &d, &r, nullptr);
+            sf_fuzz::trace("do %d key %d: %d", att, d.key, rc);
+            EXPECT(rc == SF_OK || rc == SF_EPANIC);
+            EXPECT_EQ(rc == SF_EPANIC, d.panic);
+            keep_or_release(st, r, d.key);
+            return;
+        }
+        case 8: {  // forget
+            const std::string k = key_of(st.in.byte() % kKeys);
+            sf_fuzz::trace("forget: %d", sf_group_forget(g, k.data(), k.size()));
+            return;
+        }
+        case 9:
+            check_stats(st, g);
+            return;
+        case 10: {  // read a kept result again, then drop it
+            if (st.results.empty()) return;
+            const size_t i = st.in.byte() % st.results.size();
+            check_result(st, st.results[i].r, st.results[i].key);
+            (void)sf_result_error(st.results[i].r);
+            (void)sf_result_panic_message(st.results[i].r);
+            sf_result_release(st.results[i].r);
+            st.results[i] = st.results.back();
+            st.results.pop_back();
+            return;
+        }
+        case 11:
+            poke(st);
+            return;
+        case 12: {  // an eventfd, polled
+            if (!call) return;
+            const int fd = sf_call_fd(call->c);
+            sf_fuzz::trace("fd: %d readable %d", fd, fd >= 0 ? sf_fuzz::readable_now(fd) : -1);
+            return;
+        }
     }
 }
 
@@ -272,8 +271,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     State st{Input{data, size}, {nullptr, nullptr}, {}, {}, true};
     sf::testing_shm::set_lock_patience(int64_t(2) * 1000 * 1000 * 1000);
     sf::testing_shm::fix_seed(true);
-    const std::string name =
-        "sffuzz-" + std::to_string(getpid()) + "-" + std::to_string(g_runs++);
+    const std::string name = "sffuzz-" + std::to_string(getpid()) + "-" + std::to_string(g_runs++);
     sf_shared_options o;
     sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION);
     o.table_slots = 1024;  // 16 records a stripe: the model's few keys never fill one
