@@ -17,6 +17,14 @@
 #include "core/platform.hpp"
 #include "core/spinlock.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define SF_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SF_TSAN 1
+#endif
+#endif
+
 namespace sf {
 
 using namespace shm;
@@ -241,12 +249,25 @@ bool lock_robust(pthread_mutex_t *m, Repair repair) noexcept {
     if (!kind_intact(m)) return false;
     int rc = pthread_mutex_trylock(m);
     if (rc == EBUSY) {
-        const int64_t deadline =
-            detail::now_ns() + g_lock_patience_ns.load(std::memory_order_relaxed);
+        const int64_t patience = g_lock_patience_ns.load(std::memory_order_relaxed);
+#if defined(SF_TSAN)
+        // ThreadSanitizer does not intercept pthread_mutex_clocklock, and a
+        // lock it does not see makes every access under it a false race:
+        // under TSan the wait is timed on the wall clock instead.
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        const int64_t deadline = int64_t(now.tv_sec) * 1000000000 + now.tv_nsec + patience;
+        struct timespec ts;
+        ts.tv_sec = time_t(deadline / 1000000000);
+        ts.tv_nsec = long(deadline % 1000000000);
+        rc = pthread_mutex_timedlock(m, &ts);
+#else
+        const int64_t deadline = detail::now_ns() + patience;
         struct timespec ts;
         ts.tv_sec = time_t(deadline / 1000000000);
         ts.tv_nsec = long(deadline % 1000000000);
         rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+#endif
     }
     if (rc == EOWNERDEAD) {
         repair();

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -1107,6 +1108,90 @@ TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
     EXPECT_EQ(st.processes, 1u);
     EXPECT_EQ(sf_group_free(mine), SF_OK);
     munmap(mem, sizeof(Inside));
+}
+
+// ---------------------------------------------------------------------------
+// Unrelated processes: not forked from each other, sharing only the name
+// ---------------------------------------------------------------------------
+
+// The other program's part: this test binary run again (posix_spawn, so
+// nothing is inherited but the environment), told its role there.  Disabled
+// so that only the spawn runs it.  Its exit status is its verdict.
+TEST(SharedUnrelated, DISABLED_TheOtherProgram) {
+    const char *name = std::getenv("SF_SHARED_NAME");
+    const char *role = std::getenv("SF_SHARED_ROLE");
+    if (!name || !role) _exit(10);
+    sf_group *g = nullptr;
+    if (sf_group_open_shared(name, nullptr, &g) != SF_OK) _exit(11);
+    sf_call *c = nullptr;
+    if (std::strcmp(role, "follow") == 0) {
+        if (sf_group_begin(g, "k", 1, &c) != SF_FOLLOWER) _exit(12);
+        sf_result *r = nullptr;
+        if (sf_call_wait(c, -1, &r, nullptr) != SF_OK) _exit(13);
+        size_t n = 0;
+        const void *v = sf_result_bytes(r, &n);
+        if (std::string(static_cast<const char *>(v), n) != "from the first") _exit(14);
+        sf_result_release(r);
+    } else {
+        if (sf_group_begin(g, "k2", 2, &c) != SF_LEADER) _exit(15);
+        if (!wait_until([&] { return stats(g).followers >= 2; })) _exit(16);
+        sf_call_set_bytes(c, "from the second", 15);
+        if (sf_call_finish(c, 0) != SF_OK) _exit(17);
+    }
+    sf_call_release(c);
+    _exit(sf_group_free(g) == SF_OK ? 0 : 18);
+}
+
+pid_t spawn_other(const std::string &name, const char *role) {
+    std::vector<std::string> env;
+    for (char **e = environ; *e; ++e) env.push_back(*e);
+    env.push_back("SF_SHARED_NAME=" + name);
+    env.push_back(std::string("SF_SHARED_ROLE=") + role);
+    std::vector<char *> envp;
+    for (std::string &e : env) envp.push_back(&e[0]);
+    envp.push_back(nullptr);
+    std::string self = "/proc/self/exe", filter = "--gtest_filter=SharedUnrelated.DISABLED_*",
+                also = "--gtest_also_run_disabled_tests";
+    char *argv[] = {&self[0], &filter[0], &also[0], nullptr};
+    pid_t pid = -1;
+    EXPECT_EQ(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, envp.data()), 0);
+    return pid;
+}
+
+TEST(SharedUnrelated, TwoProgramsSharingOnlyTheNameRunFnOnce) {
+    const std::string name = unique_name("unrelated");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    // This program leads; the other follows.
+    sf_call *l = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
+    const pid_t follower = spawn_other(name, "follow");
+    ASSERT_GT(follower, 0);
+    ASSERT_TRUE(wait_until([&] { return stats(g).followers >= 1; })) << "the other joined";
+    ASSERT_EQ(sf_call_set_bytes(l, "from the first", 14), SF_OK);
+    ASSERT_EQ(sf_call_finish(l, 0), SF_OK);
+    sf_call_release(l);
+    int st = wait_child(follower);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the other's verdict: " << st;
+    // The other leads; this program follows.
+    const uint64_t leaders = stats(g).leaders;
+    const pid_t leader = spawn_other(name, "lead");
+    ASSERT_GT(leader, 0);
+    ASSERT_TRUE(wait_until([&] { return stats(g).leaders > leaders; })) << "the other leads";
+    sf_call *f = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k2", 2, &f), SF_FOLLOWER);
+    sf_result *r = nullptr;
+    ASSERT_EQ(sf_call_wait(f, -1, &r, nullptr), SF_OK);
+    size_t n = 0;
+    const void *v = sf_result_bytes(r, &n);
+    EXPECT_EQ(std::string(static_cast<const char *>(v), n), "from the second");
+    sf_result_release(r);
+    sf_call_release(f);
+    st = wait_child(leader);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the other's verdict: " << st;
+    EXPECT_EQ(stats(g).leaders, leaders + 1) << "fn ran once per key";
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+    EXPECT_FALSE(exists(shm_file(name)));
 }
 
 // ---------------------------------------------------------------------------
