@@ -1871,6 +1871,68 @@ bool publish(SharedGroup *g, uint32_t i, Status status, int error, const char *m
     return true;
 }
 
+// The common uncontended case, a do flight nobody joined, ends in one
+// critical section instead of two: the leader publishes, takes its value in
+// a result of its own process (a copy, as on a local group) and frees the
+// record at once, so its result holds nothing in the segment and its
+// release takes no lock.  nullptr, with nothing done, when it is not alone
+// (a joiner or a registration), when fn panicked, or without memory: then
+// the caller publishes as usual.
+Flight *publish_alone(SharedGroup *g, uint32_t i, int error) noexcept {
+    Record *r = &g->recs_[i];
+    if (r->flags & (kRecPanicSet | kRecShared | kRecForgotten)) return nullptr;
+    // The value is this leader's own and no longer changes: copied before
+    // the lock, so the critical section stays short.
+    void *value = nullptr;
+    DestroyFn destroy = nullptr;
+    if (r->flags & kRecBytes) {
+        std::size_t n = 0;
+        const void *v = value_bytes(g, r, &n);
+        if (!v && n) return nullptr;
+        value = bytes_copy(v, n, &destroy);
+        if (!value) return nullptr;
+    }
+    auto *f = static_cast<Flight *>(detail::flight_cache().get());
+    const uint32_t s = g->stripe_of_rec(i);
+    if (!f || !lock_stripe(g, s)) {
+        if (f) detail::flight_cache().put(f);
+        run_destroy(destroy, value);
+        return nullptr;
+    }
+    if ((r->flags & (kRecFinishing | kRecShared | kRecForgotten)) || r->holders != g->mybit() ||
+        r->bells || g->locals_[i].refs.load(std::memory_order_relaxed) != 1) {
+        unlock_stripe(g, s);
+        detail::flight_cache().put(f);
+        run_destroy(destroy, value);
+        return nullptr;
+    }
+    r->flags.fetch_or(kRecFinishing, std::memory_order_relaxed);
+    unlink_record(g, i);
+    SF_KILL_POINT("complete.unlinked");
+    r->status = int32_t(kOk);
+    r->error = error;
+    g->h_->c.completed.fetch_add(1, std::memory_order_relaxed);
+    r->seq.fetch_or(kSeqDone, std::memory_order_release);
+    g->locals_[i].refs.store(0, std::memory_order_relaxed);
+    free_record(g, s, i);
+    unlock_stripe(g, s);
+    f->role = kRoleLeader;  // a plain local result: nothing in the segment
+    f->mode = kModeDo;
+    f->flags = 0;
+    f->status_ = int8_t(kOk);
+    f->lflags = 0;
+    f->ident.store(0, std::memory_order_relaxed);
+    f->state.store(kDone | kFinished | kUnpublished, std::memory_order_relaxed);
+    f->refs.store(1, std::memory_order_relaxed);
+    f->group = nullptr;
+    f->value = value;
+    f->destroy = destroy;
+    f->error = error;
+    f->notify_head = nullptr;
+    f->ext.store(nullptr, std::memory_order_relaxed);
+    return f;
+}
+
 Status outcome_of(SharedGroup *g, uint32_t i, uint32_t gen) noexcept {
     Record *r = &g->recs_[i];
     return r->gen == gen ? Status(r->status) : kGoexit;
@@ -1941,6 +2003,11 @@ Status shared_run(SharedGroup *g, Key key, int (*fn)(void *ctx, SharedCall *call
         call.efd = -1;
         try {
             const int err = fn(ctx, &call);
+            if (Flight *alone = publish_alone(g, i, err)) {
+                *shared = false;
+                *result = alone;
+                return kOk;
+            }
             publish(g, i, (r->flags & kRecPanicSet) ? kPanic : kOk, err, nullptr);
         } catch (abi::__forced_unwind &) {
             publish(g, i, kGoexit, 0, nullptr);
