@@ -168,28 +168,38 @@ uint32_t effective_uid() noexcept { return uint32_t(geteuid()); }
 
 uint32_t process_id() noexcept { return uint32_t(getpid()); }
 
-uint64_t process_start_time(uint32_t pid) noexcept {
+// Reads /proc/<pid>/stat: the process's state letter and its start time
+// (field 22).  false when it cannot be read.
+static bool read_stat(uint32_t pid, char *state, uint64_t *start) noexcept {
     char path[64];
     std::snprintf(path, sizeof path, "/proc/%u/stat", pid);
     NoCancel no_cancel;
     const int fd = retry_open(path, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) return 0;
+    if (fd < 0) return false;
     char buf[1024];
     ssize_t n;
     do {
         n = read(fd, buf, sizeof buf - 1);
     } while (n < 0 && errno == EINTR);
     close(fd);
-    if (n <= 0) return 0;
+    if (n <= 0) return false;
     buf[n] = 0;
-    // Field 22 (starttime), counted after the command's closing paren,
-    // which may itself contain spaces and parens.
+    // Fields counted after the command's closing paren, which may itself
+    // contain spaces and parens: " S ..." is field 3, the state.
     const char *p = std::strrchr(buf, ')');
-    if (!p) return 0;
+    if (!p || p[1] != ' ' || !p[2]) return false;
+    *state = p[2];
     int field = 2;
     for (++p; *p && field < 22; ++p)
         if (*p == ' ') ++field;
-    return std::strtoull(p, nullptr, 10);
+    *start = std::strtoull(p, nullptr, 10);
+    return true;
+}
+
+uint64_t process_start_time(uint32_t pid) noexcept {
+    char state = 0;
+    uint64_t start = 0;
+    return read_stat(pid, &state, &start) ? start : 0;
 }
 
 int process_watch(uint32_t pid, uint64_t start_time) noexcept {
@@ -212,6 +222,15 @@ bool process_exited(int pidfd) noexcept {
         rc = poll(&p, 1, 0);
     } while (rc < 0 && errno == EINTR);
     return rc > 0;
+}
+
+int process_identity(uint32_t pid, uint64_t *start_time) noexcept {
+    if (pid == 0 || (kill(pid_t(pid), 0) < 0 && errno == ESRCH)) return 0;
+    char state = 0;
+    if (!read_stat(pid, &state, start_time)) return -1;
+    // A zombie has exited: it holds nothing any more, though its pid and
+    // start time stay until its parent reaps it.
+    return state == 'Z' || state == 'X' ? 0 : 1;
 }
 
 bool process_alive(uint32_t pid, uint64_t start_time) noexcept {

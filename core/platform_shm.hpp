@@ -63,6 +63,11 @@ int process_watch(uint32_t pid, uint64_t start_time) noexcept;
 bool process_exited(int pidfd) noexcept;
 // Whether (pid, start_time) is alive, without a descriptor.
 bool process_alive(uint32_t pid, uint64_t start_time) noexcept;
+// 0: no process runs with that pid (none has it, or it is a zombie that
+// exited); 1: *start_time is its start time; -1: it exists but its start
+// time could not be read (no /proc, no descriptor left): the caller cannot
+// tell whether it is the process it knew.
+int process_identity(uint32_t pid, uint64_t *start_time) noexcept;
 
 // Doorbells: a FIFO at path, opened by its owner for reading (kept open
 // read-write, so it never sees end-of-file), rung by anyone by writing a

@@ -135,7 +135,7 @@ public:
     Record *recs_ = nullptr;
     Arena *arena_ = nullptr;
     unsigned char *arena_data_ = nullptr;
-    uint32_t slots_ = 0, nbuckets_ = 0, nstripes_ = 0, nprocs_ = 0;
+    uint32_t slots_ = 0, nbuckets_ = 0, nstripes_ = 0, nprocs_ = 0, rec_shift_ = 0;
     uint64_t arena_bytes_ = 0, max_value_ = 0, seed_ = 0;
     bool run_unshared_ = false;
 
@@ -144,7 +144,12 @@ public:
     // reaps the dead before it has one, and must not take bit 0's mail.
     uint32_t me_ = kMaxProcs;
     uint64_t my_gen_ = 0;
-    uint32_t fork_gen_ = 0;
+    uint32_t lock_id_ = 0;  // this process in a stripe's lock word
+    // The fork generation this attachment belongs to; a forked child's
+    // first call re-attaches, one thread doing it under fork_lock_ while
+    // the others wait.
+    std::atomic<uint32_t> fork_gen_{0};
+    pthread_mutex_t fork_lock_ = PTHREAD_MUTEX_INITIALIZER;
 
     // Per record: how many of this process's calls and results hold it,
     // how many of its two-phase callers are interested, and its
@@ -192,7 +197,9 @@ public:
     uint32_t stripe_of_bucket(uint32_t b) const noexcept { return b & (nstripes_ - 1); }
     uint32_t bucket_of(uint64_t hash) const noexcept { return uint32_t(hash) & (nbuckets_ - 1); }
     Record *rec(uint32_t i) noexcept { return i < slots_ ? &recs_[i] : nullptr; }
-    uint32_t stripe_of_rec(uint32_t i) const noexcept { return i / (slots_ / nstripes_); }
+    // Records per stripe is a power of two: a shift, not a division (which
+    // showed in every call's profile).
+    uint32_t stripe_of_rec(uint32_t i) const noexcept { return i >> rec_shift_; }
     Block *block_at(uint64_t off) noexcept {
         return off >= arena_bytes_ || arena_bytes_ - off < 64 || (off & 63)
                    ? nullptr
@@ -242,6 +249,28 @@ bool kind_intact(const pthread_mutex_t *m) noexcept {
     (void)m;
     return true;
 #endif
+}
+
+// A process in a stripe's lock word: its pid (pids are below 2^22) and 9
+// bits of its start time, so that a pid reused by another process after the
+// holder died is told apart (but for 1 chance in 512).
+uint32_t lock_id_of(uint32_t pid, uint64_t start) noexcept {
+    return (pid & kLockPidMask) | uint32_t((start * 0x9e3779b97f4a7c15ull) >> 55) << 22;
+}
+
+// Whether the holder a lock word names may still run.  Only a certain
+// answer says no: a pid no process has, or one whose start time differs.
+// When the start time cannot be read (descriptors exhausted, say), the
+// holder is taken as alive: the waiter's patience ends the wait, where
+// taking a live holder's lock would break the table.
+bool lock_holder_alive(uint32_t word) noexcept {
+    uint64_t start = 0;
+    const int known = detail::process_identity(word & kLockPidMask, &start);
+    if (known < 0) return true;
+    // A holder that could not read its own start time named itself with
+    // start 0: only its pid can be checked.
+    if (known > 0 && (word & ~kLockWaiters & ~kLockPidMask) == 0) return true;
+    return known > 0 && lock_id_of(word & kLockPidMask, start) == (word & ~kLockWaiters);
 }
 
 template <class Repair>
@@ -346,6 +375,7 @@ void bind(SharedGroup *g) noexcept {
     g->slots_ = h->slots;
     g->nbuckets_ = h->buckets;
     g->nstripes_ = h->stripes;
+    g->rec_shift_ = uint32_t(__builtin_ctz(h->slots / h->stripes));
     g->nprocs_ = h->max_procs;
     g->arena_bytes_ = h->arena_bytes;
     g->max_value_ = h->max_value_bytes;
@@ -386,7 +416,7 @@ void initialise(SharedGroup *g, const Layout &l, uint32_t uid) noexcept {
     const uint32_t per = l.slots / l.stripes;
     for (uint32_t s = 0; s < l.stripes; ++s) {
         Stripe &st = g->stripes_[s];
-        init_robust(&st.lock);
+        st.lock.store(0, std::memory_order_relaxed);
         st.first = s * per;
         st.count = per;
         // The free list in index order (index + 1 links).
@@ -642,12 +672,18 @@ bool key_equals(SharedGroup *g, Record *r, uint64_t hash, Key key) noexcept {
     return k && (key.size == 0 || std::memcmp(k, key.data, key.size) == 0);
 }
 
+// One more, by the only writer (the stripe's lock holder).
+void bump(std::atomic<uint64_t> &c) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
 // A flight whose leader's process died before it finished (or before it
 // even linked it): counted as completed, as SF_EGOEXIT, once, by whoever
 // disposes of it.
-void count_goexit(SharedGroup *g) noexcept {
-    g->h_->c.completed.fetch_add(1, std::memory_order_relaxed);
-    g->h_->c.goexits.fetch_add(1, std::memory_order_relaxed);
+void count_goexit(SharedGroup *g, uint32_t s) noexcept {
+    Stripe &st = g->stripes_[s];
+    bump(st.completed);
+    bump(st.goexits);
 }
 
 // Gives back a record's arena blocks (its key, value and message: freeing
@@ -717,7 +753,7 @@ void repair_stripe(SharedGroup *g, uint32_t s) noexcept {
             // Set up by the process that died holding the lock, never
             // linked: nobody else ever saw it.
             release_record(g, i);
-            count_goexit(g);
+            count_goexit(g, s);
         }
         if (r->state == kRecOut && r->holders == 0 &&
             (r->seq.load(std::memory_order_relaxed) & kSeqDone))
@@ -735,11 +771,59 @@ void repair_stripe(SharedGroup *g, uint32_t s) noexcept {
     g->h_->in_use.fetch_add(uint64_t(used) - uint64_t(before), std::memory_order_relaxed);
 }
 
+// A stripe's lock.  Uncontended, one compare-and-swap; contended, a short
+// spin, then a process-shared futex wait.  A holder is a process, named in
+// the word by its pid and start time: a waiter that finds the holder gone
+// (it died inside the critical section, or the word was overwritten with
+// garbage) takes the lock over and repairs the stripe, as a robust mutex's
+// EOWNERDEAD would have it do.  The waits are bounded (the patience, then
+// the call fails) and re-check the holder every 10 ms, since a dead holder
+// wakes nobody.
 bool lock_stripe(SharedGroup *g, uint32_t s) noexcept {
-    return lock_robust(&g->stripes_[s].lock, [g, s] { repair_stripe(g, s); });
+    std::atomic<uint32_t> *w = &g->stripes_[s].lock;
+    const uint32_t me = g->lock_id_;
+    uint32_t v = 0;
+    if (__builtin_expect(
+            w->compare_exchange_strong(v, me, std::memory_order_acquire, std::memory_order_relaxed),
+            1))
+        return true;
+    for (int k = 0; k < 100; ++k) {
+        detail::cpu_relax();
+        v = w->load(std::memory_order_relaxed);
+        if (v == 0 &&
+            w->compare_exchange_weak(v, me, std::memory_order_acquire, std::memory_order_relaxed))
+            return true;
+    }
+    const int64_t deadline = detail::now_ns() + g_lock_patience_ns.load(std::memory_order_relaxed);
+    uint32_t mine = me;  // once asleep, take it marked contended: others may sleep too
+    for (;;) {
+        v = w->load(std::memory_order_relaxed);
+        if (v == 0) {
+            if (w->compare_exchange_weak(v, mine, std::memory_order_acquire,
+                                         std::memory_order_relaxed))
+                return true;
+            continue;
+        }
+        if ((v & ~kLockWaiters) != me && !lock_holder_alive(v)) {
+            if (w->compare_exchange_strong(v, me | (v & kLockWaiters), std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+                repair_stripe(g, s);
+                return true;
+            }
+            continue;
+        }
+        const int64_t left = deadline - detail::now_ns();
+        if (left <= 0) return false;
+        if (!(v & kLockWaiters) &&
+            !w->compare_exchange_weak(v, v | kLockWaiters, std::memory_order_relaxed))
+            continue;
+        mine = me | kLockWaiters;
+        detail::futex_wait(w, v | kLockWaiters, left < 10000000 ? left : 10000000, true);
+    }
 }
 void unlock_stripe(SharedGroup *g, uint32_t s) noexcept {
-    pthread_mutex_unlock(&g->stripes_[s].lock);
+    std::atomic<uint32_t> *w = &g->stripes_[s].lock;
+    if (w->exchange(0, std::memory_order_release) & kLockWaiters) detail::futex_wake_all(w, true);
 }
 
 // The key's record in its bucket, or nullptr; *idx its index.  Bounded.
@@ -822,10 +906,10 @@ void publish_locked(SharedGroup *g, uint32_t s, uint32_t i, Status status, int e
     SF_KILL_POINT("complete.unlinked");
     r->status = int32_t(status);
     r->error = error;
-    Counters &c = g->h_->c;
-    c.completed.fetch_add(1, std::memory_order_relaxed);
-    if (status == kPanic) c.panics.fetch_add(1, std::memory_order_relaxed);
-    if (status == kGoexit) c.goexits.fetch_add(1, std::memory_order_relaxed);
+    Stripe &st = g->stripes_[s];
+    bump(st.completed);
+    if (status == kPanic) bump(st.panics);
+    if (status == kGoexit) bump(st.goexits);
     const uint64_t bells = r->bells;
     const uint32_t old = r->seq.fetch_or(kSeqDone, std::memory_order_acq_rel);
     SF_KILL_POINT("complete.published");
@@ -872,15 +956,14 @@ void reap(SharedGroup *g, uint32_t p, uint64_t gen) noexcept {
             if (r->leader_proc == p && r->leader_gen == gen && !done) {
                 if (r->state == kRecNew) {
                     free_record(g, s, i);
-                    count_goexit(g);
+                    count_goexit(g, s);
                     continue;
                 }
                 // Its leader died: every caller hears SF_EGOEXIT.
                 unlink_record(g, i);
                 r->status = int32_t(kGoexit);
                 r->error = 0;
-                g->h_->c.completed.fetch_add(1, std::memory_order_relaxed);
-                g->h_->c.goexits.fetch_add(1, std::memory_order_relaxed);
+                count_goexit(g, s);
                 const uint32_t old = r->seq.fetch_or(kSeqDone, std::memory_order_acq_rel);
                 if (old & kSeqWaiters) detail::futex_wake_all(&r->seq, true);
                 ring_after |= r->bells;
@@ -1595,7 +1678,14 @@ Status map_and_check(SharedGroup *g, const Layout &want, const SharedOptions &o,
     return kOk;
 }
 
+// This process's name in the stripes' lock words.
+void set_lock_id(SharedGroup *g) noexcept {
+    const uint32_t pid = detail::process_id();
+    g->lock_id_ = lock_id_of(pid, detail::process_start_time(pid));
+}
+
 Status attach(SharedGroup *g, const SharedOptions &o) noexcept {
+    set_lock_id(g);
     Layout want;
     Status st = layout_for(o, &want);
     if (st != kOk) return st;
@@ -1646,7 +1736,7 @@ Status attach(SharedGroup *g, const SharedOptions &o) noexcept {
     g->h_->membership.fetch_add(1, std::memory_order_acq_rel);
     ring_all_peers(g);
     detail::shm_unlock(g->fd_);
-    g->fork_gen_ = detail::fork_generation();
+    g->fork_gen_.store(detail::fork_generation(), std::memory_order_release);
     if (!start_helper(g)) {
         detach_resources(g);
         return kNoMemory;
@@ -1666,8 +1756,25 @@ const char kPanicLost[] = "panic (message lost: the shared group's arena is full
 // After a fork the child is another process: it takes a slot of its own
 // (the parent's calls and results are the parent's) the first time it
 // uses the group.
+Status reattach_after_fork(SharedGroup *g) noexcept;
+
 Status check_fork(SharedGroup *g) noexcept {
-    if (__builtin_expect(g->fork_gen_ == detail::fork_generation(), 1)) return kOk;
+    if (__builtin_expect(g->fork_gen_.load(std::memory_order_acquire) == detail::fork_generation(),
+                         1))
+        return kOk;
+    // Several threads of the child may make their first call at once: one
+    // re-attaches, the others wait for it and go on with its outcome
+    // (before, each re-attached, and they closed each other's descriptor
+    // and claimed a slot each).
+    pthread_mutex_lock(&g->fork_lock_);
+    Status st = kOk;
+    if (g->fork_gen_.load(std::memory_order_relaxed) != detail::fork_generation())
+        st = reattach_after_fork(g);
+    pthread_mutex_unlock(&g->fork_lock_);
+    return st;
+}
+
+Status reattach_after_fork(SharedGroup *g) noexcept {
     detail::fd_close_quiet(g->fd_);  // the parent's description (and its flock)
     g->fd_ = -1;
     uint64_t size = 0;
@@ -1678,6 +1785,7 @@ Status check_fork(SharedGroup *g) noexcept {
     g->objects_.store(0, std::memory_order_relaxed);
     g->helper_running_ = false;  // it is the parent's thread
     g->poller_ = g->wake_fd_ = g->bell_fd_ = -1;
+    set_lock_id(g);
     st = claim_slot(g);
     if (st == kOk && g->bell_fd_ < 0) st = kNoMemory;
     if (st == kOk) {
@@ -1685,8 +1793,10 @@ Status check_fork(SharedGroup *g) noexcept {
         ring_all_peers(g);
     }
     detail::shm_unlock(g->fd_);
-    g->fork_gen_ = detail::fork_generation();
     if (st == kOk && !start_helper(g)) st = kNoMemory;
+    // Only a child that became a process of the group goes on with it; after
+    // a failure its next call tries again, never using the parent's slot.
+    if (st == kOk) g->fork_gen_.store(detail::fork_generation(), std::memory_order_release);
     return st;
 }
 
@@ -1735,7 +1845,7 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
                 g->locals_[i].interest.fetch_add(1, std::memory_order_relaxed);
             }
             g->locals_[i].refs.fetch_add(1, std::memory_order_relaxed);
-            g->h_->c.followers.fetch_add(1, std::memory_order_relaxed);
+            bump(g->stripes_[pl.stripe].followers);
             SF_KILL_POINT("join.marked");
             unlock_stripe(g, pl.stripe);
             *out = i;
@@ -1752,7 +1862,7 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
         Record *r = &g->recs_[i];
         // Counted at once: a death from here on is counted as a Goexit by
         // whoever disposes of the record (repair_stripe, reap).
-        g->h_->c.leaders.fetch_add(1, std::memory_order_relaxed);
+        bump(st.leaders);
         st.free_head = r->next;
         ++st.used;
         r->state = kRecNew;
@@ -1760,7 +1870,10 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
         uint64_t high = g->h_->in_use_high.load(std::memory_order_relaxed);
         while (used > high && !g->h_->in_use_high.compare_exchange_weak(high, used)) {}
         SF_KILL_POINT("publish.allocated");
-        r->gen += 1;
+        // Only the stripe's lock holder writes these: plain stores, where
+        // `+=` and `=` on an atomic would each be a locked instruction (a
+        // third of an uncontended call, measured).
+        r->gen.store(r->gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
         r->hash = pl.hash;
         r->key_len = uint32_t(key.size);
         r->value_len = r->msg_len = 0;
@@ -1768,9 +1881,9 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
         r->status = 0;
         r->error = 0;
         r->mode = mode;
-        r->leader_proc = g->me_;
+        r->leader_proc.store(g->me_, std::memory_order_relaxed);
         r->leader_gen = g->my_gen_;
-        r->leader_tid = tid;
+        r->leader_tid.store(tid, std::memory_order_relaxed);
         r->holders = r->interest = g->mybit();
         r->bells = 0;
         r->seq.store(0, std::memory_order_relaxed);
@@ -1782,7 +1895,8 @@ Acquired acquire(SharedGroup *g, const Place &pl, Key key, FlightMode mode, bool
             if (!k) {
                 r->key_len = 0;
                 free_record(g, pl.stripe, i);
-                g->h_->c.leaders.fetch_sub(1, std::memory_order_relaxed);  // refused: not counted
+                st.leaders.store(st.leaders.load(std::memory_order_relaxed) - 1,
+                                 std::memory_order_release);  // refused: not counted
                 unlock_stripe(g, pl.stripe);
                 return kFull;
             }
@@ -1906,13 +2020,14 @@ Flight *publish_alone(SharedGroup *g, uint32_t i, int error) noexcept {
         run_destroy(destroy, value);
         return nullptr;
     }
-    r->flags.fetch_or(kRecFinishing, std::memory_order_relaxed);
+    // Nobody else can see the record from here to its freeing, all in this
+    // critical section: no finishing claim, no locked instruction.
     unlink_record(g, i);
     SF_KILL_POINT("complete.unlinked");
     r->status = int32_t(kOk);
     r->error = error;
-    g->h_->c.completed.fetch_add(1, std::memory_order_relaxed);
-    r->seq.fetch_or(kSeqDone, std::memory_order_release);
+    bump(g->stripes_[s].completed);
+    r->seq.store(r->seq.load(std::memory_order_relaxed) | kSeqDone, std::memory_order_release);
     g->locals_[i].refs.store(0, std::memory_order_relaxed);
     free_record(g, s, i);
     unlock_stripe(g, s);
@@ -2072,12 +2187,19 @@ int shared_forget(SharedGroup *g, Key key, bool only_unshared) noexcept {
 SharedStats shared_stats(SharedGroup *g) noexcept {
     SharedStats st{};
     const Counters &c = g->h_->c;
-    // Completions before starts, so in_flight is never below zero.
-    st.counts.completed = c.completed.load(std::memory_order_acquire);
-    st.counts.leaders = c.leaders.load(std::memory_order_acquire);
-    st.counts.followers = c.followers.load(std::memory_order_relaxed);
-    st.counts.panics = c.panics.load(std::memory_order_relaxed);
-    st.counts.goexits = c.goexits.load(std::memory_order_relaxed);
+    // Completions before starts, so in_flight is never below zero (a
+    // flight's start and completion are counted in one stripe, in order).
+    for (uint32_t s = 0; s < g->nstripes_; ++s) {
+        const Stripe &sp = g->stripes_[s];
+        st.counts.completed += sp.completed.load(std::memory_order_acquire);
+        st.counts.panics += sp.panics.load(std::memory_order_relaxed);
+        st.counts.goexits += sp.goexits.load(std::memory_order_relaxed);
+    }
+    for (uint32_t s = 0; s < g->nstripes_; ++s) {
+        const Stripe &sp = g->stripes_[s];
+        st.counts.leaders += sp.leaders.load(std::memory_order_acquire);
+        st.counts.followers += sp.followers.load(std::memory_order_relaxed);
+    }
     st.counts.timeouts = c.timeouts.load(std::memory_order_relaxed);
     st.counts.forgets = c.forgets.load(std::memory_order_relaxed);
     st.counts.abandons = c.abandons.load(std::memory_order_relaxed);
@@ -2502,6 +2624,9 @@ void *testing_shm::segment_bytes(SharedGroup *g, std::size_t *len) noexcept {
 }
 void testing_shm::set_lock_patience(int64_t ns) noexcept {
     g_lock_patience_ns.store(ns, std::memory_order_relaxed);
+}
+void testing_shm::hold_stripes(SharedGroup *g) noexcept {
+    for (uint32_t s = 0; s < g->nstripes_; ++s) lock_stripe(g, s);
 }
 uint32_t testing_shm::doors_waiting(SharedGroup *g) noexcept {
     return g->doors_waiting_.load(std::memory_order_acquire);

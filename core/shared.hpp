@@ -44,15 +44,15 @@ class Group;
 namespace shm {
 
 constexpr uint64_t kMagic = 0x31534853464c5342ull;  // "BSLFSHS1"
-constexpr uint32_t kLayout = 2;                     // 2: the buddy arena
+constexpr uint32_t kLayout = 3;                     // 2: the buddy arena; 3: stripe lock words
 constexpr uint32_t kMaxProcs = 64;                  // a bit per process in a 64-bit mask
 constexpr uint32_t kInline = 64;                    // key and value bytes kept in the record
 constexpr uint32_t kMaxSlots = 1u << 20;
 constexpr uint32_t kClasses = 40;  // arena size classes: 64 << c bytes
 
+// The group's rare counters; the ones every call moves are per stripe.
 struct Counters {
-    std::atomic<uint64_t> leaders, followers, completed, panics, goexits, timeouts, forgets,
-        abandons, cancels;
+    std::atomic<uint64_t> timeouts, forgets, abandons, cancels;
 };
 
 struct alignas(64) Header {
@@ -78,12 +78,23 @@ struct alignas(64) Proc {
     std::atomic<uint64_t> gen;  // bumped at each claim of the slot
 };
 
+// A stripe's lock: 0 when free, else its holder's process (pid and 9 bits
+// of its start time) and a waiters bit.  A lock word, not a robust mutex:
+// this is the lock of every call, and a robust mutex's round trip cost
+// 3.8x a compare-and-swap here (`sfshared locks`); a holder that died is
+// recognised by its identity instead (see lock_stripe).
+constexpr uint32_t kLockPidMask = (1u << 22) - 1, kLockWaiters = 1u << 31;
+
 struct alignas(64) Stripe {
-    pthread_mutex_t lock;   // robust: its buckets, its records, its free list
-    uint32_t free_head;     // record index + 1, 0: none
-    uint32_t first, count;  // its records: [first, first + count)
-    uint32_t used;          // its records not free (exact: repair recounts it)
+    std::atomic<uint32_t> lock;  // its buckets, its records, its free list
+    uint32_t free_head;          // record index + 1, 0: none
+    uint32_t first, count;       // its records: [first, first + count)
+    uint32_t used;               // its records not free (exact: repair recounts it)
+    // Counted under the lock, so a plain store each (no locked instruction
+    // on a line every process writes); the stats add the stripes up.
+    std::atomic<uint64_t> leaders, followers, completed, panics, goexits;
 };
+static_assert(sizeof(Stripe) == 64, "a stripe is one cache line");
 
 enum RecState : uint32_t {
     kRecFree = 0,  // on its stripe's free list
@@ -242,6 +253,8 @@ void fix_seed(bool on) noexcept;
 // How long a segment lock may be waited for before the call fails
 // (default 2 s).
 void set_lock_patience(int64_t ns) noexcept;
+// Takes every stripe's lock and keeps it: a peer wedged inside the table.
+void hold_stripes(SharedGroup *g) noexcept;
 // Doorbell connections of this process that sent their token and wait.
 uint32_t doors_waiting(SharedGroup *g) noexcept;
 }  // namespace testing_shm
