@@ -102,6 +102,8 @@ bool wait_until(Pred pred, int seconds = 30) {
     return true;
 }
 
+int no_op(sf_call *, void *) { return 0; }
+
 // fn of the herd tests: counts an execution, holds the flight open until
 // every other caller has joined (the group's followers counter, summed over
 // every process), then stores the bytes everybody must read.
@@ -1110,6 +1112,44 @@ TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
     munmap(mem, sizeof(Inside));
 }
 
+// A forked child's first calls on its parent's group come from several
+// threads at once: one re-attaches and the others wait for it (before,
+// each re-attached: they closed each other's descriptor, claimed a slot
+// each, and a child failed with SF_ENOMEM or hung in flock, in a few of 200
+// children; found by the multi-process demo).
+TEST(SharedFork, AForkedChildsFirstCallsFromManyThreadsAtOnce) {
+    const std::string name = unique_name("fork-threads");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    constexpr int kChildren = 100, kThreads = 8;
+    int failed = 0;
+    for (int n = 0; n < kChildren; ++n) {
+        const pid_t kid = fork();
+        ASSERT_GE(kid, 0);
+        if (kid == 0) {
+            alarm(20);  // a hang is a failure, not a stuck test
+            std::atomic<int> ready{0}, bad{0};
+            std::vector<std::thread> threads;
+            for (int t = 0; t < kThreads; ++t)
+                threads.emplace_back([&, t] {
+                    ready.fetch_add(1);
+                    while (ready.load() < kThreads) {}
+                    const std::string k = "t" + std::to_string(t);
+                    if (sf_group_do(g, k.data(), k.size(), no_op, nullptr, nullptr, nullptr) !=
+                        SF_OK)
+                        bad.fetch_add(1);
+                });
+            for (std::thread &th : threads) th.join();
+            _exit(bad.load() == 0 && stats(g).processes >= 2 ? 0 : 1);
+        }
+        const int st = wait_child(kid);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failed;
+    }
+    EXPECT_EQ(failed, 0) << "children whose first calls failed or hung";
+    EXPECT_TRUE(wait_until([&] { return stats(g).processes == 1; })) << "every child reaped";
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
 // ---------------------------------------------------------------------------
 // Unrelated processes: not forked from each other, sharing only the name
 // ---------------------------------------------------------------------------
@@ -1198,18 +1238,23 @@ TEST(SharedUnrelated, TwoProgramsSharingOnlyTheNameRunFnOnce) {
 // Trust: a wedged peer or a stray write is an error, never a hang or a trap
 // ---------------------------------------------------------------------------
 
-// The stripe locks of the segment, as a peer's mapping sees them.
-std::vector<pthread_mutex_t *> stripe_locks(sf_group *g) {
+// The segment as a peer's mapping sees it.
+sf::shm::Header *header_of(sf_group *g) {
     size_t len = 0;
-    auto *base = static_cast<char *>(sf::testing_shm::segment_bytes(shared_of(g), &len));
-    auto *h = reinterpret_cast<sf::shm::Header *>(base);
-    auto *stripes = reinterpret_cast<sf::shm::Stripe *>(base + h->off_stripes);
-    std::vector<pthread_mutex_t *> locks;
+    return static_cast<sf::shm::Header *>(sf::testing_shm::segment_bytes(shared_of(g), &len));
+}
+std::vector<std::atomic<uint32_t> *> stripe_locks(sf_group *g) {
+    sf::shm::Header *h = header_of(g);
+    auto *stripes =
+        reinterpret_cast<sf::shm::Stripe *>(reinterpret_cast<char *>(h) + h->off_stripes);
+    std::vector<std::atomic<uint32_t> *> locks;
     for (uint32_t s = 0; s < h->stripes; ++s) locks.push_back(&stripes[s].lock);
     return locks;
 }
-
-int no_op(sf_call *, void *) { return 0; }
+pthread_mutex_t *arena_lock(sf_group *g) {
+    sf::shm::Header *h = header_of(g);
+    return &reinterpret_cast<sf::shm::Arena *>(reinterpret_cast<char *>(h) + h->off_arena)->lock;
+}
 
 TEST(SharedTrust, ALockAPeerHoldsTooLongIsEincompatThenItsDeathFreesIt) {
     const std::string name = unique_name("wedged");
@@ -1222,7 +1267,7 @@ TEST(SharedTrust, ALockAPeerHoldsTooLongIsEincompatThenItsDeathFreesIt) {
         // A peer wedged inside the table: every stripe lock held, alive.
         sf_group *pg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &pg) != SF_OK) _exit(2);
-        for (pthread_mutex_t *m : stripe_locks(pg)) pthread_mutex_lock(m);
+        sf::testing_shm::hold_stripes(shared_of(pg));
         b->ready.store(1);
         for (;;) pause();
     }
@@ -1233,31 +1278,47 @@ TEST(SharedTrust, ALockAPeerHoldsTooLongIsEincompatThenItsDeathFreesIt) {
     EXPECT_GE(waited, std::chrono::milliseconds(100)) << "it waited its patience";
     kill(peer, SIGKILL);
     wait_child(peer);
-    // The owner died: the next lock repairs the stripe and goes on.
+    // The holder died: the next lock takes it over, repairs and goes on.
     EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_OK);
     sf::testing_shm::set_lock_patience(int64_t(2) * 1000 * 1000 * 1000);
     EXPECT_EQ(sf_group_free(g), SF_OK);
     munmap(b, sizeof *b);
 }
 
-// A stray write over a lock's type word (glibc keeps it in the shared
+// A stray write over the stripes' lock words makes them name a holder that
+// does not exist: the next call takes each over, repairs it and goes on.
+TEST(SharedTrust, LockWordsOverwrittenWithGarbageAreTakenOver) {
+    const std::string name = unique_name("garbage");
+    sf_group *g = open_named(name);
+    ASSERT_TRUE(g);
+    for (std::atomic<uint32_t> *w : stripe_locks(g)) w->store(0x7fffffffu);  // pid 2^22 - 1: none
+    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_OK);
+    sf_call *c = nullptr;
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &c), SF_LEADER);
+    ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+    sf_call_release(c);
+    EXPECT_EQ(sf_group_free(g), SF_OK);
+}
+
+// A stray write over a mutex's type word (glibc keeps it in the shared
 // mutex) once made the next lock take the lock-elision path and trap
-// (found by fuzz_shared).  It is now a corrupted segment: SF_EINCOMPAT.
-TEST(SharedTrust, ALockWhoseTypeWasOverwrittenIsEincompat) {
+// (found by fuzz_shared on the stripes' mutexes, which are lock words
+// now).  The arena's and the registry's locks are still mutexes: one with
+// a corrupted type is an error, never a trap.
+TEST(SharedTrust, AMutexWhoseTypeWasOverwrittenIsAnError) {
     const std::string name = unique_name("kind");
     sf_group *g = open_named(name);
     ASSERT_TRUE(g);
-    std::vector<int> saved;
-    for (pthread_mutex_t *m : stripe_locks(g)) {
-        saved.push_back(m->__data.__kind);
-        m->__data.__kind = 0x7fffff00;
-    }
-    EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_EINCOMPAT);
+    pthread_mutex_t *m = arena_lock(g);
+    const int saved = m->__data.__kind;
+    m->__data.__kind = 0x7fffff00;
     sf_call *c = nullptr;
-    EXPECT_EQ(sf_group_begin(g, "k", 1, &c), SF_EINCOMPAT);
-    EXPECT_EQ(c, nullptr);
-    size_t i = 0;
-    for (pthread_mutex_t *m : stripe_locks(g)) m->__data.__kind = saved[i++];
+    ASSERT_EQ(sf_group_begin(g, "k", 1, &c), SF_LEADER);
+    const std::string big(200, 'b');  // a value for the arena
+    EXPECT_EQ(sf_call_set_bytes(c, big.data(), big.size()), SF_ENOMEM);
+    ASSERT_EQ(sf_call_finish(c, 0), SF_OK);
+    sf_call_release(c);
+    m->__data.__kind = saved;
     EXPECT_EQ(sf_group_do(g, "k", 1, no_op, nullptr, nullptr, nullptr), SF_OK);
     EXPECT_EQ(sf_group_free(g), SF_OK);
 }
