@@ -68,8 +68,8 @@ public:
     explicit TickCache(bool across_processes) {
         pthread_mutexattr_t a;
         pthread_mutexattr_init(&a);
-        pthread_mutexattr_setpshared(&a, across_processes ? PTHREAD_PROCESS_SHARED
-                                                          : PTHREAD_PROCESS_PRIVATE);
+        pthread_mutexattr_setpshared(
+            &a, across_processes ? PTHREAD_PROCESS_SHARED : PTHREAD_PROCESS_PRIVATE);
         for (Slot &s : slots_) pthread_mutex_init(&s.mu, &a);
         pthread_mutexattr_destroy(&a);
     }
@@ -124,12 +124,12 @@ struct Board {
         pthread_barrier_destroy(&end);
         sem_destroy(&db);
     }
-    pthread_barrier_t start, end;  // an expiry's beginning and end
-    sem_t db;                      // the database's free connections
+    pthread_barrier_t start, end;        // an expiry's beginning and end
+    sem_t db;                            // the database's free connections
     std::atomic<std::uint64_t> tick{0};  // the cache clock
     std::atomic<long> queries{0};
     std::atomic<long> key_queries[kMaxHotKeys];  // this expiry's, per key
-    TickCache cache;                              // the host-wide cache
+    TickCache cache;                             // the host-wide cache
 };
 static_assert(std::atomic<long>::is_always_lock_free &&
                   std::atomic<std::uint64_t>::is_always_lock_free,
@@ -166,6 +166,20 @@ sf_group *open_shared(const std::string &name) {
     return g;
 }
 
+// The first call on a group inherited across fork makes this process a
+// process of the group of its own.  Made here on one thread, before the
+// worker threads start: in libsingleflight 1.2.0 first calls made at once
+// by several threads of the child race in that step (SF_ENOMEM, or a hang;
+// tests/repro/shared_fork_first_calls.c).
+void join_after_fork(sf_group *g) {
+    const char key[] = "stampede:join";
+    sf_result *r = nullptr;
+    int rc = sf_group_do(
+        g, key, sizeof key - 1, [](sf_call *, void *) { return 0; }, nullptr, &r, nullptr);
+    if (rc != SF_OK) die(std::string("the first call after fork: ") + sf_strerror(rc));
+    sf_result_release(r);
+}
+
 void free_group(sf_group *g) {
     int rc = sf_group_free(g);
     if (rc != SF_OK) die(std::string("sf_group_free: ") + sf_strerror(rc));
@@ -176,10 +190,10 @@ struct Process {
     const ProcOptions *o;
     const std::string *db_path;
     Board *board;
-    float *latency_ms;     // the run's, in the mapping
-    TickCache *cache;      // the process's own, or the board's
-    sf_group *group;       // null without singleflight
-    int index;             // 0..P-1
+    float *latency_ms;  // the run's, in the mapping
+    TickCache *cache;   // the process's own, or the board's
+    sf_group *group;    // null without singleflight
+    int index;          // 0..P-1
 };
 
 class WorkerThread {
@@ -239,7 +253,8 @@ private:
             if (errno != EINTR) die("sem_wait failed");
         std::string row = db_.load(key);
         if (p_->o->latency_ms > 0)
-            std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(p_->o->latency_ms));
+            std::this_thread::sleep_for(
+                std::chrono::duration<double, std::milli>(p_->o->latency_ms));
         sem_post(&b->db);
         p_->cache->put(key, tick, row);
         return row;
@@ -258,7 +273,8 @@ private:
         // one has completed: the row is in the cache by then, and this
         // re-check is what keeps it to one query per expiry.
         std::string row;
-        if (!f->w->p_->cache->get(f->key, f->tick, &row)) row = f->w->load_and_fill(f->key, f->tick);
+        if (!f->w->p_->cache->get(f->key, f->tick, &row))
+            row = f->w->load_and_fill(f->key, f->tick);
         return sf_call_set_bytes(call, row.data(), row.size()) == SF_OK ? 0 : EIO;
     }
 
@@ -287,6 +303,7 @@ private:
         // Opened before fork: the child uses its parent's handle (it joins
         // the group as a process of its own at its first call).
         p.group = inherited ? inherited : open_shared(segment);
+        if (inherited) join_after_fork(inherited);
     }
     std::vector<std::unique_ptr<WorkerThread>> workers;
     for (int t = 0; t < o.threads; ++t) workers.push_back(std::make_unique<WorkerThread>(&p, t));
@@ -307,7 +324,8 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
         std::size_t(o.processes) * std::size_t(o.threads) * std::size_t(o.expiries * per_expiry);
     const std::size_t head = (sizeof(Board) + alignof(float) - 1) / alignof(float) * alignof(float);
     Mapping m(head + samples * sizeof(float));
-    Board *board = new (m.addr()) Board(unsigned(o.processes * o.threads + 1), unsigned(o.db_conns));
+    Board *board =
+        new (m.addr()) Board(unsigned(o.processes * o.threads + 1), unsigned(o.db_conns));
     float *latency_ms = reinterpret_cast<float *>(static_cast<char *>(m.addr()) + head);
     std::fill(latency_ms, latency_ms + samples, -1.0f);  // -1: not served
 
@@ -319,7 +337,8 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
     std::vector<pid_t> pids;
     for (int i = 0; i < o.processes; ++i) {
         pid_t pid = fork();
-        if (pid == 0) worker_process(o, db_path, way, board, latency_ms, i, segment, inherited, parent);
+        if (pid == 0)
+            worker_process(o, db_path, way, board, latency_ms, i, segment, inherited, parent);
         if (pid < 0) {
             for (pid_t q : pids) kill(q, SIGKILL);
             die("fork: " + std::string(std::strerror(errno)));
@@ -429,20 +448,21 @@ void print_processes(const ProcOptions &o, const ProcReport &r) {
     auto cells = [&](auto f) {
         return std::vector<std::string>{f(r.none), f(r.per_process), f(r.shared)};
     };
-    print_table({"no singleflight", "group per process", "shared group"},
-                {
-                    {"queries per key per expiry",
-                     cells([](const ProcRun &x) { return fmt("%.1f", x.per_key_expiry); })},
-                    {"fewest - most per key per expiry", cells([](const ProcRun &x) {
-                         return std::to_string(x.fewest) + " - " + std::to_string(x.most);
-                     })},
-                    {"requests", cells([](const ProcRun &x) { return std::to_string(x.requests); })},
-                    {"database queries",
-                     cells([](const ProcRun &x) { return std::to_string(x.db_queries); })},
-                    {"p50 latency", cells([](const ProcRun &x) { return fmt_latency(x.p50_ms); })},
-                    {"p99 latency", cells([](const ProcRun &x) { return fmt_latency(x.p99_ms); })},
-                    {"wall time", cells([](const ProcRun &x) { return fmt("%.2f s", x.wall_s); })},
-                });
+    print_table(
+        {"no singleflight", "group per process", "shared group"},
+        {
+            {"queries per key per expiry",
+             cells([](const ProcRun &x) { return fmt("%.1f", x.per_key_expiry); })},
+            {"fewest - most per key per expiry", cells([](const ProcRun &x) {
+                 return std::to_string(x.fewest) + " - " + std::to_string(x.most);
+             })},
+            {"requests", cells([](const ProcRun &x) { return std::to_string(x.requests); })},
+            {"database queries",
+             cells([](const ProcRun &x) { return std::to_string(x.db_queries); })},
+            {"p50 latency", cells([](const ProcRun &x) { return fmt_latency(x.p50_ms); })},
+            {"p99 latency", cells([](const ProcRun &x) { return fmt_latency(x.p99_ms); })},
+            {"wall time", cells([](const ProcRun &x) { return fmt("%.2f s", x.wall_s); })},
+        });
     std::printf(
         "\n   A group per process still sends one query per process for each key (%d processes);\n"
         "   the shared group (opened %s fork) sends one for the whole host.  Its cache is\n"

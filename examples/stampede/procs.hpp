@@ -8,22 +8,22 @@
 namespace stampede {
 
 struct ProcOptions {
-    int processes = 8;           // worker processes, forked by the demo
-    int threads = 4;             // threads in each worker process
-    int keys = 4;                // hot keys, ids 0..keys-1 of the table
-    int expiries = 20;           // times every hot key expires
-    double latency_ms = 2.0;     // added to every database query
-    int db_conns = 4;            // queries the database serves at once
+    int processes = 8;              // worker processes, forked by the demo
+    int threads = 4;                // threads in each worker process
+    int keys = 4;                   // hot keys, ids 0..keys-1 of the table
+    int expiries = 20;              // times every hot key expires
+    double latency_ms = 2.0;        // added to every database query
+    int db_conns = 4;               // queries the database serves at once
     bool open_before_fork = false;  // the shared group: opened by the parent
                                     // before fork, or by each worker after
 };
 
 // One run's figures.  A key x expiry pair is one hot key during one expiry.
 struct ProcRun {
-    long requests = 0;       // requests served (every one is timed)
-    long db_queries = 0;     // queries sent to the database
-    long fewest = 0;         // fewest queries of one key x expiry pair
-    long most = 0;           // most queries of one key x expiry pair
+    long requests = 0;          // requests served (every one is timed)
+    long db_queries = 0;        // queries sent to the database
+    long fewest = 0;            // fewest queries of one key x expiry pair
+    long most = 0;              // most queries of one key x expiry pair
     double per_key_expiry = 0;  // db_queries / (keys * expiries)
     double p50_ms = 0, p99_ms = 0, wall_s = 0;
 };
