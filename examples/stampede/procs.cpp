@@ -453,7 +453,7 @@ void print_processes(const ProcOptions &o, const ProcReport &r) {
         {
             {"queries per key per expiry",
              cells([](const ProcRun &x) { return fmt("%.1f", x.per_key_expiry); })},
-            {"fewest - most per key per expiry", cells([](const ProcRun &x) {
+            {"  fewest - most", cells([](const ProcRun &x) {
                  return std::to_string(x.fewest) + " - " + std::to_string(x.most);
              })},
             {"requests", cells([](const ProcRun &x) { return std::to_string(x.requests); })},
