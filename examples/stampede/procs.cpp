@@ -366,14 +366,15 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
         }
         s.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
     });
-    for (std::size_t left = pids.size(); left > 0; --left) {
+    // pids holds the workers not reaped yet: only they may be killed (a
+    // reaped one's pid may already be another process's).
+    while (!pids.empty()) {
         int status = 0;
         pid_t pid = waitpid(-1, &status, 0);
-        if ((pid < 0 && errno == EINTR) ||
-            (pid > 0 && std::find(pids.begin(), pids.end(), pid) == pids.end())) {
-            ++left;  // a signal, or a child that is not a worker
-            continue;
-        }
+        if (pid < 0 && errno == EINTR) continue;
+        auto it = std::find(pids.begin(), pids.end(), pid);
+        if (pid > 0 && it == pids.end()) continue;  // a child that is not a worker
+        if (pid > 0) pids.erase(it);
         if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             for (pid_t q : pids) kill(q, SIGKILL);
             die("a worker process failed" +
@@ -426,11 +427,18 @@ std::string run_json(const ProcRun &r) {
 
 }  // namespace
 
+std::string proc_options_error(const ProcOptions &o) {
+    if (o.processes < 1 || o.processes > kMaxProcesses) return "--processes: 1 to 63";
+    if (o.threads < 1 || o.threads > kMaxThreads) return "--proc-threads: 1 to 64";
+    if (o.keys < 1 || o.keys > kMaxHotKeys) return "--hot-keys: 1 to 64";
+    if (o.expiries < 1 || o.db_conns < 1 || o.latency_ms < 0)
+        return "option out of range (see --help)";
+    return "";
+}
+
 ProcReport run_processes(const ProcOptions &o, const std::string &db_path) {
-    if (o.processes < 1 || o.processes > kMaxProcesses || o.threads < 1 ||
-        o.threads > kMaxThreads || o.keys < 1 || o.keys > kMaxHotKeys || o.expiries < 1 ||
-        o.db_conns < 1 || o.latency_ms < 0)
-        die("part 3: option out of range (see --help)");
+    std::string bad = proc_options_error(o);
+    if (!bad.empty()) die(bad);
     ProcReport r;
     // Unique to the run, so that two demos at once never share a group.
     timespec ts{};

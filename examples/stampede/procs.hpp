@@ -34,8 +34,13 @@ struct ProcReport {
     bool segment_left = false;  // its segment was still in /dev/shm after
 };
 
+// What is out of range in o ("" when nothing is): at most 63 processes (a
+// shared group admits 64 attachments, and the parent may hold one), 64
+// threads each and 64 hot keys.
+std::string proc_options_error(const ProcOptions &o);
+
 // Runs the three ways one after the other on the database at db_path (which
-// must have rows 0..o.keys-1) and returns their figures.  Forks the worker
+// must have rows 0..o.keys-1) and returns their figures; o must be in range.  Forks the worker
 // processes and waits for them; exits the program with status 2 when one of
 // them fails.  Call it with no other thread running in this process: fork
 // copies only the calling thread.

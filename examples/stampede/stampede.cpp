@@ -150,7 +150,11 @@ Options parse(int argc, char **argv) {
     o.procs.expiries = o.expiries;
     o.procs.latency_ms = o.latency_ms;
     o.procs.db_conns = o.db_conns;
-    if (o.part[3] && o.procs.keys > o.keys) die("--hot-keys is more than --keys");
+    if (o.part[3]) {
+        std::string bad = proc_options_error(o.procs);
+        if (!bad.empty()) die(bad);
+        if (o.procs.keys > o.keys) die("--hot-keys is more than --keys");
+    }
     return o;
 }
 
