@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command: builds the library and runs the demos.
 #  1. hello: Go's singleflight example in C (ten threads, one fetch).
-#  2. stampede: a cache stampede on SQLite, without and with singleflight
-#     (extra arguments are passed to it; try --help).
+#  2. stampede: a cache stampede on SQLite, without and with singleflight,
+#     in threads and then across 8 worker processes (a group per process,
+#     and the shared group of the host); extra arguments are passed to it
+#     (try --help; --part 3 runs only the processes).
 # Installs what it needs first (scripts/setup.sh --only demo).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,22 +1,28 @@
 // stampede: a cache stampede on an embedded SQLite database, each part run
-// once without singleflight and once with it.
+// without singleflight and with it.
 //
-// T worker threads read rows through an in-memory cache; on a miss a worker
-// loads the row from SQLite (plus an optional artificial latency, standing in
-// for a remote database).
+// Workers read rows through an in-memory cache; on a miss a worker loads the
+// row from SQLite (plus an optional artificial latency, standing in for a
+// remote database, which serves only a few queries at once).
 //
-//  1. The stampede itself: the hottest key expires while all T workers want
-//     it.  A barrier releases them together, E times.  Without singleflight
-//     every worker that misses queries the database for the same row (about
-//     T queries per expiry); with it one does and the others share its
-//     result (exactly one).
+//  1. The stampede itself: the hottest key expires while all T worker
+//     threads want it.  A barrier releases them together, E times.  Without
+//     singleflight every worker that misses queries the database for the
+//     same row (about T queries per expiry); with it one does and the others
+//     share its result (exactly one).
 //  2. Mixed traffic: the workers serve M requests for Zipf-distributed keys
 //     whose cache entries expire after a TTL.  Most misses are then on
 //     different keys, so the saving is smaller.
+//  3. Across processes (procs.cpp): P forked worker processes of a few
+//     threads each, K hot keys expiring E times; without singleflight, with
+//     a group per process (P queries per key per expiry) and with the shared
+//     group of the host (exactly one).
 //
 //   stampede [--threads 32] [--expiries 20] [--requests 20000] [--keys 200]
 //            [--latency-ms 2] [--ttl-ms 20] [--zipf 1.1] [--db-conns 4]
-//            [--seed 1] [--no-progress] [--json]
+//            [--seed 1] [--processes 8] [--proc-threads 4] [--hot-keys 4]
+//            [--shared-open after|before] [--part 1,2,3] [--quick]
+//            [--no-progress] [--json]
 #include <singleflight.h>
 #include <sqlite3.h>
 
@@ -41,14 +47,12 @@
 
 #include <unistd.h>
 
+#include "common.hpp"
+#include "procs.hpp"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void die(const std::string &what) {
-    std::fprintf(stderr, "stampede: %s\n", what.c_str());
-    std::exit(2);
-}
+using namespace stampede;
 
 struct Options {
     int threads = 32;
@@ -62,6 +66,8 @@ struct Options {
     unsigned seed = 1;
     bool progress = true;
     bool json = false;
+    bool part[4] = {false, true, true, true};  // part[n]: run part n
+    ProcOptions procs;                         // part 3's own (the rest are copied in)
 };
 
 void usage() {
@@ -76,12 +82,29 @@ void usage() {
         "  --zipf S         Zipf exponent; larger is more skewed (default 1.1)\n"
         "  --db-conns N     queries the database serves at once; the rest queue (default 4)\n"
         "  --seed N         request stream seed (default 1)\n"
+        "  --processes N    part 3: worker processes (default 8)\n"
+        "  --proc-threads N part 3: threads in each worker process (default 4)\n"
+        "  --hot-keys N     part 3: hot keys, each expiring --expiries times (default 4)\n"
+        "  --shared-open W  part 3: the shared group is opened 'after' fork by each worker\n"
+        "                   (default) or 'before' fork by the parent\n"
+        "  --part LIST      the parts to run, for example 3 or 1,2 (default 1,2,3)\n"
+        "  --quick          small defaults for a test: --threads 8 --expiries 5 --requests 2000\n"
+        "                   --keys 20 --latency-ms 1 (options given too take precedence)\n"
         "  --no-progress    no progress bar\n"
         "  --json           print the results as one JSON object instead of a table");
 }
 
 Options parse(int argc, char **argv) {
     Options o;
+    // --quick first, wherever it is, so that the options given with it win.
+    for (int i = 1; i < argc; ++i)
+        if (std::string_view(argv[i]) == "--quick") {
+            o.threads = 8;
+            o.expiries = 5;
+            o.requests = 2000;
+            o.keys = 20;
+            o.latency_ms = 1.0;
+        }
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
         auto val = [&]() -> const char * {
@@ -97,6 +120,20 @@ Options parse(int argc, char **argv) {
         else if (a == "--zipf") o.zipf = std::atof(val());
         else if (a == "--db-conns") o.db_conns = std::atoi(val());
         else if (a == "--seed") o.seed = unsigned(std::atol(val()));
+        else if (a == "--processes") o.procs.processes = std::atoi(val());
+        else if (a == "--proc-threads") o.procs.threads = std::atoi(val());
+        else if (a == "--hot-keys") o.procs.keys = std::atoi(val());
+        else if (a == "--shared-open") {
+            std::string_view w = val();
+            if (w != "after" && w != "before") die("--shared-open takes after or before");
+            o.procs.open_before_fork = w == "before";
+        } else if (a == "--part") {
+            std::string_view list = val();
+            std::fill(std::begin(o.part), std::end(o.part), false);
+            for (char c : list)
+                if (c >= '1' && c <= '3') o.part[c - '0'] = true;
+                else if (c != ',') die("--part takes a list of 1, 2 and 3");
+        } else if (a == "--quick") continue;  // read above
         else if (a == "--no-progress") o.progress = false;
         else if (a == "--json") o.json = true;
         else if (a == "-h" || a == "--help") {
@@ -110,6 +147,14 @@ Options parse(int argc, char **argv) {
     if (o.threads < 1 || o.threads > 1024 || o.expiries < 1 || o.requests < 1 || o.keys < 1 ||
         o.latency_ms < 0 || o.ttl_ms < 0 || o.zipf <= 0 || o.db_conns < 1)
         die("option out of range (see --help)");
+    o.procs.expiries = o.expiries;
+    o.procs.latency_ms = o.latency_ms;
+    o.procs.db_conns = o.db_conns;
+    if (o.part[3]) {
+        std::string bad = proc_options_error(o.procs);
+        if (!bad.empty()) die(bad);
+        if (o.procs.keys > o.keys) die("--hot-keys is more than --keys");
+    }
     return o;
 }
 
@@ -156,71 +201,6 @@ private:
     static constexpr std::size_t kShards = 64;
     Shard shards_[kShards];
 };
-
-// ------------------------------------------------------------------ the database
-
-class Db {
-public:
-    // One read-only connection per worker: SQLite connections are not meant
-    // to be shared between threads doing concurrent queries.
-    explicit Db(const std::string &path) {
-        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                            nullptr) != SQLITE_OK)
-            die("cannot open the database: " + std::string(sqlite3_errmsg(db_)));
-        if (sqlite3_prepare_v2(db_, "SELECT name, price, stock FROM items WHERE id = ?1", -1,
-                               &stmt_, nullptr) != SQLITE_OK)
-            die("cannot prepare the query: " + std::string(sqlite3_errmsg(db_)));
-    }
-    ~Db() {
-        sqlite3_finalize(stmt_);
-        sqlite3_close(db_);
-    }
-    Db(const Db &) = delete;
-    Db &operator=(const Db &) = delete;
-
-    std::string load(int id) {
-        sqlite3_reset(stmt_);
-        sqlite3_bind_int(stmt_, 1, id);
-        std::string row;
-        if (sqlite3_step(stmt_) == SQLITE_ROW) {
-            row = reinterpret_cast<const char *>(sqlite3_column_text(stmt_, 0));
-            row += " $" + std::to_string(sqlite3_column_double(stmt_, 1));
-            row += " x" + std::to_string(sqlite3_column_int(stmt_, 2));
-        }
-        return row;
-    }
-
-private:
-    sqlite3 *db_ = nullptr;
-    sqlite3_stmt *stmt_ = nullptr;
-};
-
-void create_db(const std::string &path, int rows) {
-    sqlite3 *db = nullptr;
-    if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) die("cannot create the database");
-    char *err = nullptr;
-    auto exec = [&](const char *sql) {
-        if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) die(err ? err : sql);
-    };
-    exec(
-        "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, stock INTEGER);"
-        "BEGIN;");
-    sqlite3_stmt *ins = nullptr;
-    sqlite3_prepare_v2(db, "INSERT INTO items VALUES(?1, ?2, ?3, ?4)", -1, &ins, nullptr);
-    for (int i = 0; i < rows; ++i) {
-        std::string name = "item-" + std::to_string(i);
-        sqlite3_bind_int(ins, 1, i);
-        sqlite3_bind_text(ins, 2, name.c_str(), -1, SQLITE_TRANSIENT);
-        sqlite3_bind_double(ins, 3, 1.0 + (i % 997) / 10.0);
-        sqlite3_bind_int(ins, 4, (i * 7919) % 1000);
-        if (sqlite3_step(ins) != SQLITE_DONE) die("insert failed");
-        sqlite3_reset(ins);
-    }
-    sqlite3_finalize(ins);
-    exec("COMMIT;");
-    sqlite3_close(db);
-}
 
 // A database serves a bounded number of queries at once (its connection
 // pool); the rest wait.  This is what turns duplicate queries into latency
@@ -439,15 +419,12 @@ RunStats run(const Options &o, const std::string &db_path, const std::vector<int
     std::vector<float> lat;
     for (auto &w : workers) lat.insert(lat.end(), w->latency_ms.begin(), w->latency_ms.end());
     std::sort(lat.begin(), lat.end());
-    auto pct = [&](double p) {
-        return lat.empty() ? 0.0 : double(lat[std::size_t(p * double(lat.size() - 1))]);
-    };
 
     s.requests = long(lat.size());
     s.db_queries = sh.db_queries.load();
     s.misses = sh.misses.load();
-    s.p50_ms = pct(0.50);
-    s.p99_ms = pct(0.99);
+    s.p50_ms = quantile(lat, 0.50);
+    s.p99_ms = quantile(lat, 0.99);
     s.wall_s = wall;
     if (sh.group) {
         workers.clear();
@@ -497,29 +474,6 @@ RunStats run_mixed(const Options &o, const std::vector<int> &stream, const std::
         });
 }
 
-std::string fmt(const char *f, double v) {
-    char b[64];
-    std::snprintf(b, sizeof b, f, v);
-    return b;
-}
-
-// A cache hit takes microseconds and a query milliseconds: one unit would
-// print one of them as 0.000.
-std::string fmt_latency(double ms) {
-    return ms < 1.0 ? fmt("%.1f us", ms * 1000.0) : fmt("%.2f ms", ms);
-}
-
-struct Row {
-    const char *name;
-    std::string without, with;
-};
-
-void print_table(std::initializer_list<Row> rows) {
-    std::printf("\n   %-20s %22s %22s\n", "", "without singleflight", "with singleflight");
-    for (const Row &r : rows)
-        std::printf("   %-20s %22s %22s\n", r.name, r.without.c_str(), r.with.c_str());
-}
-
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -553,82 +507,125 @@ int main(int argc, char **argv) {
             std::upper_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin(), o.keys - 1));
 
     if (!o.json) {
-        std::printf(
-            "cache stampede on SQLite: %d threads, +%.1f ms per query, %d database connections\n\n",
-            o.threads, o.latency_ms, o.db_conns);
-        std::printf(
-            "1. The stampede: the hottest key expires while all %d threads want it, %d times;\n"
-            "   a barrier releases the threads together each time.\n",
-            o.threads, o.expiries);
+        std::printf("cache stampede on SQLite: +%.1f ms per query, %d database connections\n",
+                    o.latency_ms, o.db_conns);
         std::fflush(stdout);
     }
-    RunStats sa = run_stampede(o, path, false, progress);
-    RunStats sb = run_stampede(o, path, true, progress);
-    if (!o.json) {
+    std::string json;  // the parts' objects, comma-separated
+    auto add_json = [&](const char *name, const std::string &obj) {
+        json += (json.empty() ? "\"" : ",\"") + std::string(name) + "\":" + obj;
+    };
+    auto obj = [](const RunStats &r, bool rounds) {
+        std::string most =
+            rounds ? "\"max_round_queries\":" + std::to_string(r.max_round_queries) + "," : "";
+        char x[320];
+        std::snprintf(
+            x, sizeof x,
+            "{\"requests\":%ld,\"db_queries\":%ld,\"cache_misses\":%ld,\"suppressed\":%ld,%s"
+            "\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
+            r.requests, r.db_queries, r.misses, r.misses - r.db_queries, most.c_str(), r.p50_ms,
+            r.p99_ms, r.wall_s);
+        return std::string(x);
+    };
+    const std::vector<std::string> two = {"without singleflight", "with singleflight"};
+
+    if (o.part[1]) {
+        if (!o.json) {
+            std::printf(
+                "\n1. The stampede: the hottest key expires while all %d threads want it, %d "
+                "times;\n"
+                "   a barrier releases the threads together each time.\n",
+                o.threads, o.expiries);
+            std::fflush(stdout);
+        }
+        RunStats sa = run_stampede(o, path, false, progress);
+        RunStats sb = run_stampede(o, path, true, progress);
         auto per_expiry = [&](const RunStats &r) {
             return fmt("%.1f", double(r.db_queries) / o.expiries);
         };
-        print_table({
-            {"queries per expiry", per_expiry(sa), per_expiry(sb)},
-            {"most in one expiry", std::to_string(sa.max_round_queries),
-             std::to_string(sb.max_round_queries)},
-            {"requests", std::to_string(sa.requests), std::to_string(sb.requests)},
-            {"database queries", std::to_string(sa.db_queries), std::to_string(sb.db_queries)},
-            {"p50 latency", fmt_latency(sa.p50_ms), fmt_latency(sb.p50_ms)},
-            {"p99 latency", fmt_latency(sa.p99_ms), fmt_latency(sb.p99_ms)},
-            {"wall time", fmt("%.2f s", sa.wall_s), fmt("%.2f s", sb.wall_s)},
-        });
-        std::printf(
-            "\n   Each expiry sent %s queries for the same row to the database without "
-            "singleflight,\n"
-            "   %s with it: one thread queried, the others shared its row.\n\n",
-            per_expiry(sa).c_str(), per_expiry(sb).c_str());
-        std::printf(
-            "2. Mixed traffic: %ld requests for %d keys (Zipf s=%.2f), each row cached for %.0f "
-            "ms.\n",
-            o.requests, o.keys, o.zipf, o.ttl_ms);
-        std::fflush(stdout);
+        if (o.json)
+            add_json("stampede", "{\"expiries\":" + std::to_string(o.expiries) + ",\"without\":" +
+                                     obj(sa, true) + ",\"with\":" + obj(sb, true) + "}");
+        else {
+            print_table(
+                two,
+                {
+                    {"queries per expiry", {per_expiry(sa), per_expiry(sb)}},
+                    {"most in one expiry",
+                     {std::to_string(sa.max_round_queries), std::to_string(sb.max_round_queries)}},
+                    {"requests", {std::to_string(sa.requests), std::to_string(sb.requests)}},
+                    {"database queries",
+                     {std::to_string(sa.db_queries), std::to_string(sb.db_queries)}},
+                    {"p50 latency", {fmt_latency(sa.p50_ms), fmt_latency(sb.p50_ms)}},
+                    {"p99 latency", {fmt_latency(sa.p99_ms), fmt_latency(sb.p99_ms)}},
+                    {"wall time", {fmt("%.2f s", sa.wall_s), fmt("%.2f s", sb.wall_s)}},
+                });
+            std::printf(
+                "\n   Each expiry sent %s queries for the same row to the database without "
+                "singleflight,\n"
+                "   %s with it: one thread queried, the others shared its row.\n",
+                per_expiry(sa).c_str(), per_expiry(sb).c_str());
+        }
     }
-    RunStats a = run_mixed(o, stream, path, false, progress);
-    RunStats b = run_mixed(o, stream, path, true, progress);
+
+    if (o.part[2]) {
+        if (!o.json) {
+            std::printf(
+                "\n2. Mixed traffic: %d threads, %ld requests for %d keys (Zipf s=%.2f), each row "
+                "cached\n   for %.0f ms.\n",
+                o.threads, o.requests, o.keys, o.zipf, o.ttl_ms);
+            std::fflush(stdout);
+        }
+        RunStats a = run_mixed(o, stream, path, false, progress);
+        RunStats b = run_mixed(o, stream, path, true, progress);
+        if (o.json)
+            add_json("mixed", "{\"requests\":" + std::to_string(o.requests) + ",\"without\":" +
+                                  obj(a, false) + ",\"with\":" + obj(b, false) + "}");
+        else {
+            print_table(two,
+                        {
+                            {"requests", {std::to_string(a.requests), std::to_string(b.requests)}},
+                            {"database queries",
+                             {std::to_string(a.db_queries), std::to_string(b.db_queries)}},
+                            {"cache misses", {std::to_string(a.misses), std::to_string(b.misses)}},
+                            {"misses suppressed",
+                             {std::to_string(a.misses - a.db_queries),
+                              std::to_string(b.misses - b.db_queries)}},
+                            {"p50 latency", {fmt_latency(a.p50_ms), fmt_latency(b.p50_ms)}},
+                            {"p99 latency", {fmt_latency(a.p99_ms), fmt_latency(b.p99_ms)}},
+                            {"wall time", {fmt("%.2f s", a.wall_s), fmt("%.2f s", b.wall_s)}},
+                        });
+            if (b.db_queries > 0)
+                std::printf(
+                    "\n   singleflight sent %.1fx fewer queries to the database: here most misses "
+                    "are for\n"
+                    "   different rows, and every row still has to be loaded once per TTL.\n",
+                    double(a.db_queries) / double(b.db_queries));
+        }
+    }
+
+    // Last: it forks, and the threads of the parts above have all been
+    // joined by now.
+    if (o.part[3]) {
+        const ProcOptions &p = o.procs;
+        if (!o.json) {
+            std::printf(
+                "\n3. Across processes: %d worker processes x %d threads serve %d hot keys from a "
+                "cache;\n"
+                "   every key expires in every cache at once, %d times, and a barrier releases "
+                "all\n"
+                "   %d threads together each time.  Each thread asks for every key twice per "
+                "expiry.\n",
+                p.processes, p.threads, p.keys, p.expiries, p.processes * p.threads);
+            std::fflush(stdout);
+        }
+        ProcReport r = run_processes(p, path);
+        if (o.json) add_json("processes", processes_json(p, r));
+        else print_processes(p, r);
+    }
     std::remove(path.c_str());
-
-    if (o.json) {
-        auto obj = [](const RunStats &r, bool rounds) {
-            std::string most =
-                rounds ? "\"max_round_queries\":" + std::to_string(r.max_round_queries) + "," : "";
-            char x[320];
-            std::snprintf(
-                x, sizeof x,
-                "{\"requests\":%ld,\"db_queries\":%ld,\"cache_misses\":%ld,\"suppressed\":%ld,%s"
-                "\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
-                r.requests, r.db_queries, r.misses, r.misses - r.db_queries, most.c_str(), r.p50_ms,
-                r.p99_ms, r.wall_s);
-            return std::string(x);
-        };
-        std::printf(
-            "{\"threads\":%d,\"keys\":%d,"
-            "\"stampede\":{\"expiries\":%d,\"without\":%s,\"with\":%s},"
-            "\"mixed\":{\"requests\":%ld,\"without\":%s,\"with\":%s}}\n",
-            o.threads, o.keys, o.expiries, obj(sa, true).c_str(), obj(sb, true).c_str(), o.requests,
-            obj(a, false).c_str(), obj(b, false).c_str());
-        return 0;
-    }
-
-    print_table({
-        {"requests", std::to_string(a.requests), std::to_string(b.requests)},
-        {"database queries", std::to_string(a.db_queries), std::to_string(b.db_queries)},
-        {"cache misses", std::to_string(a.misses), std::to_string(b.misses)},
-        {"misses suppressed", std::to_string(a.misses - a.db_queries),
-         std::to_string(b.misses - b.db_queries)},
-        {"p50 latency", fmt_latency(a.p50_ms), fmt_latency(b.p50_ms)},
-        {"p99 latency", fmt_latency(a.p99_ms), fmt_latency(b.p99_ms)},
-        {"wall time", fmt("%.2f s", a.wall_s), fmt("%.2f s", b.wall_s)},
-    });
-    if (b.db_queries > 0)
-        std::printf(
-            "\n   singleflight sent %.1fx fewer queries to the database: here most misses are for\n"
-            "   different rows, and every row still has to be loaded once per TTL.\n",
-            double(a.db_queries) / double(b.db_queries));
+    if (o.json)
+        std::printf("{\"threads\":%d,\"keys\":%d%s%s}\n", o.threads, o.keys,
+                    json.empty() ? "" : ",", json.c_str());
     return 0;
 }
