@@ -166,20 +166,6 @@ sf_group *open_shared(const std::string &name) {
     return g;
 }
 
-// The first call on a group inherited across fork makes this process a
-// process of the group of its own.  Made here on one thread, before the
-// worker threads start: in libsingleflight 1.2.0 first calls made at once
-// by several threads of the child race in that step (SF_ENOMEM, or a hang;
-// tests/repro/shared_fork_first_calls.c).
-void join_after_fork(sf_group *g) {
-    const char key[] = "stampede:join";
-    sf_result *r = nullptr;
-    int rc = sf_group_do(
-        g, key, sizeof key - 1, [](sf_call *, void *) { return 0; }, nullptr, &r, nullptr);
-    if (rc != SF_OK) die(std::string("the first call after fork: ") + sf_strerror(rc));
-    sf_result_release(r);
-}
-
 void free_group(sf_group *g) {
     int rc = sf_group_free(g);
     if (rc != SF_OK) die(std::string("sf_group_free: ") + sf_strerror(rc));
@@ -303,7 +289,6 @@ private:
         // Opened before fork: the child uses its parent's handle (it joins
         // the group as a process of its own at its first call).
         p.group = inherited ? inherited : open_shared(segment);
-        if (inherited) join_after_fork(inherited);
     }
     std::vector<std::unique_ptr<WorkerThread>> workers;
     for (int t = 0; t < o.threads; ++t) workers.push_back(std::make_unique<WorkerThread>(&p, t));
