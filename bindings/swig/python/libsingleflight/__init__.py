@@ -14,6 +14,10 @@ Coroutines coalesce the same way, across tasks, event loops and threads,
 with ``await g.do_async(key, coro_fn)``; a caller that gives up leaves the
 others unaffected, and when every caller has given up the work is cancelled.
 
+:class:`SharedGroup` is one group for every process of the host that opens
+the same name (gunicorn workers, a multiprocessing pool), with ``bytes``
+values.
+
 The work is done by libsingleflight, a C library; this module is its
 binding (a SWIG module whose hot paths are written by hand).
 """
