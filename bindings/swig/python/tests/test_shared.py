@@ -168,6 +168,30 @@ def test_value_above_max_value_bytes_is_value_error(name):
         assert g.stats().panics == 1
 
 
+@pytest.mark.parametrize("run_unshared", [False, True])
+def test_full_table_is_memory_error_or_runs_unshared(name, run_unshared):
+    """More flights at once than the table has slots: the calls that find
+    no room raise MemoryError, or with run_unshared run fn in this process
+    alone; the flights already running are unaffected."""
+
+    async def main(g):
+        go, work = gated()
+        calls = [asyncio.ensure_future(g.do_async("k%d" % i, work)) for i in range(200)]
+        await until(lambda: all(c.done() for c in calls) or g.stats().in_flight >= 1, "a flight")
+        go.set()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    with SharedGroup(name, table_slots=64, run_unshared=run_unshared) as g:
+        out = asyncio.run(main(g))
+        refused = [o for o in out if isinstance(o, BaseException)]
+        assert all(isinstance(o, MemoryError) and "full" in str(o) for o in refused), refused
+        assert [o for o in out if not isinstance(o, BaseException)] == [(b"v", False)] * (200 - len(refused))
+        if run_unshared:
+            assert not refused
+        else:
+            assert refused and g.stats().in_flight_high <= 64
+
+
 def test_group_by_path_shares_between_attachments(tmp_path):
     path = tmp_path / "segment"
     with SharedGroup(path=path) as a, SharedGroup(path=str(path)) as b:
