@@ -14,9 +14,10 @@
 //
 // do runs entirely here.  do_async (libsingleflight/_shared_aio.py) is
 // built on _SharedCall, one caller's handle: a follower's task sleeps on
-// the call's eventfd (sf_call_fd, loop.add_reader), which the library's
-// helper thread of this process makes readable when the flight completes in
-// any process, so no thread waits per caller and nothing polls.
+// its loop, woken through a call's eventfd (sf_call_fd, loop.add_reader),
+// which the library's helper thread of this process makes readable when
+// the flight completes in any process, so no thread waits per caller and
+// nothing polls.
 //
 // The GIL: held everywhere here but in the follower's blocking wait (sfpy's
 // follow).  The library calls made with it never wait for a Python thread:
@@ -157,6 +158,15 @@ static PyObject *py_shared_stats(PyObject *, PyObject *group) {
     return Py_BuildValue("(KKKK)", (unsigned long long)s.in_flight_high,
                          (unsigned long long)s.arena_used, (unsigned long long)s.arena_high,
                          (unsigned long long)s.processes);
+}
+
+// _shared_epoch(group) -> the forgets this process made that took a flight
+// out: do_async's followers of one key on one loop share a reader only
+// while it is unchanged (a forget starts flights they must not wait on
+// together).
+static PyObject *py_shared_epoch(PyObject *, PyObject *group) {
+    GroupState *st = state_of(group);
+    return st ? PyLong_FromUnsignedLongLong(st->epoch) : nullptr;
 }
 
 // ---------------------------------------------------------------------------
@@ -403,6 +413,13 @@ static PyObject *call_fd(SharedCallObject *c, PyObject *) {
     return PyLong_FromLong(fd);
 }
 
+// done() -> whether the flight completed (or the call gave up): a poll,
+// which takes no result and counts as no wait.
+static PyObject *call_done(SharedCallObject *c, PyObject *) {
+    if (!c->call) Py_RETURN_TRUE;
+    return PyBool_FromLong(sf_call_wait(c->call, 0, nullptr, nullptr) != SF_ETIMEDOUT);
+}
+
 // collect(key) -> (bytes, True) once the flight completed: a follower's
 // outcome, raised if it is not a value.  Releases the handle.
 static PyObject *call_collect(SharedCallObject *c, PyObject *key) {
@@ -510,6 +527,7 @@ static void call_dealloc(SharedCallObject *c) {
 
 static PyMethodDef shared_call_methods[] = {
     {"fd", SFPY_METHOD(call_fd), METH_NOARGS, "fd() -> the call's eventfd."},
+    {"done", SFPY_METHOD(call_done), METH_NOARGS, "done() -> whether the flight completed."},
     {"collect", SFPY_METHOD(call_collect), METH_O,
      "collect(key) -> (bytes, True): a completed follower's outcome; releases the call."},
     {"give_up", SFPY_METHOD(call_give_up), METH_NOARGS,
@@ -557,6 +575,8 @@ static PyMethodDef shared_methods[] = {
     {"_shared_close", SFPY_METHOD(py_shared_close), METH_O, "_shared_close(group)."},
     {"_shared_stats", SFPY_METHOD(py_shared_stats), METH_O,
      "_shared_stats(group) -> (in_flight_high, arena_used, arena_high, processes)."},
+    {"_shared_epoch", SFPY_METHOD(py_shared_epoch), METH_O,
+     "_shared_epoch(group) -> this process's forgets that took a flight out."},
     {"_shared_do", SFPY_METHOD(py_shared_do), METH_FASTCALL,
      "_shared_do(group, key, fn, timeout): SharedGroup.do."},
     {"_shared_begin", SFPY_METHOD(py_shared_begin), METH_FASTCALL,

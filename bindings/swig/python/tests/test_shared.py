@@ -557,6 +557,70 @@ async def _value(v):
     return v
 
 
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_async_followers_of_a_loop_share_one_descriptor(group, arun):
+    """A stampede of tasks in one process: every caller is a follower the
+    library counts, but the loop reads one eventfd for all of them."""
+    n = 2000
+
+    async def main():
+        go, work = gated()
+        before = open_fds()
+        calls = [asyncio.ensure_future(group.do_async("k", work)) for _ in range(n)]
+        await until(lambda: group.stats().followers >= n - 1, "every follower")
+        during = open_fds()
+        go.set()
+        assert await asyncio.gather(*calls) == [(b"v", True)] * n
+        return during - before
+
+    assert arun(main()) <= 2  # one eventfd (uvloop may add one of its own)
+    s = group.stats()
+    assert (s.calls, s.leaders, s.followers) == (n, 1, n - 1)
+
+
+def test_async_follower_holding_the_reader_hands_it_over_when_it_leaves(group, arun):
+    async def main():
+        go, work = gated()
+        leader = asyncio.ensure_future(group.do_async("k", work))
+        followers = [asyncio.ensure_future(group.do_async("k", work)) for _ in range(3)]
+        await until(lambda: group.stats().followers >= 3, "three followers")
+        followers[0].cancel()  # the first one holds the loop's reader
+        with pytest.raises(asyncio.CancelledError):
+            await followers[0]
+        with pytest.raises(TimeoutError):  # and its successor times out
+            await group.do_async("k", work, timeout=0)
+        go.set()
+        assert await asyncio.gather(leader, *followers[1:]) == [(b"v", True)] * 3
+
+    arun(main())
+    assert group.stats().cancels == 2
+
+
+def test_async_followers_after_a_forget_wait_for_their_own_flight(group, arun):
+    async def main():
+        go1, work1 = gated()
+        go2 = asyncio.Event()
+
+        async def work2():
+            await go2.wait()
+            return b"second"
+
+        first = await leader_and_follower(group, "k", work1)
+        assert group.forget("k")
+        second = await leader_and_follower(group, "k", work2)
+        go2.set()  # the later flight completes first: its follower wakes now
+        assert await asyncio.gather(*second) == [(b"second", True)] * 2
+        assert not first[1].done()
+        go1.set()
+        assert await asyncio.gather(*first) == [(b"v", True)] * 2
+
+    arun(main())
+    assert group.stats().leaders == 2
+
+
 # ---- gunicorn --------------------------------------------------------------------
 
 # Debian's gunicorn (scripts/setup.sh installs it) is pure Python in
