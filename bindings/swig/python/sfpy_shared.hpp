@@ -517,7 +517,11 @@ static PyObject *call_get_leader(SharedCallObject *c, void *) { return PyBool_Fr
 
 static void call_dealloc(SharedCallObject *c) {
     PyTypeObject *type = Py_TYPE(c);
+    // Releasing an unfinished leader raises and clears an exception of its
+    // own (shared_panic_raised); one being raised here must survive it.
+    PyObject *raised = PyErr_Occurred() ? take_exception() : nullptr;
     call_release(c);
+    if (raised) restore_exception(raised);
     Py_CLEAR(c->group);
     type->tp_free(reinterpret_cast<PyObject *>(c));
     Py_DECREF(type);  // a heap type

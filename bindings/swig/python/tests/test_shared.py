@@ -557,6 +557,37 @@ async def _value(v):
     return v
 
 
+def test_async_leader_cancelled_by_its_loop_gives_followers_leader_exited(group):
+    """The leader's loop shuts down with the work unfinished while a caller
+    in another thread still waits: that caller raises LeaderExitedError."""
+    started = threading.Event()
+    outcome = []
+
+    async def work():
+        started.set()
+        await asyncio.Event().wait()
+
+    async def leader_loop():
+        asyncio.ensure_future(group.do_async("k", work))
+        await until(lambda: group.stats().followers >= 1, "the follower")
+        # asyncio.run cancels the caller and the work's task on the way out.
+
+    def follower():
+        assert started.wait(DEADLINE)
+        try:
+            group.do("k", lambda: b"this thread led")
+        except BaseException as exc:  # noqa: B902
+            outcome.append(exc)
+
+    t = threading.Thread(target=follower)
+    t.start()
+    asyncio.run(leader_loop())
+    t.join(DEADLINE)
+    assert [type(e) for e in outcome] == [LeaderExitedError]
+    assert "cancelled" in str(outcome[0])
+    assert group.do("k", lambda: b"fresh") == (b"fresh", False)
+
+
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
