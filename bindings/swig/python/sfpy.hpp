@@ -855,22 +855,26 @@ static void table_unpublish(FlightObject *f) {
     f->next = nullptr;
 }
 
-static void forget_loop_led(FlightObject *f) {
-    if (!f->loop_led) return;
-    f->loop_led = 0;
+// Removes owner's g_loop_led entry for key (the object its entry points
+// into), if *flag says it has one.
+static void loop_led_remove(char *flag, PyObject *key, const void *owner) {
+    if (!*flag) return;
+    *flag = 0;
     Key k;
-    if (!key_of(f->key, &k)) {  // cannot fail: the key was read before
+    if (!key_of(key, &k)) {  // cannot fail: the key was read before
         PyErr_Clear();
         return;
     }
     auto range = g_loop_led->equal_range(std::string_view(k.data, size_t(k.size)));
     for (auto it = range.first; it != range.second; ++it) {
-        if (it->second.owner == f) {
+        if (it->second.owner == owner) {
             g_loop_led->erase(it);
             return;
         }
     }
 }
+
+static void forget_loop_led(FlightObject *f) { loop_led_remove(&f->loop_led, f->key, f); }
 
 // A leader's on_abandon payload is the callback's to free once abandonment
 // may run it; before that, and when it never can, it is ours.  Called

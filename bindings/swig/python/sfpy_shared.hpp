@@ -313,6 +313,10 @@ static PyObject *py_shared_do(PyObject *, PyObject *const *args, Py_ssize_t narg
     long long timeout_ns;
     if (!st || !key_of(args[1], &k) || !timeout_of(args[3], &timeout_ns)) return nullptr;
     if (!t_led.empty() && led_here(st->g, k)) return deadlock_error();
+    if (loop_leads_here(st->g, k))
+        return status_error(SF_EDEADLK,
+                            "singleflight: a blocking do for a key that a do_async of "
+                            "this thread's event loop leads");
     sf_call *call = nullptr;
     const int rc = shared_begin(st, k, &call);
     if (rc < 0) return nullptr;
@@ -330,9 +334,11 @@ static PyObject *py_shared_do(PyObject *, PyObject *const *args, Py_ssize_t narg
 struct SharedCallObject {
     PyObject_HEAD sf_call *call;  // nullptr once released
     PyObject *group;              // the capsule: the group outlives the handle
+    PyObject *key;                // the key object (a leader's g_loop_led entry points into it)
     Post *abandon;                // a leader's on_abandon payload, while it may be ours to free
     char leader;
     char finished;  // a leader's flight is complete
+    char loop_led;  // has a g_loop_led entry (sfpy.hpp): its work runs on this loop's thread
 };
 
 static PyTypeObject *SharedCallType = nullptr;
@@ -351,6 +357,7 @@ static void call_settle_abandon(SharedCallObject *c) {
 
 static void call_release(SharedCallObject *c) {
     if (!c->call) return;
+    loop_led_remove(&c->loop_led, c->key, c);
     if (c->leader && !c->finished) {
         // Released before its work finished (the work's coroutine never
         // ran to its end): complete it first, so that exactly one of us
@@ -392,14 +399,28 @@ static PyObject *py_shared_begin(PyObject *, PyObject *const *args, Py_ssize_t n
     c->abandon = nullptr;
     c->leader = 0;
     c->finished = 0;
+    c->loop_led = 0;
     Py_INCREF(args[0]);
     c->group = args[0];
+    Py_INCREF(args[1]);
+    c->key = args[1];
     const int rc = shared_begin(st, k, &c->call);
     if (rc < 0) {
         Py_DECREF(c);
         return nullptr;
     }
     c->leader = rc == SF_LEADER;
+    if (c->leader) {
+        // Its work runs on this thread's loop: a blocking do here for the
+        // key would stop the loop that must finish it (py_shared_do).
+        try {
+            g_loop_led->emplace(std::string_view(k.data, size_t(k.size)),
+                                LoopLed{st->g, PyThread_get_thread_ident(), c});
+            c->loop_led = 1;
+        } catch (const std::bad_alloc &) {
+            // Only that deadlock check is lost.
+        }
+    }
     return reinterpret_cast<PyObject *>(c);
 }
 
@@ -523,6 +544,7 @@ static void call_dealloc(SharedCallObject *c) {
     call_release(c);
     if (raised) restore_exception(raised);
     Py_CLEAR(c->group);
+    Py_CLEAR(c->key);
     type->tp_free(reinterpret_cast<PyObject *>(c));
     Py_DECREF(type);  // a heap type
 }

@@ -227,9 +227,14 @@ def test_do_inside_fn_for_its_own_key_raises(group):
     async def coro():
         with pytest.raises(RuntimeError, match="its own key"):
             await group.do_async("a", coro)
+        await asyncio.sleep(0)  # the work goes on in a task of this loop:
+        with pytest.raises(RuntimeError, match="event loop leads"):
+            group.do("a", lambda: b"blocking")  # it would stop that loop
+        assert group.do("other", lambda: b"b") == (b"b", False)
         return b"outer"
 
     assert asyncio.run(group.do_async("a", coro)) == (b"outer", False)
+    assert group.do("a", lambda: b"after") == (b"after", False)
 
 
 # ---- close ------------------------------------------------------------------------
