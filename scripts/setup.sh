@@ -19,7 +19,8 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# What each test label needs beyond the core, as Debian packages.
+# What each test label needs beyond the core, as Debian packages.  (python's
+# gunicorn serves the SharedGroup test's real workers: test_shared.py.)
 declare -A PKGS=(
     [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3 clang-format"
     [examples]="libsqlite3-dev"
@@ -27,7 +28,7 @@ declare -A PKGS=(
     [fuzz]="clang libclang-rt-14-dev"
     [abi]="abigail-tools"
     [install]="util-linux swig liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven python3-dev python3-venv man-db groff-base mandoc meson rustc cargo golang-go"
-    [python]="swig python3-dev python3-venv"
+    [python]="swig python3-dev python3-venv gunicorn"
     [lua]="swig lua5.4 liblua5.4-dev valgrind"
     [java]="swig openjdk-17-jdk-headless maven"
     [go]="golang-go"

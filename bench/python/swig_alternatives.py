@@ -60,7 +60,7 @@ def build(tmp, bdir):
     os.makedirs(os.path.join(src, "python"))
     for f in ("singleflight.i", "sfswig.hpp"):
         shutil.copy(os.path.join(SWIG_DIR, f), src)
-    for f in ("singleflight_core.i", "sfpy.hpp"):
+    for f in ("singleflight_core.i", "sfpy.hpp", "sfpy_shared.hpp"):
         shutil.copy(os.path.join(SWIG_DIR, "python", f), os.path.join(src, "python"))
     hpp = os.path.join(src, "sfswig.hpp")
     with open(hpp) as f:

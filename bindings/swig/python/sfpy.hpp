@@ -204,18 +204,28 @@ struct GroupState {
     // others of their loop still waited (the library saw nobody leave).
     uint64_t joins = 0;
     uint64_t left = 0;
+    // A SharedGroup's (sfpy_shared.hpp): close() was called, and the calls
+    // in progress on it (their handles unreleased), whose last one frees g.
+    // A closed group refuses new calls (state_of raises).
+    bool closed = false;
+    Py_ssize_t busy = 0;
 };
 
 static void free_group_capsule(PyObject *capsule) {
     auto *st = static_cast<GroupState *>(PyCapsule_GetPointer(capsule, kGroupCapsule));
     if (!st) return;
-    sf_group_free(st->g);
-    Py_XDECREF(st->flights);  // empty: every flight in it holds this capsule
+    if (st->g) sf_group_free(st->g);  // a closed SharedGroup's went already
+    Py_XDECREF(st->flights);          // empty: every flight in it holds this capsule
     delete st;
 }
 
 static GroupState *state_of(PyObject *o) {
-    return static_cast<GroupState *>(PyCapsule_GetPointer(o, kGroupCapsule));
+    auto *st = static_cast<GroupState *>(PyCapsule_GetPointer(o, kGroupCapsule));
+    if (st && st->closed) {
+        PyErr_SetString(PyExc_ValueError, "singleflight: the SharedGroup is closed");
+        return nullptr;
+    }
+    return st;
 }
 
 static sf_group *group_of(PyObject *o) {
@@ -550,7 +560,12 @@ static int wait_interruptibly(sf_call *call, long long timeout_ns, sf_result **r
     }
 }
 
-static PyObject *follow(sf_call *call, long long timeout_ns, PyObject *key) {
+// What a follower's completed wait gives: result_of for Group's object
+// values, shared_result_of (sfpy_shared.hpp) for SharedGroup's bytes.
+using ResultFn = PyObject *(*)(int status, sf_result *r, int shared, PyObject *key);
+
+static PyObject *follow(sf_call *call, long long timeout_ns, PyObject *key,
+                        ResultFn convert = result_of) {
     sf_result *r = nullptr;
     int shared = 0;
     int status;
@@ -560,7 +575,7 @@ static PyObject *follow(sf_call *call, long long timeout_ns, PyObject *key) {
         Py_BEGIN_ALLOW_THREADS status = sf_call_wait(call, timeout_ns, &r, &shared);
         Py_END_ALLOW_THREADS
     }
-    PyObject *out = status == kPythonError ? nullptr : result_of(status, r, shared, key);
+    PyObject *out = status == kPythonError ? nullptr : convert(status, r, shared, key);
     // Drops this caller's reference; the last caller's drop frees the value.
     sf_result_release(r);
     sf_call_release(call);
@@ -840,22 +855,26 @@ static void table_unpublish(FlightObject *f) {
     f->next = nullptr;
 }
 
-static void forget_loop_led(FlightObject *f) {
-    if (!f->loop_led) return;
-    f->loop_led = 0;
+// Removes owner's g_loop_led entry for key (the object its entry points
+// into), if *flag says it has one.
+static void loop_led_remove(char *flag, PyObject *key, const void *owner) {
+    if (!*flag) return;
+    *flag = 0;
     Key k;
-    if (!key_of(f->key, &k)) {  // cannot fail: the key was read before
+    if (!key_of(key, &k)) {  // cannot fail: the key was read before
         PyErr_Clear();
         return;
     }
     auto range = g_loop_led->equal_range(std::string_view(k.data, size_t(k.size)));
     for (auto it = range.first; it != range.second; ++it) {
-        if (it->second.owner == f) {
+        if (it->second.owner == owner) {
             g_loop_led->erase(it);
             return;
         }
     }
 }
+
+static void forget_loop_led(FlightObject *f) { loop_led_remove(&f->loop_led, f->key, f); }
 
 // A leader's on_abandon payload is the callback's to free once abandonment
 // may run it; before that, and when it never can, it is ours.  Called

@@ -14,10 +14,11 @@
 
 %{
 #include "sfpy.hpp"
+#include "sfpy_shared.hpp"
 %}
 
 %init %{
-    if (sfpy::init_module(m) < 0) return NULL;
+    if (sfpy::init_module(m) < 0 || sfpy::init_shared(m) < 0) return NULL;
 %}
 
 /* str or bytes, nothing else (an int key would silently collide with its

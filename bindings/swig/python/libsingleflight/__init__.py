@@ -14,6 +14,10 @@ Coroutines coalesce the same way, across tasks, event loops and threads,
 with ``await g.do_async(key, coro_fn)``; a caller that gives up leaves the
 others unaffected, and when every caller has given up the work is cancelled.
 
+:class:`SharedGroup` is one group for every process of the host that opens
+the same name (gunicorn workers, a multiprocessing pool), with ``bytes``
+values.
+
 The work is done by libsingleflight, a C library; this module is its
 binding (a SWIG module whose hot paths are written by hand).
 """
@@ -28,7 +32,15 @@ from typing import Awaitable, Callable, Optional, Tuple, TypeVar, Union
 from . import _singleflight_core as _native  # sfpy.hpp: the hand-written calls
 from . import singleflight_core as _core
 
-__all__ = ["Group", "Stats", "LeaderExitedError", "PanicError", "version"]
+__all__ = [
+    "Group",
+    "SharedGroup",
+    "Stats",
+    "SharedStats",
+    "LeaderExitedError",
+    "PanicError",
+    "version",
+]
 
 T = TypeVar("T")
 Key = Union[str, bytes]
@@ -52,6 +64,18 @@ abandons the flights every caller gave up on, whose work was cancelled.
 """
 
 
+SharedStats = collections.namedtuple(
+    "SharedStats", Stats._fields + ("in_flight_high", "arena_used", "arena_high", "processes")
+)
+SharedStats.__doc__ = """A snapshot of a shared group's counters, over every process.
+
+The fields of :class:`Stats`, then: in_flight_high, the most flights in
+flight at once; arena_used and arena_high, the segment's bytes in use now and
+at most (keys and values above 64 bytes, panic messages); processes, the
+processes attached now.
+"""
+
+
 class LeaderExitedError(RuntimeError):
     """The flight's leader went away without producing a result.
 
@@ -63,7 +87,10 @@ class LeaderExitedError(RuntimeError):
 
 
 class PanicError(RuntimeError):
-    """The flight failed with a message but no Python exception object."""
+    """The flight failed with a message but no Python exception object.
+
+    A :class:`SharedGroup`'s followers raise it when fn raised: the
+    exception crosses processes as its text, ``"ValueError: bad row"``."""
 
 
 def version() -> str:
@@ -191,3 +218,188 @@ class Group:
     def stats(self) -> Stats:
         """A snapshot of this group's counters (see :class:`Stats`)."""
         return Stats._make(_native._stats(self._h))
+
+
+_shared_async = None  # libsingleflight._shared_aio, imported on first use
+
+
+def _load_shared_async():
+    global _shared_async
+    from . import _shared_aio
+
+    _shared_async = _shared_aio
+    return _shared_aio
+
+
+def _size_option(name: str, value: Optional[int]) -> int:
+    if value is None:
+        return 0  # the library's default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("SharedGroup: %s must be None or a positive int, not %r" % (name, value))
+    return value
+
+
+class SharedGroup:
+    """A group shared by every process of the host that opens the same name:
+    one execution per key across gunicorn workers, multiprocessing pools,
+    forked job runners.
+
+    Values cross processes as ``bytes``: ``fn`` must return a bytes-like
+    object (bytes, bytearray, memoryview...), and every caller receives
+    equal ``bytes``; anything else raises ``TypeError`` in the leader and
+    :class:`PanicError` in its followers.  :meth:`do_pickled` carries any
+    picklable object instead.  An exception raised by ``fn`` is raised
+    as itself in the leader's caller and as :class:`PanicError` with its
+    text (``"ValueError: bad row"``) in every follower, in any process.
+    A leader's process that dies inside ``fn`` (SIGKILL included) makes its
+    followers raise :class:`LeaderExitedError` at once, and the next caller
+    leads a fresh flight.
+
+    ``name``: 1 to 200 characters of ``[A-Za-z0-9._-]``, not starting with
+    ``.``; the group lives in ``/dev/shm/libsingleflight.<name>``.  Or
+    ``path`` (with ``name=None``): a file to map instead, on a volume that
+    containers share.  The sizes are the creator's (None: the library's
+    defaults, 16 MiB arena, 4096 table slots, 1 MiB values, 64 processes);
+    a later opener passing None takes the segment's, and one asking for
+    others gets ``RuntimeError``.  ``mode``: the segment's permission bits;
+    a segment of another user, or open to more than ``mode``, raises
+    ``PermissionError``.  A full table or arena raises ``MemoryError`` for
+    the call that needed the room, unless ``run_unshared``: then ``fn``
+    runs coalesced within this process only.
+
+    Thread rules: share one SharedGroup between any number of threads and
+    tasks of a process; a forked child may keep using its parent's (it
+    joins the group as a process of its own at its first call), and a
+    spawned one opens the name again.  :meth:`close` (or a ``with`` block)
+    detaches this process, once the calls in progress have returned; any
+    later call raises ``ValueError``.  The last process to detach removes
+    the segment.
+    """
+
+    __slots__ = ("_h", "_name", "__weakref__")
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        *,
+        arena_bytes: Optional[int] = None,
+        table_slots: Optional[int] = None,
+        max_value_bytes: Optional[int] = None,
+        max_processes: Optional[int] = None,
+        mode: int = 0o600,
+        path: Union[str, bytes, "os.PathLike[str]", None] = None,
+        run_unshared: bool = False,
+    ) -> None:
+        self._h = None
+        if (name is None) == (path is None):
+            raise ValueError("SharedGroup: give a name or a path, not both")
+        if name is not None and not isinstance(name, str):
+            raise TypeError("SharedGroup: name must be a str, not %s" % type(name).__name__)
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 < mode <= 0o777:
+            raise ValueError("SharedGroup: mode must be permission bits such as 0o600, not %r" % (mode,))
+        self._name = name if name is not None else os.fspath(path)
+        self._h = _native._shared_open(
+            name.encode("utf-8") if name is not None else None,
+            os.fsencode(path) if path is not None else None,
+            _size_option("arena_bytes", arena_bytes),
+            _size_option("table_slots", table_slots),
+            _size_option("max_value_bytes", max_value_bytes),
+            _size_option("max_processes", max_processes),
+            mode,
+            bool(run_unshared),
+        )
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise ValueError("singleflight: the SharedGroup is closed")
+        return h
+
+    @property
+    def name(self):
+        """The name (or path) the group was opened with."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def do(self, key: Key, fn: Callable[[], bytes], *, timeout: Optional[float] = None) -> Tuple[bytes, bool]:
+        """Run ``fn()`` once for all concurrent callers of ``key`` in every
+        process of the group; returns ``(value, shared)`` with ``value`` the
+        ``bytes`` fn returned (equal bytes in every caller).
+
+        Keys, ``timeout``, the interruptible wait and the deadlock check of
+        ``do`` inside ``fn`` are as for :meth:`Group.do`.  Raises
+        ``TypeError`` when fn's value is not bytes-like, ``ValueError`` when
+        it is larger than the group's ``max_value_bytes``.
+        """
+        return _native._shared_do(self._handle(), key, fn, timeout)
+
+    def do_async(
+        self, key: Key, coro_fn: Callable[[], Awaitable[bytes]], *, timeout: Optional[float] = None
+    ) -> Awaitable[Tuple[bytes, bool]]:
+        """``await g.do_async(key, coro_fn)``: :meth:`do` for asyncio (and
+        uvloop).  The leader's ``coro_fn()`` runs as a task of its caller's
+        loop; followers, in this process or another, sleep on their loop
+        (an eventfd the library makes readable when the flight completes),
+        blocking no thread.  A caller that is cancelled (or whose
+        ``timeout`` passes: ``TimeoutError``) gives up alone; when every
+        caller in every process has, the work's task is cancelled.  Call it
+        from a coroutine on its loop's thread.
+        """
+        return (_shared_async or _load_shared_async()).do_async(self._handle(), key, coro_fn, timeout)
+
+    def do_pickled(self, key: Key, fn: Callable[[], T], *, timeout: Optional[float] = None) -> Tuple[T, bool]:
+        """:meth:`do` for any picklable value: fn's value crosses as
+        ``pickle.dumps(value)`` and every caller gets ``pickle.loads`` of
+        it (an equal object, not the same one).  Only for groups whose
+        processes trust each other, as unpickling runs code: a shared
+        group's peers are processes of the same user (see ``mode``)."""
+        import pickle
+
+        value, shared = self.do(key, lambda: pickle.dumps(fn()), timeout=timeout)
+        return pickle.loads(value), shared
+
+    async def do_async_pickled(
+        self, key: Key, coro_fn: Callable[[], Awaitable[T]], *, timeout: Optional[float] = None
+    ) -> Tuple[T, bool]:
+        """:meth:`do_async` for any picklable value (see :meth:`do_pickled`)."""
+        import pickle
+
+        async def dumped():
+            return pickle.dumps(await coro_fn())
+
+        value, shared = await self.do_async(key, dumped, timeout=timeout)
+        return pickle.loads(value), shared
+
+    def forget(self, key: Key) -> bool:
+        """As :meth:`Group.forget`, for every process of the group."""
+        return _native._forget(self._handle(), key)
+
+    def forget_unshared(self, key: Key) -> bool:
+        """As :meth:`Group.forget_unshared`, for every process of the group."""
+        return _native._forget_unshared(self._handle(), key)
+
+    def stats(self) -> SharedStats:
+        """The group's counters, over every process (see :class:`SharedStats`)."""
+        h = self._handle()
+        return SharedStats._make(_native._stats(h) + _native._shared_stats(h))
+
+    def close(self) -> None:
+        """Detach this process from the group: at once, or when the calls
+        in progress on it have returned.  Later calls raise ``ValueError``.
+        Idempotent; garbage collection of the SharedGroup does the same."""
+        h, self._h = self._h, None
+        if h is not None:
+            _native._shared_close(h)
+
+    def __enter__(self) -> "SharedGroup":
+        self._handle()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<SharedGroup %r%s>" % (self._name, " closed" if self._h is None else "")
