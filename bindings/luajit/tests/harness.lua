@@ -75,6 +75,23 @@ function T.hold_until(flag)
     error("never released")
 end
 
+-- One flight of key "k" in g: a leader coroutine that waits until a
+-- follower joined and returns value, and that follower.  Returns what the
+-- leader's run and the follower's returned.
+function T.lead_and_follow(g, value)
+    local got = {}
+    T.schedule({
+        function()
+            got[1] = g:run("k", function()
+                T.await_followers(g, 1)
+                return value
+            end)
+        end,
+        function() got[2] = g:run("k", function() return "unused" end) end,
+    })
+    return got[1], got[2]
+end
+
 function T.expect_error_code(code, f, ...)
     local ok, err = pcall(f, ...)
     T.check(not ok, "expected an error", 2)

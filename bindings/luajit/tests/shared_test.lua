@@ -248,18 +248,9 @@ end)
 test("the doorbell is answered when the leader is a coroutine of this process", function()
     local knocks = {}
     local g = singleflight.open_shared(fresh_name(), { doorbell = knock_logged(knocks) })
-    local got = {}
-    schedule({
-        function()
-            got[1] = g:run("k", function()
-                await_followers(g, 1)
-                return "local leader"
-            end)
-        end,
-        function() got[2] = g:run("k", function() return "unused" end) end,
-    })
-    eq(got[1], "local leader", "leader")
-    eq(got[2], "local leader", "follower")
+    local leader, follower = T.lead_and_follow(g, "local leader")
+    eq(leader, "local leader", "leader")
+    eq(follower, "local leader", "follower")
     eq(#knocks, 1, "knocks")
     g:close()
 end)

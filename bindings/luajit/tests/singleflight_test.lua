@@ -601,17 +601,8 @@ test("a custom sleep hook is used between polls", function()
             coroutine.yield()
         end,
     })
-    local got = {}
-    schedule({
-        function()
-            got[1] = g:run("k", function()
-                await_followers(g, 1)
-                return "v"
-            end)
-        end,
-        function() got[2] = g:run("k", function() return "unused" end) end,
-    })
-    eq(got[1], "v"); eq(got[2], "v")
+    local leader, follower = T.lead_and_follow(g, "v")
+    eq(leader, "v"); eq(follower, "v")
     check(polls >= 1, "sleep hook never called")
     local groups = singleflight.live_groups()
     check(not pcall(singleflight.new, { sleep = 5 }), "non-function sleep accepted")
@@ -650,17 +641,8 @@ test("with OpenResty's ngx present, followers wait with ngx.sleep", function()
     local ok, g = pcall(singleflight.new)
     rawset(_G, "ngx", nil)
     assert(ok, g)
-    local got = {}
-    schedule({
-        function()
-            got[1] = g:run("k", function()
-                await_followers(g, 1)
-                return "v"
-            end)
-        end,
-        function() got[2] = g:run("k", function() return "unused" end) end,
-    })
-    eq(got[2], "v", "follower value")
+    local _, follower = T.lead_and_follow(g, "v")
+    eq(follower, "v", "follower value")
     check(#slept >= 1, "ngx.sleep never called")
     eq(slept[1], 0, "first sleep yields without delay")
 end)
