@@ -176,9 +176,7 @@ error_mt.__tostring = function(e)
     return "singleflight: " .. e.name .. ": " .. e.message
 end
 
--- Raises a status code as an error object {code, name, message}; level as
--- for error().
--- The error object for a status code (see raise).
+-- The error object for a status code: {code, name, message}.
 local function status_error(code, detail)
     local message = lib and ffi.string(lib.sf_strerror(code)) or "error"
     if detail then message = message .. ": " .. detail end
@@ -189,6 +187,7 @@ local function status_error(code, detail)
     }, error_mt)
 end
 
+-- Raises a status code as an error object; level as for error().
 local function raise(code, level, detail)
     error(status_error(code, detail), level + 1)
 end
@@ -334,14 +333,6 @@ end
 local Group = {}
 Group.__index = Group
 
--- Creates a group.  opts (all optional):
---   shards  number of table shards (0: the library chooses)
---   sleep   function(polls) called by a waiting follower inside a coroutine
---           between polls; it must yield to whatever runs the leader
---           (OpenResty: ngx.sleep(0), the default when ngx is present;
---           otherwise coroutine.yield() is used)
---   library path of libsingleflight to load (see load())
--- The group is freed when it is garbage collected, or by close().
 -- Options both kinds of group take, checked before anything is made.
 local function check_common(opts)
     if opts.sleep ~= nil and type(opts.sleep) ~= "function" then
@@ -366,6 +357,14 @@ local function wrap_group(out, opts, fields)
     return setmetatable(self, Group)
 end
 
+-- Creates a group.  opts (all optional):
+--   shards  number of table shards (0: the library chooses)
+--   sleep   function(polls) called by a waiting follower inside a coroutine
+--           between polls; it must yield to whatever runs the leader
+--           (OpenResty: ngx.sleep(0), the default when ngx is present;
+--           otherwise coroutine.yield() is used)
+--   library path of libsingleflight to load (see load())
+-- The group is freed when it is garbage collected, or by close().
 function M.new(opts)
     opts = opts or {}
     check_common(opts)
@@ -418,8 +417,12 @@ local SHARED_SIZES = {
 -- wider permissions), EINCOMPAT (another layout or other sizes), EBUSY
 -- (max_processes attached), ENOMEM.  The attachment is dropped by close()
 -- or when the group is collected; the last process to leave removes the
--- segment.  A process forked after opening may use the group: it becomes
--- a process of its own at its first call.
+-- segment.  As new's, the group belongs to the Lua state that opened it
+-- (its methods run on any coroutine of that state); every other state or
+-- process opens its own attachment.  A process forked after opening may use
+-- the group: it becomes a process of its own at its first call.  The
+-- doorbell function runs on the follower's coroutine and must yield, not
+-- block, while it waits.
 function M.open_shared(name, opts)
     opts = opts or {}
     check_common(opts)
