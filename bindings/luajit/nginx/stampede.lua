@@ -7,9 +7,13 @@
 --           flight until the client said how many requests it sent (/go)
 --           and every other one has joined.  Then it says the value and
 --           how this request waited.
+--   /doomed as /hot on the key "doomed", but the first flight's fn never
+--           returns: the test kills its worker with SIGKILL.  Later flights
+--           return at once.  Says the value, or the error's name.
 --   /ping   "worker <pid>": answered only by a worker whose event loop runs
 --   /go     ?n=N: N requests of /hot were sent; the leader may finish
---   /count  fn's executions and the group's counters, as "name value" lines
+--   /count  fn's executions, the worker leading "doomed" and the group's
+--           counters, as "name value" lines
 --
 -- How followers wait is counted per request: cosockets made (each doorbell
 -- knock makes one) and ngx.sleep calls, through wrappers installed in each
@@ -73,6 +77,32 @@ function M.hot()
     ngx.say("sleeps ", ctx.sleeps or 0)
 end
 
+function M.doomed()
+    local dict = ngx.shared.stampede
+    ngx.say("worker ", ngx.worker.pid())
+    ngx.flush(true)
+    local ok, value = pcall(group.run, group, "doomed", function()
+        ngx.ctx.led = true
+        local run = dict:incr("doomed", 1, 0)
+        dict:set("doomed_leader", ngx.worker.pid())
+        if run == 1 then
+            local deadline = ngx.now() + HANDSHAKE_SECONDS
+            while ngx.now() < deadline do
+                ngx.sleep(0.05) -- the leader's own wait, for the kill
+                ngx.update_time()
+            end
+            error("this worker was never killed")
+        end
+        return "flight " .. run
+    end)
+    if ok then
+        ngx.say("value ", value)
+    else
+        ngx.say("error ", singleflight.is_error(value) and value.name or tostring(value))
+    end
+    ngx.say("led ", tostring(ngx.ctx.led == true))
+end
+
 function M.ping()
     ngx.say("worker ", ngx.worker.pid())
 end
@@ -86,7 +116,9 @@ end
 
 function M.count()
     local s = group:stats()
-    ngx.say("executions ", ngx.shared.stampede:get("executions") or 0)
+    local dict = ngx.shared.stampede
+    ngx.say("executions ", dict:get("executions") or 0)
+    ngx.say("doomed_leader ", dict:get("doomed_leader") or 0)
     for _, k in ipairs({ "leaders", "followers", "in_flight", "processes", "panics", "goexits", "cancels" }) do
         ngx.say(k, " ", s[k])
     end

@@ -16,11 +16,15 @@ directory, 127.0.0.1 on a free port), then makes a stampede on one key:
     every other one has joined its flight (the group's own count);
  4. every /hot response read to its end.
 
-It asserts that fn ran once, that every response has the same value, that
-the followers waited by knocking on the doorbell (a cosocket each) and
-never called ngx.sleep, and after stopping nginx, that the error log has
-no error and the segment is gone.  Every wait is bounded; none is a sleep
-that hopes.
+It asserts that fn ran once, that every response has the same value, and
+that the followers waited by knocking on the doorbell (a cosocket each)
+and never called ngx.sleep.  Then a leader killed inside fn: requests for
+/doomed over every worker as in step 1, and once every one joined, SIGKILL
+to the leader's worker: the followers in the other workers must answer
+EGOEXIT, and the key's next request lead a fresh flight.  After stopping
+nginx, the error log must have no error (but the killed worker's exit) and
+the segment must be gone.  Every wait is bounded; none is a sleep that
+hopes.
 """
 
 import os
@@ -82,13 +86,17 @@ def worker_of(body):
     return int(m.group(1)) if m else None
 
 
-class Hot:
-    """One /hot request held open: the worker that took it is known once
-    its first line arrived."""
+def counters(port):
+    return dict(line.split(" ") for line in request(port, "/count")[1].splitlines())
 
-    def __init__(self, port):
+
+class Hot:
+    """One request for a key held open: the worker that took it is known
+    once its first line arrived."""
+
+    def __init__(self, port, path="/hot"):
         self.sock = connect(port)
-        self.sock.sendall(b"GET /hot HTTP/1.0\r\nHost: test\r\n\r\n")
+        self.sock.sendall(b"GET %s HTTP/1.0\r\nHost: test\r\n\r\n" % path.encode())
         self.data = b""
         while b"\r\n\r\n" not in self.data or b"\n" not in self.data.partition(b"\r\n\r\n")[2]:
             chunk = self.sock.recv(65536)
@@ -156,15 +164,21 @@ def stop(nginx, log):
             fail("nginx did not stop on SIGQUIT", log)
 
 
-def stampede(port, log):
-    hot = []
+def cover(port, path, log):
+    """Requests for path, held open, until every worker took PER_WORKER."""
+    held = []
     taken = {}
     while len(taken) < WORKERS or min(taken.values()) < PER_WORKER:
-        if len(hot) == MOST_REQUESTS:
+        if len(held) == MOST_REQUESTS:
             fail("%d requests reached only %s" % (MOST_REQUESTS, taken), log)
-        h = Hot(port)
-        hot.append(h)
+        h = Hot(port, path)
+        held.append(h)
         taken[h.worker] = taken.get(h.worker, 0) + 1
+    return held, taken
+
+
+def stampede(port, log):
+    hot, taken = cover(port, "/hot", log)
     print("stampede: %d requests for one key over workers %s" % (len(hot), taken))
 
     answered = set()
@@ -183,8 +197,41 @@ def stampede(port, log):
     if status != 200:
         fail("/go: status %d" % status, log)
     results = [h.finish() for h in hot]
-    counts = dict(line.split(" ") for line in request(port, "/count")[1].splitlines())
-    return hot, results, counts
+    return hot, results, counters(port)
+
+
+def dead_leader(port, log):
+    """Returns the pid of the worker killed."""
+    before = int(counters(port)["followers"])
+    held, taken = cover(port, "/doomed", log)
+    deadline = time.monotonic() + IO_SECONDS
+    while True:
+        counts = counters(port)
+        if int(counts["followers"]) >= before + len(held) - 1 and counts["doomed_leader"] != "0":
+            break
+        if time.monotonic() > deadline:
+            fail("the /doomed requests never all joined: %s" % counts, log)
+        time.sleep(0.01)  # between reads of a condition, bounded above
+    leader = int(counts["doomed_leader"])
+    killed = time.monotonic()
+    os.kill(leader, signal.SIGKILL)
+    waits = []
+    for h in held:
+        if h.worker == leader:
+            h.sock.close()  # died with its worker
+            continue
+        r = h.finish()
+        waits.append(time.monotonic() - killed)
+        if r.get("error") != "SF_EGOEXIT" or r["led"] != "false":
+            fail("a follower in worker %d of the killed leader got %s" % (h.worker, r), log)
+    fresh = Hot(port, "/doomed").finish()
+    if fresh.get("value") != "flight 2" or fresh["led"] != "true":
+        fail("after the killed leader, the next request got %s" % fresh, log)
+    waits.sort()
+    print("leader worker %d killed inside fn: %d followers in the other workers got SF_EGOEXIT "
+          "(all answered within %.1f ms of the SIGKILL, median %.1f ms); the next request led flight 2"
+          % (leader, len(waits), waits[-1] * 1e3, waits[len(waits) // 2] * 1e3))
+    return leader
 
 
 def check(hot, results, counts, log):
@@ -214,9 +261,11 @@ def check(hot, results, counts, log):
           % (len(results), WORKERS, values.pop(), same, len(followers) - same))
 
 
-def check_log(log):
+def check_log(log, killed):
+    expected = re.compile(r"worker process %d exited on signal 9" % killed)
     with open(log, errors="replace") as f:
-        bad = [line for line in f if re.search(r"\[(error|crit|alert|emerg)\]", line)]
+        bad = [line for line in f
+               if re.search(r"\[(error|crit|alert|emerg)\]", line) and not expected.search(line)]
     if bad:
         fail("the error log has errors:\n" + "".join(bad[:20]))
 
@@ -243,10 +292,11 @@ def main():
             fail("nginx did not start", log)
         try:
             hot, results, counts = stampede(port, log)
+            check(hot, results, counts, log)
+            killed = dead_leader(port, log)
         finally:
             stop(nginx, log)
-        check(hot, results, counts, log)
-        check_log(log)
+        check_log(log, killed)
         if os.path.exists(segment):
             fail("the shared group's segment outlived the workers: " + segment, log)
         print("nginx stopped; no error logged; the segment is gone")
