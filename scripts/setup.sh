@@ -33,7 +33,11 @@ declare -A PKGS=(
     [java]="swig openjdk-17-jdk-headless maven"
     [go]="golang-go"
     [rust]="rustc cargo"
-    [luajit]="luajit"
+    # OpenResty's LuaJIT (the binary is luajit too), not Debian's luajit:
+    # libnginx-mod-http-lua runs on libluajit2-5.1-2, which conflicts with
+    # Debian's, so installing Debian's luajit would remove the nginx module.
+    [luajit]="luajit2"
+    [nginx]="nginx libnginx-mod-http-lua luajit2"
     [cpp]=""
     [bench-smoke]="libsqlite3-dev python3"
 )

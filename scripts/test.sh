@@ -5,8 +5,8 @@
 # by hand, e.g. `ctest --preset default -L python` (tests/CMakeLists.txt).
 #
 #   default   core suites, examples, install + consumers, Meson (same suites,
-#             same .pc), ABI, Python, Lua, Java, Go, Rust, LuaJIT, C++,
-#             benchmark smoke
+#             same .pc), ABI, Python, Lua, Java, Go, Rust, LuaJIT (and in
+#             nginx), C++, benchmark smoke
 #   memcheck  the suites labelled memcheck, under valgrind (ctest -T memcheck,
 #             on the default build)
 #   asan      core suites under ASan + LeakSanitizer + UBSan

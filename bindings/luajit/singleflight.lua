@@ -19,6 +19,13 @@
 -- abandoned: fn receives the flight and can see it (flight:abandoned(),
 -- flight:on_abandon(handler)) and stop; the key's next caller starts afresh.
 --
+-- Shared groups (libsingleflight 1.2): singleflight.open_shared(name)
+-- attaches to a group in shared memory that every process opening the same
+-- name uses, so a key runs once across the processes of a host (every
+-- nginx worker, say).  Its values cross processes as bytes; a follower
+-- inside an OpenResty request waits on its process's doorbell through a
+-- cosocket, so the worker neither blocks nor polls.
+--
 -- Thread rules: a group belongs to the Lua state that created it.  Every
 -- method is safe to call from any coroutine of that state.
 
@@ -77,6 +84,36 @@ pcall(ffi.cdef, [[
 int sf_call_cancel(sf_call *call);
 int sf_call_abandoned(const sf_call *call);
 ]])
+-- Since 1.2 (SF_1.2): shared groups, values as bytes, the doorbell.  The
+-- options struct gets this module's own name, as the stats do, so that
+-- another module's declaration of sf_shared_options cannot clash.
+if not pcall(ffi.typeof, "sf_luajit_shared_options") then
+    ffi.cdef [[
+typedef struct sf_luajit_shared_options {
+    unsigned int version;
+    unsigned int flags;
+    const char  *path;
+    unsigned int table_slots;
+    unsigned int max_processes;
+    uint64_t     arena_bytes;
+    uint64_t     max_value_bytes;
+    unsigned int mode;
+} sf_luajit_shared_options;
+typedef struct sf_luajit_stats3 {
+    unsigned int version;
+    uint64_t calls, leaders, followers, panics, goexits, timeouts, forgets, in_flight;
+    uint64_t abandons, cancels;
+    uint64_t in_flight_high, arena_used, arena_high, processes;
+} sf_luajit_stats3;
+]]
+end
+pcall(ffi.cdef, [[
+int sf_shared_options_init(sf_luajit_shared_options *opts, unsigned int version);
+int sf_group_open_shared(const char *name, const sf_luajit_shared_options *opts, sf_group **out);
+int sf_call_set_bytes(sf_call *call, const void *data, size_t len);
+const void *sf_result_bytes(const sf_result *r, size_t *len);
+int sf_call_doorbell(sf_call *call, char *address, size_t len, uint64_t *token);
+]])
 if not pcall(ffi.typeof, "sf_luajit_blob") then
     -- A string value as the leader stores it.  magic tells this binding's
     -- values apart from values other bindings stored in the same group.
@@ -103,9 +140,11 @@ M.OK, M.LEADER, M.FOLLOWER = 0, 1, 2
 M.EINVAL, M.ENOMEM, M.EPANIC, M.EGOEXIT = -1, -2, -3, -4
 M.EDEADLK, M.ETIMEDOUT, M.EBUSY, M.ESTATE = -5, -6, -7, -8
 M.ECANCELED = -9
+M.EPERM, M.EINCOMPAT = -10, -11 -- shared groups (1.2)
 
 local ABI_MAJOR = 1
 local MIN_VERSION = 10100 -- 1.1: sf_call_cancel, sf_call_abandoned
+local SHARED_VERSION = 10200 -- 1.2: shared groups, bytes, the doorbell
 local BLOB_MAGIC = 0x53464c4a424c4f42ULL -- "SFLJBLOB"
 local BLOB_HEADER = ffi.offsetof("sf_luajit_blob", "data")
 local CLOCK_MONOTONIC = 1
@@ -117,6 +156,11 @@ local result_out_t = ffi.typeof("sf_result *[1]")
 local int_out_t = ffi.typeof("int[1]")
 local group_out_t = ffi.typeof("sf_group *[1]")
 local timespec_t = ffi.typeof("int64_t[2]") -- struct timespec on LP64 Linux
+local size_out_t = ffi.typeof("size_t[1]")
+local token_out_t = ffi.typeof("uint64_t[1]")
+-- "unix:" and a socket path (at most 107 bytes on Linux), with room to spare.
+local ADDRESS_BYTES = 256
+local address_t = ffi.typeof("char[?]")
 local free_fn = ffi.cast("sf_destroy_fn", C_lib.sf_luajit_free)
 
 local lib        -- the loaded C library
@@ -132,16 +176,20 @@ error_mt.__tostring = function(e)
     return "singleflight: " .. e.name .. ": " .. e.message
 end
 
--- Raises a status code as an error object {code, name, message}; level as
--- for error().
-local function raise(code, level, detail)
+-- The error object for a status code: {code, name, message}.
+local function status_error(code, detail)
     local message = lib and ffi.string(lib.sf_strerror(code)) or "error"
     if detail then message = message .. ": " .. detail end
-    error(setmetatable({
+    return setmetatable({
         code = code,
         name = lib and ffi.string(lib.sf_err_name(code)) or tostring(code),
         message = message,
-    }, error_mt), level + 1)
+    }, error_mt)
+end
+
+-- Raises a status code as an error object; level as for error().
+local function raise(code, level, detail)
+    error(status_error(code, detail), level + 1)
 end
 
 -- True when e is an error raised by this module for a status code.  Panics
@@ -285,6 +333,30 @@ end
 local Group = {}
 Group.__index = Group
 
+-- Options both kinds of group take, checked before anything is made.
+local function check_common(opts)
+    if opts.sleep ~= nil and type(opts.sleep) ~= "function" then
+        error("bad option 'sleep' (function expected)", 3)
+    end
+end
+
+-- Wraps a new group handle (out[0]) in its Lua object; fields are what
+-- differs between kinds of group.
+local function wrap_group(out, opts, fields)
+    live_groups = live_groups + 1
+    local self = {
+        ptr = ffi.gc(out[0], collect_group),
+        sleep = opts.sleep or default_sleep(),
+        -- key -> the flight a coroutine of this state runs fn for; weak so
+        -- that an abandoned leader can still be collected.
+        leading = setmetatable({}, { __mode = "v" }),
+        -- every flight whose fn runs in this state, for abandoned_here
+        flights = setmetatable({}, { __mode = "k" }),
+    }
+    for k, v in pairs(fields) do self[k] = v end
+    return setmetatable(self, Group)
+end
+
 -- Creates a group.  opts (all optional):
 --   shards  number of table shards (0: the library chooses)
 --   sleep   function(polls) called by a waiting follower inside a coroutine
@@ -295,9 +367,7 @@ Group.__index = Group
 -- The group is freed when it is garbage collected, or by close().
 function M.new(opts)
     opts = opts or {}
-    if opts.sleep ~= nil and type(opts.sleep) ~= "function" then
-        error("bad option 'sleep' (function expected)", 2)
-    end
+    check_common(opts)
     if opts.shards ~= nil and (type(opts.shards) ~= "number" or opts.shards < 0) then
         error("bad option 'shards' (non-negative number expected)", 2)
     end
@@ -309,16 +379,86 @@ function M.new(opts)
     local out = group_out_t()
     rc = l.sf_group_new(out, o)
     if rc ~= 0 then raise(rc, 2) end
-    live_groups = live_groups + 1
-    return setmetatable({
-        ptr = ffi.gc(out[0], collect_group),
-        sleep = opts.sleep or default_sleep(),
-        -- key -> the flight a coroutine of this state runs fn for; weak so
-        -- that an abandoned leader can still be collected.
-        leading = setmetatable({}, { __mode = "v" }),
-        -- every flight whose fn runs in this state, for abandoned_here
-        flights = setmetatable({}, { __mode = "k" }),
-    }, Group)
+    return wrap_group(out, opts, {})
+end
+
+-- The sizes open_shared passes on: option name -> its field.
+local SHARED_SIZES = {
+    table_slots = "table_slots", max_processes = "max_processes",
+    arena_bytes = "arena_bytes", max_value_bytes = "max_value_bytes", mode = "mode",
+}
+
+-- Attaches to the shared group called name, creating it if no process has
+-- it open (libsingleflight 1.2; see sf_group_open_shared(3)): every
+-- process (every nginx worker) that opens the same name shares its
+-- flights, so a key's fn runs once across them all.  name: 1 to 200 bytes
+-- of letters, digits, '.', '_' and '-'; or nil with opts.path.  opts (all
+-- optional):
+--   path             a file to map instead of POSIX shared memory (name nil)
+--   table_slots, max_processes, arena_bytes, max_value_bytes, mode
+--                    the segment's sizes and permission bits (0 or absent:
+--                    the library's defaults, or the existing segment's)
+--   run_unshared     true: a full table or arena runs fn coalesced in this
+--                    process only, instead of raising ENOMEM
+--   doorbell         how a follower inside a coroutine waits: absent, on
+--                    its process's doorbell through an OpenResty cosocket
+--                    when ngx is present, else by polling as new's groups
+--                    do; false, always poll; or a function(address, token,
+--                    seconds) that connects a stream socket to address
+--                    ("unix:<path>"), sends token (8 bytes) and returns
+--                    true once the library answered or closed, false when
+--                    seconds (nil: no limit) ran out, yielding meanwhile
+--   sleep, library   as for new
+-- Returns a group with new's methods: run returns the string (or nil) fn
+-- returned, copied through the segment (at most max_value_bytes; a longer
+-- one fails the flight); a leader process that dies inside fn raises
+-- EGOEXIT in every follower, in every process.  Raises an error object on
+-- failure: EINVAL (a bad name or option), EPERM (another user's segment, or
+-- wider permissions), EINCOMPAT (another layout or other sizes), EBUSY
+-- (max_processes attached), ENOMEM.  The attachment is dropped by close()
+-- or when the group is collected; the last process to leave removes the
+-- segment.  As new's, the group belongs to the Lua state that opened it
+-- (its methods run on any coroutine of that state); every other state or
+-- process opens its own attachment.  A process forked after opening may use
+-- the group: it becomes a process of its own at its first call.  The
+-- doorbell function runs on the follower's coroutine and must yield, not
+-- block, while it waits.
+function M.open_shared(name, opts)
+    opts = opts or {}
+    check_common(opts)
+    if opts.path ~= nil then
+        if type(opts.path) ~= "string" then error("bad option 'path' (string expected)", 2) end
+        if name ~= nil then error("bad argument #1 to 'open_shared' (nil expected with option 'path')", 2) end
+    elseif type(name) ~= "string" then
+        error(("bad argument #1 to 'open_shared' (string expected, got %s)"):format(type(name)), 2)
+    end
+    for option in pairs(SHARED_SIZES) do
+        local v = opts[option]
+        if v ~= nil and (type(v) ~= "number" or v < 0 or v % 1 ~= 0) then
+            error(("bad option '%s' (non-negative integer expected)"):format(option), 2)
+        end
+    end
+    local knock = opts.doorbell
+    if knock ~= nil and knock ~= false and type(knock) ~= "function" then
+        error("bad option 'doorbell' (function or false expected)", 2)
+    end
+    local l = M.load(opts.library)
+    if l.sf_version_number() < SHARED_VERSION then
+        error(("singleflight: %s has no shared groups (1.2 or newer needed)")
+            :format(ffi.string(l.sf_version_string())), 2)
+    end
+    local o = ffi.new("sf_luajit_shared_options")
+    local rc = l.sf_shared_options_init(o, 1)
+    if rc ~= 0 then raise(rc, 2) end
+    for option, field in pairs(SHARED_SIZES) do
+        if opts[option] then o[field] = opts[option] end
+    end
+    if opts.run_unshared then o.flags = 1 end -- SF_SHARED_RUN_UNSHARED
+    o.path = opts.path -- copied by the library during the call
+    local out = group_out_t()
+    rc = l.sf_group_open_shared(name, o, out)
+    if rc ~= 0 then raise(rc, 2, name or opts.path) end
+    return wrap_group(out, opts, { shared = true, knock = knock })
 end
 
 local function check_group(self, fname)
@@ -336,22 +476,30 @@ local function check_key(key, fname)
     end
 end
 
+-- The string value of a result: bytes on a shared group (sf_result_bytes;
+-- NULL is nil), this module's blob on a local one.  Returns value, or nil
+-- and true when the flight's value was stored by someone else in a way
+-- this module cannot read.
+local function value_of(r, bytes)
+    if bytes then
+        local len = size_out_t()
+        local p = lib.sf_result_bytes(r, len)
+        if p ~= nil then return ffi.string(p, len[0]) end
+        return nil, lib.sf_result_value(r) ~= nil
+    end
+    local p = lib.sf_result_value(r)
+    if p == nil then return nil end
+    local blob = ffi.cast(blob_ptr_t, p)
+    if blob.magic ~= BLOB_MAGIC then return nil, true end
+    return ffi.string(blob.data, blob.len)
+end
+
 -- Reads this caller's outcome out of a completed wait and drops the result
--- reference.  Returns value, shared or raises.
-local function settle(rc, res, shared)
+-- reference.  Returns value, shared or raises.  bytes: the group is shared.
+local function settle(rc, res, shared, bytes)
     local r = res[0]
     if rc == M.OK then
-        local p = lib.sf_result_value(r)
-        local value
-        local foreign = false
-        if p ~= nil then
-            local blob = ffi.cast(blob_ptr_t, p)
-            if blob.magic == BLOB_MAGIC then
-                value = ffi.string(blob.data, blob.len)
-            else
-                foreign = true
-            end
-        end
+        local value, foreign = value_of(r, bytes)
         lib.sf_result_release(r)
         if foreign then raise(M.EINVAL, 3, "the flight's value was not stored by this module") end
         return value, shared[0] ~= 0
@@ -486,6 +634,27 @@ local function leading(self, key)
     return nil
 end
 
+-- Gives the leader's string to the flight: as bytes in the segment on a
+-- shared group (the only value other processes can read), else as a blob
+-- the library frees after the last reader.  Returns true, value or false
+-- and the message the flight then panics with.
+local function store(self, call, value)
+    if self.shared then
+        local rc = lib.sf_call_set_bytes(call, value, #value)
+        if rc == M.OK then return true, value end
+        return false, ("singleflight: a value of %d bytes cannot be stored: %s (the group's max_value_bytes bounds it)")
+            :format(#value, ffi.string(lib.sf_strerror(rc)))
+    end
+    local p = C_lib.sf_luajit_malloc(BLOB_HEADER + #value)
+    if p == nil then return false, "singleflight: out of memory for the value" end
+    local blob = ffi.cast(blob_ptr_t, p)
+    blob.magic = BLOB_MAGIC
+    blob.len = #value
+    ffi.copy(blob.data, value, #value)
+    lib.sf_call_set_value(call, p, free_fn)
+    return true, value
+end
+
 local function lead(self, call, key, fn)
     local flight = setmetatable({ handlers = {} }, Flight)
     CALLS[flight] = call
@@ -501,18 +670,7 @@ local function lead(self, call, key, fn)
     end
     local rc
     if ok then
-        if value ~= nil then
-            local p = C_lib.sf_luajit_malloc(BLOB_HEADER + #value)
-            if p == nil then
-                ok, value = false, "singleflight: out of memory for the value"
-            else
-                local blob = ffi.cast(blob_ptr_t, p)
-                blob.magic = BLOB_MAGIC
-                blob.len = #value
-                ffi.copy(blob.data, value, #value)
-                lib.sf_call_set_value(call, p, free_fn)
-            end
-        end
+        if value ~= nil then ok, value = store(self, call, value) end
         if ok then rc = lib.sf_call_finish(call, 0) end
     end
     if not ok then
@@ -554,10 +712,116 @@ local function give_up(self, call, res, shared, why, waited)
     return why
 end
 
+-- A follower that cannot wait in this context (a sleep hook or a doorbell
+-- that raised: a phase of OpenResty that cannot yield) gives up and the
+-- handle back now, not at collection, and raises err.
+local function cannot_wait(self, call, err)
+    if lib.sf_call_cancel(call) == 1 then abandoned_here(self) end
+    done_with_call(call)
+    error(err, 0)
+end
+
+-- ---------------------------------------------------------------- doorbells
+
+-- Cosocket timeouts are milliseconds below 2^31 (0 would mean nginx's
+-- default); a wait with no deadline re-arms this one when it runs out.
+local FOREVER_MS = 2 ^ 31 - 1
+-- How often a doorbell wait with an abort function asks it again.
+local ABORT_EVERY = 0.1
+-- Connects refused at once, before the doorbell is given up on: the
+-- library's helper thread accepts a burst of them (its queue holds 128)
+-- a moment later.
+local CONNECT_TRIES = 8
+
+-- The 8 bytes of a doorbell token, least significant first.
+local function token_bytes(t)
+    local b = {}
+    for i = 1, 8 do
+        b[i] = string.char(tonumber(t % 256))
+        t = t / 256 -- a uint64_t: integer division
+    end
+    return table.concat(b)
+end
+
+-- The doorbell knock of OpenResty: a cosocket connects to the process's
+-- doorbell, sends the token and reads the answer, yielding to nginx's
+-- event loop meanwhile (no thread blocks, nothing polls).  Returns true once
+-- the library answered or closed, false when seconds ran out; raises when
+-- no cosocket can be used here.
+local function ngx_knock(address, token, seconds)
+    local ngx = rawget(_G, "ngx")
+    local ms = FOREVER_MS
+    if seconds then ms = math.min(FOREVER_MS, math.max(1, math.ceil(seconds * 1000))) end
+    local sock, ok, err
+    for _ = 1, CONNECT_TRIES do
+        sock = ngx.socket.tcp()
+        sock:settimeout(ms)
+        ok, err = sock:connect(address)
+        if ok then break end
+        -- Linux refuses a unix socket's connect at once when its queue is
+        -- full: give the helper thread a turn of the event loop.
+        ngx.sleep(0)
+    end
+    if not ok then error("singleflight: cannot reach the doorbell " .. address .. ": " .. tostring(err), 0) end
+    ok, err = sock:send(token)
+    local answer
+    if ok then answer, err = sock:receive(1) end
+    sock:close()
+    if answer or err == "closed" then return true end
+    if err == "timeout" then return false end
+    error("singleflight: the doorbell " .. address .. " failed: " .. tostring(err), 0)
+end
+
+-- The knock this group's followers use inside a coroutine, or nil to poll:
+-- the group's own (open_shared's doorbell option), else OpenResty's when
+-- cosockets exist.  Only shared groups have doorbells.
+local function knock_of(self)
+    if not self.shared or self.knock == false then return nil end
+    if self.knock then return self.knock end
+    local ngx = rawget(_G, "ngx")
+    if type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.socket.tcp) == "function" then
+        return ngx_knock
+    end
+    return nil
+end
+
+-- A shared group's follower inside a coroutine waits on its process's
+-- doorbell (sf_call_doorbell): knock returns when the library answers, which
+-- it does once the flight completed, in whichever process.  Each turn
+-- polls the call once (sf_call_wait with 0) and gives up as follow does.
+-- Returns the status of the wait.
+local function wait_doorbell(self, call, knock, timeout, abort, res, shared)
+    local address = address_t(ADDRESS_BYTES)
+    local token = token_out_t()
+    local rc = lib.sf_call_doorbell(call, address, ADDRESS_BYTES, token)
+    if rc ~= M.OK then cannot_wait(self, call, status_error(rc, "no doorbell for this call")) end
+    local where, tok = ffi.string(address), token_bytes(token[0])
+    local deadline = timeout and monotonic() + timeout
+    local early = 0
+    while true do
+        res[0] = nil
+        rc = lib.sf_call_wait(call, 0, res, shared)
+        if rc ~= M.ETIMEDOUT then return rc end
+        if abort and abort() then return give_up(self, call, res, shared, M.ECANCELED) end
+        local left = deadline and deadline - monotonic()
+        if left and left <= 0 then return give_up(self, call, res, shared, M.ETIMEDOUT) end
+        if abort and (left == nil or left > ABORT_EVERY) then left = ABORT_EVERY end
+        local ok, answered = pcall(knock, where, tok, left)
+        if not ok then cannot_wait(self, call, answered) end
+        -- The library answers only completed flights; a bell that rings
+        -- again and again on a running one would spin this loop.
+        early = answered and early + 1 or 0
+        if early > 2 then
+            cannot_wait(self, call, status_error(M.ESTATE, "the doorbell answered a flight still running"))
+        end
+    end
+end
+
 local function follow(self, call, timeout, abort)
     local res, shared = result_out_t(), int_out_t()
     local sleep = self.sleep
     local rc
+    local knock = knock_of(self)
     if current_thread() == MAIN then
         if abort and abort() then
             rc = give_up(self, call, res, shared, M.ECANCELED)
@@ -566,6 +830,8 @@ local function follow(self, call, timeout, abort)
             rc = lib.sf_call_wait(call, ns, res, shared)
             if rc == M.ETIMEDOUT then rc = give_up(self, call, res, shared, M.ETIMEDOUT, true) end
         end
+    elseif knock then
+        rc = wait_doorbell(self, call, knock, timeout, abort, res, shared)
     else
         local deadline = timeout and monotonic() + timeout
         local polls = 0
@@ -587,18 +853,14 @@ local function follow(self, call, timeout, abort)
                 -- yield): give up and the handle back now, not at
                 -- collection.
                 local ok, err = pcall(sleep, polls)
-                if not ok then
-                    if lib.sf_call_cancel(call) == 1 then abandoned_here(self) end
-                    done_with_call(call)
-                    error(err, 0)
-                end
+                if not ok then cannot_wait(self, call, err) end
             else
                 coroutine.yield()
             end
         end
     end
     done_with_call(call)
-    return settle(rc, res, shared)
+    return settle(rc, res, shared, self.shared)
 end
 
 -- Go's Do.  Runs fn(flight) once for all concurrent callers of key in this
@@ -693,22 +955,30 @@ end
 
 -- A snapshot of the group's counters as a table of numbers: calls, leaders,
 -- followers, panics, goexits, timeouts, forgets, in_flight, abandons
--- (flights every caller gave up on), cancels (callers who gave up).
+-- (flights every caller gave up on), cancels (callers who gave up).  A
+-- shared group's count every process's calls, and add in_flight_high,
+-- arena_used, arena_high and processes (attached now).
 function Group:stats()
     check_group(self, "stats")
-    -- Version 2, in a struct of this module's own: another module may have
-    -- declared sf_group_stats as version 1.
-    local s = ffi.new("sf_luajit_stats2")
-    s.version = 2
+    -- Version 2 (3 for a shared group, which needs 1.2 anyway), in structs
+    -- of this module's own: another module may have declared
+    -- sf_group_stats as version 1.
+    local s = ffi.new(self.shared and "sf_luajit_stats3" or "sf_luajit_stats2")
+    s.version = self.shared and 3 or 2
     local rc = lib.sf_group_stats_get(self.ptr, ffi.cast("sf_group_stats *", s))
     if rc ~= 0 then raise(rc, 2) end
-    return {
+    local t = {
         calls = tonumber(s.calls), leaders = tonumber(s.leaders),
         followers = tonumber(s.followers), panics = tonumber(s.panics),
         goexits = tonumber(s.goexits), timeouts = tonumber(s.timeouts),
         forgets = tonumber(s.forgets), in_flight = tonumber(s.in_flight),
         abandons = tonumber(s.abandons), cancels = tonumber(s.cancels),
     }
+    if self.shared then
+        t.in_flight_high, t.processes = tonumber(s.in_flight_high), tonumber(s.processes)
+        t.arena_used, t.arena_high = tonumber(s.arena_used), tonumber(s.arena_high)
+    end
+    return t
 end
 
 -- Frees the group now instead of at garbage collection.  Returns true, or

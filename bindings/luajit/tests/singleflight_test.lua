@@ -1,84 +1,16 @@
--- Tests for the LuaJIT binding.  Run with: luajit singleflight_test.lua
--- (package.path must reach ../singleflight.lua; test.sh sets it).
+-- Tests for the LuaJIT binding's groups of one process.  Run with: luajit
+-- singleflight_test.lua (package.path must reach ../singleflight.lua and
+-- harness.lua; test.sh sets it).
 --
--- Concurrency here is coroutines in one Lua state, driven by a tiny
--- round-robin scheduler.  Leaders that must be joined wait until the group's
--- own stats show the followers, so every interleaving is forced, not hoped
--- for.
+-- Concurrency here is coroutines in one Lua state, driven by the harness's
+-- round-robin scheduler.
 
 local singleflight = require("singleflight")
 
-local tests, failures = {}, 0
-
-local function test(name, fn)
-    tests[#tests + 1] = { name = name, fn = fn }
-end
-
-local function check(cond, message, level)
-    if not cond then error(message or "check failed", (level or 1) + 1) end
-end
-
-local function eq(got, want, what)
-    if got ~= want then
-        error(("%s: got %s, want %s"):format(what or "value", tostring(got), tostring(want)), 2)
-    end
-end
-
--- Loops are bounded by CPU time, not iterations: a timeout test spins the
--- scheduler for real milliseconds.  The bound only turns a hang into a
--- failure.
-local function before_deadline(start)
-    return os.clock() - start < 20
-end
-
--- Runs each function as a coroutine, round-robin, until all are dead.
--- A task that raises fails the test; expected errors are pcall'd inside.
-local function schedule(tasks, between_rounds)
-    local cos = {}
-    for i, f in ipairs(tasks) do cos[i] = coroutine.create(f) end
-    local start = os.clock()
-    while before_deadline(start) do
-        local alive = false
-        for _, co in ipairs(cos) do
-            if coroutine.status(co) == "suspended" then
-                local ok, err = coroutine.resume(co)
-                if not ok then error(debug.traceback(co, tostring(err)), 0) end
-                alive = alive or coroutine.status(co) ~= "dead"
-            end
-        end
-        if not alive then return end
-        if between_rounds then between_rounds() end
-    end
-    error("scheduler: tasks never finished", 2)
-end
-
--- Yields (inside a leader's fn) until n followers have joined g.
-local function await_followers(g, n)
-    local start = os.clock()
-    while before_deadline(start) do
-        if g:stats().followers >= n then return end
-        coroutine.yield()
-    end
-    error("followers never joined")
-end
-
--- Yields until flag() is true; for leaders held open by the test.
-local function hold_until(flag)
-    local start = os.clock()
-    while before_deadline(start) do
-        if flag() then return end
-        coroutine.yield()
-    end
-    error("never released")
-end
-
-local function expect_error_code(code, f, ...)
-    local ok, err = pcall(f, ...)
-    check(not ok, "expected an error", 2)
-    check(singleflight.is_error(err), "expected a status error, got " .. tostring(err), 2)
-    eq(err.code, code, "error code")
-    return err
-end
+local T = require("harness")
+local test, check, eq = T.test, T.check, T.eq
+local schedule, await_followers, hold_until = T.schedule, T.await_followers, T.hold_until
+local expect_error_code = T.expect_error_code
 
 -- ------------------------------------------------------------------ tests
 
@@ -669,17 +601,8 @@ test("a custom sleep hook is used between polls", function()
             coroutine.yield()
         end,
     })
-    local got = {}
-    schedule({
-        function()
-            got[1] = g:run("k", function()
-                await_followers(g, 1)
-                return "v"
-            end)
-        end,
-        function() got[2] = g:run("k", function() return "unused" end) end,
-    })
-    eq(got[1], "v"); eq(got[2], "v")
+    local leader, follower = T.lead_and_follow(g, "v")
+    eq(leader, "v"); eq(follower, "v")
     check(polls >= 1, "sleep hook never called")
     local groups = singleflight.live_groups()
     check(not pcall(singleflight.new, { sleep = 5 }), "non-function sleep accepted")
@@ -718,17 +641,8 @@ test("with OpenResty's ngx present, followers wait with ngx.sleep", function()
     local ok, g = pcall(singleflight.new)
     rawset(_G, "ngx", nil)
     assert(ok, g)
-    local got = {}
-    schedule({
-        function()
-            got[1] = g:run("k", function()
-                await_followers(g, 1)
-                return "v"
-            end)
-        end,
-        function() got[2] = g:run("k", function() return "unused" end) end,
-    })
-    eq(got[2], "v", "follower value")
+    local _, follower = T.lead_and_follow(g, "v")
+    eq(follower, "v", "follower value")
     check(#slept >= 1, "ngx.sleep never called")
     eq(slept[1], 0, "first sleep yields without delay")
 end)
@@ -831,16 +745,4 @@ test("the loaded library is the ABI this module expects", function()
     check(v:match("^1%.%d+%.%d+$"), "version " .. v)
 end)
 
--- ------------------------------------------------------------------ runner
-
-for _, t in ipairs(tests) do
-    local ok, err = xpcall(t.fn, debug.traceback)
-    if ok then
-        io.write("ok   ", t.name, "\n")
-    else
-        failures = failures + 1
-        io.write("FAIL ", t.name, "\n  ", tostring(err):gsub("\n", "\n  "), "\n")
-    end
-end
-io.write(("%d tests, %d failed\n"):format(#tests, failures))
-os.exit(failures == 0 and 0 or 1)
+T.run()
