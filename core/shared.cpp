@@ -176,6 +176,7 @@ public:
     bool helper_running_ = false;
     int poller_ = -1, wake_fd_ = -1, bell_fd_ = -1;
     std::atomic<bool> stop_{false};
+    bool detach_on_exit_ = false;  // the helper's own: it ends the attachment when it stops
     int watch_[kMaxProcs];
     uint64_t watch_gen_[kMaxProcs];
     // The doorbell socket (sf_call_doorbell) and its connections, waiting
@@ -1368,6 +1369,9 @@ void deliver_all_local(SharedGroup *g) noexcept {
     }
 }
 
+void detach_resources(SharedGroup *g) noexcept;
+void destroy_group(SharedGroup *g) noexcept;
+
 void *helper_main(void *arg) {
     auto *g = static_cast<SharedGroup *>(arg);
     // The helper runs user callbacks (done, abandon): never cancellable by
@@ -1410,6 +1414,13 @@ void *helper_main(void *arg) {
             deliver_all_local(g);
             answer_doors(g);
         }
+        if (g->stop_.load(std::memory_order_acquire)) break;
+    }
+    if (g->detach_on_exit_) {
+        pthread_detach(pthread_self());
+        g->helper_running_ = false;
+        detach_resources(g);
+        destroy_group(g);
     }
     return nullptr;
 }
@@ -1632,6 +1643,15 @@ void detach_resources(SharedGroup *g) noexcept {
 }
 
 void maybe_detach(SharedGroup *g) noexcept {
+    if (g->helper_running_ && pthread_equal(pthread_self(), g->helper_)) {
+        // The helper dropped the group's last object (a done callback's
+        // result, after its caller closed the group): it cannot join
+        // itself, and the code it returns to still reads the group.  It
+        // detaches when its loop ends, which this makes it do now.
+        g->detach_on_exit_ = true;
+        g->stop_.store(true, std::memory_order_release);
+        return;
+    }
     detach_resources(g);
     destroy_group(g);
 }
