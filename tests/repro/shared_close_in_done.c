@@ -96,7 +96,8 @@ int main(void) {
     waitpid(pid, &status, 0);
     sf_group_free(g);
     if (WIFSIGNALED(status)) {
-        printf("the child died of signal %d: its helper crashed on the freed group\n", WTERMSIG(status));
+        printf("the child died of signal %d: its helper crashed on the freed group\n",
+               WTERMSIG(status));
         return 1;
     }
     printf("child exit %d (%s)\n", WEXITSTATUS(status),
