@@ -275,11 +275,11 @@ func (s *SharedGroup) lead(call *C.sf_call, key string, fn func() ([]byte, error
 		runtime.KeepAlive(s)
 	})
 	s.popLead(me)
-	var rc int
 	if how == fnPanicked {
 		pe := err.(*panicError)
 		msg := C.CString(pe.message())
-		rc = int(C.sfgo_shared_complete(call, nil, 0, 0, msg))
+		// Whatever the status, the call is gone and the panic goes on.
+		C.sfgo_shared_complete(call, nil, 0, 0, msg)
 		C.free(unsafe.Pointer(msg))
 		runtime.KeepAlive(s)
 		panic(pe)
@@ -293,7 +293,7 @@ func (s *SharedGroup) lead(call *C.sf_call, key string, fn func() ([]byte, error
 		ptr = unsafe.Pointer(&data[0])
 	}
 	// The library copies the bytes before the call returns.
-	rc = int(C.sfgo_shared_complete(call, ptr, C.size_t(len(data)), C.int(code), nil))
+	rc := int(C.sfgo_shared_complete(call, ptr, C.size_t(len(data)), C.int(code), nil))
 	runtime.KeepAlive(data)
 	runtime.KeepAlive(s)
 	if rc < 0 {
