@@ -320,4 +320,29 @@ TEST(SharedGroup, MovesKeepOneAttachment) {
     EXPECT_EQ(c.stats().processes, 1u);
 }
 
+TEST(SharedGroup, AFilePathGroupIsSharedByTwoAttachments) {
+    singleflight::shared_options o;
+    o.path = "/tmp/" + unique_name("path") + ".shm";
+    std::string x, y;
+    {
+        shared_group a("", o), b("", o);
+        EXPECT_EQ(a.stats().processes, 2u) << "each attachment counts as a process";
+        // Whichever attachment begins first leads; the other joins through
+        // its own attachment.
+        auto call = [](shared_group &g, const char *v) {
+            auto r = g.run("k", [&] {
+                await_followers(g, 1);
+                return std::string(v);
+            });
+            return r.value() + (r.shared() ? " shared" : " alone");
+        };
+        std::thread t([&] { x = call(a, "from a"); });
+        y = call(b, "from b");
+        t.join();
+    }
+    EXPECT_EQ(x, y) << "one execution, the same bytes";
+    EXPECT_NE(x.find(" shared"), std::string::npos) << x;
+    ::unlink(o.path.c_str());
+}
+
 }  // namespace

@@ -379,3 +379,30 @@ func TestSharedBadNamesAndOptions(t *testing.T) {
 		t.Errorf("MaxValueBytes above a quarter of the arena: %v", err)
 	}
 }
+
+func TestSharedFilePathGroupIsSharedByTwoAttachments(t *testing.T) {
+	path := fmt.Sprintf("%s/sfgo-%d-path.shm", t.TempDir(), os.Getpid())
+	a := openShared(t, "", SharedOptions{Path: path})
+	defer a.Close()
+	b := openShared(t, "", SharedOptions{Path: path})
+	defer b.Close()
+	if p := a.Stats().Processes; p != 2 {
+		t.Errorf("%d processes attached, want 2: each attachment counts as one", p)
+	}
+	// Whichever attachment begins first leads; the other joins through its
+	// own attachment.
+	do := func(g *SharedGroup, v string, out chan<- string) {
+		got, err, shared := g.Do("k", func() ([]byte, error) {
+			awaitFollowers(g, 1)
+			return []byte(v), nil
+		})
+		out <- fmt.Sprintf("%s %v %v", got, err, shared)
+	}
+	ra, rb := make(chan string, 1), make(chan string, 1)
+	go do(a, "from a", ra)
+	go do(b, "from b", rb)
+	x, y := <-ra, <-rb
+	if x != y || !strings.HasSuffix(x, " <nil> true") {
+		t.Errorf("the attachments got %q and %q, want one shared result", x, y)
+	}
+}

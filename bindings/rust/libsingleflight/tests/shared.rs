@@ -308,3 +308,37 @@ fn shared_group_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<SharedGroup>();
 }
+
+#[test]
+fn a_file_path_group_is_shared_by_two_attachments() {
+    let path = std::env::temp_dir().join(format!("sfrust-{}-path.shm", process::id()));
+    let opts = SharedOptions {
+        path: Some(path.clone()),
+        ..Default::default()
+    };
+    let a = Arc::new(SharedGroup::open("", &opts).unwrap());
+    let b = Arc::new(SharedGroup::open("", &opts).unwrap());
+    assert_eq!(a.processes(), 2, "each attachment counts as a process");
+    let leader = {
+        let a = a.clone();
+        thread::spawn(move || {
+            a.call("k", || {
+                await_followers(&a, 1);
+                b"from a".to_vec()
+            })
+        })
+    };
+    // Joins a's flight through the other attachment, or leads if a has not
+    // begun yet: then a's call is the follower, and the assertions hold
+    // the other way round.
+    let mine = b.call("k", || {
+        await_followers(&b, 1);
+        b"from b".to_vec()
+    });
+    let theirs = leader.join().unwrap();
+    let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+    assert_eq!(mine.0, theirs.0, "one execution, the same bytes");
+    assert!(mine.1 && theirs.1);
+    drop((a, b));
+    let _ = std::fs::remove_file(&path);
+}
