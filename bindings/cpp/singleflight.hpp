@@ -8,6 +8,9 @@
 // same value, and an exception thrown by fn is rethrown, with its original
 // type, in every caller.  Link with the C library (pkg-config singleflight).
 //
+// shared_group (at the end of this file) does the same across the processes
+// of a host, with byte values (std::string).
+//
 // Thread rules, true of every member unless its comment says otherwise: a
 // group may be used from any number of threads at once; result<T> copies are
 // independent handles that may live on different threads; a single flight<T>
@@ -23,6 +26,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -345,17 +349,35 @@ private:
     bool shared_;
 };
 
-// The two-phase form, for callers that produce the value themselves (event
-// loops, work split across callbacks).  Obtained from group::begin<T>().  A
-// leader must finish() or fail(); destroying an unfinished leader releases
-// its followers with SF_EGOEXIT (Go's Goexit), so nobody waits forever.
-// Move-only; the handle may move between threads but is not for concurrent
-// use.
-template <class T>
-class flight {
+namespace detail {
+
+// What flight<T> and shared_flight have in common: one caller's owning
+// handle on a flight (move-only, released on destruction), its role and
+// its eventfd.
+class call_handle {
 public:
-    flight(flight &&o) noexcept : c_(std::exchange(o.c_, nullptr)), leader_(o.leader_) {}
-    flight &operator=(flight &&o) noexcept {
+    call_handle(const call_handle &) = delete;
+    call_handle &operator=(const call_handle &) = delete;
+
+    // True when this caller started the flight and must complete it.
+    bool leader() const noexcept { return leader_; }
+
+    // An eventfd that becomes readable once the flight completes (in
+    // whichever process completes it, for a shared group), for poll/epoll
+    // loops.  Owned by this handle: do not close it.
+    int fd() const {
+        int fd = sf_call_fd(c_);
+        check(fd);
+        return fd;
+    }
+
+    // The C handle, borrowed: valid while this object holds it.
+    sf_call *native_handle() const noexcept { return c_; }
+
+protected:
+    call_handle(sf_call *c, bool leader) noexcept : c_(c), leader_(leader) {}
+    call_handle(call_handle &&o) noexcept : c_(std::exchange(o.c_, nullptr)), leader_(o.leader_) {}
+    call_handle &operator=(call_handle &&o) noexcept {
         if (this != &o) {
             sf_call_release(c_);
             c_ = std::exchange(o.c_, nullptr);
@@ -363,12 +385,30 @@ public:
         }
         return *this;
     }
-    flight(const flight &) = delete;
-    flight &operator=(const flight &) = delete;
-    ~flight() { sf_call_release(c_); }
+    // An unfinished leader's release completes its flight as SF_EGOEXIT.
+    ~call_handle() { sf_call_release(c_); }
 
-    // True when this caller started the flight and must complete it.
-    bool leader() const noexcept { return leader_; }
+    static void check(int rc) {
+        if (rc < 0) throw error(rc);
+    }
+
+    sf_call *c_;
+    bool leader_;
+};
+
+}  // namespace detail
+
+// The two-phase form, for callers that produce the value themselves (event
+// loops, work split across callbacks).  Obtained from group::begin<T>().  A
+// leader must finish() or fail(); destroying an unfinished leader releases
+// its followers with SF_EGOEXIT (Go's Goexit), so nobody waits forever.
+// Move-only; the handle may move between threads but is not for concurrent
+// use.
+template <class T>
+class flight : public detail::call_handle {
+public:
+    flight(flight &&) noexcept = default;
+    flight &operator=(flight &&) noexcept = default;
 
     // Leader only: constructs the value from args, publishes it and wakes
     // every follower.  Throws singleflight::error(SF_ESTATE) when this
@@ -410,24 +450,9 @@ public:
         return wait_ns(ns < 0 ? 0 : static_cast<sf_i64>(ns));
     }
 
-    // An eventfd that becomes readable once the flight completes, for
-    // poll/epoll loops.  Owned by this handle: do not close it.
-    int fd() const {
-        int fd = sf_call_fd(c_);
-        check(fd);
-        return fd;
-    }
-
-    // The C handle, borrowed: valid while this object holds it.
-    sf_call *native_handle() const noexcept { return c_; }
-
 private:
     friend class group;
-    flight(sf_call *c, bool leader) noexcept : c_(c), leader_(leader) {}
-
-    static void check(int rc) {
-        if (rc < 0) throw error(rc);
-    }
+    flight(sf_call *c, bool leader) noexcept : call_handle(c, leader) {}
 
     std::optional<result<T>> wait_ns(sf_i64 ns) {
         sf_result *raw = nullptr;
@@ -437,9 +462,6 @@ private:
         auto owned = detail::settle<T>(rc, raw);
         return result<T>(std::move(owned), shared != 0);
     }
-
-    sf_call *c_;
-    bool leader_;
 };
 
 // What run_async hands the work, when fn takes it: the leader's view of
@@ -600,6 +622,69 @@ private:
     bool leader_ = false;
 };
 
+namespace detail {
+
+// What group and shared_group have in common: this process's one owning
+// handle on a C group (move-only, freed on destruction), forget and stats.
+class group_handle {
+public:
+    group_handle(const group_handle &) = delete;
+    group_handle &operator=(const group_handle &) = delete;
+
+    // Makes the next caller of key (in any process, for a shared group)
+    // start a new flight; the current one still delivers to its own
+    // callers.  True when a flight was forgotten.
+    bool forget(std::string_view key) {
+        int rc = sf_group_forget(g_, key.data(), key.size());
+        check(rc);
+        return rc == 1;
+    }
+    bool forget(const char *key) { return forget(c_string_key(key)); }
+    void forget(std::nullptr_t) = delete;
+
+    // A snapshot of the group's counters (for a shared group, summed over
+    // every process attached, with stats version 3's processes, arena_used
+    // and high-water marks).
+    sf_group_stats stats() const {
+        sf_group_stats s{};
+        s.version = SF_GROUP_STATS_VERSION;
+        check(sf_group_stats_get(g_, &s));
+        return s;
+    }
+
+    // The C handle, borrowed: valid while this object owns it.  Flights
+    // started through it must not be joined by run()/begin() unless their
+    // values were set by this wrapper.
+    sf_group *native_handle() const noexcept { return g_; }
+
+protected:
+    group_handle() noexcept = default;
+    group_handle(group_handle &&o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
+    group_handle &operator=(group_handle &&o) noexcept {
+        if (this != &o) {
+            close();
+            g_ = std::exchange(o.g_, nullptr);
+        }
+        return *this;
+    }
+    // See ~group and ~shared_group.
+    ~group_handle() { close(); }
+
+    static void check(int rc) {
+        if (rc < 0) throw error(rc);
+    }
+
+    sf_group *g_ = nullptr;
+
+private:
+    void close() noexcept {
+        if (g_ != nullptr) (void)sf_group_free(g_);  // SF_EBUSY: leaked on purpose
+        g_ = nullptr;
+    }
+};
+
+}  // namespace detail
+
 // A namespace of keys: concurrent run()/begin() calls with the same key share
 // one flight.  Owns its C group; move-only.  Every member is thread-safe
 // except destruction and assignment, which need every flight of the group to
@@ -609,7 +694,7 @@ private:
 // one), borrowed for the call only.  A const char * key is read up to its
 // NUL; a null one throws singleflight::error(SF_EINVAL) before anything
 // runs, and a literal nullptr does not compile.
-class group {
+class group : public detail::group_handle {
 public:
     // Creates a group; shards == 0 lets the library choose.  Throws
     // singleflight::error on failure.
@@ -619,21 +704,13 @@ public:
         opts.shards = shards;
         check(sf_group_new(&g_, &opts));
     }
-    group(group &&o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
-    group &operator=(group &&o) noexcept {
-        if (this != &o) {
-            close();
-            g_ = std::exchange(o.g_, nullptr);
-        }
-        return *this;
-    }
-    group(const group &) = delete;
-    group &operator=(const group &) = delete;
+    group(group &&) noexcept = default;
+    group &operator=(group &&) noexcept = default;
 
     // Frees the group.  Results already obtained stay valid.  Destroying a
     // group while a flight or a flight<T> handle of it is alive is a bug;
     // the C group is then leaked rather than freed under its users.
-    ~group() { close(); }
+    ~group() = default;
 
     // Go's Do.  Runs fn() once for all concurrent callers of key, on the
     // first caller's thread; the others block until it returns.  Returns the
@@ -765,16 +842,6 @@ public:
     template <class T>
     void begin(std::nullptr_t) = delete;
 
-    // Makes the next caller of key start a new flight; the current one still
-    // delivers to its own callers.  True when a flight was forgotten.
-    bool forget(std::string_view key) {
-        int rc = sf_group_forget(g_, key.data(), key.size());
-        check(rc);
-        return rc == 1;
-    }
-    bool forget(const char *key) { return forget(detail::c_string_key(key)); }
-    void forget(std::nullptr_t) = delete;
-
     // As forget(), but only while nobody has joined the flight.
     bool forget_unshared(std::string_view key) {
         int rc = sf_group_forget_unshared(g_, key.data(), key.size());
@@ -783,31 +850,285 @@ public:
     }
     bool forget_unshared(const char *key) { return forget_unshared(detail::c_string_key(key)); }
     void forget_unshared(std::nullptr_t) = delete;
+};
 
-    // A snapshot of the group's counters.
-    sf_group_stats stats() const {
-        sf_group_stats s{};
-        s.version = SF_GROUP_STATS_VERSION;
-        check(sf_group_stats_get(g_, &s));
-        return s;
-    }
+// ---- shared groups: one flight per key across the processes of a host ------
+//
+//   singleflight::shared_group g("users");          // every worker opens it
+//   auto r = g.run("user:42", [] { return load_row(42); });  // a std::string
+//   use(r.value(), r.shared());
+//
+// Values cross processes as bytes, so fn returns them as bytes: a
+// std::string, a std::string_view or a contiguous container of 1-byte
+// elements (std::vector<char>, std::vector<unsigned char>, std::vector<
+// std::byte>, ...), copied into the segment; every caller in every process
+// gets the same bytes as a std::string.  An exception cannot cross a
+// process: the leader rethrows its own exception (original type), and the
+// followers, in this process or another, throw singleflight::panic_error
+// carrying its what().  A leader whose process dies inside fn (SIGKILL
+// included), or whose thread exits there, makes every follower throw
+// singleflight::error(SF_EGOEXIT); the next caller of the key leads afresh.
 
-    // The C handle, borrowed: valid while this object owns it.  Flights
-    // started through it must not be joined by run()/begin() unless their
-    // values were set by this wrapper.
-    sf_group *native_handle() const noexcept { return g_; }
+// What shared_group's constructor passes to sf_group_open_shared.  Zero
+// sizes take the library's defaults (or, for a later opener, the segment's).
+struct shared_options {
+    // A file to map instead of POSIX shared memory (a volume that containers
+    // share); the group's name must then be empty.
+    std::string path;
+    unsigned table_slots = 0;           // flights in flight at once; 0: 4096
+    unsigned max_processes = 0;         // processes attached at once; 0: 64
+    std::uint64_t arena_bytes = 0;      // 0: 16 MiB
+    std::uint64_t max_value_bytes = 0;  // the largest value; 0: 1 MiB
+    unsigned mode = 0;                  // the segment's permissions; 0: 0600
+    bool run_unshared = false;          // full table/arena: coalesce in-process
+};
+
+class bytes_result;
+namespace detail {
+inline bytes_result settle_bytes(int rc, sf_result *raw, int shared);
+}  // namespace detail
+
+// One caller's copy of a shared flight's value, and whether it was shared.
+// An ordinary value type: copies are independent, usable on any thread.
+class bytes_result {
+public:
+    // The flight's bytes (any bytes, NULs included).
+    const std::string &value() const noexcept { return value_; }
+    const std::string &operator*() const noexcept { return value_; }
+    const std::string *operator->() const noexcept { return &value_; }
+    // Go's `shared`: true for every follower, and for the leader when a
+    // caller in any process joined its flight.
+    bool shared() const noexcept { return shared_; }
 
 private:
-    static void check(int rc) {
-        if (rc < 0) throw error(rc);
+    friend bytes_result detail::settle_bytes(int, sf_result *, int);
+    bytes_result(std::string v, bool shared) : value_(std::move(v)), shared_(shared) {}
+
+    std::string value_;
+    bool shared_;
+};
+
+namespace detail {
+
+// The bytes of a value fn returned: anything a std::string_view can be made
+// from, or a contiguous container of 1-byte trivially copyable elements.
+template <class V>
+std::string_view byte_view(const V &v) {
+    if constexpr (std::is_convertible_v<const V &, std::string_view>) {
+        return std::string_view(v);
+    } else {
+        using E = std::remove_cv_t<std::remove_pointer_t<decltype(std::data(v))>>;
+        static_assert(sizeof(E) == 1 && std::is_trivially_copyable_v<E>,
+                      "a shared group's fn returns bytes: std::string, std::string_view or a "
+                      "contiguous container of 1-byte elements");
+        return std::string_view(reinterpret_cast<const char *>(std::data(v)), std::size(v));
+    }
+}
+
+// What the leader's trampoline shares with shared_group::run's frame: fn,
+// and what went wrong while publishing, for the leader to rethrow.
+template <class F>
+struct bytes_leader {
+    std::remove_reference_t<F> *fn;
+    std::exception_ptr thrown;  // fn's exception, rethrown in the leader
+    int store_rc = SF_OK;       // sf_call_set_bytes's refusal, if any
+};
+
+// Publishes the leader's bytes, or its failure as the flight's panic.
+inline void publish_bytes(sf_call *call, std::string_view bytes, int &store_rc) noexcept {
+    int rc = sf_call_set_bytes(call, bytes.data(), bytes.size());
+    if (rc == SF_OK) return;
+    store_rc = rc;
+    // Without a value the followers would read nothing: fail them instead,
+    // with the reason (too large for max_value_bytes, or no room).
+    sf_call_panic(call, rc == SF_EINVAL
+                            ? "singleflight: the value is larger than the group's max_value_bytes"
+                            : "singleflight: no room for the value in the shared group");
+}
+
+// Publishes an exception as the flight's panic, its what() as the message.
+inline void publish_exception(sf_call *call, const std::exception_ptr &e) noexcept {
+    std::string message;
+    try {
+        message = describe(e);
+    } catch (...) {
+        // Out of memory copying what(): the panic goes out without text.
+    }
+    sf_call_panic(call, message.empty() ? nullptr : message.c_str());
+}
+
+// The sf_fn of shared_group::run.  Every ordinary exception stops here; a
+// forced unwind (the thread exiting inside fn) goes on, so that the library
+// releases the followers with SF_EGOEXIT (see produce()).
+template <class F>
+SINGLEFLIGHT_FORCED_UNWIND_SAFE_ int bytes_trampoline(sf_call *call, void *payload) {
+    auto &st = *static_cast<bytes_leader<F> *>(payload);
+    try {
+        const auto &value = std::invoke(std::forward<F>(*st.fn));
+        publish_bytes(call, byte_view(value), st.store_rc);
+#if defined(__GLIBCXX__)
+    } catch (abi::__forced_unwind &) {
+        throw;
+#endif
+    } catch (...) {
+        st.thrown = std::current_exception();
+        publish_exception(call, st.thrown);
+    }
+    return 0;
+}
+
+// Turns a completed shared flight into this caller's bytes or exception.
+// Takes ownership of raw in every case.
+inline bytes_result settle_bytes(int rc, sf_result *raw, int shared) {
+    owned_result owned(raw);
+    if (rc == SF_EPANIC) throw panic_error(sf_result_panic_message(raw));
+    if (rc != SF_OK) throw error(rc);
+    std::size_t n = 0;
+    const void *p = sf_result_bytes(raw, &n);
+    // Only a leader outside this wrapper can finish without bytes.
+    if (p == nullptr) throw error(SF_ESTATE, "the flight completed without a byte value");
+    return bytes_result(std::string(static_cast<const char *>(p), n), shared != 0);
+}
+
+}  // namespace detail
+
+// The two-phase form on a shared group, obtained from shared_group::begin():
+// the leader produces the bytes itself (an event loop, say), followers wait.
+// An unfinished leader's destruction releases its followers, in every
+// process, with SF_EGOEXIT.  Move-only; may move between threads, not for
+// concurrent use.
+class shared_flight : public detail::call_handle {
+public:
+    shared_flight(shared_flight &&) noexcept = default;
+    shared_flight &operator=(shared_flight &&) noexcept = default;
+
+    // Leader only: copies bytes (see byte_view for what a value may be)
+    // into the flight and wakes every follower in every process.  Throws
+    // singleflight::error: SF_ESTATE for a follower or a finished flight,
+    // SF_EINVAL when larger than max_value_bytes, SF_ENOMEM; the flight
+    // then stays unfinished (fail() or destruction ends it).
+    template <class V>
+    void finish(const V &bytes) {
+        const std::string_view b = detail::byte_view(bytes);
+        check(sf_call_set_bytes(c_, b.data(), b.size()));
+        check(sf_call_finish(c_, 0));
     }
 
-    void close() noexcept {
-        if (g_ != nullptr) (void)sf_group_free(g_);  // SF_EBUSY: leaked on purpose, see ~group
-        g_ = nullptr;
+    // Leader only: completes the flight as panicked; every caller's wait()
+    // throws singleflight::panic_error with e's what().  A null e is
+    // SF_EINVAL; otherwise the errors of finish().
+    void fail(const std::exception_ptr &e) {
+        if (!e) throw error(SF_EINVAL, "fail() needs an exception");
+        check(sf_call_panic(c_, detail::describe(e).c_str()));
     }
 
-    sf_group *g_ = nullptr;
+    // Blocks until the flight completes, then returns its bytes or throws
+    // (panic_error, error(SF_EGOEXIT), ...).  A leader may wait after
+    // finishing; before that it is error(SF_EDEADLK).
+    bytes_result wait() { return *wait_ns(-1); }
+
+    // As wait(), giving up after timeout (zero polls): std::nullopt when the
+    // flight has not completed yet.
+    template <class Rep, class Period>
+    std::optional<bytes_result> wait_for(std::chrono::duration<Rep, Period> timeout) {
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+        return wait_ns(ns < 0 ? 0 : static_cast<sf_i64>(ns));
+    }
+
+private:
+    friend class shared_group;
+    shared_flight(sf_call *c, bool leader) noexcept : call_handle(c, leader) {}
+
+    std::optional<bytes_result> wait_ns(sf_i64 ns) {
+        sf_result *raw = nullptr;
+        int shared = 0;
+        int rc = sf_call_wait(c_, ns, &raw, &shared);
+        if (rc == SF_ETIMEDOUT) return std::nullopt;
+        return detail::settle_bytes(rc, raw, shared);
+    }
+};
+
+// This process's attachment to a group in shared memory (POSIX shm by name,
+// or a file): run()/begin() for a key share one flight with every process
+// that opened the same group.  Owns its C handle; move-only.  Every member
+// is thread-safe except destruction and assignment, which need this
+// attachment's flights to be over.  The last process to close the group
+// removes its segment.
+class shared_group : public detail::group_handle {
+public:
+    // Opens (creating if no process has it open) the group called name: 1
+    // to 200 bytes of [A-Za-z0-9._-], not starting with '.'; or, with an
+    // empty name, the file opts.path.  Throws singleflight::error: SF_EINVAL
+    // (a bad name or option), SF_EPERM (another user's segment, or wider
+    // permissions than opts.mode), SF_EINCOMPAT (another layout or other
+    // sizes than asked for), SF_EBUSY (max_processes attached), SF_ENOMEM.
+    explicit shared_group(std::string_view name, const shared_options &opts = {}) {
+        sf_shared_options o;
+        check(sf_shared_options_init(&o, SF_SHARED_OPTIONS_VERSION));
+        o.flags = opts.run_unshared ? SF_SHARED_RUN_UNSHARED : 0u;
+        o.path = opts.path.empty() ? nullptr : opts.path.c_str();
+        o.table_slots = opts.table_slots;
+        o.max_processes = opts.max_processes;
+        o.arena_bytes = opts.arena_bytes;
+        o.max_value_bytes = opts.max_value_bytes;
+        o.mode = opts.mode;
+        const std::string n(name);  // the C API wants it NUL-terminated
+        check(sf_group_open_shared(name.empty() ? nullptr : n.c_str(), &o, &g_));
+    }
+    shared_group(shared_group &&) noexcept = default;
+    shared_group &operator=(shared_group &&) noexcept = default;
+
+    // Detaches this process.  Destroying it while one of its flights or
+    // shared_flight handles is alive is a bug; the attachment then leaks.
+    ~shared_group() = default;
+
+    // Go's Do across processes: runs fn() once for all concurrent callers
+    // of key in every process attached, on the first caller's thread, and
+    // gives each caller fn's bytes (see byte_view) and the shared flag.
+    // If fn throws, the leader rethrows that exception and every follower
+    // throws singleflight::panic_error with its what().  Throws
+    // singleflight::error for the other outcomes: SF_EGOEXIT (the leader's
+    // process died or its thread exited inside fn), SF_EDEADLK (fn runs key
+    // on this group on its own thread), SF_ENOMEM (no room in the table or
+    // arena); the leader throws SF_EINVAL when the value exceeds
+    // max_value_bytes (its followers get a panic_error saying so).  fn is
+    // borrowed for the call only and runs at most once.
+    template <class F>
+    bytes_result run(std::string_view key, F &&fn) {
+        static_assert(!std::is_void_v<std::invoke_result_t<F>>,
+                      "fn must return the bytes to share");
+        detail::bytes_leader<F> st{std::addressof(fn), nullptr, SF_OK};
+        sf_result *raw = nullptr;
+        int shared = 0;
+        int rc = sf_group_do(g_, key.data(), key.size(), &detail::bytes_trampoline<F>, &st, &raw,
+                             &shared);
+        if (st.thrown) {
+            sf_result_release(raw);
+            std::rethrow_exception(st.thrown);
+        }
+        if (st.store_rc != SF_OK) {
+            sf_result_release(raw);
+            throw error(st.store_rc, "storing the value in the shared group");
+        }
+        return detail::settle_bytes(rc, raw, shared);
+    }
+    template <class F>
+    bytes_result run(const char *key, F &&fn) {
+        return run(detail::c_string_key(key), std::forward<F>(fn));
+    }
+    template <class F>
+    void run(std::nullptr_t, F &&) = delete;
+
+    // Starts or joins key's flight without running anything (the two-phase
+    // form).  Throws singleflight::error on failure (SF_ENOMEM: no room).
+    shared_flight begin(std::string_view key) {
+        sf_call *c = nullptr;
+        int rc = sf_group_begin(g_, key.data(), key.size(), &c);
+        check(rc);
+        return shared_flight(c, rc == SF_LEADER);
+    }
+    shared_flight begin(const char *key) { return begin(detail::c_string_key(key)); }
+    void begin(std::nullptr_t) = delete;
 };
 
 }  // namespace singleflight

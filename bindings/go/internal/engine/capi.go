@@ -409,12 +409,18 @@ func (c *groupCore) stats() Stats {
 
 // cStats is the C library's own counters: what crossed into C.
 func (c *groupCore) cStats() Stats {
+	s := statsOf(c.g)
+	runtime.KeepAlive(c)
+	return s
+}
+
+// statsOf reads the library's counters of a live group.
+func statsOf(g *C.sf_group) Stats {
 	var s C.sf_group_stats
 	s.version = C.SF_GROUP_STATS_VERSION
-	if rc := int(C.sf_group_stats_get(c.g, &s)); rc != statusOK {
+	if rc := int(C.sf_group_stats_get(g, &s)); rc != statusOK {
 		panic(&coreError{"sf_group_stats_get", rc})
 	}
-	runtime.KeepAlive(c)
 	return Stats{
 		Calls:     uint64(s.calls),
 		Leaders:   uint64(s.leaders),
@@ -425,6 +431,7 @@ func (c *groupCore) cStats() Stats {
 		InFlight:  uint64(s.in_flight),
 		Abandons:  uint64(s.abandons),
 		Cancels:   uint64(s.cancels),
+		Processes: uint64(s.processes),
 	}
 }
 

@@ -29,6 +29,7 @@ type Stats struct {
 	InFlight  uint64 // flights not yet complete
 	Abandons  uint64 // DoContext flights every caller gave up while fn ran
 	Cancels   uint64 // DoContext callers whose ctx ended before the flight
+	Processes uint64 // processes attached to a shared group; 0 for Group
 }
 
 func (g *Group) c() *groupCore {

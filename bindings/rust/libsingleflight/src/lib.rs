@@ -29,6 +29,9 @@
 //! assert_eq!((value.as_str(), shared), ("Ada", false));
 //! ```
 //!
+//! Across the processes of a host, [`SharedGroup`] does the same with byte
+//! values (`Vec<u8>`), in shared memory opened by name.
+//!
 //! `Group<T>` is `Send` and `Sync` when `T` is, since values are handed to
 //! other threads:
 //!
@@ -48,7 +51,9 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 mod future;
+mod shared;
 pub use future::CallAsync;
+pub use shared::{SharedGroup, SharedOptions};
 
 /// Why a call did not produce a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,9 +242,35 @@ pub(crate) unsafe extern "C" fn destroy_value<T>(value: *mut c_void) {
     }
 }
 
+/// sf_group_do on g (live) with trampoline and payload; the key is borrowed
+/// for the call and copied by the library.  Returns the status, this
+/// caller's result reference (owned) and `shared`.
+///
+/// # Safety
+/// payload must be what trampoline expects, alive for the whole call.
+pub(crate) unsafe fn group_do(
+    g: *mut sys::sf_group,
+    key: &[u8],
+    trampoline: unsafe extern "C" fn(*mut sys::sf_call, *mut c_void) -> c_int,
+    payload: *mut c_void,
+) -> (c_int, ResultRef, bool) {
+    let mut result = ptr::null_mut();
+    let mut shared: c_int = 0;
+    let rc = sys::sf_group_do(
+        g,
+        key.as_ptr() as *const c_void,
+        key.len(),
+        Some(trampoline),
+        payload,
+        &mut result,
+        &mut shared,
+    );
+    (rc, ResultRef(result), shared != 0)
+}
+
 /// Drops a result reference when it goes out of scope, also during a resumed
 /// panic.
-struct ResultRef(*mut sys::sf_result);
+pub(crate) struct ResultRef(pub(crate) *mut sys::sf_result);
 
 impl Drop for ResultRef {
     fn drop(&mut self) {
@@ -297,27 +328,20 @@ impl<T: Send + Sync + 'static> Group<T> {
             panic: None,
             _value: PhantomData,
         };
-        let mut result = ptr::null_mut();
-        let mut shared: c_int = 0;
-        // SAFETY: the key is borrowed for the call and copied by the library;
-        // the payload outlives the call; run_leader matches T and F.
-        let rc = unsafe {
-            sys::sf_group_do(
+        // SAFETY: the payload outlives the call; run_leader matches T and F.
+        let (rc, result, shared) = unsafe {
+            group_do(
                 self.raw.as_ptr(),
-                key.as_ptr() as *const c_void,
-                key.len(),
-                Some(run_leader::<T, F>),
+                key,
+                run_leader::<T, F>,
                 &mut leader as *mut Leader<T, F> as *mut c_void,
-                &mut result,
-                &mut shared,
             )
         };
-        let result = ResultRef(result);
         if let Some(payload) = leader.panic.take() {
-            drop(result);
+            // The result reference is released as the panic unwinds.
             panic::resume_unwind(payload);
         }
-        settle(rc, result.0, shared != 0)
+        settle(rc, result.0, shared)
     }
 
     /// Makes the next call for `key` start a new flight; a flight already
@@ -340,26 +364,42 @@ impl<T: Send + Sync + 'static> Group<T> {
     /// no call runs at the same time, and otherwise a value it had during
     /// the read (the library sums per-thread stripes; see the C header).
     pub fn stats(&self) -> Stats {
-        let mut s = sys::sf_group_stats {
-            version: sys::SF_GROUP_STATS_VERSION,
-            ..Default::default()
-        };
-        // SAFETY: s is a valid, versioned out-struct.
-        let rc = unsafe { sys::sf_group_stats_get(self.raw.as_ptr(), &mut s) };
-        assert_eq!(rc, sys::SF_OK, "sf_group_stats_get: {}", strerror(rc));
+        let mut s = Stats::from_raw(&raw_stats(self.raw.as_ptr()));
         // call_async callers that joined or gave up in Rust, sharing one
         // C handle with the others, are counted here, not by the library.
         let (joined, left) = (self.registry.rust_followers(), self.registry.rust_cancels());
+        s.calls += joined;
+        s.followers += joined;
+        s.cancels += left;
+        s
+    }
+}
+
+/// The library's counters of group g (a live group).
+pub(crate) fn raw_stats(g: *mut sys::sf_group) -> sys::sf_group_stats {
+    let mut s = sys::sf_group_stats {
+        version: sys::SF_GROUP_STATS_VERSION,
+        ..Default::default()
+    };
+    // SAFETY: g is live (the caller borrows its owner); s is a valid,
+    // versioned out-struct.
+    let rc = unsafe { sys::sf_group_stats_get(g, &mut s) };
+    assert_eq!(rc, sys::SF_OK, "sf_group_stats_get: {}", strerror(rc));
+    s
+}
+
+impl Stats {
+    pub(crate) fn from_raw(s: &sys::sf_group_stats) -> Stats {
         Stats {
-            calls: s.calls + joined,
+            calls: s.calls,
             leaders: s.leaders,
-            followers: s.followers + joined,
+            followers: s.followers,
             panics: s.panics,
             leader_exits: s.goexits,
             forgets: s.forgets,
             in_flight: s.in_flight,
             abandons: s.abandons,
-            cancels: s.cancels + left,
+            cancels: s.cancels,
         }
     }
 }
@@ -372,15 +412,21 @@ pub(crate) fn settle<T>(
     result: *mut sys::sf_result,
     shared: bool,
 ) -> Result<(Arc<T>, bool), Error> {
+    if rc != sys::SF_OK {
+        return Err(failure(rc, result));
+    }
+    // SAFETY: see above.
+    let value = unsafe { sys::sf_result_value(result) } as *const Arc<T>;
+    if value.is_null() {
+        return Err(Error::Status(sys::SF_ESTATE));
+    }
+    Ok((unsafe { (*value).clone() }, shared))
+}
+
+/// The error of a flight that completed with status rc other than SF_OK;
+/// result (borrowed) carries the panic message.
+pub(crate) fn failure(rc: c_int, result: *mut sys::sf_result) -> Error {
     match rc {
-        sys::SF_OK => {
-            // SAFETY: see above.
-            let value = unsafe { sys::sf_result_value(result) } as *const Arc<T>;
-            if value.is_null() {
-                return Err(Error::Status(sys::SF_ESTATE));
-            }
-            Ok((unsafe { (*value).clone() }, shared))
-        }
         sys::SF_EPANIC => {
             // SAFETY: borrowed from the result the caller holds.
             let msg = unsafe { sys::sf_result_panic_message(result) };
@@ -389,10 +435,10 @@ pub(crate) fn settle<T>(
             } else {
                 static_str(msg)
             };
-            Err(Error::Panicked(msg))
+            Error::Panicked(msg)
         }
-        sys::SF_EGOEXIT => Err(Error::LeaderExited),
-        sys::SF_EDEADLK => Err(Error::Deadlock),
-        other => Err(Error::Status(other)),
+        sys::SF_EGOEXIT => Error::LeaderExited,
+        sys::SF_EDEADLK => Error::Deadlock,
+        other => Error::Status(other),
     }
 }
