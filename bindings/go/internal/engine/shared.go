@@ -4,12 +4,11 @@ package engine
 // shared memory (sf_group_open_shared).  Values cross processes as bytes;
 // fn runs in Go between two cgo calls, as for Group.  Followers wait in
 // sf_call_wait, a blocking cgo call that holds an OS thread while it waits,
-// not on a Go channel filled by sf_call_on_done as Group's do: on a shared
-// group that callback runs on the library's helper thread, which in
-// libsingleflight 1.2.0 may free the group under itself when the callback
-// wakes a goroutine that then closes the group (the helper drops the last
-// reference after the group's close: a use after free; see
-// tests/repro/shared_close_in_done.c).
+// not on a Go channel filled by sf_call_on_done as Group's do.  That choice
+// was made while the library could free a group under its own helper
+// thread when a done callback's goroutine closed the group (fixed in the
+// library, test SharedClose.FreedWhileADoneCallbackRunsOnTheHelper);
+// moving the followers to channels is left for later.
 
 /*
 #cgo pkg-config: singleflight
