@@ -315,6 +315,15 @@ uint32_t round_pow2(uint64_t n, uint32_t lo, uint32_t hi) noexcept {
 
 uint64_t align_up(uint64_t v, uint64_t a) noexcept { return (v + a - 1) & ~(a - 1); }
 
+// The records are split among up to 64 stripes (a lock and a free list
+// each), and a key can only use its own stripe's: at least 16 records a
+// stripe, so that a small table is not full while most of it is free
+// (64 slots in 64 stripes of 1 record refused the second key of a stripe).
+uint32_t stripes_for(uint32_t slots) noexcept {
+    const uint32_t s = slots / 16;
+    return s < 1 ? 1 : (s > 64 ? 64 : s);
+}
+
 struct Layout {
     uint32_t procs, slots, buckets, stripes;
     uint64_t arena, max_value, off_procs, off_stripes, off_buckets, off_records, off_arena, total;
@@ -326,7 +335,7 @@ Status layout_for(const SharedOptions &o, Layout *l) noexcept {
     if (o.table_slots > kMaxSlots) return kInvalid;
     l->slots = round_pow2(o.table_slots ? o.table_slots : 4096, 64, kMaxSlots);
     l->buckets = l->slots;
-    l->stripes = l->slots < 64 ? l->slots : 64;
+    l->stripes = stripes_for(l->slots);
     l->arena = o.arena_bytes ? align_up(o.arena_bytes, 4096) : uint64_t(16) << 20;
     if (l->arena < (64 << 10) || l->arena > (uint64_t(1) << 40)) return kInvalid;
     l->max_value = o.max_value_bytes ? o.max_value_bytes : uint64_t(1) << 20;
@@ -350,7 +359,7 @@ Status layout_for(const SharedOptions &o, Layout *l) noexcept {
 bool layout_sane(const Header *h, uint64_t file_size) noexcept {
     if (h->max_procs == 0 || h->max_procs > kMaxProcs) return false;
     if (h->slots < 64 || h->slots > kMaxSlots || (h->slots & (h->slots - 1))) return false;
-    if (h->buckets != h->slots || h->stripes != (h->slots < 64 ? h->slots : 64)) return false;
+    if (h->buckets != h->slots || h->stripes != stripes_for(h->slots)) return false;
     SharedOptions o;
     o.max_processes = h->max_procs;
     o.table_slots = h->slots;

@@ -282,7 +282,13 @@ typedef struct sf_shared_options {
                                     kept after the call. */
     unsigned int table_slots;    /* flights in flight at once, in all
                                     processes; 0: 4096.  Rounded up to a
-                                    power of two, 64 to 2^20. */
+                                    power of two, 64 to 2^20.  Split into
+                                    up to 64 stripes (at least 16 slots
+                                    each) by key hash: a stripe can fill
+                                    (SF_ENOMEM) before the table does, with
+                                    random keys at 4096 slots from about
+                                    two thirds full; size it to about twice
+                                    the flights expected. */
     unsigned int max_processes;  /* processes attached at once; 0: 64, the
                                     most */
     sf_u64       arena_bytes;    /* room for keys longer than 64 bytes,
