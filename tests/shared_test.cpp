@@ -7,6 +7,7 @@
 // mapping, and the group's own counters (summed over every process) say
 // who has joined.
 #include <gtest/gtest.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,6 +102,39 @@ bool wait_until(Pred pred, int seconds = 30) {
         std::this_thread::yield();
     }
     return true;
+}
+
+// fork() once every other thread of this process sleeps.  Under ASan the
+// child of a process whose other thread was inside the allocator inherits
+// the allocator's lock held and deadlocks at its first allocation (gcc 12's
+// libasan takes no lock around fork; glibc's malloc does): seen in CI as a
+// forked child hanging, and here in the herd test with every child's thread
+// waiting on __sanitizer::Mutex.  The other threads are the library's helper
+// threads, busy only right after a peer attached or died; so the test waits
+// until /proc says each of them is asleep (state S), then forks.
+bool other_threads_asleep() {
+    const long self = syscall(SYS_gettid);
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return true;
+    bool asleep = true;
+    while (dirent *e = readdir(d)) {
+        if (e->d_name[0] == '.' || std::atol(e->d_name) == self) continue;
+        char path[64], buf[512];
+        std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        FILE *f = std::fopen(path, "r");
+        if (!f) continue;  // the thread ended
+        const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        buf[n] = 0;
+        const char *p = std::strrchr(buf, ')');
+        if (p && p[1] == ' ' && p[2] != 'S') asleep = false;
+    }
+    closedir(d);
+    return asleep;
+}
+pid_t fork_quiet() {
+    wait_until(other_threads_asleep, 10);
+    return fork();
 }
 
 int no_op(sf_call *, void *) { return 0; }
@@ -457,7 +492,7 @@ TEST(SharedHerd, EightProcessesOfFourThreadsRunFnOnce) {
     constexpr int kProcs = 8, kThreads = 4;
     std::vector<pid_t> kids;
     for (int p = 0; p < kProcs; ++p) {
-        const pid_t pid = fork();
+        const pid_t pid = fork_quiet();
         ASSERT_GE(pid, 0);
         if (pid == 0) {
             sf_group *g = nullptr;
@@ -515,7 +550,7 @@ TEST(SharedDeath, ALeaderProcessKilledInsideFnReleasesEveryFollower) {
     sf_group *g = open_named(name);
     ASSERT_TRUE(g);
     Board *b = new_board();
-    const pid_t leader = fork();
+    const pid_t leader = fork_quiet();
     ASSERT_GE(leader, 0);
     if (leader == 0) {
         sf_group *lg = nullptr;
@@ -532,7 +567,7 @@ TEST(SharedDeath, ALeaderProcessKilledInsideFnReleasesEveryFollower) {
     }
     ASSERT_TRUE(wait_until([&] { return b->in_fn.load() == 1; }));
     // Followers: another process, and two threads of this one.
-    const pid_t follower = fork();
+    const pid_t follower = fork_quiet();
     ASSERT_GE(follower, 0);
     if (follower == 0) {
         sf_group *fg = nullptr;
@@ -583,7 +618,7 @@ TEST(SharedDeath, ALeaderKilledWithNoFollowerLeavesTheKeyFree) {
     sf_group *g = open_named(name);
     ASSERT_TRUE(g);
     Board *b = new_board();
-    const pid_t leader = fork();
+    const pid_t leader = fork_quiet();
     if (leader == 0) {
         sf_group *lg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
@@ -611,7 +646,7 @@ TEST(SharedDeath, ALeaderKilledWithNoFollowerLeavesTheKeyFree) {
 TEST(SharedDeath, AnOpenerReapsTheDeadBeforeItHasASlot) {
     const std::string name = unique_name("reap-open");
     Board *b = new_board();
-    const pid_t follower = fork();
+    const pid_t follower = fork_quiet();
     if (follower == 0) {
         sf_group *fg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
@@ -624,7 +659,7 @@ TEST(SharedDeath, AnOpenerReapsTheDeadBeforeItHasASlot) {
         for (;;) pause();
     }
     ASSERT_TRUE(wait_until([&] { return b->ready.load() == 1; }));
-    const pid_t leader = fork();
+    const pid_t leader = fork_quiet();
     if (leader == 0) {
         sf_group *lg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
@@ -663,7 +698,7 @@ TEST(SharedDeath, DeadFollowersGiveBackTheirHoldsAndTheArena) {
     ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
     std::vector<pid_t> kids;
     for (int i = 0; i < 4; ++i) {
-        const pid_t pid = fork();
+        const pid_t pid = fork_quiet();
         if (pid == 0) {
             sf_group *fg = nullptr;
             if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
@@ -705,7 +740,7 @@ TEST(SharedWake, CallbacksAndEventfdsHearOfAnotherProcesssCompletion) {
     sf_group *g = open_named(name);
     ASSERT_TRUE(g);
     Board *b = new_board();
-    const pid_t leader = fork();
+    const pid_t leader = fork_quiet();
     if (leader == 0) {
         sf_group *lg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
@@ -780,7 +815,7 @@ TEST(SharedWake, TheDoorbellAnswersAStreamConnectionWhenTheFlightCompletes) {
     sf_group *g = open_named(name);
     ASSERT_TRUE(g);
     Board *b = new_board();
-    const pid_t leader = fork();
+    const pid_t leader = fork_quiet();
     if (leader == 0) {
         sf_group *lg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &lg) != SF_OK) _exit(2);
@@ -885,7 +920,7 @@ TEST(SharedGiveUp, TheLastCallerInAnotherProcessAbandonsTheLeadersFlight) {
                   },
                   &abandoned),
               SF_OK);
-    const pid_t follower = fork();
+    const pid_t follower = fork_quiet();
     if (follower == 0) {
         sf_group *fg = nullptr;
         if (sf_group_open_shared(name.c_str(), nullptr, &fg) != SF_OK) _exit(2);
@@ -924,7 +959,7 @@ TEST(SharedFork, AForkedChildUsesItsParentsGroup) {
     Board *b = new_board();
     sf_call *l = nullptr;
     ASSERT_EQ(sf_group_begin(g, "k", 1, &l), SF_LEADER);
-    const pid_t kid = fork();
+    const pid_t kid = fork_quiet();
     if (kid == 0) {
         sf_result *r = nullptr;
         const int rc = sf_group_do(
@@ -1084,7 +1119,7 @@ TEST(SharedMix, ProcessesJoiningAndLeavingUnderASeededMix) {
     auto *in = new (mem) Inside{};
     std::vector<pid_t> kids;
     for (int p = 0; p < 6; ++p) {
-        const pid_t pid = fork();
+        const pid_t pid = fork_quiet();
         ASSERT_GE(pid, 0);
         if (pid == 0) {
             for (int round = 0; round < 3; ++round) {
@@ -1138,7 +1173,7 @@ TEST(SharedClose, FreedWhileADoneCallbackRunsOnTheHelper) {
     sf_call *lead = nullptr;
     ASSERT_EQ(sf_group_begin(g, "k", 1, &lead), SF_LEADER);
     Board *b = new_board();
-    const pid_t kid = fork();
+    const pid_t kid = fork_quiet();
     if (kid == 0) {
         alarm(20);
         sf_group *cg = nullptr;
@@ -1186,7 +1221,7 @@ TEST(SharedFork, AForkedChildsFirstCallsFromManyThreadsAtOnce) {
     constexpr int kChildren = 100, kThreads = 8;
     int failed = 0;
     for (int n = 0; n < kChildren; ++n) {
-        const pid_t kid = fork();
+        const pid_t kid = fork_quiet();
         ASSERT_GE(kid, 0);
         if (kid == 0) {
             alarm(20);  // a hang is a failure, not a stuck test
@@ -1324,7 +1359,7 @@ TEST(SharedTrust, ALockAPeerHoldsTooLongIsEincompatThenItsDeathFreesIt) {
     ASSERT_TRUE(g);
     sf::testing_shm::set_lock_patience(100 * 1000 * 1000);
     Board *b = new_board();
-    const pid_t peer = fork();
+    const pid_t peer = fork_quiet();
     if (peer == 0) {
         // A peer wedged inside the table: every stripe lock held, alive.
         sf_group *pg = nullptr;
@@ -1496,7 +1531,7 @@ TEST(SharedCrash, DeathAtEachNamedPointLeavesTheSurvivorsWhole) {
         const Usage before = usage_of(name);
         sf_call *lead = nullptr;
         if (sc.parent_leads) ASSERT_EQ(sf_group_begin(g, "k", 1, &lead), SF_LEADER);
-        const pid_t kid = fork();
+        const pid_t kid = fork_quiet();
         ASSERT_GE(kid, 0);
         if (kid == 0) {
             sf_group *cg = nullptr;
