@@ -43,4 +43,10 @@ for go in "${gos[@]}"; do
     ! grep -q libsingleflight <<<"$dyn" || sf_die "the hello links a shared libsingleflight"
     grep -q ' sf_group_begin$' <<<"$syms" || sf_die "the hello does not contain sf_group_begin"
 done
+# The binding's own tests on the bundled library too (bindings/go/test.sh
+# runs them all, race detector included, on the system library): the
+# packages above the cgo one, whose compiled engine the hello left in the
+# build cache.
+sf_log "Go module: the singleflight and typed tests on the bundled library ($("$newer" version))"
+(cd "$here" && GOFLAGS=-modcacherw "$newer" test -count=1 -p 2 -timeout 180s ./singleflight/ ./typed/)
 sf_log "Go module: OK"
