@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Packages both crates as a release would (`cargo package`, after
-# scripts/stage-rust-sources.sh put the C sources into the -sys crate), then
+# Packages both crates as a release would (scripts/package-rust-crates.sh:
+# `cargo package` with the C sources copied into the -sys crate), then
 # builds docs/bindings.md's crate hello (its `rust-crate` blocks, verbatim)
 # against the packaged crates with the `bundled` feature: offline, in a
 # fresh project, with no singleflight.pc anywhere pkg-config looks, and
@@ -32,27 +32,9 @@ vendored() {
     printf '[source.crates-io]\nreplace-with = "vendored"\n\n[source.vendored]\ndirectory = "%s"\n' "$SF_CARGO_VENDOR"
 }
 
-# ---- package: a copy of the workspace, so csrc/ and target/ stay out of the tree
-src=$out/src
-rm -rf "$src"
-mkdir -p "$src/.cargo"
-cp -R "$here/Cargo.toml" "$here/Cargo.lock" "$here/libsingleflight-sys" "$here/libsingleflight" "$src/"
-rm -rf "$src/libsingleflight-sys/csrc"
-bash "$SF_ROOT/scripts/stage-rust-sources.sh" "$src/libsingleflight-sys"
-# cargo package resolves the crates' dependencies through crates.io itself
-# (it refuses a replaced source): offline from the registry cache that
-# scripts/setup.sh's vendoring filled, or, when that cache is gone, online.
-# --no-verify: verifying would build libsingleflight against a
-# libsingleflight-sys from crates.io, which is not published yet (and the
-# -sys crate's default build wants the system library); the fresh project
-# below is the verification, with `bundled`.
-package() {
-    (cd "$src" && CARGO_TARGET_DIR="$out/package-target" cargo package --no-verify "$@" \
-        -p libsingleflight-sys -p libsingleflight >"$out/package.log" 2>&1)
-}
-rm -rf "$out/package-target/package"
-package --offline || package || { cat "$out/package.log"; sf_die "cargo package failed"; }
-pkgdir=$out/package-target/package
+# ---- package, as a release does
+bash "$SF_ROOT/scripts/package-rust-crates.sh" "$out/packaged" >/dev/null
+pkgdir=$out/packaged/package
 crates=$out/crates
 rm -rf "$crates"
 mkdir -p "$crates"
@@ -107,4 +89,15 @@ if [ -x /usr/bin/cargo ] && [ "$(readlink -f "$(command -v cargo)")" != /usr/bin
         /usr/bin/cargo run -q) >"$out/hello-debian.log" 2>&1 || { cat "$out/hello-debian.log"; sf_die "Debian's cargo failed"; }
     grep -qx 'Ada (shared: false)' "$out/hello-debian.log" || sf_die "Debian's build did not print the value"
 fi
+# The crates' own test suites on the bundled library, in the packaged
+# workspace (so from its csrc/), offline.  The target directory is
+# bindings/rust/test.sh's, whose build of the registry crates (tokio...)
+# this reuses.
+sf_log "Rust: the crates' tests with \`bundled\`"
+mkdir -p "$out/packaged/src/.cargo"
+vendored >"$out/packaged/src/.cargo/config.toml"
+(cd "$out/packaged/src" && CARGO_TARGET_DIR="${SF_BUILD_DIR:-$out}/bindings-rust/current" \
+    cargo test --workspace --locked --features libsingleflight/bundled) >"$out/tests.log" 2>&1 ||
+    { cat "$out/tests.log"; sf_die "the crates' tests failed with \`bundled\` (log: $out/tests.log)"; }
+grep -E '^test result:' "$out/tests.log" | sort | uniq -c
 sf_log "Rust: packaged crates OK"

@@ -7,29 +7,35 @@
 //! * Feature `bundled`: the C library's own sources (core/ and capi/),
 //!   compiled with the `cc` crate into a static library linked into the
 //!   crate.  A packaged crate carries them in csrc/ (staged there by
-//!   scripts/stage-rust-sources.sh before `cargo package`); a build from a
+//!   scripts/package-rust-crates.sh before `cargo package`); a build from a
 //!   checkout uses the repository's core/ and capi/ directly.
 //!
 //! Either way the header's directory is published to dependent crates as
 //! DEP_SINGLEFLIGHT_INCLUDE and to this crate's header test as
 //! SINGLEFLIGHT_INCLUDE_DIR.
 
-use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+#[cfg(feature = "bundled")]
+use std::{env, path::Path};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let include = if env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
-        bundled()
-    } else {
-        system()
-    };
+    // cc is an optional build dependency, so the choice is made when this
+    // script is compiled.
+    #[cfg(feature = "bundled")]
+    let include = bundled();
+    #[cfg(not(feature = "bundled"))]
+    let include = system();
     println!("cargo:include={}", include.display());
-    println!("cargo:rustc-env=SINGLEFLIGHT_INCLUDE_DIR={}", include.display());
+    println!(
+        "cargo:rustc-env=SINGLEFLIGHT_INCLUDE_DIR={}",
+        include.display()
+    );
 }
 
 /// The installed library: pkg-config prints the link flags (and reruns the
 /// build when its environment changes); the header is in its includedir.
+#[cfg(not(feature = "bundled"))]
 fn system() -> PathBuf {
     let lib = pkg_config::Config::new()
         .probe("singleflight")
@@ -40,19 +46,20 @@ fn system() -> PathBuf {
                 e
             )
         });
-    let dir = pkg_config::get_variable("singleflight", "includedir")
+    pkg_config::get_variable("singleflight", "includedir")
         .ok()
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| lib.include_paths.first().cloned())
-        .expect("pkg-config names no include directory for singleflight");
-    dir
+        .expect("pkg-config names no include directory for singleflight")
 }
 
 /// The directory holding core/ and capi/: csrc/ in a packaged crate, else
 /// the checkout this crate sits in (bindings/rust/libsingleflight-sys).
+#[cfg(feature = "bundled")]
 fn source_root() -> PathBuf {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let staged = manifest.join("csrc");
     let checkout = manifest.join("../../..");
     for root in [staged, checkout] {
@@ -61,13 +68,14 @@ fn source_root() -> PathBuf {
         }
     }
     panic!(
-        "feature `bundled`: no C sources in {}/csrc (run scripts/stage-rust-sources.sh before \
-         `cargo package`) nor in the checkout above it",
+        "feature `bundled`: no C sources in {}/csrc (scripts/package-rust-crates.sh puts them \
+         there) nor in the checkout above it",
         manifest.display()
     );
 }
 
 /// The .cpp files of a directory, sorted so that the build is reproducible.
+#[cfg(feature = "bundled")]
 fn cpp_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {}", dir.display(), e))
@@ -78,6 +86,7 @@ fn cpp_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+#[cfg(feature = "bundled")]
 fn bundled() -> PathBuf {
     let root = source_root();
     let include = root.join("capi/include");
