@@ -21,17 +21,20 @@ src=$out/src
 
 rm -rf "$src" "$out/package"
 mkdir -p "$src"
-cp -R "$rust/Cargo.toml" "$rust/Cargo.lock" "$rust/libsingleflight-sys" "$rust/libsingleflight" "$src/"
+cp -pR "$rust/Cargo.toml" "$rust/Cargo.lock" "$rust/libsingleflight-sys" "$rust/libsingleflight" "$src/"
 rm -rf "$src"/*/target
 # Exactly what the library is built from (CMakeLists.txt's SF_SOURCES and
 # the headers they include); the licence goes along with the code.
 csrc=$src/libsingleflight-sys/csrc
 rm -rf "$csrc"
 mkdir -p "$csrc/core" "$csrc/capi/include"
-cp "$SF_ROOT"/core/*.cpp "$SF_ROOT"/core/*.hpp "$csrc/core/"
-cp "$SF_ROOT"/capi/*.cpp "$SF_ROOT"/capi/*.hpp "$csrc/capi/"
-cp "$SF_ROOT/capi/include/singleflight.h" "$csrc/capi/include/"
-cp "$SF_ROOT/LICENSE" "$csrc/"
+cp -p "$SF_ROOT"/core/*.cpp "$SF_ROOT"/core/*.hpp "$csrc/core/"
+cp -p "$SF_ROOT"/capi/*.cpp "$SF_ROOT"/capi/*.hpp "$csrc/capi/"
+cp -p "$SF_ROOT/capi/include/singleflight.h" "$csrc/capi/include/"
+cp -p "$SF_ROOT/LICENSE" "$csrc/"
+# Times kept, directories' too (the build script watches them for added
+# files): a repeated packaging changes nothing cargo would rebuild for.
+for d in core capi capi/include; do touch -r "$SF_ROOT/$d" "$csrc/$d"; done
 
 # cargo package resolves the crates' dependencies through crates.io itself
 # (it refuses a replaced source such as a vendored directory): offline from

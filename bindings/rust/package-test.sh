@@ -36,13 +36,21 @@ vendored() {
 bash "$SF_ROOT/scripts/package-rust-crates.sh" "$out/packaged" >/dev/null
 pkgdir=$out/packaged/package
 crates=$out/crates
-rm -rf "$crates"
-mkdir -p "$crates"
+rm -rf "$crates.new"
+mkdir -p "$crates.new"
 for c in libsingleflight-sys libsingleflight; do
     f=$pkgdir/$c-1.2.0.crate
     [ -f "$f" ] || sf_die "cargo package made no $f"
-    tar -xzf "$f" -C "$crates"
+    tar -xzf "$f" -C "$crates.new"
 done
+# Unchanged crates are kept as they were, so cargo sees nothing new and does
+# not compile the C++ library again.
+if diff -r "$crates.new" "$crates" >/dev/null 2>&1; then
+    rm -rf "$crates.new"
+else
+    rm -rf "$crates"
+    mv "$crates.new" "$crates"
+fi
 sys=$crates/libsingleflight-sys-1.2.0
 # The packaged -sys crate carries every source the library is built from.
 for f in "$SF_ROOT"/core/*.cpp "$SF_ROOT"/core/*.hpp "$SF_ROOT"/capi/*.cpp "$SF_ROOT"/capi/*.hpp; do
