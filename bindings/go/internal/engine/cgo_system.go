@@ -3,7 +3,8 @@
 package engine
 
 // With the build tag singleflight_system, the package links the installed
-// libsingleflight found by pkg-config (as every version before 1.2 did), and
+// libsingleflight found by pkg-config (the only way before the module
+// carried the sources), and
 // the sf_amalgam_*.cpp files are left out by their build constraint.
 
 /*
