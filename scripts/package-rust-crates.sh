@@ -15,6 +15,12 @@ set -euo pipefail
 
 [ $# -eq 1 ] || sf_die "usage: package-rust-crates.sh OUTDIR"
 sf_require cargo
+# Debian 12's cargo (1.65) reads the registry only through its git index and
+# packages one crate at a time: packaging wants a current cargo (rustup
+# stable, as scripts/setup.sh's vendoring prefers); the crates still build
+# with Debian's toolchain (package-test.sh checks that).
+[ "$(readlink -f "$(command -v cargo)")" != /usr/bin/cargo ] ||
+    sf_die "package-rust-crates.sh needs a cargo newer than Debian's 1.65 first on PATH (rustup stable)"
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 rust=$SF_ROOT/bindings/rust
 src=$out/src
