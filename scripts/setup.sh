@@ -111,7 +111,10 @@ if ! excluded go; then
     (cd "$SF_ROOT/bindings/go" && GOTOOLCHAIN=local GOFLAGS=-modcacherw /usr/bin/go mod download) ||
         sf_die "go mod download failed in bindings/go"
 fi
-# ---- Rust: the test-only crates, vendored from the committed Cargo.lock ----
+# ---- Rust: the crates the tests build with (the test-only ones, and the -sys
+# crate's build dependencies pkg-config and cc), vendored from the committed
+# Cargo.lock; vendoring also fills the registry cache that
+# scripts/package-rust-crates.sh packages from offline ----------------------
 # Debian's cargo (1.65) reads only the git index, which is not reachable
 # here, so the current toolchain vendors when there is one; otherwise
 # Debian's cargo does, through the sparse index it has behind a nightly flag.

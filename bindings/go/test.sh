@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Go binding against the installed libsingleflight (pkg-config) and
-# runs its tests twice: plainly, then under the race detector.  Run from
-# anywhere; see the top-level test command for the environment it expects.
+# Builds the Go binding against the installed libsingleflight (pkg-config:
+# the build tag singleflight_system) and runs its tests twice: plainly, then
+# under the race detector.  Run from anywhere; see the top-level test
+# command for the environment it expects.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +27,9 @@ pkg-config --exists singleflight || sf_die "pkg-config cannot find singleflight"
 out=${SF_BUILD_DIR:-$(mktemp -d)}/bindings-go
 mkdir -p "$out"
 export GOCACHE=${GOCACHE:-$out/gocache}
-export GOFLAGS="${GOFLAGS:-} -modcacherw"
+# The system-library way (the default build compiles the bundled sources:
+# module-test.sh tests that).
+export GOFLAGS="${GOFLAGS:-} -modcacherw -tags=singleflight_system"
 export CGO_ENABLED=1
 # The machine is shared: two compile jobs, two test binaries at a time.
 jobs=2

@@ -67,7 +67,7 @@ rust)
     resolves hello-rs/target/debug/hello-rs
     ;;
 go)
-    (cd hello-go && go build -o hello .)
+    (cd hello-go && go build -tags singleflight_system -o hello .)
     resolves hello-go/hello
     ;;
 *)

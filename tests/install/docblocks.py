@@ -9,6 +9,8 @@ between are allowed); readers of the rendered page do not see it:
     <!-- test: NAME -->                 a shell block, copied verbatim
     <!-- test: NAME file: PATH -->      a file the user creates: written to
                                         PATH (relative to the work directory)
+    <!-- test: NAME,NAME2 ... -->       a block that belongs to several tests
+                                        (one hello program, two ways to build it)
 
 Blocks come out name by name in the order given, each name's blocks in
 document order.  A name with no block is an error, so a renamed or deleted
@@ -19,12 +21,12 @@ import re
 import shlex
 import sys
 
-MARKER = re.compile(r"^<!--\s*test:\s*(?P<name>[\w.-]+)(?:\s+file:\s*(?P<file>\S+))?\s*-->\s*$")
+MARKER = re.compile(r"^<!--\s*test:\s*(?P<names>[\w.-]+(?:,[\w.-]+)*)(?:\s+file:\s*(?P<file>\S+))?\s*-->\s*$")
 FENCE = re.compile(r"^(?P<fence>```+|~~~+)")
 
 
 def blocks(lines):
-    """Yields (name, file or None, body, line number) for every marked block."""
+    """Yields (names, file or None, body, line number) for every marked block."""
     i = 0
     while i < len(lines):
         m = MARKER.match(lines[i])
@@ -46,7 +48,7 @@ def blocks(lines):
         if i == len(lines):
             sys.exit("%d: the fenced block never ends" % start)
         i += 1
-        yield m.group("name"), m.group("file"), body, start
+        yield m.group("names").split(","), m.group("file"), body, start
 
 
 def main():
@@ -57,7 +59,7 @@ def main():
         found = list(blocks(fh.read().splitlines()))
     out = []
     for name in names:
-        mine = [b for b in found if b[0] == name]
+        mine = [b for b in found if name in b[0]]
         if not mine:
             sys.exit("%s: no block is marked <!-- test: %s -->" % (doc, name))
         for n, (_, path, body, line) in enumerate(mine):

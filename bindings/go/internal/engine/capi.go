@@ -6,11 +6,10 @@ package engine
 // completion callback fills, so no waiting goroutine holds an OS thread.
 
 /*
-#cgo pkg-config: singleflight
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <singleflight.h>
+#include "sfgo_capi.h"
 
 // Implemented in Go (exports.go).  Handles travel as uintptr_t so that Go
 // never has to turn an integer back into an unsafe.Pointer.

@@ -5,7 +5,7 @@ package engine
 // flight.  Not used by the binding itself.
 
 /*
-#include <singleflight.h>
+#include "sfgo_capi.h"
 */
 import "C"
 

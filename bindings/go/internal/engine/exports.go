@@ -6,7 +6,7 @@ package engine
 
 /*
 #include <stdint.h>
-#include <singleflight.h>
+#include "sfgo_capi.h"
 */
 import "C"
 

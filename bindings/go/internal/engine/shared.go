@@ -11,10 +11,9 @@ package engine
 // moving the followers to channels is left for later.
 
 /*
-#cgo pkg-config: singleflight
 #include <stdint.h>
 #include <stdlib.h>
-#include <singleflight.h>
+#include "sfgo_capi.h"
 
 static int sfgo_open_shared(const char *name, const char *path, unsigned int flags,
                             unsigned int table_slots, unsigned int max_processes,

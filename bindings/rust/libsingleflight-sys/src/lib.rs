@@ -5,9 +5,11 @@
 //! thread rules stated there apply unchanged.  A test compiles the real header
 //! against these declarations, so the two cannot drift apart unnoticed.
 //!
-//! The library is found with pkg-config at build time (set `PKG_CONFIG_PATH`
-//! if it is installed outside the default search path).  For a safe API, use
-//! the `libsingleflight` crate.
+//! The installed library is found with pkg-config at build time (set
+//! `PKG_CONFIG_PATH` if it is installed outside the default search path);
+//! with the feature `bundled`, the crate compiles the library's own sources
+//! (C++17, with the `cc` crate) into the program instead.  For a safe API,
+//! use the `libsingleflight` crate.
 
 #![allow(non_camel_case_types)]
 
