@@ -89,12 +89,32 @@ PY
 }
 
 # ---- Python packaging: the wheel and the sdist carry the C library ----------
-# Both run where no libsingleflight can be found: pkg-config searches only an
-# empty directory (asserted), nothing points the loader at a build, and
-# the programs assert that no libsingleflight.so is mapped into them.
+# doc_file MARKER-NAME PATH OUT: writes the file PATH that docs/bindings.md
+# shows (marked <!-- test: MARKER-NAME file: PATH -->) to OUT: the tests run
+# the very programs the documentation gives.
+doc_file() {
+    python3 - "$SF_ROOT/docs/bindings.md" "$1" "$2" "$3" <<'PY'
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[1]), "..", "tests", "install"))
+import docblocks
+doc, name, path, out = sys.argv[1:]
+for n, p, body, _ in docblocks.blocks(open(doc, encoding="utf-8").read().splitlines()):
+    if n == name and p == path:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write("\n".join(body) + "\n")
+        break
+else:
+    sys.exit("docs/bindings.md has no %s file %s" % (name, path))
+PY
+}
+# The wheel, sdist and rock tests run where no libsingleflight can be found:
+# pkg-config searches only an empty directory (asserted), nothing points the
+# loader at a build, and the programs assert that no libsingleflight.so is
+# mapped into them.
 PK=$B/packaging
 no_system_lib=(env -u PKG_CONFIG_PATH -u LD_LIBRARY_PATH -u PYTHONPATH PKG_CONFIG_LIBDIR="$PK/empty")
-py_no_system_lib() {
+no_system_lib_check() {
     mkdir -p "$PK/empty"
     if "${no_system_lib[@]}" pkg-config --exists singleflight; then
         echo "pkg-config still finds singleflight.pc" >&2
@@ -105,19 +125,8 @@ py_no_system_lib() {
 # and the check that the module carries the library.
 py_hello() {
     local venv=$1
-    python3 - "$SF_ROOT/docs/bindings.md" "$PK/hello" <<'PY'
-import os, sys
-sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[1]), "..", "tests", "install"))
-import docblocks
-os.makedirs(sys.argv[2], exist_ok=True)
-want = {"hello.py", "hello_async.py"}
-for name, path, body, _ in docblocks.blocks(open(sys.argv[1], encoding="utf-8").read().splitlines()):
-    if name == "python" and path in want:
-        want.discard(path)
-        with open(os.path.join(sys.argv[2], path), "w", encoding="utf-8") as f:
-            f.write("\n".join(body) + "\n")
-assert not want, "docs/bindings.md lost %s" % want
-PY
+    doc_file python hello.py "$PK/hello/hello.py" &&
+        doc_file python hello_async.py "$PK/hello/hello_async.py" || return 1
     (cd "$PK/hello" && "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello.py &&
         "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello_async.py &&
         "${no_system_lib[@]}" "$venv/bin/python" - "$venv" <<'PY'
@@ -142,7 +151,7 @@ py_fresh_venv() {
 # to a manylinux tag, installed in a fresh venv.
 py_wheel() {
     local whl tag
-    py_no_system_lib || return 1
+    no_system_lib_check || return 1
     rm -rf "$PK/dist" "$PK/wheelhouse"
     CMAKE_BUILD_PARALLEL_LEVEL=2 "${no_system_lib[@]}" timeout 600 "$VENV/bin/python" -m build \
         --no-isolation --wheel -o "$PK/dist" -C build-dir="$PK/wheel-build" "$SF_ROOT" \
@@ -167,7 +176,7 @@ py_wheel() {
 # install only (no download per run), then the venv is as fresh as before.
 py_sdist() {
     local sdist pth site
-    py_no_system_lib || return 1
+    no_system_lib_check || return 1
     rm -rf "$PK/sdist"
     "${no_system_lib[@]}" timeout 300 "$VENV/bin/python" -m build --no-isolation --sdist \
         -o "$PK/sdist" "$SF_ROOT" >"$PK/sdist.log" 2>&1 || { tail -n 40 "$PK/sdist.log"; return 1; }
@@ -221,22 +230,6 @@ lua_threads() {
 # and the lua component installed (here into a private prefix), the module
 # finding the library through its RUNPATH.
 LR=$B/luarocks
-doc_file() { # doc_file MARKER-NAME PATH OUT: the documentation's file PATH
-    python3 - "$SF_ROOT/docs/bindings.md" "$1" "$2" "$3" <<'PY'
-import os, sys
-sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[1]), "..", "tests", "install"))
-import docblocks
-doc, name, path, out = sys.argv[1:]
-for n, p, body, _ in docblocks.blocks(open(doc, encoding="utf-8").read().splitlines()):
-    if n == name and p == path:
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            f.write("\n".join(body) + "\n")
-        break
-else:
-    sys.exit("docs/bindings.md has no %s file %s" % (name, path))
-PY
-}
 # lua_hello LIBDIR-OR-NONE: hello.lua, then which libsingleflight it mapped
 # (none for the rock: the module carries it).
 lua_hello() {
@@ -260,13 +253,8 @@ LUA
 }
 lua_rock() {
     local rockspec tree=$LR/tree paths
-    mkdir -p "$LR/empty"
-    local nolib=(env -u PKG_CONFIG_PATH -u LD_LIBRARY_PATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4
-        -u LUA_PATH -u LUA_CPATH PKG_CONFIG_LIBDIR="$LR/empty")
-    if "${nolib[@]}" pkg-config --exists singleflight; then
-        echo "pkg-config still finds singleflight.pc" >&2
-        return 1
-    fi
+    no_system_lib_check || return 1
+    local nolib=("${no_system_lib[@]}" env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH -u LUA_CPATH)
     doc_file lua hello.lua "$LR/hello/hello.lua" || return 1
     rockspec=$(ls "$HERE"/lua/libsingleflight-*.rockspec)
     rm -rf "$tree"
