@@ -73,7 +73,7 @@ py_build_tree() {
 py_pip_install() {
     rm -rf "$B/pybuild"
     SINGLEFLIGHT_SYSTEM_LIBRARY=1 timeout 300 "$VENV/bin/python" -m pip install -q \
-        --disable-pip-version-check --force-reinstall --no-deps --no-build-isolation \
+        --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps --no-build-isolation \
         -C build-dir="$B/pybuild" "$SF_ROOT" &&
     "$VENV/bin/python" - "$SF_PREFIX" <<'PY' &&
 import os, sys
@@ -166,7 +166,7 @@ py_wheel() {
     whl=$(ls "$PK"/wheelhouse/libsingleflight-*"$tag"*.whl) || return 1
     echo "repaired: $whl"
     py_fresh_venv "$PK/venv-wheel"
-    "${no_system_lib[@]}" "$PK/venv-wheel/bin/pip" install -q --disable-pip-version-check --no-index "$whl" &&
+    "${no_system_lib[@]}" "$PK/venv-wheel/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-index "$whl" &&
         py_hello "$PK/venv-wheel"
 }
 
@@ -194,7 +194,7 @@ py_sdist() {
     pth=$site/zz-build-backend.pth
     "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$pth"
     CMAKE_BUILD_PARALLEL_LEVEL=2 "${no_system_lib[@]}" timeout 600 "$PK/venv-sdist/bin/pip" install -q \
-        --disable-pip-version-check --no-index --no-build-isolation "$sdist" >>"$PK/sdist.log" 2>&1 ||
+        --disable-pip-version-check --no-cache-dir --no-index --no-build-isolation "$sdist" >>"$PK/sdist.log" 2>&1 ||
         { tail -n 40 "$PK/sdist.log"; rm -f "$pth"; return 1; }
     rm -f "$pth"
     py_hello "$PK/venv-sdist"
@@ -295,7 +295,7 @@ for suite in "${suites[@]}"; do
         python) py_check_venv; step "python: pytest against the build tree" py_build_tree ;;
         python-pip)
             py_check_venv
-            step "python: pip install bindings/swig/python, pytest against the installed package" py_pip_install ;;
+            step "python: SINGLEFLIGHT_SYSTEM_LIBRARY=1 pip install of the checkout (the installed library), pytest against it" py_pip_install ;;
         python-wheel)
             py_check_venv
             step "python: wheel + sdist, auditwheel, a fresh venv with no system library runs hello" py_wheel ;;
