@@ -86,8 +86,8 @@ struct SharedFn {
 };
 
 SF_CATCHES_FORCED_UNWIND
-int shared_do(sf::SharedGroup *s, const void *key, size_t key_len, sf_fn fn, void *payload,
-              sf_result **result, int *shared) {
+inline int shared_do(sf::SharedGroup *s, const void *key, size_t key_len, sf_fn fn, void *payload,
+                     sf_result **result, int *shared) {
     SharedFn ctx{fn, payload};
     sf::Flight *r = nullptr;
     bool is_shared = false;
@@ -120,6 +120,11 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, v
         clear_out(result, shared);
         return SF_EINVAL;
     }
+    // A shared group's handle: straight to the shared path (two
+    // instructions on the local one; before, a shared call first hashed
+    // its key for the local table and was turned back at a poisoned slot).
+    if (__builtin_expect(core(g)->shared() != nullptr, 0))
+        return shared_group_do(g, key, key_len, fn, payload, result, shared);
     try {
         sf::Flight *r = nullptr;
         bool is_shared = false;
@@ -127,9 +132,6 @@ SF_API int sf_group_do(sf_group *g, const void *key, size_t key_len, sf_fn fn, v
             sf::Key{key, key_len}, [&](sf::Flight *call) { return fn(handle(call), payload); }, &r,
             &is_shared);
         if (__builtin_expect(st < 0 && st != sf::kPanic && st != sf::kGoexit, 0)) {
-            // A shared group's handle says so here, off the local fast path.
-            if (st == sf::kNotLocal)
-                return shared_group_do(g, key, key_len, fn, payload, result, shared);
             clear_out(result, shared);
             return st;
         }
@@ -208,10 +210,9 @@ SF_API int sf_group_do_async(sf_group *g, const void *key, size_t key_len, sf_fn
 SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len, sf_call **call) {
     if (call) *call = nullptr;
     if (!g || !call || bad_key(key, key_len)) return SF_EINVAL;
-    sf::Call *c = nullptr;
-    const sf::Status rc = core(g)->begin(sf::Key{key, key_len}, &c);
-    if (__builtin_expect(rc == sf::kNotLocal, 0)) {
-        // A shared group's handle, told off the local fast path.
+    if (__builtin_expect(core(g)->shared() != nullptr, 0)) {
+        // A shared group's handle, before the local path hashes the key
+        // for a table it does not use (as in sf_group_do).
         sf::SharedCall *sc = nullptr;
         const sf::Status st = sf::shared_begin(core(g)->shared(), sf::Key{key, key_len}, &sc);
         if (st > 0) *call = handle(sc);
@@ -219,6 +220,8 @@ SF_API int sf_group_begin(sf_group *g, const void *key, size_t key_len, sf_call 
             return sf_group_begin(handle(core(g)->fallback()), key, key_len, call);
         return st;
     }
+    sf::Call *c = nullptr;
+    const sf::Status rc = core(g)->begin(sf::Key{key, key_len}, &c);
     if (rc > 0) *call = handle(c);
     return rc;
 }

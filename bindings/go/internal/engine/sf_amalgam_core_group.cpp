@@ -158,8 +158,10 @@ Group::~Group() {
 }
 
 Group *Group::create_shared(SharedGroup *s, bool run_unshared) noexcept {
-    // One home slot, poisoned: the inline fast paths of run and begin then
-    // always fall to the slow path, which hands the call back (kNotLocal).
+    // The C layer sends a shared handle's calls to the shared path before
+    // they reach run or begin.  One home slot, poisoned, all the same: a
+    // path that forgot would fall to the slow path, which hands the call
+    // back (kNotLocal), never lead a flight no other process can see.
     Group *g = create(1, nullptr, nullptr, 0);
     if (!g) return nullptr;
     g->table_.poison();

@@ -358,16 +358,5 @@ uint64_t random64() noexcept {
     return v;
 }
 
-// A number for the calling thread, unique within the process (the record
-// also names the process), taken from a counter the first time a thread
-// asks.  gettid(2) would do, but as a system call it cost about 330 ns, more
-// than half of an uncontended shared call.  A forked child's thread keeps its
-// parent thread's number: the child is another process of the group.
-uint32_t thread_id() noexcept {
-    static std::atomic<uint32_t> next{1};
-    thread_local uint32_t id = next.fetch_add(1, std::memory_order_relaxed);
-    return id;
-}
-
 }  // namespace detail
 }  // namespace sf
