@@ -107,7 +107,9 @@ if ! excluded python; then
     for m in "${!PY_PIP_PKGS[@]}"; do
         case $m in
             bin/*) [ -x "$SF_VENV/$m" ] ;;
-            *) "$SF_VENV/bin/python" -c "import $m" >/dev/null 2>&1 ;;
+            # -I: not from the working directory, whose build/ would
+            # pass for the `build` package
+            *) "$SF_VENV/bin/python" -I -c "import $m" >/dev/null 2>&1 ;;
         esac || pip_missing+=("${PY_PIP_PKGS[$m]}")
     done
     if [ ${#pip_missing[@]} -gt 0 ]; then

@@ -98,8 +98,8 @@ import os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[1]), "..", "tests", "install"))
 import docblocks
 doc, name, path, out = sys.argv[1:]
-for n, p, body, _ in docblocks.blocks(open(doc, encoding="utf-8").read().splitlines()):
-    if n == name and p == path:
+for names, p, body, _ in docblocks.blocks(open(doc, encoding="utf-8").read().splitlines()):
+    if name in names and p == path:  # a block may serve several tests
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:
             f.write("\n".join(body) + "\n")
