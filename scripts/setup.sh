@@ -38,6 +38,9 @@ declare -A PKGS=(
     # Debian's, so installing Debian's luajit would remove the nginx module.
     [luajit]="luajit2"
     [nginx]="nginx libnginx-mod-http-lua luajit2"
+    # The Redis tier (libsingleflight-redis, on hiredis) and the server its
+    # tests start.
+    [redis]="libhiredis-dev redis-server"
     [cpp]=""
     [bench-smoke]="libsqlite3-dev python3"
 )
