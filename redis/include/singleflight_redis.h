@@ -36,22 +36,20 @@ extern "C" {
 /* Statuses of the Redis tier, beside the core's (which keep their meaning).
  * Their values are far from the core's so that the two sets never collide.
  * X(name, value, description) */
-#define SF_REDIS_STATUS_MAP(X)                                         \
-    X(SF_REDIS_EUNAVAILABLE, -1001,                                    \
-      "Redis could not be reached or did not "                         \
-      "answer in time (on_down = FAIL)")                               \
-    X(SF_REDIS_EAUTH, -1002, "Redis refused the password or database") \
-    X(SF_REDIS_EPROTO, -1003,                                          \
-      "the server did not answer as Redis, or "                        \
-      "returned an error for a command or "                            \
-      "script")                                                        \
-    X(SF_REDIS_ETOOBIG, -1004,                                         \
-      "the value is larger than "                                      \
-      "max_value_bytes")
+#define SF_REDIS_STATUS_MAP(X)                                                 \
+    X(SF_REDIS_EUNAVAILABLE, -1001, "Redis could not be reached or did not "  \
+                                    "answer in time (on_down = FAIL)")        \
+    X(SF_REDIS_EAUTH,        -1002, "Redis refused the password or database") \
+    X(SF_REDIS_EPROTO,       -1003, "the server did not answer as Redis, or "  \
+                                    "returned an error for a command or "     \
+                                    "script")                                 \
+    X(SF_REDIS_ETOOBIG,      -1004, "the value is larger than "                \
+                                    "max_value_bytes")
 
 #define SF_REDIS_STATUS_ENUM_ITEM_(name, value, text) name = value,
 typedef enum sf_redis_status {
-    SF_REDIS_STATUS_MAP(SF_REDIS_STATUS_ENUM_ITEM_) SF_REDIS_STATUS_LAST_ = -1004
+    SF_REDIS_STATUS_MAP(SF_REDIS_STATUS_ENUM_ITEM_)
+    SF_REDIS_STATUS_LAST_ = -1004
 } sf_redis_status;
 #undef SF_REDIS_STATUS_ENUM_ITEM_
 
@@ -80,45 +78,45 @@ typedef enum sf_redis_on_down {
 #define SF_REDIS_OPTIONS_VERSION 1
 
 typedef struct sf_redis_options {
-    unsigned int version;            /* SF_REDIS_OPTIONS_VERSION */
-    const char *host;                /* default "127.0.0.1"; copied */
-    int port;                        /* default 6379 */
-    const char *unix_path;           /* a Unix socket instead of host/port; NULL:
+    unsigned int version;     /* SF_REDIS_OPTIONS_VERSION */
+    const char  *host;        /* default "127.0.0.1"; copied */
+    int          port;        /* default 6379 */
+    const char  *unix_path;   /* a Unix socket instead of host/port; NULL:
                                  TCP; copied */
-    const char *username;            /* ACL user for AUTH; NULL: none; copied */
-    const char *password;            /* AUTH password; NULL: none; copied */
-    int db;                          /* SELECT db; default 0 */
-    const char *key_prefix;          /* prepended to every key: the Redis keys of a
+    const char  *username;    /* ACL user for AUTH; NULL: none; copied */
+    const char  *password;    /* AUTH password; NULL: none; copied */
+    int          db;          /* SELECT db; default 0 */
+    const char  *key_prefix;  /* prepended to every key: the Redis keys of a
                                  key K are "{<prefix>:K}:lease", ":val",
                                  ":tok", ":fresh" (one Cluster hash tag);
                                  default "sf"; copied */
-    unsigned int lease_ms;           /* lease duration: a dead leader is replaced at
+    unsigned int lease_ms;    /* lease duration: a dead leader is replaced at
                                  most this long after its last renewal;
                                  default 3000 */
-    unsigned int renew_ms;           /* the watchdog renews every live lease this
+    unsigned int renew_ms;    /* the watchdog renews every live lease this
                                  often; must be below lease_ms; default
                                  lease_ms / 3 */
-    unsigned int wait_ms;            /* bound on one call's wait for another
+    unsigned int wait_ms;     /* bound on one call's wait for another
                                  leader (this host's or another's), fn's own
                                  run time not included; default 10000 */
-    unsigned int soft_ttl_ms;        /* a value is fresh this long; default 60000 */
-    unsigned int hard_ttl_ms;        /* and kept (served stale while one caller
+    unsigned int soft_ttl_ms; /* a value is fresh this long; default 60000 */
+    unsigned int hard_ttl_ms; /* and kept (served stale while one caller
                                  refreshes it) this long; >= soft_ttl_ms;
                                  default = soft_ttl_ms (no stale serving) */
-    unsigned int error_ttl_ms;       /* fn's errors (non-zero return, panics) are
+    unsigned int error_ttl_ms; /* fn's errors (non-zero return, panics) are
                                   shared with that flight's waiters and kept
                                   this long; 0: not kept beyond the flight
                                   (waiters still get them); default 1000 */
-    int cache;                       /* 1 (default): read-through cache with the
+    int          cache;       /* 1 (default): read-through cache with the
                                  TTLs above; 0: pure coalescing, a result
                                  reaches only the callers waiting for it */
-    size_t max_value_bytes;          /* larger values are refused with
+    size_t       max_value_bytes; /* larger values are refused with
                                      SF_REDIS_ETOOBIG; default 1 MiB, at
                                      most 512 MiB */
     unsigned int connect_timeout_ms; /* default 500 */
     unsigned int command_timeout_ms; /* every Redis round trip; default 500 */
-    int on_down;                     /* sf_redis_on_down; default SF_REDIS_FALLBACK */
-    sf_group *front;                 /* the group in front (local or shared): its
+    int          on_down;     /* sf_redis_on_down; default SF_REDIS_FALLBACK */
+    sf_group    *front;       /* the group in front (local or shared): its
                                  leader is the only caller of the process
                                  (host) that talks to Redis for a key.  Not
                                  owned; must outlive the handle.  NULL: a
@@ -128,7 +126,8 @@ typedef struct sf_redis_options {
 /* Fills *opts with the defaults of the given version (pass
  * SF_REDIS_OPTIONS_VERSION).  SF_OK; SF_EINVAL for NULL or an unknown
  * version.  Thread-safe; no ownership involved. */
-SF_API int sf_redis_options_init(sf_redis_options *opts, unsigned int version);
+SF_API int sf_redis_options_init(sf_redis_options *opts,
+                                 unsigned int version);
 
 /* ------------------------------------------------------------------------ */
 /* Handle                                                                    */
@@ -183,8 +182,8 @@ SF_API int sf_redis_free(sf_redis *r);
  * call blocks at most about wait_ms + fn's run time + a few command
  * timeouts.  fn must not call sf_call_finish on its call.  payload is not
  * owned and not used after the call returns.  Thread-safe. */
-SF_API int sf_redis_do(sf_redis *r, const void *key, size_t key_len, sf_fn fn, void *payload,
-                       sf_result **result);
+SF_API int sf_redis_do(sf_redis *r, const void *key, size_t key_len,
+                       sf_fn fn, void *payload, sf_result **result);
 
 /* Deletes key's value from Redis (not a flight in progress): the next call
  * runs fn.  SF_OK (also when there was none), SF_REDIS_EUNAVAILABLE,
@@ -198,25 +197,25 @@ SF_API int sf_redis_forget(sf_redis *r, const void *key, size_t key_len);
 #define SF_REDIS_STATS_VERSION 1
 
 typedef struct sf_redis_stats {
-    unsigned int version; /* set to SF_REDIS_STATS_VERSION by the caller */
-    sf_u64 calls;         /* sf_redis_do calls */
-    sf_u64 executions;    /* runs of fn in this process (all kinds) */
-    sf_u64 hits;          /* front leaders served a fresh value from Redis */
-    sf_u64 stale_hits;    /* front leaders served a stale value at once */
-    sf_u64 lease_wins;    /* leases taken (INCR + SET NX), takeovers and
+    unsigned int version;   /* set to SF_REDIS_STATS_VERSION by the caller */
+    sf_u64 calls;           /* sf_redis_do calls */
+    sf_u64 executions;      /* runs of fn in this process (all kinds) */
+    sf_u64 hits;            /* front leaders served a fresh value from Redis */
+    sf_u64 stale_hits;      /* front leaders served a stale value at once */
+    sf_u64 lease_wins;      /* leases taken (INCR + SET NX), takeovers and
                                refreshes included */
-    sf_u64 waits;         /* front leaders that waited for another host */
-    sf_u64 wakeups;       /* waits ended by a pub/sub push */
-    sf_u64 takeovers;     /* leases taken after waiting for a leader that
+    sf_u64 waits;           /* front leaders that waited for another host */
+    sf_u64 wakeups;         /* waits ended by a pub/sub push */
+    sf_u64 takeovers;       /* leases taken after waiting for a leader that
                                lapsed without a result */
-    sf_u64 fallbacks;     /* runs of fn without Redis (on_down FALLBACK) */
-    sf_u64 unavailable;   /* calls that found Redis down, slow or
+    sf_u64 fallbacks;       /* runs of fn without Redis (on_down FALLBACK) */
+    sf_u64 unavailable;     /* calls that found Redis down, slow or
                                refusing (either policy) */
-    sf_u64 fenced;        /* result writes refused: the lease had lapsed
+    sf_u64 fenced;          /* result writes refused: the lease had lapsed
                                and another leader holds or finished it */
-    sf_u64 renewals;      /* lease renewals by the watchdog */
-    sf_u64 timeouts;      /* calls that returned SF_ETIMEDOUT */
-    sf_u64 reconnects;    /* connections (re)opened after a failure */
+    sf_u64 renewals;        /* lease renewals by the watchdog */
+    sf_u64 timeouts;        /* calls that returned SF_ETIMEDOUT */
+    sf_u64 reconnects;      /* connections (re)opened after a failure */
 } sf_redis_stats;
 
 /* Reads the counters (each exact when nothing runs concurrently).  SF_OK;
