@@ -34,7 +34,7 @@ RedisStats = collections.namedtuple(
 )
 RedisStats.__doc__ = """A snapshot of one RedisGroup's counters (this process's).
 
-calls: do calls that reached Redis (past the front group); executions: runs
+calls: do calls (front group followers included); executions: runs
 of fn here; hits and stale_hits: values served from Redis fresh, or stale
 while one caller refreshes; lease_wins: leases taken; waits and wakeups:
 waits for another host's leader and those ended by a push; takeovers:
