@@ -23,7 +23,7 @@ set -euo pipefail
 # gunicorn serves the SharedGroup test's real workers: test_shared.py.)
 declare -A PKGS=(
     [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3 clang-format"
-    [examples]="libsqlite3-dev"
+    [examples]="libsqlite3-dev libhiredis-dev redis-server"
     [meson]="meson"
     [fuzz]="clang libclang-rt-14-dev"
     [abi]="abigail-tools"
@@ -44,7 +44,7 @@ declare -A PKGS=(
     [cpp]=""
     [bench-smoke]="libsqlite3-dev python3"
 )
-DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev"
+DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev libhiredis-dev redis-server"
 
 without=() only=
 while [ $# -gt 0 ]; do

@@ -16,12 +16,14 @@
 //  3. Across processes (procs.cpp): P forked worker processes of a few
 //     threads each, K hot keys expiring E times; without singleflight, with
 //     a group per process (P queries per key per expiry) and with the shared
-//     group of the host (exactly one).
+//     group of the host (exactly one); with --redis, also the Redis tier,
+//     each process standing in for a host of a fleet (exactly one across
+//     the fleet).
 //
 //   stampede [--threads 32] [--expiries 20] [--requests 20000] [--keys 200]
 //            [--latency-ms 2] [--ttl-ms 20] [--zipf 1.1] [--db-conns 4]
 //            [--seed 1] [--processes 8] [--proc-threads 4] [--hot-keys 4]
-//            [--shared-open after|before] [--part 1,2,3] [--quick]
+//            [--shared-open after|before] [--redis HOST:PORT] [--part 1,2,3] [--quick]
 //            [--no-progress] [--json]
 #include <singleflight.h>
 #include <sqlite3.h>
@@ -87,6 +89,8 @@ void usage() {
         "  --hot-keys N     part 3: hot keys, each expiring --expiries times (default 4)\n"
         "  --shared-open W  part 3: the shared group is opened 'after' fork by each worker\n"
         "                   (default) or 'before' fork by the parent\n"
+        "  --redis H:P      part 3: also the Redis tier (libsingleflight-redis), each process\n"
+        "                   a host of a fleet, on the Redis server at H:P\n"
         "  --part LIST      the parts to run, for example 3 or 1,2 (default 1,2,3)\n"
         "  --quick          small defaults for a test: --threads 8 --expiries 5 --requests 2000\n"
         "                   --keys 20 --latency-ms 1 (options given too take precedence)\n"
@@ -123,7 +127,16 @@ Options parse(int argc, char **argv) {
         else if (a == "--processes") o.procs.processes = std::atoi(val());
         else if (a == "--proc-threads") o.procs.threads = std::atoi(val());
         else if (a == "--hot-keys") o.procs.keys = std::atoi(val());
-        else if (a == "--shared-open") {
+        else if (a == "--redis") {
+            std::string hp = val();
+            std::size_t colon = hp.rfind(':');
+            if (colon == std::string::npos || colon == 0) die("--redis takes HOST:PORT");
+            o.procs.redis_host = hp.substr(0, colon);
+            o.procs.redis_port = std::atoi(hp.c_str() + colon + 1);
+            if (o.procs.redis_port < 1 || o.procs.redis_port > 65535) die("--redis: bad port");
+            if (!have_redis())
+                die("--redis: this stampede was built without the Redis tier (hiredis)");
+        } else if (a == "--shared-open") {
             std::string_view w = val();
             if (w != "after" && w != "before") die("--shared-open takes after or before");
             o.procs.open_before_fork = w == "before";

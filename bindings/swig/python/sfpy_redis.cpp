@@ -112,12 +112,12 @@ bool str_opt(PyObject *opts, const char *name, const char **out) {
     return true;
 }
 
-#define SFPY_UINT(field, max)                                                  \
-    do {                                                                       \
-        unsigned long long x_ = 0;                                             \
-        bool g_ = false;                                                       \
-        if (!uint_opt(opts, #field, (max), &x_, &g_)) return nullptr;          \
-        if (g_) o.field = static_cast<decltype(o.field)>(x_);                  \
+#define SFPY_UINT(field, max)                                         \
+    do {                                                              \
+        unsigned long long x_ = 0;                                    \
+        bool g_ = false;                                              \
+        if (!uint_opt(opts, #field, (max), &x_, &g_)) return nullptr; \
+        if (g_) o.field = static_cast<decltype(o.field)>(x_);         \
     } while (0)
 
 // _open(options: dict, on_free) -> (status, capsule or None).  The dict's keys are sf_redis_options'
@@ -252,11 +252,13 @@ int run_fn(sf_call *call, void *payload) {
     if (v && PyObject_GetBuffer(v, &view, PyBUF_SIMPLE) == 0) {
         rc = sf_call_set_bytes(call, view.buf, size_t(view.len));
         PyBuffer_Release(&view);
-        if (rc != SF_OK) PyErr_Format(PyExc_MemoryError, "singleflight: cannot store the value (%s)",
-                                      sf_redis_strerror(rc));
+        if (rc != SF_OK)
+            PyErr_Format(PyExc_MemoryError, "singleflight: cannot store the value (%s)",
+                         sf_redis_strerror(rc));
     } else if (v) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "RedisGroup: fn must return bytes (a bytes-like object), not %.200s",
+        PyErr_Format(PyExc_TypeError,
+                     "RedisGroup: fn must return bytes (a bytes-like object), not %.200s",
                      Py_TYPE(v)->tp_name);
     }
     Py_XDECREF(v);
@@ -302,9 +304,9 @@ PyObject *py_do(PyObject *, PyObject *args) {
     } else if (rc == SF_OK) {
         // fn returned a user error: never from a Python fn, but a C peer of
         // the same key may have stored one.
-        out = Py_BuildValue("(is)", SF_EPANIC,
-                            ("fn failed with error " + std::to_string(res ? sf_result_error(res) : 0))
-                                .c_str());
+        out = Py_BuildValue(
+            "(is)", SF_EPANIC,
+            ("fn failed with error " + std::to_string(res ? sf_result_error(res) : 0)).c_str());
     } else if (rc == SF_EPANIC) {
         out = Py_BuildValue("(is)", rc, res ? sf_result_panic_message(res) : "panic");
     } else {
@@ -363,8 +365,15 @@ PyMethodDef methods[] = {
 };
 
 PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_singleflight_redis", "libsingleflight-redis calls for RedisGroup.", -1,
-    methods, nullptr, nullptr, nullptr, nullptr,
+    PyModuleDef_HEAD_INIT,
+    "_singleflight_redis",
+    "libsingleflight-redis calls for RedisGroup.",
+    -1,
+    methods,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace
