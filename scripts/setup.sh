@@ -31,7 +31,7 @@ declare -A PKGS=(
     [python]="swig python3-dev python3-venv gunicorn"
     [lua]="swig lua5.4 liblua5.4-dev valgrind"
     [java]="swig openjdk-17-jdk-headless maven"
-    [go]="golang-go"
+    [go]="golang-go libhiredis-dev redis-server"  # the redis package: libsingleflight-redis, its tests a server
     [rust]="rustc cargo"
     # OpenResty's LuaJIT (the binary is luajit too), not Debian's luajit:
     # libnginx-mod-http-lua runs on libluajit2-5.1-2, which conflicts with
