@@ -189,6 +189,7 @@ struct sf_redis {
     sf_group *front = nullptr;
     bool own_front = false;
     sf_group *inner = nullptr;  // gives fn its sf_call
+    sf_group *mint = nullptr;   // makes a refresher's own sf_result
 
     std::mutex pool_mu;
     std::vector<redisContext *> idle;
@@ -591,11 +592,11 @@ struct Acq {
 
 Net acquire(sf_redis *r, const std::string &base, int mode, long long min_token, Acq &q) {
     Reply rep;
-    Net n = eval(
-        r, kAcquire, base, 4,
-        {std::to_string(r->lease_ms), std::to_string(mode),
-         std::to_string(std::max<unsigned>(86400000u, r->hard_ms * 2u)), std::to_string(min_token)},
-        rep);
+    Net n = eval(r, kAcquire, base, 4,
+                 {std::to_string(r->lease_ms), std::to_string(mode),
+                  std::to_string(std::max<std::uint64_t>(86400000u, 2ull * r->hard_ms)),
+                  std::to_string(min_token)},
+                 rep);
     if (n != Net::ok) return n;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 ||
         rep->element[0]->type != REDIS_REPLY_INTEGER)
@@ -683,15 +684,25 @@ void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn,
     long long pttl = q.a;
     Waiter w;
     w.base = base;
-    std::list<Waiter *>::iterator wit;
+    // Registered for exactly as long as this frame lives, even if an
+    // allocation throws.
+    struct Registration {
+        sf_redis *r;
+        std::list<Waiter *>::iterator it;
+        bool on = true;
+        void off() {
+            if (!on) return;
+            std::lock_guard<std::mutex> lk(r->w_mu);
+            r->waiters.erase(it);
+            on = false;
+        }
+        ~Registration() { off(); }
+    } reg{r, {}};
     {
         std::lock_guard<std::mutex> lk(r->w_mu);
-        wit = r->waiters.insert(r->waiters.end(), &w);
+        reg.it = r->waiters.insert(r->waiters.end(), &w);
     }
-    auto unregister = [&] {
-        std::lock_guard<std::mutex> lk(r->w_mu);
-        r->waiters.erase(wit);
-    };
+    auto unregister = [&] { reg.off(); };
     std::int64_t deadline = now_ms() + r->wait_ms;
     bool pushed = false;
     while (true) {
@@ -748,7 +759,13 @@ int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload, s
     }
     Outcome o;
     bool front_done = false;
-    front_lead(r, fc, key, len, fn, payload, o, front_done);
+    try {
+        front_lead(r, fc, key, len, fn, payload, o, front_done);
+    } catch (...) {
+        // Out of memory mid-protocol: the front flight must still finish,
+        // or its followers would wait for ever.
+        o = status_outcome(SF_ENOMEM);
+    }
     if (!front_done) {
         finish_front(fc, o);
         int s = front_result(fc, 0, result);
@@ -760,7 +777,7 @@ int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload, s
     // what it returns is an sf_result like everyone's.
     if (o.kind == 's') return o.code;
     sf_call *own = nullptr;
-    int s = sf_group_begin(r->inner, key, len, &own);
+    int s = sf_group_begin(r->mint, key, len, &own);
     if (s == SF_FOLLOWER) {
         s = front_result(own, -1, result);
         sf_call_release(own);
@@ -873,6 +890,7 @@ SF_API int sf_redis_new(sf_redis **out, const sf_redis_options *o) {
         r->own_front = s == SF_OK;
     }
     if (s == SF_OK) s = sf_group_new(&r->inner, nullptr);
+    if (s == SF_OK) s = sf_group_new(&r->mint, nullptr);
     if (s == SF_OK && pipe(r->stop_pipe) != 0) s = SF_ENOMEM;
     if (s == SF_OK) {
         try {
@@ -908,6 +926,7 @@ SF_API int sf_redis_free(sf_redis *r) {
         if (fd >= 0) close(fd);
     for (redisContext *c : r->idle) redisFree(c);
     if (r->inner) sf_group_free(r->inner);
+    if (r->mint) sf_group_free(r->mint);
     if (r->own_front) sf_group_free(r->front);
     delete r;
     return SF_OK;

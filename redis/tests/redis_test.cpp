@@ -8,6 +8,7 @@
 
 #include <singleflight_redis.h>
 
+#include "redis/tests/redis_server.hpp"
 #include "tests/test_util.hpp"
 
 #include <gtest/gtest.h>
@@ -35,65 +36,11 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using sfredis_test::Server;
 
 long long ms_since(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
-
-int free_port() {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(s, reinterpret_cast<sockaddr *>(&a), sizeof a);
-    socklen_t l = sizeof a;
-    getsockname(s, reinterpret_cast<sockaddr *>(&a), &l);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
-// A redis-server of the test's own.
-struct Server {
-    int port = 0;
-    pid_t pid = -1;
-
-    void start(int p = 0) {
-        port = p ? p : free_port();
-        pid = fork();
-        if (pid == 0) {
-            int dn = open("/dev/null", O_RDWR);
-            dup2(dn, 1);
-            dup2(dn, 2);
-            std::string ps = std::to_string(port);
-            execl(SF_REDIS_SERVER, SF_REDIS_SERVER, "--port", ps.c_str(), "--bind", "127.0.0.1",
-                  "--save", "", "--appendonly", "no", "--loglevel", "warning", (char *)nullptr);
-            _exit(127);
-        }
-        // Ready when it answers PING (bounded).
-        for (int i = 0; i < 500; i++) {
-            redisContext *c = redisConnect("127.0.0.1", port);
-            if (c && !c->err) {
-                auto *r = static_cast<redisReply *>(redisCommand(c, "PING"));
-                bool ok = r && r->type == REDIS_REPLY_STATUS;
-                if (r) freeReplyObject(r);
-                redisFree(c);
-                if (ok) return;
-            } else if (c) {
-                redisFree(c);
-            }
-            usleep(10000);
-        }
-        FAIL() << "redis-server did not start";
-    }
-    void stop() {
-        if (pid > 0) {
-            kill(pid, SIGCONT);
-            kill(pid, SIGKILL);
-            waitpid(pid, nullptr, 0);
-        }
-        pid = -1;
-    }
-};
 
 // An admin connection for looking at and poking the keys.
 struct Admin {
@@ -229,7 +176,7 @@ void write_byte(int fd, char c) {
 class RedisTier : public ::testing::Test {
 protected:
     Server server;
-    void SetUp() override { server.start(); }
+    void SetUp() override { ASSERT_TRUE(server.start()); }
     void TearDown() override { server.stop(); }
 };
 
@@ -527,7 +474,7 @@ TEST_F(RedisTier, RedisStoppedMidFlightAndRestarted) {
     ta.join();
     EXPECT_EQ(va, "lead");
     EXPECT_GE(stats(a).unavailable, 1u);  // its write found Redis gone
-    server.start(port);
+    ASSERT_TRUE(server.start(port));
     EXPECT_TRUE(resumes(b, "again", &local));
     sf_redis_free(a);
     sf_redis_free(b);
