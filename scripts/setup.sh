@@ -42,6 +42,8 @@ declare -A PKGS=(
     # tests start.
     [redis]="libhiredis-dev redis-server"
     [cpp]=""
+    # The Redis tier's library (hiredis) and the server its tests start.
+    [redis]="libhiredis-dev redis-server pkg-config"
     [bench-smoke]="libsqlite3-dev python3"
 )
 DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev libhiredis-dev redis-server"

@@ -34,8 +34,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::int64_t now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               Clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
         .count();
 }
 
@@ -44,9 +43,12 @@ enum class Net { ok, down, auth, proto };
 
 int net_status(Net n) {
     switch (n) {
-    case Net::auth: return SF_REDIS_EAUTH;
-    case Net::proto: return SF_REDIS_EPROTO;
-    default: return SF_REDIS_EUNAVAILABLE;
+        case Net::auth:
+            return SF_REDIS_EAUTH;
+        case Net::proto:
+            return SF_REDIS_EPROTO;
+        default:
+            return SF_REDIS_EUNAVAILABLE;
     }
 }
 
@@ -168,9 +170,9 @@ struct Lease {
 };
 
 struct Counters {
-    std::atomic<sf_u64> calls{0}, executions{0}, hits{0}, stale_hits{0},
-        lease_wins{0}, waits{0}, wakeups{0}, takeovers{0}, fallbacks{0},
-        unavailable{0}, fenced{0}, renewals{0}, timeouts{0}, reconnects{0};
+    std::atomic<sf_u64> calls{0}, executions{0}, hits{0}, stale_hits{0}, lease_wins{0}, waits{0},
+        wakeups{0}, takeovers{0}, fallbacks{0}, unavailable{0}, fenced{0}, renewals{0}, timeouts{0},
+        reconnects{0};
 };
 
 void bump(std::atomic<sf_u64> &c) { c.fetch_add(1, std::memory_order_relaxed); }
@@ -180,13 +182,14 @@ void bump(std::atomic<sf_u64> &c) { c.fetch_add(1, std::memory_order_relaxed); }
 struct sf_redis {
     std::string host, unix_path, username, password, prefix, channel;
     int port = 6379, db = 0;
-    unsigned lease_ms = 0, renew_ms = 0, wait_ms = 0, soft_ms = 0, hard_ms = 0,
-             error_ms = 0, connect_ms = 0, command_ms = 0;
+    unsigned lease_ms = 0, renew_ms = 0, wait_ms = 0, soft_ms = 0, hard_ms = 0, error_ms = 0,
+             connect_ms = 0, command_ms = 0;
     bool cache = true, fail_on_down = false;
     size_t max_value = 0;
     sf_group *front = nullptr;
     bool own_front = false;
     sf_group *inner = nullptr;  // gives fn its sf_call
+    sf_group *mint = nullptr;   // makes a refresher's own sf_result
 
     std::mutex pool_mu;
     std::vector<redisContext *> idle;
@@ -227,11 +230,9 @@ Net classify(redisContext *c) {
 
 bool is_auth_error(const redisReply *r) {
     return r->type == REDIS_REPLY_ERROR &&
-           (std::strncmp(r->str, "WRONGPASS", 9) == 0 ||
-            std::strncmp(r->str, "NOAUTH", 6) == 0 ||
+           (std::strncmp(r->str, "WRONGPASS", 9) == 0 || std::strncmp(r->str, "NOAUTH", 6) == 0 ||
             std::strstr(r->str, "password") != nullptr ||
-            std::strstr(r->str, "DB index") != nullptr ||
-            std::strstr(r->str, "AUTH") != nullptr);
+            std::strstr(r->str, "DB index") != nullptr || std::strstr(r->str, "AUTH") != nullptr);
 }
 
 Reply command(redisContext *c, const std::vector<std::string> &args) {
@@ -243,17 +244,16 @@ Reply command(redisContext *c, const std::vector<std::string> &args) {
         argv.push_back(a.data());
         lens.push_back(a.size());
     }
-    return Reply(static_cast<redisReply *>(redisCommandArgv(
-        c, static_cast<int>(argv.size()), argv.data(), lens.data())));
+    return Reply(static_cast<redisReply *>(
+        redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data())));
 }
 
 // Opens and checks one connection: PING proves the peer speaks Redis before
 // anything else is trusted (a stray HTTP server fails here as EPROTO).
 Net open_conn(sf_redis *r, unsigned timeout_ms, redisContext **out) {
     timeval ctv = tv_ms(r->connect_ms);
-    redisContext *c = r->unix_path.empty()
-                          ? redisConnectWithTimeout(r->host.c_str(), r->port, ctv)
-                          : redisConnectUnixWithTimeout(r->unix_path.c_str(), ctv);
+    redisContext *c = r->unix_path.empty() ? redisConnectWithTimeout(r->host.c_str(), r->port, ctv)
+                                           : redisConnectUnixWithTimeout(r->unix_path.c_str(), ctv);
     if (!c) return Net::down;
     if (c->err) {
         redisFree(c);
@@ -271,7 +271,8 @@ Net open_conn(sf_redis *r, unsigned timeout_ms, redisContext **out) {
         a.push_back(r->password);
         Reply rep = command(c, a);
         if (!rep) return fail(classify(c));
-        if (rep->type == REDIS_REPLY_ERROR) return fail(is_auth_error(rep.get()) ? Net::auth : Net::proto);
+        if (rep->type == REDIS_REPLY_ERROR)
+            return fail(is_auth_error(rep.get()) ? Net::auth : Net::proto);
     }
     {
         Reply rep = command(c, {"PING"});
@@ -355,8 +356,8 @@ Net eval(sf_redis *r, const char *script, const std::string &base, int nkeys,
 // WRITE's key order differs (no tok): lease, val, fresh.
 Net eval_write(sf_redis *r, const std::string &base, const std::vector<std::string> &argv,
                Reply &out) {
-    std::vector<std::string> a{"EVAL", kWrite, "3", base + ":lease", base + ":val",
-                               base + ":fresh"};
+    std::vector<std::string> a{"EVAL",          kWrite,        "3",
+                               base + ":lease", base + ":val", base + ":fresh"};
     a.insert(a.end(), argv.begin(), argv.end());
     return roundtrip(r, a, out);
 }
@@ -444,8 +445,8 @@ void watchdog_main(sf_redis *r) {
         }
         for (auto &l : snap) {
             Reply rep;
-            std::vector<std::string> a{"EVAL", kRenew, "1", l.base + ":lease", l.token,
-                                       std::to_string(r->lease_ms)};
+            std::vector<std::string> a{
+                "EVAL", kRenew, "1", l.base + ":lease", l.token, std::to_string(r->lease_ms)};
             if (roundtrip(r, a, rep) == Net::ok && rep->type == REDIS_REPLY_INTEGER &&
                 rep->integer == 1)
                 bump(r->st.renewals);
@@ -501,19 +502,21 @@ void run_fn(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload, O
 // reads it) with the core's own means.
 void finish_front(sf_call *fc, const Outcome &o) {
     switch (o.kind) {
-    case 'v':
-    case 'u':
-        if (sf_call_set_bytes(fc, o.bytes.data(), o.bytes.size()) != SF_OK) {
-            sf_call_panic(fc, "sf_redis: the front group refused the value");
+        case 'v':
+        case 'u':
+            if (sf_call_set_bytes(fc, o.bytes.data(), o.bytes.size()) != SF_OK) {
+                sf_call_panic(fc, "sf_redis: the front group refused the value");
+                return;
+            }
+            sf_call_finish(fc, o.code);
             return;
+        case 'p':
+            sf_call_panic(fc, o.bytes.c_str());
+            return;
+        default: {
+            std::string m = kStatusMark + std::to_string(o.code);
+            sf_call_panic(fc, m.c_str());
         }
-        sf_call_finish(fc, o.code);
-        return;
-    case 'p': sf_call_panic(fc, o.bytes.c_str()); return;
-    default: {
-        std::string m = kStatusMark + std::to_string(o.code);
-        sf_call_panic(fc, m.c_str());
-    }
     }
 }
 
@@ -574,10 +577,9 @@ void lead_and_write(sf_redis *r, const std::string &base, const void *key, size_
         fresh_px = r->soft_ms;
     }
     Reply rep;
-    Net n = eval_write(r, base,
-                       {tok, encode(o), std::to_string(val_px), std::to_string(fresh_px),
-                        r->channel, base},
-                       rep);
+    Net n = eval_write(
+        r, base,
+        {tok, encode(o), std::to_string(val_px), std::to_string(fresh_px), r->channel, base}, rep);
     if (n != Net::ok) bump(r->st.unavailable);
     else if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0) bump(r->st.fenced);
 }
@@ -592,7 +594,7 @@ Net acquire(sf_redis *r, const std::string &base, int mode, long long min_token,
     Reply rep;
     Net n = eval(r, kAcquire, base, 4,
                  {std::to_string(r->lease_ms), std::to_string(mode),
-                  std::to_string(std::max<unsigned>(86400000u, r->hard_ms * 2u)),
+                  std::to_string(std::max<std::uint64_t>(86400000u, 2ull * r->hard_ms)),
                   std::to_string(min_token)},
                  rep);
     if (n != Net::ok) return n;
@@ -611,19 +613,27 @@ Net acquire(sf_redis *r, const std::string &base, int mode, long long min_token,
     };
     bool ok = false;
     switch (q.kind) {
-    case 1:
-    case 2: ok = str_at(1); break;
-    case 3: ok = int_at(1, q.a) && int_at(2, q.b); break;
-    case 4: ok = int_at(1, q.a) && str_at(2); break;
-    case 5: ok = int_at(1, q.a); break;
-    default: break;
+        case 1:
+        case 2:
+            ok = str_at(1);
+            break;
+        case 3:
+            ok = int_at(1, q.a) && int_at(2, q.b);
+            break;
+        case 4:
+            ok = int_at(1, q.a) && str_at(2);
+            break;
+        case 5:
+            ok = int_at(1, q.a);
+            break;
+        default:
+            break;
     }
     return ok ? Net::ok : Net::proto;
 }
 
 // Redis failed us: the policy decides.
-void on_down(sf_redis *r, Net n, const void *key, size_t len, sf_fn fn, void *payload,
-             Outcome &o) {
+void on_down(sf_redis *r, Net n, const void *key, size_t len, sf_fn fn, void *payload, Outcome &o) {
     bump(r->st.unavailable);
     if (r->fail_on_down) {
         o = status_outcome(net_status(n));
@@ -636,29 +646,36 @@ void on_down(sf_redis *r, Net n, const void *key, size_t len, sf_fn fn, void *pa
 // The front leader's whole protocol.  Fills o with what the front flight
 // gets.  *own, when set, is a separate outcome for this caller alone (the
 // refresher returns the new value, its front got the stale one).
-void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn,
-                void *payload, Outcome &o, bool &front_done) {
+void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn, void *payload,
+                Outcome &o, bool &front_done) {
     std::string base = redis_base(r, key, len);
     Acq q;
     Net n = acquire(r, base, r->cache ? 0 : 1, 0, q);
     if (n != Net::ok) return on_down(r, n, key, len, fn, payload, o);
     switch (q.kind) {
-    case 1: bump(r->st.hits); o = q.o; return;
-    case 2: bump(r->st.stale_hits); o = q.o; return;
-    case 4:
-        // Stale, and the refresh is ours: this host's other callers get the
-        // old value at once; this caller runs fn and returns the new one.
-        bump(r->st.stale_hits);
-        bump(r->st.lease_wins);
-        finish_front(fc, q.o);
-        front_done = true;
-        lead_and_write(r, base, key, len, q.a, fn, payload, o);
-        return;
-    case 5:
-        bump(r->st.lease_wins);
-        lead_and_write(r, base, key, len, q.a, fn, payload, o);
-        return;
-    default: break;
+        case 1:
+            bump(r->st.hits);
+            o = q.o;
+            return;
+        case 2:
+            bump(r->st.stale_hits);
+            o = q.o;
+            return;
+        case 4:
+            // Stale, and the refresh is ours: this host's other callers get the
+            // old value at once; this caller runs fn and returns the new one.
+            bump(r->st.stale_hits);
+            bump(r->st.lease_wins);
+            finish_front(fc, q.o);
+            front_done = true;
+            lead_and_write(r, base, key, len, q.a, fn, payload, o);
+            return;
+        case 5:
+            bump(r->st.lease_wins);
+            lead_and_write(r, base, key, len, q.a, fn, payload, o);
+            return;
+        default:
+            break;
     }
     // Wait for another host's leader: register, re-read (the lost-wakeup
     // check), then sleep until a push, the lease's expiry or the bound.
@@ -667,15 +684,25 @@ void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn,
     long long pttl = q.a;
     Waiter w;
     w.base = base;
-    std::list<Waiter *>::iterator wit;
+    // Registered for exactly as long as this frame lives, even if an
+    // allocation throws.
+    struct Registration {
+        sf_redis *r;
+        std::list<Waiter *>::iterator it;
+        bool on = true;
+        void off() {
+            if (!on) return;
+            std::lock_guard<std::mutex> lk(r->w_mu);
+            r->waiters.erase(it);
+            on = false;
+        }
+        ~Registration() { off(); }
+    } reg{r, {}};
     {
         std::lock_guard<std::mutex> lk(r->w_mu);
-        wit = r->waiters.insert(r->waiters.end(), &w);
+        reg.it = r->waiters.insert(r->waiters.end(), &w);
     }
-    auto unregister = [&] {
-        std::lock_guard<std::mutex> lk(r->w_mu);
-        r->waiters.erase(wit);
-    };
+    auto unregister = [&] { reg.off(); };
     std::int64_t deadline = now_ms() + r->wait_ms;
     bool pushed = false;
     while (true) {
@@ -718,8 +745,7 @@ void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn,
     }
 }
 
-int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload,
-            sf_result **result) {
+int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload, sf_result **result) {
     bump(r->st.calls);
     sf_call *fc = nullptr;
     int role = sf_group_begin(r->front, key, len, &fc);
@@ -733,7 +759,13 @@ int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload,
     }
     Outcome o;
     bool front_done = false;
-    front_lead(r, fc, key, len, fn, payload, o, front_done);
+    try {
+        front_lead(r, fc, key, len, fn, payload, o, front_done);
+    } catch (...) {
+        // Out of memory mid-protocol: the front flight must still finish,
+        // or its followers would wait for ever.
+        o = status_outcome(SF_ENOMEM);
+    }
     if (!front_done) {
         finish_front(fc, o);
         int s = front_result(fc, 0, result);
@@ -745,7 +777,7 @@ int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload,
     // what it returns is an sf_result like everyone's.
     if (o.kind == 's') return o.code;
     sf_call *own = nullptr;
-    int s = sf_group_begin(r->inner, key, len, &own);
+    int s = sf_group_begin(r->mint, key, len, &own);
     if (s == SF_FOLLOWER) {
         s = front_result(own, -1, result);
         sf_call_release(own);
@@ -858,6 +890,7 @@ SF_API int sf_redis_new(sf_redis **out, const sf_redis_options *o) {
         r->own_front = s == SF_OK;
     }
     if (s == SF_OK) s = sf_group_new(&r->inner, nullptr);
+    if (s == SF_OK) s = sf_group_new(&r->mint, nullptr);
     if (s == SF_OK && pipe(r->stop_pipe) != 0) s = SF_ENOMEM;
     if (s == SF_OK) {
         try {
@@ -893,6 +926,7 @@ SF_API int sf_redis_free(sf_redis *r) {
         if (fd >= 0) close(fd);
     for (redisContext *c : r->idle) redisFree(c);
     if (r->inner) sf_group_free(r->inner);
+    if (r->mint) sf_group_free(r->mint);
     if (r->own_front) sf_group_free(r->front);
     delete r;
     return SF_OK;
