@@ -31,16 +31,14 @@ declare -A PKGS=(
     [python]="swig python3-dev python3-venv gunicorn"
     [lua]="swig lua5.4 liblua5.4-dev valgrind"
     [java]="swig openjdk-17-jdk-headless maven"
-    [go]="golang-go libhiredis-dev redis-server"  # the redis package: libsingleflight-redis, its tests a server
+    # Go's redis package is on libsingleflight-redis; its test starts a server.
+    [go]="golang-go libhiredis-dev redis-server"
     [rust]="rustc cargo"
     # OpenResty's LuaJIT (the binary is luajit too), not Debian's luajit:
     # libnginx-mod-http-lua runs on libluajit2-5.1-2, which conflicts with
     # Debian's, so installing Debian's luajit would remove the nginx module.
     [luajit]="luajit2"
     [nginx]="nginx libnginx-mod-http-lua luajit2"
-    # The Redis tier (libsingleflight-redis, on hiredis) and the server its
-    # tests start.
-    [redis]="libhiredis-dev redis-server"
     [cpp]=""
     # The Redis tier's library (hiredis) and the server its tests start.
     [redis]="libhiredis-dev redis-server pkg-config"
