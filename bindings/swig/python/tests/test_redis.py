@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 
 import pytest
 
@@ -280,3 +281,48 @@ def test_do_async_exception_in_leader(group):
 
     with pytest.raises(KeyError):
         asyncio.run(main())
+
+
+# ---- caching ------------------------------------------------------------------------
+
+
+def test_cache_off_is_pure_coalescing(server):
+    with RedisGroup(server.url, cache=False) as g:
+        runs = []
+        assert g.do("k", lambda: runs.append(1) or b"a") == b"a"
+        assert g.do("k", lambda: runs.append(1) or b"b") == b"b"  # nothing kept: fn again
+        assert len(runs) == 2
+        # Kept only for late-woken waiters of its flight: wait_ms + lease_ms
+        # (the defaults, 10 s + 3 s), never the cache's TTLs.
+        ttl = server.command("PTTL", b"{sf:k}:val")
+        assert 0 < ttl <= 13_000, ttl
+
+
+def test_stale_value_is_served_at_once_while_one_caller_refreshes(server):
+    n = 6
+    with RedisGroup(server.url, soft_ttl_ms=50, hard_ttl_ms=60_000) as g:
+        assert g.do("k", lambda: b"old") == b"old"
+        # Past the soft TTL (the clock only moves on): stale, not gone.
+        end = time.monotonic() + 0.06
+        wait_until(lambda: time.monotonic() > end, "the soft TTL to pass")
+        returned = []
+        runs = []
+
+        def refresh():
+            runs.append(1)
+            # Everyone else got the stale value without waiting for this.
+            wait_until(lambda: len(returned) >= n - 1, "%d stale answers" % (n - 1))
+            return b"new"
+
+        def call(i):
+            v = g.do("k", refresh)
+            returned.append(v)
+            return v
+
+        results = run_threads(n, call)
+        values = sorted(r[1] for r in results)
+        assert values == [b"new"] + [b"old"] * (n - 1), results
+        assert len(runs) == 1
+        assert g.stats().stale_hits >= 1
+        assert g.do("k", refresh) == b"new"  # fresh again: no run
+        assert len(runs) == 1
