@@ -20,6 +20,8 @@
 #include <new>
 #include <string>
 
+#include <unistd.h>
+
 #include <singleflight.h>
 #include <singleflight_redis.h>
 
@@ -32,6 +34,8 @@ struct Handle {
     sf_redis *r = nullptr;
     Py_ssize_t busy = 0;  // sf_redis_do / forget calls in progress
     bool closed = false;  // close() was called: no new calls
+    pid_t owner = 0;      // the process that made r: a forked child has none
+                          // of its threads, so it must neither use nor free it
     // Called (with no arguments) once r is freed: releases what the handle
     // borrowed, the front group (RedisGroup's pin).  Owned; may be null.
     PyObject *on_free = nullptr;
@@ -40,6 +44,11 @@ struct Handle {
 // Frees the library handle once it is closed and idle: sf_redis_free must
 // not run concurrently with a call on it.
 void free_if_idle(Handle *h) {
+    if (h->r && getpid() != h->owner) {
+        // A forked child's copy: freeing it would join threads that exist
+        // only in the parent.  Left as it is (the parent frees its own).
+        h->r = nullptr;
+    }
     if (h->closed && h->busy == 0 && h->r) {
         sf_redis *r = h->r;
         h->r = nullptr;
@@ -69,6 +78,12 @@ void capsule_free(PyObject *capsule) {
 
 Handle *handle_of(PyObject *o) {
     auto *h = static_cast<Handle *>(PyCapsule_GetPointer(o, kCapsule));
+    if (h && h->r && getpid() != h->owner) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "singleflight: this RedisGroup was made in the parent process; a forked "
+                        "child makes its own (its connections and threads stay in the parent)");
+        return nullptr;
+    }
     if (h && (h->closed || !h->r)) {
         PyErr_SetString(PyExc_ValueError, "singleflight: the RedisGroup is closed");
         return nullptr;
@@ -157,6 +172,7 @@ PyObject *py_open(PyObject *, PyObject *args) {
     }
     auto *h = new (std::nothrow) Handle;
     if (!h) return PyErr_NoMemory();
+    h->owner = getpid();
     int rc;
     // It tries one connection, bounded by connect_timeout_ms.
     Py_BEGIN_ALLOW_THREADS rc = sf_redis_new(&h->r, &o);

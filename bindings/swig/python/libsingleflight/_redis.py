@@ -169,7 +169,8 @@ class RedisGroup:
 
     Thread rules: share one RedisGroup between any number of threads and
     tasks of a process.  It owns connections and a watchdog thread, which a
-    fork does not copy: a child process makes its own RedisGroup.  The
+    fork does not copy: a child process makes its own RedisGroup (the
+    parent's raises ``RuntimeError`` there).  The
     ``front`` group must not be used for the same keys directly (its
     flights carry this group's bytes); a SharedGroup front that is closed
     stays attached until this RedisGroup is closed.  :meth:`close` (or a

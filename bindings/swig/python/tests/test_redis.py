@@ -326,3 +326,27 @@ def test_stale_value_is_served_at_once_while_one_caller_refreshes(server):
         assert g.stats().stale_hits >= 1
         assert g.do("k", refresh) == b"new"  # fresh again: no run
         assert len(runs) == 1
+
+
+def test_forked_child_must_make_its_own_group(group, tmp_path):
+    """The parent's RedisGroup in a forked child raises instead of using
+    connections and a watchdog thread that stayed in the parent, and
+    dropping it there frees nothing of the parent's."""
+    assert group.do("k", lambda: b"parent") == b"parent"
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+
+    def child():
+        try:
+            group.do("k", lambda: b"child")
+            results.put("no error")
+        except RuntimeError as exc:
+            results.put("RuntimeError: " + str(exc))
+
+    p = ctx.Process(target=child)
+    p.start()
+    out = results.get(timeout=DEADLINE)
+    p.join(DEADLINE)
+    assert out.startswith("RuntimeError") and "forked child makes its own" in out, out
+    assert p.exitcode == 0
+    assert group.do("k", lambda: b"again") == b"parent"  # the parent's still works
