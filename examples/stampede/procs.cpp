@@ -32,12 +32,15 @@
 #include <singleflight_redis.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -127,6 +130,7 @@ struct Board {
         pthread_barrierattr_destroy(&a);
         sem_init(&db, 1, db_conns);
         for (auto &q : key_queries) q.store(0);
+        for (auto &q : key_requests) q.store(0);
     }
     ~Board() {
         pthread_barrier_destroy(&start);
@@ -137,8 +141,9 @@ struct Board {
     sem_t db;                            // the database's free connections
     std::atomic<std::uint64_t> tick{0};  // the cache clock
     std::atomic<long> queries{0};
-    std::atomic<long> key_queries[kMaxHotKeys];  // this expiry's, per key
-    TickCache cache;                             // the host-wide cache
+    std::atomic<long> key_queries[kMaxHotKeys];   // this expiry's, per key
+    std::atomic<long> key_requests[kMaxHotKeys];  // this expiry's, per key
+    TickCache cache;                              // the host-wide cache
 };
 static_assert(std::atomic<long>::is_always_lock_free &&
                   std::atomic<std::uint64_t>::is_always_lock_free,
@@ -233,7 +238,8 @@ public:
         for (int e = 0; e < o.expiries; ++e) {
             wait_barrier(&p_->board->start);
             for (int i = 0; i < per_expiry; ++i) {
-                int key = (p_->index + t_ + i) % o.keys;
+                int key = o.zipf > 0 ? zipf_key() : (p_->index + t_ + i) % o.keys;
+                p_->board->key_requests[key].fetch_add(1);
                 auto t0 = Clock::now();
                 if (serve(key).empty()) die("row " + std::to_string(key) + " came back empty");
                 *lat++ = std::chrono::duration<float, std::milli>(Clock::now() - t0).count();
@@ -325,9 +331,26 @@ private:
         return sf_call_set_bytes(call, row.data(), row.size()) == SF_OK ? 0 : EIO;
     }
 
+    // The next key of this thread's Zipf stream: key k with weight
+    // 1 / (k + 1)^s.
+    int zipf_key() {
+        if (cdf_.empty()) {
+            const ProcOptions &o = *p_->o;
+            double sum = 0;
+            for (int k = 0; k < o.keys; ++k) cdf_.push_back(sum += 1.0 / std::pow(k + 1.0, o.zipf));
+            rng_.seed(std::uint64_t(o.seed) * 1000003u + std::uint64_t(p_->index) * 1009u +
+                      std::uint64_t(t_));
+        }
+        std::uniform_real_distribution<double> u(0.0, cdf_.back());
+        auto it = std::upper_bound(cdf_.begin(), cdf_.end(), u(rng_));
+        return int(std::min<std::ptrdiff_t>(it - cdf_.begin(), std::ptrdiff_t(cdf_.size()) - 1));
+    }
+
     Process *p_;
     int t_;
     Db db_;  // opened here, after the fork
+    std::vector<double> cdf_;
+    std::mt19937_64 rng_;
 };
 
 // The body of worker process `index`; never returns.
@@ -412,6 +435,9 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
             wait_barrier(&board->end);
             for (int k = 0; k < o.keys; ++k) {
                 long q = board->key_queries[k].exchange(0);
+                // A key nobody asked for this expiry (Zipf) expired unseen.
+                if (board->key_requests[k].exchange(0) == 0) continue;
+                s.pairs++;
                 s.fewest = s.fewest < 0 ? q : std::min(s.fewest, q);
                 s.most = std::max(s.most, q);
             }
@@ -444,7 +470,7 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
     std::sort(lat.begin(), lat.end());
     s.requests = long(lat.size());
     s.db_queries = board->queries.load();
-    s.per_key_expiry = double(s.db_queries) / double(o.keys * o.expiries);
+    s.per_key_expiry = s.pairs ? double(s.db_queries) / double(s.pairs) : 0.0;
     s.p50_ms = quantile(lat, 0.50);
     s.p99_ms = quantile(lat, 0.99);
     board->~Board();
@@ -469,11 +495,11 @@ bool segment_left(const std::string &name) {
 std::string run_json(const ProcRun &r) {
     char x[320];
     std::snprintf(x, sizeof x,
-                  "{\"requests\":%ld,\"db_queries\":%ld,\"per_key_expiry\":%.4f,"
+                  "{\"requests\":%ld,\"db_queries\":%ld,\"pairs\":%ld,\"per_key_expiry\":%.4f,"
                   "\"fewest_key_expiry\":%ld,\"most_key_expiry\":%ld,"
                   "\"p50_ms\":%.6f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
-                  r.requests, r.db_queries, r.per_key_expiry, r.fewest, r.most, r.p50_ms, r.p99_ms,
-                  r.wall_s);
+                  r.requests, r.db_queries, r.pairs, r.per_key_expiry, r.fewest, r.most, r.p50_ms,
+                  r.p99_ms, r.wall_s);
     return x;
 }
 
@@ -559,9 +585,9 @@ void print_processes(const ProcOptions &o, const ProcReport &r) {
 std::string processes_json(const ProcOptions &o, const ProcReport &r) {
     return "{\"processes\":" + std::to_string(o.processes) +
            ",\"threads\":" + std::to_string(o.threads) + ",\"keys\":" + std::to_string(o.keys) +
-           ",\"expiries\":" + std::to_string(o.expiries) + ",\"shared_open\":\"" +
-           (o.open_before_fork ? "before" : "after") + "\",\"segment\":\"" + r.segment +
-           "\",\"segment_left\":" + (r.segment_left ? "true" : "false") +
+           ",\"expiries\":" + std::to_string(o.expiries) + ",\"zipf\":" + fmt("%.2f", o.zipf) +
+           ",\"shared_open\":\"" + (o.open_before_fork ? "before" : "after") + "\",\"segment\":\"" +
+           r.segment + "\",\"segment_left\":" + (r.segment_left ? "true" : "false") +
            ",\"none\":" + run_json(r.none) + ",\"per_process\":" + run_json(r.per_process) +
            ",\"shared\":" + run_json(r.shared) +
            (r.ran_redis ? ",\"redis\":" + run_json(r.redis) : std::string()) + "}";

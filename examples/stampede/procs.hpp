@@ -21,15 +21,23 @@ struct ProcOptions {
     // Empty: the way is not run.
     std::string redis_host;
     int redis_port = 6379;
+    // > 0: in each expiry, each thread's 2 x keys requests are drawn from a
+    // Zipf distribution of this exponent over the hot keys (seeded with
+    // seed, the process and the thread: the same stream for every way)
+    // instead of every key twice; a key nobody asked for in an expiry is
+    // not counted.  0: every key twice.
+    double zipf = 0;
+    unsigned seed = 1;
 };
 
 // One run's figures.  A key x expiry pair is one hot key during one expiry.
 struct ProcRun {
     long requests = 0;          // requests served (every one is timed)
     long db_queries = 0;        // queries sent to the database
-    long fewest = 0;            // fewest queries of one key x expiry pair
-    long most = 0;              // most queries of one key x expiry pair
-    double per_key_expiry = 0;  // db_queries / (keys * expiries)
+    long pairs = 0;             // key x expiry pairs requested (expired keys)
+    long fewest = 0;            // fewest queries of one requested pair
+    long most = 0;              // most queries of one requested pair
+    double per_key_expiry = 0;  // db_queries / pairs
     double p50_ms = 0, p99_ms = 0, wall_s = 0;
 };
 
