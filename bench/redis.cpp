@@ -90,6 +90,7 @@ struct Poller {
 };
 
 struct LeaderArg {
+    std::atomic<bool> *in_fn;
     sf_redis *follower;
     sf_u64 waits_before;
     unsigned delay_ms;
@@ -98,6 +99,7 @@ struct LeaderArg {
 
 int leader_fn(sf_call *call, void *payload) {
     auto *a = static_cast<LeaderArg *>(payload);
+    a->in_fn->store(true);
     // The follower host must be waiting (not merely arriving later to a
     // cached value), then the flight ends at a random moment.
     while (stats(a->follower).waits <= a->waits_before) std::this_thread::yield();
@@ -116,13 +118,20 @@ bool follower_latency(int port, int rounds) {
     bool ok = true;
     for (int i = 0; i < rounds; i++) {
         std::string key = "lat" + std::to_string(i);
-        LeaderArg a{follow, stats(follow).waits,
-                    std::uniform_int_distribution<unsigned>(0, 1000)(rng), {}};
+        std::atomic<bool> in_fn{false};
+        LeaderArg a{&in_fn,
+                    follow,
+                    stats(follow).waits,
+                    std::uniform_int_distribution<unsigned>(0, 1000)(rng),
+                    {}};
         unsigned seed = rng();
         Clock::time_point t_follow, t_poll, t_retry;
-        std::thread tl([&] { ok &= get(lead, key, leader_fn, &a, "value"); });
+        bool lead_ok = false, follow_ok = false;
+        std::thread tl([&] { lead_ok = get(lead, key, leader_fn, &a, "value"); });
+        // The follower host arrives once the leader holds the lease.
+        while (!in_fn.load()) std::this_thread::yield();
         std::thread tf([&] {
-            ok &= get(follow, key, never, nullptr, "value");
+            follow_ok = get(follow, key, never, nullptr, "value");
             t_follow = Clock::now();
         });
         // The pollers start with the follower, as their waiters would.
@@ -143,26 +152,29 @@ bool follower_latency(int port, int rounds) {
         tf.join();
         tp.join();
         tr.join();
+        ok &= lead_ok && follow_ok;
         pubsub.push_back(ms_between(a.done, t_follow));
         poll1s.push_back(ms_between(a.done, t_poll));
         retry.push_back(ms_between(a.done, t_retry));
     }
     ok &= stats(follow).executions == 0 && stats(follow).wakeups >= 1;
-    std::printf("follower latency, %d rounds (ms from the leader's fn returning to the "
-                "follower having the value):\n",
-                rounds);
+    std::printf(
+        "follower latency, %d rounds (ms from the leader's fn returning to the "
+        "follower having the value):\n",
+        rounds);
     std::printf("  %-32s p50 %8.2f  p99 %8.2f\n", "redis tier (pub/sub push)", pct(pubsub, .5),
                 pct(pubsub, .99));
     std::printf("  %-32s p50 %8.2f  p99 %8.2f\n", "BuildBuddy-style 1 s polling", pct(poll1s, .5),
                 pct(poll1s, .99));
-    std::printf("  %-32s p50 %8.2f  p99 %8.2f\n", "redsync-style 50-250 ms retries",
-                pct(retry, .5), pct(retry, .99));
+    std::printf("  %-32s p50 %8.2f  p99 %8.2f\n", "redsync-style 50-250 ms retries", pct(retry, .5),
+                pct(retry, .99));
     sf_redis_free(lead);
     sf_redis_free(follow);
     return ok;
 }
 
 bool takeover(int port, unsigned lease_ms, int rounds) {
+    std::mt19937 rng(lease_ms);
     std::vector<double> t;
     bool ok = true;
     for (int i = 0; i < rounds; i++) {
@@ -204,6 +216,10 @@ bool takeover(int port, unsigned lease_ms, int rounds) {
             t_done = Clock::now();
         });
         while (stats(b).waits < 1) std::this_thread::yield();
+        // Death comes at a random moment of the lease's life (seeded), so
+        // the time since the last renewal varies as it would.
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(std::uniform_int_distribution<unsigned>(0, lease_ms)(rng)));
         auto killed = Clock::now();
         kill(a, SIGKILL);
         waitpid(a, nullptr, 0);
@@ -228,10 +244,12 @@ int main(int argc, char **argv) {
     }
     // Takeovers first: they fork, and must do so before any handle's thread
     // exists in this process.
-    std::printf("dead-leader takeover (ms from SIGKILL to the follower having the new "
-                "value):\n");
+    std::printf(
+        "dead-leader takeover (ms from SIGKILL to the follower having the new "
+        "value):\n");
     bool ok = true;
-    for (unsigned lease : quick ? std::vector<unsigned>{300} : std::vector<unsigned>{500, 1000, 2000})
+    for (unsigned lease :
+         quick ? std::vector<unsigned>{300} : std::vector<unsigned>{500, 1000, 2000})
         ok &= takeover(server.port, lease, quick ? 2 : 10);
     ok &= follower_latency(server.port, quick ? 3 : 40);
     server.stop();
