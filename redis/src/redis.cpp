@@ -122,6 +122,13 @@ end
 return 0
 )lua";
 
+// RELEASE, ARGV: token.  Gives a lease up without writing (a failed
+// refresh keeps the stale value).
+const char kRelease[] = R"lua(
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+)lua";
+
 // The marker a front leader panics its front flight with to hand a library
 // status (not fn's outcome) to the front followers, who may be in another
 // process of a shared group and so can only receive bytes, codes and a
@@ -552,7 +559,7 @@ bool is_error(const Outcome &o) { return o.kind != 'v'; }
 
 // The lease winner: run fn with the watchdog renewing, then the fenced write.
 void lead_and_write(sf_redis *r, const std::string &base, const void *key, size_t len,
-                    long long token, sf_fn fn, void *payload, Outcome &o) {
+                    long long token, sf_fn fn, void *payload, Outcome &o, bool refresh = false) {
     std::string tok = std::to_string(token);
     std::list<Lease>::iterator it;
     {
@@ -563,6 +570,14 @@ void lead_and_write(sf_redis *r, const std::string &base, const void *key, size_
     {
         std::lock_guard<std::mutex> lk(r->l_mu);
         r->leases.erase(it);
+    }
+    Reply rep;
+    if (refresh && is_error(o)) {
+        // A failed refresh does not replace a good stale value: the lease
+        // goes, and the next caller past the soft TTL tries again.
+        std::vector<std::string> a{"EVAL", kRelease, "1", base + ":lease", tok};
+        if (roundtrip(r, a, rep) != Net::ok) bump(r->st.unavailable);
+        return;
     }
     unsigned val_px, fresh_px;
     if (!r->cache) {
@@ -576,7 +591,6 @@ void lead_and_write(sf_redis *r, const std::string &base, const void *key, size_
         val_px = r->hard_ms;
         fresh_px = r->soft_ms;
     }
-    Reply rep;
     Net n = eval_write(
         r, base,
         {tok, encode(o), std::to_string(val_px), std::to_string(fresh_px), r->channel, base}, rep);
@@ -644,8 +658,8 @@ void on_down(sf_redis *r, Net n, const void *key, size_t len, sf_fn fn, void *pa
 }
 
 // The front leader's whole protocol.  Fills o with what the front flight
-// gets.  *own, when set, is a separate outcome for this caller alone (the
-// refresher returns the new value, its front got the stale one).
+// gets, or, when it sets front_done (a refresher, whose front flight got the
+// stale value at once), with what this caller alone returns.
 void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn, void *payload,
                 Outcome &o, bool &front_done) {
     std::string base = redis_base(r, key, len);
@@ -668,7 +682,7 @@ void front_lead(sf_redis *r, sf_call *fc, const void *key, size_t len, sf_fn fn,
             bump(r->st.lease_wins);
             finish_front(fc, q.o);
             front_done = true;
-            lead_and_write(r, base, key, len, q.a, fn, payload, o);
+            lead_and_write(r, base, key, len, q.a, fn, payload, o, true);
             return;
         case 5:
             bump(r->st.lease_wins);

@@ -55,6 +55,13 @@ struct Admin {
         if (r) freeReplyObject(r);
         return v;
     }
+    std::string hget(const std::string &k, const char *field) {
+        auto *r =
+            static_cast<redisReply *>(redisCommand(c, "HGET %b %s", k.data(), k.size(), field));
+        std::string v = r && r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : "";
+        if (r) freeReplyObject(r);
+        return v;
+    }
     void cmd(const std::vector<std::string> &a) {
         std::vector<const char *> v;
         std::vector<size_t> l;
@@ -530,6 +537,33 @@ TEST_F(RedisTier, StaleWhileRevalidate) {
     EXPECT_EQ(get(b, "swr", fn_value, &v3), "v2");
     sf_redis_free(a);
     sf_redis_free(b);
+}
+
+// A refresh whose fn fails keeps the stale value (and gives the lease up):
+// its caller gets the error, and the next caller past the soft TTL refreshes
+// again.
+TEST_F(RedisTier, FailedRefreshKeepsTheStaleValue) {
+    sf_redis_options o = opts_for(server.port);
+    o.hard_ttl_ms = 120000;
+    sf_redis *a = nullptr;
+    ASSERT_EQ(sf_redis_new(&a, &o), SF_OK);
+    std::string v1 = "v1";
+    ASSERT_EQ(get(a, "rf", fn_value, &v1), "v1");
+    Admin ad(server.port);
+    ad.cmd({"DEL", base_of("rf") + ":fresh"});
+    auto fail = [](sf_call *, void *) -> int { return 7; };
+    sf_result *res = nullptr;
+    ASSERT_EQ(sf_redis_do(a, "rf", 2, fail, nullptr, &res), SF_OK);
+    EXPECT_EQ(sf_result_error(res), 7);  // the refresher's own outcome
+    sf_result_release(res);
+    EXPECT_EQ(ad.get(base_of("rf") + ":lease"), "");
+    std::string kept = ad.hget(base_of("rf") + ":val", "d");
+    EXPECT_EQ(kept.substr(kept.size() - 2), "v1");
+    std::string v2 = "v2", v3 = "v3";
+    EXPECT_EQ(get(a, "rf", fn_value, &v2), "v2");  // the next caller refreshes
+    EXPECT_EQ(get(a, "rf", fn_value, &v3), "v2");  // and it landed, fresh
+    EXPECT_EQ(stats(a).executions, 3u);
+    sf_redis_free(a);
 }
 
 TEST_F(RedisTier, PureCoalescingDoesNotCache) {
