@@ -36,7 +36,8 @@ def stampede_redis(url, key, counter, arrived, callers, threads, barrier, result
     before calling; the leader's fn (in whichever process) returns only
     once all `callers` have arrived, so every caller either joins its
     flight or, arriving after, finds its value in Redis.  Puts ("ok", pid,
-    [values]) or ("raised", pid, text) on results."""
+    [values], leases this process took) or ("raised", pid, text) on
+    results."""
     from libsingleflight import RedisGroup
 
     try:
@@ -66,6 +67,6 @@ def stampede_redis(url, key, counter, arrived, callers, threads, barrier, result
             if errors or any(t.is_alive() for t in ts):
                 results.put(("raised", os.getpid(), "; ".join(errors) or "a thread hung"))
             else:
-                results.put(("ok", os.getpid(), values))
+                results.put(("ok", os.getpid(), values, g.stats().lease_wins))
     except BaseException as exc:  # noqa: B902 - reported to the test
         results.put(("raised", os.getpid(), "%s: %s" % (type(exc).__name__, exc)))

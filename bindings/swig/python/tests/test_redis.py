@@ -127,9 +127,10 @@ def test_threads_on_one_cold_key_run_fn_once(group):
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_processes_and_threads_on_one_cold_key_run_fn_once(server, tmp_path, start):
-    """4 processes x 4 threads, each process with a RedisGroup of its own:
-    fn runs once in all of them and everyone gets its bytes."""
-    procs, threads = 4, 4
+    """4 processes x 8 threads, each process with a RedisGroup of its own:
+    fn runs once in all of them, everyone gets its bytes, and Redis saw one
+    lease in all (a process's threads coalesce in its front group first)."""
+    procs, threads = 4, 8
     ctx = multiprocessing.get_context(start)
     counter = str(tmp_path / "executions")
     arrived = str(tmp_path / "arrived")
@@ -149,7 +150,8 @@ def test_processes_and_threads_on_one_cold_key_run_fn_once(server, tmp_path, sta
     assert len(leaders) == 1, leaders
     want = b"value from leader %d" % leaders[0]
     assert all(kind == "ok" for kind, *_ in out), out
-    assert {v for _, _, values in out for v in values} == {want}
+    assert {v for _, _, values, _ in out for v in values} == {want}
+    assert sorted(leases for *_, leases in out) == [0] * (procs - 1) + [1], out
 
 
 # ---- errors ---------------------------------------------------------------------
