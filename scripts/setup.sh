@@ -23,7 +23,7 @@ set -euo pipefail
 # gunicorn serves the SharedGroup test's real workers: test_shared.py.)
 declare -A PKGS=(
     [core]="build-essential cmake ninja-build pkg-config libgtest-dev valgrind binutils python3 clang-format"
-    [examples]="libsqlite3-dev"
+    [examples]="libsqlite3-dev libhiredis-dev redis-server"
     [meson]="meson"
     [fuzz]="clang libclang-rt-14-dev"
     [abi]="abigail-tools"
@@ -31,7 +31,8 @@ declare -A PKGS=(
     [python]="swig python3-dev python3-venv gunicorn"
     [lua]="swig lua5.4 liblua5.4-dev valgrind luarocks"
     [java]="swig openjdk-17-jdk-headless maven"
-    [go]="golang-go"
+    # Go's redis package is on libsingleflight-redis; its test starts a server.
+    [go]="golang-go libhiredis-dev redis-server"
     [rust]="rustc cargo"
     # OpenResty's LuaJIT (the binary is luajit too), not Debian's luajit:
     # libnginx-mod-http-lua runs on libluajit2-5.1-2, which conflicts with
@@ -39,9 +40,11 @@ declare -A PKGS=(
     [luajit]="luajit2"
     [nginx]="nginx libnginx-mod-http-lua luajit2"
     [cpp]=""
+    # The Redis tier's library (hiredis) and the server its tests start.
+    [redis]="libhiredis-dev redis-server pkg-config"
     [bench-smoke]="libsqlite3-dev python3"
 )
-DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev"
+DEMO_PKGS="build-essential cmake ninja-build pkg-config libsqlite3-dev libhiredis-dev redis-server"
 
 without=() only=
 while [ $# -gt 0 ]; do

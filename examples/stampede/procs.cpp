@@ -11,7 +11,13 @@
 //  - a group per process (sf_group_new in each worker) and a cache per
 //    process: one query per key per process, P per expiry;
 //  - the shared group (sf_group_open_shared, one for the host) and a cache
-//    in shared memory: one query per key per expiry, whatever P.
+//    in shared memory: one query per key per expiry, whatever P;
+//  - the Redis tier (libsingleflight-redis, when built with it): each
+//    process stands in for a host of a fleet, with a cache of its own and
+//    an sf_redis handle; the hosts' leaders compete for one lease per key in
+//    Redis, whose read-through value the other hosts get: one query per key
+//    per expiry across the fleet.  A key's Redis name carries the tick
+//    ("item:3@7"), so that it expires in Redis when it does in the caches.
 //
 // The cache must be host-wide for the last to be exact: with a cache per
 // process, a worker whose thread reaches the key only after another
@@ -22,13 +28,19 @@
 #include "procs.hpp"
 
 #include <singleflight.h>
+#ifdef SF_STAMPEDE_REDIS
+#include <singleflight_redis.h>
+#endif
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -54,7 +66,7 @@ constexpr std::size_t kMaxRow = 240;
 constexpr int kMaxProcesses = 63;
 constexpr int kMaxThreads = 64;
 
-enum class Way { kNone, kPerProcess, kShared };
+enum class Way { kNone, kPerProcess, kShared, kRedis };
 
 // A row cache of the hot keys.  The same code serves as one worker
 // process's cache (in its own memory) and as the host's (in the mapping
@@ -118,6 +130,7 @@ struct Board {
         pthread_barrierattr_destroy(&a);
         sem_init(&db, 1, db_conns);
         for (auto &q : key_queries) q.store(0);
+        for (auto &q : key_requests) q.store(0);
     }
     ~Board() {
         pthread_barrier_destroy(&start);
@@ -128,8 +141,9 @@ struct Board {
     sem_t db;                            // the database's free connections
     std::atomic<std::uint64_t> tick{0};  // the cache clock
     std::atomic<long> queries{0};
-    std::atomic<long> key_queries[kMaxHotKeys];  // this expiry's, per key
-    TickCache cache;                             // the host-wide cache
+    std::atomic<long> key_queries[kMaxHotKeys];   // this expiry's, per key
+    std::atomic<long> key_requests[kMaxHotKeys];  // this expiry's, per key
+    TickCache cache;                              // the host-wide cache
 };
 static_assert(std::atomic<long>::is_always_lock_free &&
                   std::atomic<std::uint64_t>::is_always_lock_free,
@@ -171,6 +185,31 @@ void free_group(sf_group *g) {
     if (rc != SF_OK) die(std::string("sf_group_free: ") + sf_strerror(rc));
 }
 
+#ifdef SF_STAMPEDE_REDIS
+// A worker's ("host's") handle on the Redis tier, opened after fork: its
+// connections and threads are its own.  The keys of the run carry its
+// unique name as their prefix.  Redis that is down fails the demo (on_down
+// FAIL) instead of falling back to this process alone, which would show
+// per-process figures under the Redis tier's name.
+sf_redis *open_redis(const ProcOptions &o, const std::string &segment) {
+    sf_redis_options ro;
+    sf_redis_options_init(&ro, SF_REDIS_OPTIONS_VERSION);
+    ro.host = o.redis_host.c_str();
+    ro.port = o.redis_port;
+    ro.key_prefix = segment.c_str();
+    ro.soft_ttl_ms = 30000;  // the tick in the key expires it before that
+    ro.on_down = SF_REDIS_FAIL;
+    // A loaded two-core machine (the CI's) can take longer than the default
+    // half second to answer.
+    ro.connect_timeout_ms = 5000;
+    ro.command_timeout_ms = 5000;
+    sf_redis *r = nullptr;
+    int rc = sf_redis_new(&r, &ro);
+    if (rc != SF_OK) die("sf_redis_new(" + o.redis_host + "): " + sf_redis_strerror(rc));
+    return r;
+}
+#endif
+
 // What a worker process's threads share.
 struct Process {
     const ProcOptions *o;
@@ -178,8 +217,11 @@ struct Process {
     Board *board;
     float *latency_ms;  // the run's, in the mapping
     TickCache *cache;   // the process's own, or the board's
-    sf_group *group;    // null without singleflight
+    sf_group *group;    // null without singleflight (and with Redis)
     int index;          // 0..P-1
+#ifdef SF_STAMPEDE_REDIS
+    sf_redis *redis = nullptr;  // the Redis way's, one per process ("host")
+#endif
 };
 
 class WorkerThread {
@@ -196,7 +238,8 @@ public:
         for (int e = 0; e < o.expiries; ++e) {
             wait_barrier(&p_->board->start);
             for (int i = 0; i < per_expiry; ++i) {
-                int key = (p_->index + t_ + i) % o.keys;
+                int key = o.zipf > 0 ? zipf_key() : (p_->index + t_ + i) % o.keys;
+                p_->board->key_requests[key].fetch_add(1);
                 auto t0 = Clock::now();
                 if (serve(key).empty()) die("row " + std::to_string(key) + " came back empty");
                 *lat++ = std::chrono::duration<float, std::milli>(Clock::now() - t0).count();
@@ -212,6 +255,9 @@ private:
         const std::uint64_t tick = p_->board->tick.load();
         std::string row;
         if (p_->cache->get(key, tick, &row)) return row;
+#ifdef SF_STAMPEDE_REDIS
+        if (p_->redis) return serve_redis(key, tick);
+#endif
         if (!p_->group) return load_and_fill(key, tick);
 
         char name[32];
@@ -229,6 +275,27 @@ private:
         sf_result_release(r);
         return row;
     }
+
+#ifdef SF_STAMPEDE_REDIS
+    // A miss in this host's cache: the row from Redis (another host's
+    // flight, or one already stored), or fn's query if this host wins the
+    // key's lease; either way this host's cache gets it.
+    std::string serve_redis(int key, std::uint64_t tick) {
+        char name[48];
+        int n = std::snprintf(name, sizeof name, "item:%d@%llu", key, (unsigned long long)tick);
+        Flight f{this, key, tick};
+        sf_result *r = nullptr;
+        int rc = sf_redis_do(p_->redis, name, std::size_t(n), &WorkerThread::fn, &f, &r);
+        if (rc != SF_OK) die(std::string("sf_redis_do: ") + sf_redis_strerror(rc));
+        if (sf_result_error(r) != 0) die("the flight's fn failed to store its row");
+        std::size_t len = 0;
+        const void *bytes = sf_result_bytes(r, &len);
+        std::string row(static_cast<const char *>(bytes), len);
+        sf_result_release(r);
+        p_->cache->put(key, tick, row);
+        return row;
+    }
+#endif
 
     // The query, under the database's connection limit, then the refill.
     std::string load_and_fill(int key, std::uint64_t tick) {
@@ -264,9 +331,26 @@ private:
         return sf_call_set_bytes(call, row.data(), row.size()) == SF_OK ? 0 : EIO;
     }
 
+    // The next key of this thread's Zipf stream: key k with weight
+    // 1 / (k + 1)^s.
+    int zipf_key() {
+        if (cdf_.empty()) {
+            const ProcOptions &o = *p_->o;
+            double sum = 0;
+            for (int k = 0; k < o.keys; ++k) cdf_.push_back(sum += 1.0 / std::pow(k + 1.0, o.zipf));
+            rng_.seed(std::uint64_t(o.seed) * 1000003u + std::uint64_t(p_->index) * 1009u +
+                      std::uint64_t(t_));
+        }
+        std::uniform_real_distribution<double> u(0.0, cdf_.back());
+        auto it = std::upper_bound(cdf_.begin(), cdf_.end(), u(rng_));
+        return int(std::min<std::ptrdiff_t>(it - cdf_.begin(), std::ptrdiff_t(cdf_.size()) - 1));
+    }
+
     Process *p_;
     int t_;
     Db db_;  // opened here, after the fork
+    std::vector<double> cdf_;
+    std::mt19937_64 rng_;
 };
 
 // The body of worker process `index`; never returns.
@@ -278,6 +362,9 @@ private:
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) die("prctl failed");
     std::unique_ptr<TickCache> own;
     Process p{&o, &db_path, board, latency_ms, &board->cache, nullptr, index};
+#ifdef SF_STAMPEDE_REDIS
+    if (way == Way::kRedis) p.redis = open_redis(o, segment);
+#endif
     if (way != Way::kShared) {
         own = std::make_unique<TickCache>(false);
         p.cache = own.get();
@@ -297,6 +384,9 @@ private:
     for (auto &th : threads) th.join();
     workers.clear();
     if (p.group) free_group(p.group);
+#ifdef SF_STAMPEDE_REDIS
+    sf_redis_free(p.redis);
+#endif
     std::fflush(nullptr);
     _exit(0);
 }
@@ -345,6 +435,9 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
             wait_barrier(&board->end);
             for (int k = 0; k < o.keys; ++k) {
                 long q = board->key_queries[k].exchange(0);
+                // A key nobody asked for this expiry (Zipf) expired unseen.
+                if (board->key_requests[k].exchange(0) == 0) continue;
+                s.pairs++;
                 s.fewest = s.fewest < 0 ? q : std::min(s.fewest, q);
                 s.most = std::max(s.most, q);
             }
@@ -377,7 +470,7 @@ ProcRun run_way(const ProcOptions &o, const std::string &db_path, Way way,
     std::sort(lat.begin(), lat.end());
     s.requests = long(lat.size());
     s.db_queries = board->queries.load();
-    s.per_key_expiry = double(s.db_queries) / double(o.keys * o.expiries);
+    s.per_key_expiry = s.pairs ? double(s.db_queries) / double(s.pairs) : 0.0;
     s.p50_ms = quantile(lat, 0.50);
     s.p99_ms = quantile(lat, 0.99);
     board->~Board();
@@ -402,11 +495,11 @@ bool segment_left(const std::string &name) {
 std::string run_json(const ProcRun &r) {
     char x[320];
     std::snprintf(x, sizeof x,
-                  "{\"requests\":%ld,\"db_queries\":%ld,\"per_key_expiry\":%.4f,"
+                  "{\"requests\":%ld,\"db_queries\":%ld,\"pairs\":%ld,\"per_key_expiry\":%.4f,"
                   "\"fewest_key_expiry\":%ld,\"most_key_expiry\":%ld,"
                   "\"p50_ms\":%.6f,\"p99_ms\":%.4f,\"wall_s\":%.4f}",
-                  r.requests, r.db_queries, r.per_key_expiry, r.fewest, r.most, r.p50_ms, r.p99_ms,
-                  r.wall_s);
+                  r.requests, r.db_queries, r.pairs, r.per_key_expiry, r.fewest, r.most, r.p50_ms,
+                  r.p99_ms, r.wall_s);
     return x;
 }
 
@@ -434,15 +527,32 @@ ProcReport run_processes(const ProcOptions &o, const std::string &db_path) {
     r.per_process = run_way(o, db_path, Way::kPerProcess, r.segment);
     r.shared = run_way(o, db_path, Way::kShared, r.segment);
     r.segment_left = segment_left(r.segment);
+    if (!o.redis_host.empty()) {
+        if (!have_redis()) die("--redis: this stampede was built without the Redis tier (hiredis)");
+        r.redis = run_way(o, db_path, Way::kRedis, r.segment);
+        r.ran_redis = true;
+    }
     return r;
+}
+
+bool have_redis() {
+#ifdef SF_STAMPEDE_REDIS
+    return true;
+#else
+    return false;
+#endif
 }
 
 void print_processes(const ProcOptions &o, const ProcReport &r) {
     auto cells = [&](auto f) {
-        return std::vector<std::string>{f(r.none), f(r.per_process), f(r.shared)};
+        std::vector<std::string> c{f(r.none), f(r.per_process), f(r.shared)};
+        if (r.ran_redis) c.push_back(f(r.redis));
+        return c;
     };
+    std::vector<std::string> columns{"no singleflight", "group per process", "shared group"};
+    if (r.ran_redis) columns.push_back("Redis tier");
     print_table(
-        {"no singleflight", "group per process", "shared group"},
+        columns,
         {
             {"queries per key per expiry",
              cells([](const ProcRun &x) { return fmt("%.1f", x.per_key_expiry); })},
@@ -462,6 +572,11 @@ void print_processes(const ProcOptions &o, const ProcReport &r) {
         "   host-wide too, in shared memory: with a cache per process, a worker that reaches\n"
         "   the key after another process's flight has completed would query again.\n",
         o.processes, o.open_before_fork ? "before" : "after");
+    if (r.ran_redis)
+        std::printf(
+            "\n   The Redis tier treats each process as a host of a fleet, with a cache of its\n"
+            "   own: the hosts' leaders compete for one lease per key in Redis, and the other\n"
+            "   hosts read the winner's row from it, so the fleet sends one query per key.\n");
     if (r.segment_left)
         std::printf("\n   warning: /dev/shm still holds libsingleflight.%s after the run\n",
                     r.segment.c_str());
@@ -470,11 +585,12 @@ void print_processes(const ProcOptions &o, const ProcReport &r) {
 std::string processes_json(const ProcOptions &o, const ProcReport &r) {
     return "{\"processes\":" + std::to_string(o.processes) +
            ",\"threads\":" + std::to_string(o.threads) + ",\"keys\":" + std::to_string(o.keys) +
-           ",\"expiries\":" + std::to_string(o.expiries) + ",\"shared_open\":\"" +
-           (o.open_before_fork ? "before" : "after") + "\",\"segment\":\"" + r.segment +
-           "\",\"segment_left\":" + (r.segment_left ? "true" : "false") +
+           ",\"expiries\":" + std::to_string(o.expiries) + ",\"zipf\":" + fmt("%.2f", o.zipf) +
+           ",\"shared_open\":\"" + (o.open_before_fork ? "before" : "after") + "\",\"segment\":\"" +
+           r.segment + "\",\"segment_left\":" + (r.segment_left ? "true" : "false") +
            ",\"none\":" + run_json(r.none) + ",\"per_process\":" + run_json(r.per_process) +
-           ",\"shared\":" + run_json(r.shared) + "}";
+           ",\"shared\":" + run_json(r.shared) +
+           (r.ran_redis ? ",\"redis\":" + run_json(r.redis) : std::string()) + "}";
 }
 
 }  // namespace stampede

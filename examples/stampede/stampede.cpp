@@ -16,12 +16,15 @@
 //  3. Across processes (procs.cpp): P forked worker processes of a few
 //     threads each, K hot keys expiring E times; without singleflight, with
 //     a group per process (P queries per key per expiry) and with the shared
-//     group of the host (exactly one).
+//     group of the host (exactly one); with --redis, also the Redis tier,
+//     each process standing in for a host of a fleet (exactly one across
+//     the fleet).
 //
 //   stampede [--threads 32] [--expiries 20] [--requests 20000] [--keys 200]
 //            [--latency-ms 2] [--ttl-ms 20] [--zipf 1.1] [--db-conns 4]
 //            [--seed 1] [--processes 8] [--proc-threads 4] [--hot-keys 4]
-//            [--shared-open after|before] [--part 1,2,3] [--quick]
+//            [--shared-open after|before] [--redis HOST:PORT] [--proc-zipf]
+//            [--part 1,2,3] [--quick]
 //            [--no-progress] [--json]
 #include <singleflight.h>
 #include <sqlite3.h>
@@ -87,6 +90,10 @@ void usage() {
         "  --hot-keys N     part 3: hot keys, each expiring --expiries times (default 4)\n"
         "  --shared-open W  part 3: the shared group is opened 'after' fork by each worker\n"
         "                   (default) or 'before' fork by the parent\n"
+        "  --proc-zipf      part 3: each thread's requests in an expiry follow --zipf over the\n"
+        "                   hot keys (seeded by --seed) instead of asking for every key twice\n"
+        "  --redis H:P      part 3: also the Redis tier (libsingleflight-redis), each process\n"
+        "                   a host of a fleet, on the Redis server at H:P\n"
         "  --part LIST      the parts to run, for example 3 or 1,2 (default 1,2,3)\n"
         "  --quick          small defaults for a test: --threads 8 --expiries 5 --requests 2000\n"
         "                   --keys 20 --latency-ms 1 (options given too take precedence)\n"
@@ -96,6 +103,7 @@ void usage() {
 
 Options parse(int argc, char **argv) {
     Options o;
+    bool proc_zipf = false;
     // --quick first, wherever it is, so that the options given with it win.
     for (int i = 1; i < argc; ++i)
         if (std::string_view(argv[i]) == "--quick") {
@@ -123,7 +131,17 @@ Options parse(int argc, char **argv) {
         else if (a == "--processes") o.procs.processes = std::atoi(val());
         else if (a == "--proc-threads") o.procs.threads = std::atoi(val());
         else if (a == "--hot-keys") o.procs.keys = std::atoi(val());
-        else if (a == "--shared-open") {
+        else if (a == "--proc-zipf") proc_zipf = true;
+        else if (a == "--redis") {
+            std::string hp = val();
+            std::size_t colon = hp.rfind(':');
+            if (colon == std::string::npos || colon == 0) die("--redis takes HOST:PORT");
+            o.procs.redis_host = hp.substr(0, colon);
+            o.procs.redis_port = std::atoi(hp.c_str() + colon + 1);
+            if (o.procs.redis_port < 1 || o.procs.redis_port > 65535) die("--redis: bad port");
+            if (!have_redis())
+                die("--redis: this stampede was built without the Redis tier (hiredis)");
+        } else if (a == "--shared-open") {
             std::string_view w = val();
             if (w != "after" && w != "before") die("--shared-open takes after or before");
             o.procs.open_before_fork = w == "before";
@@ -148,6 +166,10 @@ Options parse(int argc, char **argv) {
         o.latency_ms < 0 || o.ttl_ms < 0 || o.zipf <= 0 || o.db_conns < 1)
         die("option out of range (see --help)");
     o.procs.expiries = o.expiries;
+    if (proc_zipf) {
+        o.procs.zipf = o.zipf;
+        o.procs.seed = o.seed;
+    }
     o.procs.latency_ms = o.latency_ms;
     o.procs.db_conns = o.db_conns;
     if (o.part[3]) {
@@ -614,9 +636,12 @@ int main(int argc, char **argv) {
                 "cache;\n"
                 "   every key expires in every cache at once, %d times, and a barrier releases "
                 "all\n"
-                "   %d threads together each time.  Each thread asks for every key twice per "
-                "expiry.\n",
-                p.processes, p.threads, p.keys, p.expiries, p.processes * p.threads);
+                "   %d threads together each time.  %s\n",
+                p.processes, p.threads, p.keys, p.expiries, p.processes * p.threads,
+                p.zipf > 0 ? ("Each thread asks for " + std::to_string(2 * p.keys) +
+                              " keys per expiry, drawn with Zipf s=" + fmt("%.2f.", p.zipf))
+                                 .c_str()
+                           : "Each thread asks for every key twice per expiry.");
             std::fflush(stdout);
         }
         ProcReport r = run_processes(p, path);

@@ -169,6 +169,29 @@ static PyObject *py_shared_epoch(PyObject *, PyObject *group) {
     return st ? PyLong_FromUnsignedLongLong(st->epoch) : nullptr;
 }
 
+// _front_pin(group) -> the address of its sf_group, for a RedisGroup that
+// puts it in front (libsingleflight/_redis.py hands it to
+// sf_redis_options.front, which borrows it).  Counted as a call in
+// progress until _front_unpin, so that a SharedGroup closed meanwhile
+// detaches only once the RedisGroup is done with it; a Group's sf_group
+// lives as long as its capsule, which the RedisGroup keeps.  Raises
+// ValueError for a closed SharedGroup.  With the GIL.
+static PyObject *py_front_pin(PyObject *, PyObject *group) {
+    GroupState *st = state_of(group);
+    if (!st) return nullptr;
+    st->busy++;
+    return PyLong_FromVoidPtr(st->g);
+}
+
+// _front_unpin(group): the RedisGroup that pinned it is freed.
+static PyObject *py_front_unpin(PyObject *, PyObject *group) {
+    auto *st = static_cast<GroupState *>(PyCapsule_GetPointer(group, kGroupCapsule));
+    if (!st) return nullptr;
+    st->busy--;
+    detach_if_idle(st);
+    Py_RETURN_NONE;
+}
+
 // ---------------------------------------------------------------------------
 // outcomes
 // ---------------------------------------------------------------------------
@@ -607,6 +630,9 @@ static PyMethodDef shared_methods[] = {
      "_shared_do(group, key, fn, timeout): SharedGroup.do."},
     {"_shared_begin", SFPY_METHOD(py_shared_begin), METH_FASTCALL,
      "_shared_begin(group, key) -> _SharedCall."},
+    {"_front_pin", SFPY_METHOD(py_front_pin), METH_O,
+     "_front_pin(group) -> address of its sf_group, held until _front_unpin."},
+    {"_front_unpin", SFPY_METHOD(py_front_unpin), METH_O, "_front_unpin(group)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -16,7 +16,8 @@ others unaffected, and when every caller has given up the work is cancelled.
 
 :class:`SharedGroup` is one group for every process of the host that opens
 the same name (gunicorn workers, a multiprocessing pool), with ``bytes``
-values.
+values.  :class:`RedisGroup` coalesces across hosts on Redis (when the
+package was built with the Redis tier).
 
 The work is done by libsingleflight, a C library; this module is its
 binding (a SWIG module whose hot paths are written by hand).
@@ -403,3 +404,18 @@ class SharedGroup:
 
     def __repr__(self) -> str:
         return "<SharedGroup %r%s>" % (self._name, " closed" if self._h is None else "")
+
+
+# Not in __all__: `from libsingleflight import *` must work without the tier.
+_REDIS_NAMES = ("RedisGroup", "RedisStats", "RedisError", "RedisAuthError", "RedisUnavailableError")
+
+
+def __getattr__(name):
+    # The Redis tier (libsingleflight._redis) loads on first use: a build
+    # without it (no hiredis) imports the rest of the package unchanged, and
+    # asking for RedisGroup there raises ImportError saying why.
+    if name in _REDIS_NAMES:
+        from . import _redis
+
+        return getattr(_redis, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
