@@ -50,7 +50,7 @@ cp -r "$SF_ROOT/bindings/cpp" "$src/bindings/"
 
 build_mutant() { # name: builds $src into $work/$name, prints the .so path
     cmake -S "$src" -B "$work/$1" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-          -DSF_BUILD_TESTS=OFF -DSF_BUILD_EXAMPLES=OFF >/dev/null
+          -DSF_BUILD_TESTS=OFF -DSF_BUILD_EXAMPLES=OFF -DSF_BUILD_REDIS=OFF >/dev/null
     cmake --build "$work/$1" -j2 --target singleflight >/dev/null
     echo "$work/$1/libsingleflight.so.1"
 }

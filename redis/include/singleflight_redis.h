@@ -94,15 +94,16 @@ typedef struct sf_redis_options {
                                  most this long after its last renewal;
                                  default 3000 */
     unsigned int renew_ms;    /* the watchdog renews every live lease this
-                                 often; must be below lease_ms; default
-                                 lease_ms / 3 */
+                                 often; must be below lease_ms; 0 (the
+                                 default): lease_ms / 3 */
     unsigned int wait_ms;     /* bound on one call's wait for another
                                  leader (this host's or another's), fn's own
                                  run time not included; default 10000 */
     unsigned int soft_ttl_ms; /* a value is fresh this long; default 60000 */
     unsigned int hard_ttl_ms; /* and kept (served stale while one caller
                                  refreshes it) this long; >= soft_ttl_ms;
-                                 default = soft_ttl_ms (no stale serving) */
+                                 0 (the default): soft_ttl_ms (no stale
+                                 serving) */
     unsigned int error_ttl_ms; /* fn's errors (non-zero return, panics) are
                                   shared with that flight's waiters and kept
                                   this long; 0: not kept beyond the flight

@@ -834,10 +834,10 @@ SF_API int sf_redis_options_init(sf_redis_options *o, unsigned int version) {
     o->port = 6379;
     o->key_prefix = "sf";
     o->lease_ms = 3000;
-    o->renew_ms = 1000;
+    o->renew_ms = 0;  // lease_ms / 3, whatever lease_ms becomes
     o->wait_ms = 10000;
     o->soft_ttl_ms = 60000;
-    o->hard_ttl_ms = 60000;
+    o->hard_ttl_ms = 0;  // = soft_ttl_ms, whatever that becomes
     o->error_ttl_ms = 1000;
     o->cache = 1;
     o->max_value_bytes = 1u << 20;
@@ -851,10 +851,11 @@ SF_API int sf_redis_options_init(sf_redis_options *o, unsigned int version) {
 SF_API int sf_redis_new(sf_redis **out, const sf_redis_options *o) {
     if (!out || !o || o->version < 1 || o->version > SF_REDIS_OPTIONS_VERSION) return SF_EINVAL;
     unsigned renew = o->renew_ms ? o->renew_ms : o->lease_ms / 3;
+    unsigned hard = o->hard_ttl_ms ? o->hard_ttl_ms : o->soft_ttl_ms;
     if (o->lease_ms == 0 || renew == 0 || renew >= o->lease_ms || o->wait_ms == 0 ||
-        (o->cache && (o->soft_ttl_ms == 0 || o->hard_ttl_ms < o->soft_ttl_ms)) ||
-        o->max_value_bytes == 0 || o->max_value_bytes > (512u << 20) ||
-        o->command_timeout_ms == 0 || o->connect_timeout_ms == 0 ||
+        (o->cache && (o->soft_ttl_ms == 0 || hard < o->soft_ttl_ms)) || o->max_value_bytes == 0 ||
+        o->max_value_bytes > (512u << 20) || o->command_timeout_ms == 0 ||
+        o->connect_timeout_ms == 0 ||
         (o->on_down != SF_REDIS_FALLBACK && o->on_down != SF_REDIS_FAIL) ||
         (!o->unix_path && (o->port <= 0 || o->port > 65535)))
         return SF_EINVAL;
@@ -874,7 +875,7 @@ SF_API int sf_redis_new(sf_redis **out, const sf_redis_options *o) {
         r->renew_ms = renew;
         r->wait_ms = o->wait_ms;
         r->soft_ms = o->soft_ttl_ms;
-        r->hard_ms = o->hard_ttl_ms;
+        r->hard_ms = hard;
         r->error_ms = o->error_ttl_ms;
         r->cache = o->cache != 0;
         r->max_value = o->max_value_bytes;

@@ -198,6 +198,15 @@ TEST_F(RedisTier, OptionsAndStatuses) {
     EXPECT_LT(o.renew_ms, o.lease_ms);
     sf_redis *r = nullptr;
     o.port = server.port;
+    // Renewal and hard TTL follow lease and soft TTL unless set: changing
+    // only those is valid.
+    o.lease_ms = 300;
+    o.soft_ttl_ms = 120000;
+    ASSERT_EQ(sf_redis_new(&r, &o), SF_OK);
+    sf_redis_free(r);
+    o.hard_ttl_ms = 1000;  // below the soft TTL
+    EXPECT_EQ(sf_redis_new(&r, &o), SF_EINVAL);
+    o.hard_ttl_ms = 0;
     o.renew_ms = o.lease_ms;  // a renewal no shorter than the lease is wrong
     EXPECT_EQ(sf_redis_new(&r, &o), SF_EINVAL);
     EXPECT_STREQ(sf_redis_err_name(SF_REDIS_EAUTH), "SF_REDIS_EAUTH");
