@@ -28,7 +28,7 @@ build = {
    type = "command",
    build_command = [[
 d=${SF_ROCK_BUILD_DIR:-build/luarocks}
-cmake -S . -B "$d" -DCMAKE_BUILD_TYPE=Release -DSF_BUILD_EXAMPLES=OFF -DSF_BUILD_TESTS=OFF \
+cmake -S . -B "$d" -DCMAKE_BUILD_TYPE=Release -DSF_BUILD_EXAMPLES=OFF -DSF_BUILD_TESTS=OFF -DSF_BUILD_REDIS=OFF \
   -DSF_BUILD_LUA=ON -DSF_LUA_ROCK=ON -DLUA_INCLUDE_DIR="$(LUA_INCDIR)" &&
 cmake --build "$d" --target sf_lua &&
 mkdir -p "$d/rock" && cp "$d/bindings/swig/lua/singleflight_core.so" "$d/rock/"
