@@ -9,25 +9,10 @@ several threads calling do on one cold key.
 import os
 import threading
 
+from shared_workers import count_execution, executions  # noqa: F401 - the tests' too
 from test_singleflight import DEADLINE, wait_until  # noqa: F401 - the tests' too
 
 
-def count_execution(path):
-    """One line per execution of fn, from any process (O_APPEND writes of
-    one line are atomic)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, b"%d\n" % os.getpid())
-    finally:
-        os.close(fd)
-
-
-def executions(path):
-    try:
-        with open(path, "rb") as f:
-            return [int(line) for line in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def stampede_redis(url, key, counter, arrived, callers, threads, barrier, results):
