@@ -37,7 +37,8 @@ declare -A PKGS=(
     # OpenResty's LuaJIT (the binary is luajit too), not Debian's luajit:
     # libnginx-mod-http-lua runs on libluajit2-5.1-2, which conflicts with
     # Debian's, so installing Debian's luajit would remove the nginx module.
-    [luajit]="luajit2"
+    # libluajit2-5.1-dev and luarocks: the LuaJIT rock (luarocks wants lua.h).
+    [luajit]="luajit2 libluajit2-5.1-dev luarocks"
     [nginx]="nginx libnginx-mod-http-lua luajit2"
     [cpp]=""
     # The Redis tier's library (hiredis) and the server its tests start.

@@ -76,15 +76,18 @@ for pom in poms:
     v = ET.parse(pom).getroot().find("m:version", ns)
     agree(os.path.relpath(pom, root) + " <version>", v.text if v is not None else None)
 
-# Lua 5.4 rock: the rockspec's file name, its version (the part before the
-# rockspec revision) and the tag it builds.
-rocks = sorted(glob.glob(os.path.join(root, "bindings/swig/lua/*.rockspec")))
-if len(rocks) != 1:
-    problems.append("want one rockspec in bindings/swig/lua, found %d" % len(rocks))
-for path in rocks:
+# The rocks (Lua 5.4's and LuaJIT's): the rockspec's file name, its version
+# (the part before the rockspec revision) and the tag it builds.
+rocks = []
+for d, package in (("bindings/swig/lua", "libsingleflight"), ("bindings/luajit", "libsingleflight-ffi")):
+    found = sorted(glob.glob(os.path.join(root, d, "*.rockspec")))
+    if len(found) != 1:
+        problems.append("want one rockspec in %s, found %d" % (d, len(found)))
+    rocks += [(path, package) for path in found]
+for path, package in rocks:
     text = open(path, encoding="utf-8").read()
     name = os.path.basename(path)
-    m = re.match(r"libsingleflight-(.+)-\d+\.rockspec$", name)
+    m = re.match(re.escape(package) + r"-(\d.*)-\d+\.rockspec$", name)
     agree(name + " (file name)", m.group(1) if m else None)
     m = re.search(r'^version\s*=\s*"([^"]*)-\d+"', text, re.M)
     agree(name + " version", m.group(1) if m else None)
@@ -96,5 +99,5 @@ if problems:
     for p in problems:
         print("  " + p)
     sys.exit(1)
-print("version %s: the header, the build, LuaJIT, the rockspec, %d Rust crate(s) and Maven agree"
+print("version %s: the header, the build, LuaJIT, the rockspecs, %d Rust crate(s) and Maven agree"
       % (version, len(crates)))

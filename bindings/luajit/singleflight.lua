@@ -209,6 +209,10 @@ local function candidates()
         list[#list + 1] = prefix .. "/lib/libsingleflight.so." .. ABI_MAJOR
         list[#list + 1] = prefix .. "/lib/libsingleflight.so"
     end
+    -- The rock's own copy (libsingleflight-ffi): installed beside the
+    -- module as a C module would be, so it is found on package.cpath.
+    local bundled = package.searchpath("singleflight.libsingleflight", package.cpath)
+    if bundled then list[#list + 1] = bundled end
     -- Searched on LD_LIBRARY_PATH and the system paths by the dynamic linker.
     list[#list + 1] = "libsingleflight.so." .. ABI_MAJOR
     list[#list + 1] = "singleflight"
@@ -216,7 +220,8 @@ local function candidates()
 end
 
 -- Loads the C library, from path when given, else from $SF_LIBRARY,
--- $SF_PREFIX/lib or the dynamic linker's search path.  Idempotent: the first
+-- $SF_PREFIX/lib, the rock's copy (singleflight/libsingleflight.so on
+-- package.cpath) or the dynamic linker's search path.  Idempotent: the first
 -- successful load wins.  Raises when no candidate loads or the library's ABI
 -- major differs from the one this module was written for.
 function M.load(path)
