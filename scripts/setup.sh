@@ -28,7 +28,8 @@ declare -A PKGS=(
     [fuzz]="clang libclang-rt-14-dev"
     [abi]="abigail-tools"
     [install]="util-linux swig liblua5.4-dev lua5.4 openjdk-17-jdk-headless maven python3-dev python3-venv man-db groff-base mandoc meson rustc cargo golang-go"
-    [python]="swig python3-dev python3-venv gunicorn"
+    # debootstrap: the newest CPython's root (scripts/newest-python.sh).
+    [python]="swig python3-dev python3-venv gunicorn debootstrap"
     [lua]="swig lua5.4 liblua5.4-dev valgrind luarocks"
     [java]="swig openjdk-17-jdk-headless maven"
     # Go's redis package is on libsingleflight-redis; its test starts a server.
@@ -121,6 +122,14 @@ if ! excluded python; then
         "$SF_VENV/bin/python" -m pip install -q --disable-pip-version-check "${pip_missing[@]}" ||
             sf_die "pip install ${pip_missing[*]} failed"
     fi
+fi
+
+# ---- The newest CPython, which Debian 12 does not have: Debian unstable's, in
+# a root of its own (python.newest builds and installs the wheel there) -----
+if ! excluded python; then
+    sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo bash "$SF_ROOT/scripts/newest-python.sh" setup
 fi
 
 # ---- Go: the module's dependencies, into the module cache, with Debian's Go --

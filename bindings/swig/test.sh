@@ -4,10 +4,13 @@
 # pip-installs the Python package into a venv and runs the Python suite
 # again against that, and packages the Python and Lua modules the way their
 # users install them (wheel, sdist, rock), each run where no C library can
-# be found.  ctest runs one suite per test (tests/integration):
+# be found, the wheel on the newest CPython too (python-newest, as root: its
+# interpreter lives in a root of its own, scripts/newest-python.sh).  ctest
+# runs one suite per test (tests/integration):
 #
 #   bindings/swig/test.sh [SUITE...]   python python-pip python-redis
-#                                      python-wheel python-sdist lua
+#                                      python-wheel python-sdist
+#                                      python-newest lua
 #                                      lua-valgrind lua-threads lua-rock java;
 #                                      none: all but python-redis (which needs
 #                                      a build with -DSF_BUILD_REDIS=ON)
@@ -31,7 +34,7 @@ HERE=$SF_ROOT/bindings/swig
 B=$SF_BUILD_DIR/bindings/swig
 [ -d "$B" ] || sf_die "$SF_BUILD_DIR was not configured with -DSF_BUILD_SWIG=ON"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(python python-pip python-wheel python-sdist lua lua-valgrind lua-threads lua-rock java)
+[ ${#suites[@]} -gt 0 ] || suites=(python python-pip python-wheel python-sdist python-newest lua lua-valgrind lua-threads lua-rock java)
 
 failures=()
 step() { # step NAME CMD...: runs one suite, records a failure, goes on
@@ -133,24 +136,29 @@ no_system_lib_check() {
         return 1
     fi
 }
-# py_hello VENV: the documentation's hello.py and hello_async.py (do_async),
-# and the check that the module carries the library.
-py_hello() {
-    local venv=$1
-    doc_file python hello.py "$PK/hello/hello.py" &&
-        doc_file python hello_async.py "$PK/hello/hello_async.py" || return 1
-    (cd "$PK/hello" && "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello.py &&
-        "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello_async.py &&
-        "${no_system_lib[@]}" "$venv/bin/python" - "$venv" <<'PY'
+# py_hello_files DIR: the documentation's hello.py and hello_async.py
+# (do_async), and selfcontained.py VENV: the check that the module comes
+# from VENV and carries the library.
+py_hello_files() {
+    doc_file python hello.py "$1/hello.py" &&
+        doc_file python hello_async.py "$1/hello_async.py" || return 1
+    cat >"$1/selfcontained.py" <<'PY'
 import os, sys
 import libsingleflight
 here = os.path.realpath(libsingleflight.__file__)
 assert here.startswith(os.path.realpath(sys.argv[1]) + "/"), here
 maps = open("/proc/self/maps").read()
 assert "libsingleflight.so" not in maps, "a libsingleflight.so was loaded"
-print("self-contained:", here, "library", libsingleflight.version())
+print("self-contained:", here, "library", libsingleflight.version(), "on Python", sys.version.split()[0])
 PY
-    )
+}
+# py_hello VENV: those three, in VENV.
+py_hello() {
+    local venv=$1
+    py_hello_files "$PK/hello" || return 1
+    (cd "$PK/hello" && "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello.py &&
+        "${no_system_lib[@]}" timeout 120 "$venv/bin/python" hello_async.py &&
+        "${no_system_lib[@]}" "$venv/bin/python" selfcontained.py "$venv")
 }
 # A fresh venv (no pip packages) from the interpreter the tests run.
 py_fresh_venv() {
@@ -182,6 +190,14 @@ py_wheel() {
         py_hello "$PK/venv-wheel"
 }
 
+# py_build_sdist DIR: the sdist of the checkout, made in DIR; prints its path.
+py_build_sdist() {
+    rm -rf "$1"
+    "${no_system_lib[@]}" timeout 300 "$VENV/bin/python" -m build --no-isolation --sdist \
+        -o "$1" "$SF_ROOT" >"$1.log" 2>&1 || { tail -n 40 "$1.log" >&2; return 1; }
+    ls "$1"/libsingleflight-*.tar.gz
+}
+
 # The sdist, built from the checkout, then built and installed by pip in
 # another fresh venv.
 # The build backend comes from the test venv through a .pth file for the
@@ -189,10 +205,7 @@ py_wheel() {
 py_sdist() {
     local sdist pth site
     no_system_lib_check || return 1
-    rm -rf "$PK/sdist"
-    "${no_system_lib[@]}" timeout 300 "$VENV/bin/python" -m build --no-isolation --sdist \
-        -o "$PK/sdist" "$SF_ROOT" >"$PK/sdist.log" 2>&1 || { tail -n 40 "$PK/sdist.log"; return 1; }
-    sdist=$(ls "$PK"/sdist/libsingleflight-*.tar.gz) || return 1
+    sdist=$(py_build_sdist "$PK/sdist") || return 1
     # Only what the module's build reads (pyproject.toml: sdist.include).
     tar tzf "$sdist" | sed 's|^[^/]*/||' | grep -E '^(core/|capi/|CMakeLists.txt$|bindings/swig/python/)' |
         cut -d/ -f1 | sort -u | tr '\n' ' '
@@ -210,6 +223,41 @@ py_sdist() {
         { tail -n 40 "$PK/sdist.log"; rm -f "$pth"; return 1; }
     rm -f "$pth"
     py_hello "$PK/venv-sdist"
+}
+
+# The newest CPython (scripts/newest-python.sh: Debian unstable's, in a root
+# of its own, since Debian 12 has only 3.11): the checkout's sdist, made
+# here, is built into a wheel by pip in that root, repaired by auditwheel to
+# the manylinux tag it names, installed in a fresh venv there with no index,
+# and the documentation's hellos run on it.
+py_newest() {
+    local root work=/tmp/sf-newest sdist
+    root=$(bash "$SF_ROOT/scripts/newest-python.sh" root) || return 1
+    rm -rf "${root:?}$work"
+    mkdir -p "$root$work/hello"
+    sdist=$(py_build_sdist "$PK/sdist-newest") || return 1
+    cp "$sdist" "$root$work/" && py_hello_files "$root$work/hello" || return 1
+    cat >"$root$work/run.sh" <<'SH'
+set -eu
+cd /tmp/sf-newest
+py=$(ls /usr/bin/python3.* | grep -E 'python3\.[0-9]+$' | sort -V | tail -n1)
+CMAKE_BUILD_PARALLEL_LEVEL=2 /opt/sf-build/bin/pip wheel -q --disable-pip-version-check --no-deps \
+    --no-build-isolation --no-index -w dist libsingleflight-*.tar.gz >build.log 2>&1 ||
+    { tail -n 40 build.log; exit 1; }
+/opt/sf-build/bin/auditwheel show dist/*.whl | tee show.txt
+tag=$(grep -o 'manylinux_[0-9]*_[0-9]*_[a-z0-9_]*' show.txt | head -n1)
+[ -n "$tag" ] || { echo "auditwheel show names no manylinux tag" >&2; exit 1; }
+/opt/sf-build/bin/auditwheel repair --plat "$tag" -w wheelhouse dist/*.whl >repair.log 2>&1 ||
+    { cat repair.log; exit 1; }
+echo "repaired: $(ls wheelhouse/*.whl)"
+"$py" -m venv venv
+venv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index wheelhouse/*"$tag"*.whl
+cd hello
+timeout 120 ../venv/bin/python hello.py
+timeout 120 ../venv/bin/python hello_async.py
+../venv/bin/python selfcontained.py /tmp/sf-newest/venv
+SH
+    timeout 900 bash "$SF_ROOT/scripts/newest-python.sh" run bash "$work/run.sh"
 }
 
 # ---- Lua 5.4 -----------------------------------------------------------------
@@ -314,13 +362,16 @@ for suite in "${suites[@]}"; do
         python-sdist)
             py_check_venv
             step "python: pip install of the sdist in a fresh venv with no system library" py_sdist ;;
+        python-newest)
+            py_check_venv
+            step "python: the newest CPython builds the sdist into a wheel, auditwheel, hellos in a fresh venv" py_newest ;;
         lua-rock) step "lua: luarocks make into a private tree with no system library, hello.lua" lua_rock ;;
         python-redis) py_check_venv; step "python: RedisGroup against a real redis-server" py_redis ;;
         lua) step "lua: test_singleflight.lua" lua_plain ;;
         lua-valgrind) step "lua: test_singleflight.lua under valgrind" lua_valgrind ;;
         lua-threads) step "lua: Lua states on threads share one group; a follower that cannot yield times out" lua_threads ;;
         java) step "java: mvn test (JUnit 5, -Xcheck:jni)" java_tests ;;
-        *) sf_die "unknown suite '$suite' (python python-pip python-redis python-wheel python-sdist lua lua-valgrind lua-threads lua-rock java)" ;;
+        *) sf_die "unknown suite '$suite' (python python-pip python-redis python-wheel python-sdist python-newest lua lua-valgrind lua-threads lua-rock java)" ;;
     esac
 done
 
