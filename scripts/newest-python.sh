@@ -38,13 +38,18 @@ need_root() { [ "$(id -u)" -eq 0 ] || sf_die "newest-python.sh needs root (deboo
 
 setup() {
     need_root
-    if [ "$(cat "$root/.sf-stamp" 2>/dev/null)" = "$stamp_text" ] && [ -x "$root/opt/sf-build/bin/python" ]; then
+    # Two setups at once (two checkouts' CI runs) would both write $root.new.
+    mkdir -p "$(dirname "$root")"
+    exec 9>"$root.lock"
+    flock 9
+    # Made, and for these packages.  (The venv's bin/python is a symlink to
+    # /usr/bin/python3.N, which means the root's only inside it: test pip.)
+    if [ "$(cat "$root/.sf-stamp" 2>/dev/null)" = "$stamp_text" ] && [ -f "$root/opt/sf-build/bin/pip" ]; then
         return 0
     fi
     sf_require debootstrap python3
     sf_log "setup: Debian unstable with $py in $root (debootstrap)"
     rm -rf "$root.new"
-    mkdir -p "$(dirname "$root")"
     debootstrap --variant=minbase --include="$packages" unstable "$root.new" "$mirror" \
         >"$(dirname "$root")/debootstrap.log" 2>&1 ||
         sf_die "debootstrap of Debian unstable failed (see $(dirname "$root")/debootstrap.log)"
