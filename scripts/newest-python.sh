@@ -9,7 +9,7 @@
 # unstable made by debootstrap, with python$SF_NEWEST_PYTHON, its headers,
 # a C++ compiler, CMake and SWIG from Debian, and a venv holding the build
 # tools (scikit-build-core, build, auditwheel), downloaded on the host by
-# pip and installed offline.
+# pip and installed offline, and the test suite's pytest and uvloop as wheels.
 #
 #   setup   makes the root if it is missing or was made for another list of
 #           packages or tools (scripts/setup.sh runs it; about a minute).
@@ -32,7 +32,10 @@ mirror=${SF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 py=python$SF_NEWEST_PYTHON
 packages="$py,$py-venv,$py-dev,g++,make,cmake,ninja-build,swig,patchelf,ca-certificates"
 tools="build scikit-build-core auditwheel"
-stamp_text="$py | $packages | $tools"
+# The binding's test suite's own needs, kept as wheels in /opt/sf-test-wheels
+# for a test's fresh venv to install offline.
+test_tools="pytest uvloop"
+stamp_text="$py | $packages | $tools | $test_tools"
 
 need_root() { [ "$(id -u)" -eq 0 ] || sf_die "newest-python.sh needs root (debootstrap, chroot, mount)"; }
 
@@ -63,6 +66,9 @@ setup() {
         /opt/sf-build/bin/pip install -q --disable-pip-version-check --no-index /tmp/sf-wheels/*.whl" ||
         sf_die "installing $tools in the $py root failed"
     rm -rf "$root.new/tmp/sf-wheels"
+    python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --implementation cp \
+        --python-version "$SF_NEWEST_PYTHON" --dest "$root.new/opt/sf-test-wheels" $test_tools ||
+        sf_die "pip download of $test_tools for $py failed"
     printf '%s\n' "$stamp_text" >"$root.new/.sf-stamp"
     rm -rf "$root"
     mv "$root.new" "$root"
