@@ -171,7 +171,9 @@ SF_API int sf_redis_free(sf_redis *r);
  * Returns SF_OK (fn's bytes in sf_result_bytes, its error in
  * sf_result_error), SF_EPANIC (fn panicked: sf_call_panic or a C++
  * exception), SF_EGOEXIT (a leader of this host's front group exited),
- * SF_ETIMEDOUT (waited wait_ms for another leader, in vain), SF_EINVAL,
+ * SF_ETIMEDOUT (waited wait_ms for another leader, in vain), SF_EDEADLK
+ * (fn called sf_redis_do on r for its own key: the call would wait for
+ * itself; other keys are ordinary calls), SF_EINVAL,
  * SF_ENOMEM, SF_REDIS_ETOOBIG (fn's value is over max_value_bytes: the whole
  * flight gets it, nothing is stored), and with on_down = FAIL also
  * SF_REDIS_EUNAVAILABLE / SF_REDIS_EAUTH / SF_REDIS_EPROTO.  With the

@@ -766,11 +766,16 @@ int do_call(sf_redis *r, const void *key, size_t len, sf_fn fn, void *payload, s
     if (role < 0) return role;
     if (role == SF_FOLLOWER) {
         // The front leader's work is bounded (wait_ms, command timeouts)
-        // except for fn's own run time, which a follower shares.
+        // except for fn's own run time, which a follower shares.  Waiting
+        // on the leader's own thread (fn calling back in for its key) is
+        // refused with SF_EDEADLK: see sf_call_lead_here below.
         int s = front_result(fc, -1, result);
         sf_call_release(fc);
         return s;
     }
+    // This thread does the front flight's work, fn included, so a call for
+    // the same key from fn must not wait for it: it would wait for itself.
+    sf_call_lead_here(fc);
     Outcome o;
     bool front_done = false;
     try {

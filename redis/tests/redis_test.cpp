@@ -273,6 +273,36 @@ TEST_F(RedisTier, PanicReachesTheCaller) {
     sf_redis_free(a);
 }
 
+// fn calling back in: for its own key it is refused at once with
+// SF_EDEADLK (it would wait for itself), for another key it is an ordinary
+// call; the outer call then completes as if nothing happened.
+TEST_F(RedisTier, FnCallingBackInForItsOwnKeyIsRefused) {
+    sf_redis_options o = opts_for(server.port);
+    o.wait_ms = 60000;  // a wait for itself would outlive the test's timeout
+    struct Ctx {
+        sf_redis *r;
+        int same = 1, other = 1;
+        std::string other_value;
+    } ctx;
+    ASSERT_EQ(sf_redis_new(&ctx.r, &o), SF_OK);
+    auto reenter = [](sf_call *c, void *p) -> int {
+        auto *x = static_cast<Ctx *>(p);
+        sf_result *res = nullptr;
+        std::string never = "never";
+        x->same = sf_redis_do(x->r, "outer", 5, fn_value, &never, &res);
+        if (res) sf_result_release(res);
+        std::string inner = "inner";
+        x->other_value = get(x->r, "other", fn_value, &inner);
+        sf_call_set_bytes(c, "outer value", 11);
+        return 0;
+    };
+    EXPECT_EQ(get(ctx.r, "outer", reenter, &ctx), "outer value");
+    EXPECT_EQ(ctx.same, SF_EDEADLK);
+    EXPECT_EQ(ctx.other_value, "inner");
+    EXPECT_EQ(stats(ctx.r).executions, 2u);  // outer and other; never the refused one
+    sf_redis_free(ctx.r);
+}
+
 // 4 processes x 8 threads on one cold key: fn runs once fleet-wide, and
 // Redis hands out one lease in all (at most one per process).
 TEST_F(RedisTier, FourProcessesEightThreadsRunFnOnce) {

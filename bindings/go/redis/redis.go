@@ -12,10 +12,14 @@
 // process only (Stats.Fallbacks), or with Options.FailWhenDown returns
 // ErrUnavailable.
 //
-// fn runs on the calling goroutine, called back from C: a panic in fn is
-// recovered there, reaches the flight's other callers as a *FlightError,
-// and is raised again in Do's caller once the C call has returned.  fn must
-// not call runtime.Goexit (it would unwind C frames).
+// fn runs on a goroutine of its own, started for it by the library's call
+// back into Go and waited for there, so that nothing fn does unwinds C
+// frames: a panic in fn is recovered on that goroutine, reaches the
+// flight's other callers as a *FlightError and is raised again in Do's
+// caller once the C call has returned; a runtime.Goexit in fn reaches the
+// others as a *FlightError too, and Do's caller then calls runtime.Goexit
+// itself, as Go's singleflight does.  fn calling Do on its own Group for its
+// own key gets ErrDeadlock (it would wait for itself).
 package redis
 
 /*
@@ -38,8 +42,11 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -98,6 +105,8 @@ var (
 	ErrTooBig      = &StatusError{Code: int(C.SF_REDIS_ETOOBIG), Name: "SF_REDIS_ETOOBIG"}
 	ErrTimeout     = &StatusError{Code: int(C.SF_ETIMEDOUT), Name: "SF_ETIMEDOUT"}
 	ErrInvalid     = &StatusError{Code: int(C.SF_EINVAL), Name: "SF_EINVAL"}
+	// ErrDeadlock: fn called Do for its own key on its own Group.
+	ErrDeadlock = &StatusError{Code: int(C.SF_EDEADLK), Name: "SF_EDEADLK"}
 	// ErrClosed: the Group was closed.
 	ErrClosed = errors.New("singleflight/redis: the Group is closed")
 )
@@ -120,6 +129,13 @@ type Group struct {
 	mu     sync.RWMutex // read-held by every call, write-held by Close
 	r      *C.sf_redis
 	closed bool
+
+	// The OS threads running an fn of this Group (each locked to fn's
+	// goroutine while it runs), and the key each runs for: Do on such a
+	// thread for that key is fn calling back in for itself.
+	leadMu  sync.Mutex
+	leading map[int]string
+	nLead   atomic.Int32
 }
 
 func ms(d time.Duration) C.uint {
@@ -222,55 +238,115 @@ func (g *Group) Close() error {
 
 // One Do call's fn and what it left for its caller.
 type flight struct {
+	g        *Group
+	key      string
 	fn       func() ([]byte, error)
+	value    []byte      // fn's value
 	err      error       // fn's error, for its own caller
 	panicked bool        // fn panicked with panicVal
 	panicVal interface{} //
+	goexited bool        // fn called runtime.Goexit
+}
+
+// run runs fn on the current goroutine, locked to its thread (see
+// Group.leading), and records how it ended: returned, panicked, or
+// runtime.Goexit (neither of the others, told apart by the deferred call).
+func (f *flight) run(done chan<- struct{}) {
+	runtime.LockOSThread()
+	tid := syscall.Gettid()
+	f.g.setLeading(tid, f.key, true)
+	returned := false
+	defer func() {
+		if !returned {
+			if v := recover(); v != nil {
+				f.panicked, f.panicVal = true, v
+			} else {
+				f.goexited = true
+			}
+		}
+		f.g.setLeading(tid, f.key, false)
+		runtime.UnlockOSThread()
+		close(done)
+	}()
+	f.value, f.err = f.fn()
+	returned = true
+}
+
+func (g *Group) setLeading(tid int, key string, on bool) {
+	g.leadMu.Lock()
+	defer g.leadMu.Unlock()
+	if on {
+		if g.leading == nil {
+			g.leading = make(map[int]string)
+		}
+		g.leading[tid] = key
+		g.nLead.Add(1)
+	} else {
+		delete(g.leading, tid)
+		g.nLead.Add(-1)
+	}
+}
+
+// leadsHere reports whether the calling goroutine is an fn of g running for
+// key: only fn's goroutine runs on its locked thread.
+func (g *Group) leadsHere(key string) bool {
+	if g.nLead.Load() == 0 {
+		return false
+	}
+	tid := syscall.Gettid()
+	g.leadMu.Lock()
+	defer g.leadMu.Unlock()
+	k, ok := g.leading[tid]
+	return ok && k == key
 }
 
 //export sfgoRedisFn
-func sfgoRedisFn(call *C.sf_call, payload unsafe.Pointer) (rc C.int) {
+func sfgoRedisFn(call *C.sf_call, payload unsafe.Pointer) C.int {
 	f := cgo.Handle(uintptr(payload)).Value().(*flight)
-	defer func() {
-		// A panic must not unwind the C frames below: it ends the flight
-		// for the others with its text and is raised again in Do.
-		if v := recover(); v != nil {
-			f.panicked, f.panicVal = true, v
-			msg := C.CString(fmt.Sprintf("panic: %v", v))
-			C.sf_call_panic(call, msg)
-			C.free(unsafe.Pointer(msg))
-			rc = 0
+	// fn on a goroutine of its own, this one waiting under the C frames: a
+	// panic or runtime.Goexit there cannot unwind them.
+	done := make(chan struct{})
+	go f.run(done)
+	<-done
+	var msg string
+	switch {
+	case f.panicked:
+		msg = fmt.Sprintf("panic: %v", f.panicVal)
+	case f.goexited:
+		msg = "fn called runtime.Goexit"
+	case f.err != nil:
+		msg = f.err.Error()
+	default:
+		var p unsafe.Pointer
+		if len(f.value) > 0 {
+			p = unsafe.Pointer(&f.value[0]) // copied by the library before it returns
 		}
-	}()
-	v, err := f.fn()
-	if err != nil {
-		f.err = err
-		msg := C.CString(err.Error())
-		C.sf_call_panic(call, msg)
-		C.free(unsafe.Pointer(msg))
-		return 0
+		return C.int(C.sf_call_set_bytes(call, p, C.size_t(len(f.value))))
 	}
-	var p unsafe.Pointer
-	if len(v) > 0 {
-		p = unsafe.Pointer(&v[0]) // copied by the library before it returns
-	}
-	return C.int(C.sf_call_set_bytes(call, p, C.size_t(len(v))))
+	cmsg := C.CString(msg)
+	C.sf_call_panic(call, cmsg)
+	C.free(unsafe.Pointer(cmsg))
+	return 0
 }
 
 // Do returns key's value: fn's bytes, run once for all concurrent callers
 // fleet-wide, or the value already in Redis.  fn's own caller gets fn's
-// error (or panic) itself; the flight's other callers get a *FlightError.
-// Otherwise the errors are *StatusError (ErrTimeout when the wait for
-// another leader passed Options.Wait, ErrTooBig, and with FailWhenDown
+// error (or panic, or runtime.Goexit) itself; the flight's other callers
+// get a *FlightError.  Otherwise the errors are *StatusError (ErrTimeout
+// when the wait for another leader passed Options.Wait, ErrTooBig,
+// ErrDeadlock when fn calls Do for its own key, and with FailWhenDown
 // ErrUnavailable, ErrAuth, ErrProto) or ErrClosed.  The bytes are the
 // caller's own copy.
 func (g *Group) Do(key string, fn func() ([]byte, error)) ([]byte, error) {
+	if g.leadsHere(key) {
+		return nil, ErrDeadlock
+	}
 	g.mu.RLock()
 	if g.closed {
 		g.mu.RUnlock()
 		return nil, ErrClosed
 	}
-	f := &flight{fn: fn}
+	f := &flight{g: g, key: key, fn: fn}
 	h := cgo.NewHandle(f)
 	ckey := C.CString(key) // C memory: NULs in key are fine, the length is given
 	var res *C.sf_result
@@ -284,6 +360,9 @@ func (g *Group) Do(key string, fn func() ([]byte, error)) ([]byte, error) {
 	switch {
 	case f.panicked:
 		panic(f.panicVal)
+	case f.goexited:
+		runtime.Goexit()
+		return nil, nil // not reached
 	case f.err != nil:
 		return nil, f.err
 	case rc == C.SF_OK && C.sf_result_error(res) == 0:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,51 @@ func TestErrorsAndPanics(t *testing.T) {
 	}()
 	if v, err := g.Do("ok", func() ([]byte, error) { return []byte("fine"), nil }); err != nil || string(v) != "fine" {
 		t.Fatalf("after a panic: %q, %v", v, err)
+	}
+}
+
+// runtime.Goexit in fn ends Do's caller as it would have ended fn's
+// goroutine (the library's C frames in between are not unwound: fn runs on
+// a goroutine of its own), and the flight's others get a *FlightError; fn
+// calling Do for its own key gets ErrDeadlock, for another key a value.
+func TestGoexitAndCallingBackIn(t *testing.T) {
+	addr := startRedis(t)
+	g, err := New(Options{Addr: addr, ErrorTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	returned := false
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.Do("x", func() ([]byte, error) { runtime.Goexit(); return nil, nil })
+		returned = true
+	}()
+	<-done
+	if returned {
+		t.Fatal("Do returned after fn called runtime.Goexit")
+	}
+	var fe *FlightError
+	if _, err := g.Do("x", func() ([]byte, error) { return []byte("late"), nil }); !errors.As(err, &fe) ||
+		!strings.Contains(fe.Message, "Goexit") {
+		t.Fatalf("the next caller (within ErrorTTL) got %v, want the Goexit as a *FlightError", err)
+	}
+	var same, other error
+	var otherValue []byte
+	v, err := g.Do("outer", func() ([]byte, error) {
+		_, same = g.Do("outer", func() ([]byte, error) { return []byte("never"), nil })
+		otherValue, other = g.Do("inner", func() ([]byte, error) { return []byte("inner"), nil })
+		return []byte("outer value"), nil
+	})
+	if err != nil || string(v) != "outer value" {
+		t.Fatalf("outer: %q, %v", v, err)
+	}
+	if !errors.Is(same, ErrDeadlock) || other != nil || string(otherValue) != "inner" {
+		t.Fatalf("calling back in: same key %v, other key %q %v", same, otherValue, other)
+	}
+	if s := g.Stats(); s.Executions != 3 {
+		t.Fatalf("fn ran %d times, want 3 (x, outer, inner)", s.Executions)
 	}
 }
 

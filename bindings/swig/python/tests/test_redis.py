@@ -174,6 +174,23 @@ def test_exception_raises_in_leader_and_is_shared_as_text(server):
         assert len(runs) == 1
 
 
+def test_fn_calling_back_in_for_its_own_key_is_refused_at_once(server):
+    # A wait for itself would last until wait_ms (a minute here).
+    with RedisGroup(server.url, wait_ms=60_000) as g:
+        seen = {}
+
+        def fn():
+            with pytest.raises(RuntimeError, match="SF_EDEADLK") as info:
+                g.do("k", lambda: b"never")
+            seen["same"] = info.value
+            seen["other"] = g.do("other", lambda: b"inner")
+            return b"outer"
+
+        assert g.do("k", fn) == b"outer"
+        assert "same" in seen and seen["other"] == b"inner"
+        assert g.stats().executions == 2
+
+
 def test_redis_down_falls_back_to_running_fn_or_fails_by_policy():
     url = unused_port_url()
     with RedisGroup(url, timeout_ms=500) as g:
